@@ -1,0 +1,122 @@
+"""Argument checks shared by every entry point (functional core, presets, wrapper, Keras 3).
+
+One place decides what a valid hyperparameter is, so the error a user sees is the same whichever
+API they called, and it always names the argument as *they* wrote it (``alpha`` for the PyTorch
+preset, ``decay`` for TF1's ρ, ``learning_rate`` for the core).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Valid ranges (inclusive) of the hyperparameters, by their name in the core.
+# ``finite``: inf is refused too (an infinite ε or learning rate turns parameters into NaN).
+RANGES: dict[str, tuple[float, float | None]] = {
+    "learning_rate": (0.0, None),
+    "rho": (0.0, 1.0),
+    "momentum": (0.0, 1.0),
+    "epsilon": (0.0, None),
+    "decay": (0.0, None),
+    "weight_decay": (0.0, None),
+    "initial_rms": (0.0, None),
+    "one_minus_rho": (0.0, 1.0),
+}
+
+
+def _describe(low: float, high: float | None) -> str:
+    return f"in [{low:g}, {high:g}]" if high is not None else f"finite and >= {low:g}"
+
+
+def concrete_scalar(name: str, value: Any) -> float | None:
+    """``value`` as a Python float, or None when it is traced (or a schedule).
+
+    Raises a ``TypeError`` naming ``name`` for ``None``, booleans, strings, complex and integer-
+    less garbage, and a ``ValueError`` for arrays that are not 0-d.
+    """
+    if callable(value) and not isinstance(value, (jax.Array, np.ndarray, np.generic)):
+        return None
+    if value is None:
+        raise TypeError(f"`{name}` must be a real number, got None")
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"`{name}` must be a real number, got the boolean {value!r}")
+    if isinstance(value, jax.core.Tracer):
+        if jnp.ndim(value) != 0:
+            raise ValueError(f"`{name}` must be a scalar (0-d), got shape {jnp.shape(value)}")
+        check_real_dtype(name, value.dtype)
+        return None
+    try:
+        array = np.asarray(value)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        return None
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"`{name}` must be a real number, got {value!r}") from e
+    if array.dtype == object or array.dtype.kind in "USV":
+        raise TypeError(f"`{name}` must be a real number, got {value!r}")
+    if array.ndim != 0:
+        raise ValueError(f"`{name}` must be a scalar (0-d), got shape {array.shape}")
+    check_real_dtype(name, array.dtype)
+    return float(array)
+
+
+def check_real_dtype(name: str, dtype: Any) -> None:
+    """Refuses booleans, complex and non-numeric dtypes for a hyperparameter ``name``."""
+    dtype = jnp.dtype(dtype)
+    if dtype == jnp.bool_ or not (
+        jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)
+    ):
+        raise TypeError(f"`{name}` must be a real number, got dtype {dtype.name}")
+
+
+def check_range(name: str, scalar: float, kind: str | None = None) -> float:
+    """Raises a ``ValueError`` naming ``name`` unless ``scalar`` lies in the range of ``kind``."""
+    low, high = RANGES[kind or name]
+    if math.isnan(scalar) or math.isinf(scalar) or scalar < low or (
+        high is not None and scalar > high
+    ):
+        raise ValueError(f"`{name}` must be {_describe(low, high)}, got {scalar}")
+    return scalar
+
+
+def check_hyperparameter(name: str, value: Any, kind: str | None = None) -> float | None:
+    """Checks one hyperparameter; returns its value when concrete, else None (traced, schedule).
+
+    Args:
+      name: the argument's name as the user wrote it (used in the error message).
+      value: a number, a 0-d array, a tracer, or a schedule (callable).
+      kind: which range applies (a key of :data:`RANGES`); defaults to ``name``.
+    """
+    scalar = concrete_scalar(name, value)
+    if scalar is None:
+        return None
+    return check_range(name, scalar, kind)
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """Refuses anything but ``True``/``False`` (``'no'``, ``1``, ``None``) for flag ``name``."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise TypeError(f"`{name}` must be True or False, got {value!r}")
+
+
+def check_schedule_value(name: str, value: Any, kind: str | None = None) -> jax.Array:
+    """The value a schedule returned for ``name``, checked while tracing (shape and dtype)."""
+    array = jnp.asarray(value)
+    if array.ndim != 0:
+        raise ValueError(
+            f"the schedule given as `{name}` must return a scalar, got shape {array.shape}"
+        )
+    try:
+        check_real_dtype(name, array.dtype)
+    except TypeError as e:
+        raise TypeError(
+            f"the schedule given as `{name}` must return a real number, got dtype "
+            f"{array.dtype.name}"
+        ) from e
+    if not isinstance(value, jax.core.Tracer):  # evaluated eagerly: check the range too
+        check_range(name, float(array), kind)
+    return array
