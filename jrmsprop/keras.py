@@ -1,0 +1,231 @@
+"""TF 2.x Keras RMSprop arithmetic as a Keras 3 optimizer (JAX backend).
+
+Keras 3's own ``keras.optimizers.RMSprop`` always puts ε inside the square root. The TF 2.x
+``tf.keras.optimizers.RMSprop`` (today ``tf_keras.optimizers.legacy.RMSprop``) put it *outside*
+the root when ``momentum == 0`` and inside it with momentum, kept ``lr`` inside the momentum
+buffer, and evaluated the momentum path in the order of TF's fused ``ApplyRMSProp`` kernel.
+:class:`RMSprop` here is a ``keras.optimizers.Optimizer`` that computes every step with
+:func:`jrmsprop.rmsprop` (so the numbers are those of TF 2.x, bit for bit) while plugging into
+``model.compile``/``fit``, ``optimizer.apply``/``apply_gradients``, ``stateless_apply`` and
+``.keras`` saving.
+
+Keras is optional: ``import jrmsprop`` never imports it; this module needs Keras 3 with
+``KERAS_BACKEND=jax`` (``pip install 'jrmsprop[keras]'``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+try:
+    import keras
+except ImportError as e:  # pragma: no cover - exercised only without keras installed
+    raise ImportError(
+        "jrmsprop.keras needs Keras 3 (with the JAX backend): pip install 'jrmsprop[keras]'"
+    ) from e
+
+if not hasattr(keras, "optimizers") or not hasattr(keras.optimizers, "Optimizer") or int(
+    str(getattr(keras, "__version__", "0")).split(".")[0]
+) < 3:
+    raise ImportError(
+        f"jrmsprop.keras needs Keras 3, found keras {getattr(keras, '__version__', '?')}: "
+        "pip install 'jrmsprop[keras]'"
+    )
+
+import jax.numpy as jnp
+
+import jrmsprop
+from jrmsprop._src.validation import check_bool, check_hyperparameter
+
+__all__ = ("RMSprop",)
+
+_PACKAGE = "jrmsprop"
+
+
+def _check_backend() -> None:
+    backend = keras.backend.backend()
+    if backend != "jax":
+        raise RuntimeError(
+            f"jrmsprop.keras.RMSprop runs on Keras 3's JAX backend, but Keras is using the "
+            f"{backend!r} backend; set the environment variable KERAS_BACKEND=jax before "
+            "importing keras"
+        )
+
+
+def _static_float(name: str, value: Any, kind: str | None = None) -> float:
+    """A hyperparameter that must be a concrete number (it goes into the saved config)."""
+    scalar = check_hyperparameter(name, value, kind)
+    if scalar is None:
+        raise TypeError(
+            f"`{name}` must be a number for jrmsprop.keras.RMSprop (it is part of the "
+            f"serialised config and fixes the optimizer's slots), got {value!r}"
+        )
+    return scalar
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class RMSprop(keras.optimizers.Optimizer):
+    r"""Keras 3 optimizer with the exact arithmetic of TF 2.x ``tf.keras.optimizers.RMSprop``.
+
+    With ``t`` the number of updates already applied (``optimizer.iterations``) and
+    ``lr = learning_rate(t) / (1 + decay·t)``:
+
+    .. math::
+
+      r &\leftarrow \rho\, r + (1 - \rho)\, g^2 \\
+      m_g &\leftarrow \rho\, m_g + (1 - \rho)\, g \quad (\text{centered}; v = r - m_g^2,
+        \text{ else } v = r) \\
+      \mu > 0:\quad m &\leftarrow \mu\, m + \frac{lr\, g}{\sqrt{v + \epsilon}},
+        \qquad p \leftarrow p - m \\
+      \mu = 0:\quad p &\leftarrow p - \frac{lr\, g}{\sqrt{v} + \epsilon}
+
+    ε sits *outside* the root without momentum and *inside* it with momentum, as in TF 2.x
+    (Keras 3's built-in ``RMSprop`` always puts it inside). Each step is computed by
+    :func:`jrmsprop.rmsprop` on all variables at once, so the parameters and slots equal those of
+    ``tf_keras.optimizers.legacy.RMSprop`` bit for bit (on CPU) given the same gradients.
+
+    The slots are named as in TF 2.x: ``rms`` for every variable, then ``momentum`` (only when
+    ``momentum > 0``), then ``mg`` (only when ``centered``); ``optimizer.variables`` is
+    ``[iteration, learning_rate, rms…, momentum…, mg…]``. Needs Keras 3 with the JAX backend
+    (``KERAS_BACKEND=jax``).
+
+    Args:
+      learning_rate: a float, a ``keras.optimizers.schedules.LearningRateSchedule``, or a
+        callable taking no argument; default 0.001.
+      rho: discounting factor of the moving averages, in ``[0, 1]``; default 0.9.
+      momentum: heavy-ball momentum in ``[0, 1]``; a number (not a schedule), since it decides
+        whether the momentum slot exists; default 0.0.
+      epsilon: ε against division by zero (``>= 0``); default 1e-7.
+      centered: normalise by the estimated variance (adds the ``mg`` slot); default False.
+      decay: TF 2.x's inverse-time learning-rate decay, ``lr / (1 + decay·t)`` (``>= 0``);
+        default 0.0. (Keras 3 dropped this argument; it is kept here because TF 2.x recipes use
+        it.)
+      name: name of the optimizer (prefix of its variables); default ``"rmsprop"``.
+      **kwargs: the options every Keras 3 optimizer takes, applied by Keras itself around the
+        step: ``clipnorm``, ``clipvalue``, ``global_clipnorm``, ``weight_decay`` (Keras 3's
+        decoupled ``p ← p − p·wd·lr`` before the step; TF 2.x had none), ``use_ema``,
+        ``ema_momentum``, ``ema_overwrite_frequency``, ``loss_scale_factor``,
+        ``gradient_accumulation_steps``.
+
+    Raises:
+      ValueError / TypeError: naming the argument, for a hyperparameter out of range or of the
+        wrong type (``momentum=2``, ``epsilon=-1``, ``centered="no"``).
+      RuntimeError: when Keras does not run on its JAX backend.
+
+    Example:
+      >>> import os; os.environ.setdefault("KERAS_BACKEND", "jax")  # doctest: +SKIP
+      >>> import keras, numpy as np
+      >>> from jrmsprop.keras import RMSprop
+      >>> w = keras.Variable(np.array([10.0], np.float32))
+      >>> opt = RMSprop(learning_rate=0.1)  # = tf.keras.optimizers.RMSprop(0.1) of TF 2.x
+      >>> opt.apply_gradients([(keras.ops.convert_to_tensor(w.numpy()), w)])  # grad of w²/2
+      >>> print(f"{float(w.numpy()[0]):.6f}")  # TF 2.x gives 9.683772
+      9.683772
+    """
+
+    def __init__(
+        self,
+        learning_rate: Any = 0.001,
+        rho: float = 0.9,
+        momentum: float = 0.0,
+        epsilon: float = 1e-7,
+        centered: bool = False,
+        decay: float = 0.0,
+        name: str = "rmsprop",
+        **kwargs: Any,
+    ):
+        _check_backend()
+        scalar_lr = check_hyperparameter("learning_rate", learning_rate)
+        if scalar_lr is not None:
+            learning_rate = scalar_lr  # Keras 3 insists on a Python float
+        hyper = {
+            "rho": _static_float("rho", rho),
+            "momentum": _static_float("momentum", momentum),
+            "epsilon": _static_float("epsilon", epsilon),
+            "decay": _static_float("decay", decay),
+        }
+        centered = check_bool("centered", centered)
+        for option in ("weight_decay", "clipnorm", "clipvalue", "global_clipnorm"):
+            if kwargs.get(option) is not None:  # finite and >= 0, as for weight decay
+                kwargs[option] = _static_float(option, kwargs[option], kind="weight_decay")
+        super().__init__(learning_rate=learning_rate, name=name, **kwargs)
+        # (Keras refuses attributes set before its __init__.)
+        self.rho = hyper["rho"]
+        self.momentum = hyper["momentum"]
+        self.epsilon = hyper["epsilon"]
+        self.decay = hyper["decay"]
+        self.centered = centered
+
+    def build(self, var_list: list[Any]) -> None:
+        """Creates the slots: ``rms`` for each variable, then ``momentum`` and ``mg`` if used."""
+        if self.built:
+            return
+        super().build(var_list)
+        self._rms = self.add_optimizer_variables(var_list, "rms")
+        self._momentums = (
+            self.add_optimizer_variables(var_list, "momentum") if self.momentum > 0 else None
+        )
+        self._mgs = self.add_optimizer_variables(var_list, "mg") if self.centered else None
+
+    def _transform(self, learning_rate: Any):
+        return jrmsprop.rmsprop(
+            learning_rate=learning_rate,
+            rho=self.rho,
+            momentum=self.momentum,  # a Python float: the slot decision is static
+            epsilon=self.epsilon,
+            centered=self.centered,
+            decay=self.decay,
+        )
+
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        """One step for all variables at once, computed by :func:`jrmsprop.rmsprop`."""
+        trainable_variables = list(trainable_variables)
+        indices = [self._get_variable_index(v) for v in trainable_variables]
+
+        def values(slots):
+            return None if slots is None else [slots[i].value for i in indices]
+
+        if isinstance(learning_rate, keras.Variable):
+            learning_rate = learning_rate.value
+        lr = jnp.asarray(learning_rate)
+        # t = updates already applied (under gradient accumulation: real updates, not micro-steps)
+        count = jnp.asarray(keras.ops.convert_to_tensor(self.iterations)).astype(jnp.int32)
+        state = jrmsprop.RMSpropState(
+            count=count,
+            rms=values(self._rms),
+            momentum=values(self._momentums),
+            mg=values(self._mgs),
+        )
+        grads = [jnp.asarray(g) for g in grads]
+        params = [v.value for v in trainable_variables]
+        updates, new_state = self._transform(lr).update(grads, state, params)
+        new_params = jrmsprop.apply_updates(params, updates)
+        for variable, value in zip(trainable_variables, new_params, strict=True):
+            self.assign(variable, value)
+        for slots, new_values in (
+            (self._rms, new_state.rms),
+            (self._momentums, new_state.momentum),
+            (self._mgs, new_state.mg),
+        ):
+            if slots is not None:
+                for i, value in zip(indices, new_values, strict=True):
+                    self.assign(slots[i], value)
+
+    def update_step(self, gradient, variable, learning_rate):
+        """One variable's step (Keras's per-variable hook); same arithmetic as the batched one."""
+        self._backend_update_step([gradient], [variable], learning_rate)
+
+    def get_config(self) -> dict[str, Any]:
+        """The constructor arguments (Keras 3's common options included)."""
+        config = super().get_config()
+        config.update(
+            {
+                "rho": self.rho,
+                "momentum": self.momentum,
+                "epsilon": self.epsilon,
+                "centered": self.centered,
+                "decay": self.decay,
+            }
+        )
+        return config
+
