@@ -1,0 +1,340 @@
+"""A fused one-pass float32 RMSprop step for XLA:CPU, through ``jax.ffi`` (optional).
+
+XLA:CPU emits one loop per output of a fusion, so the jitted dense step re-reads the gradient and
+the slots once for every output it writes. :func:`fused_step` runs the same arithmetic as
+:func:`jrmsprop._src.arithmetic.rmsprop_step` -- same order, same roundings, no fused
+multiply-add, ``a / sqrt(b)`` kept a division, denormals flushed as XLA:CPU flushes them -- in one
+pass written in C++ (``csrc/rmsprop_cpu.cc``), so its results equal the XLA path's bit for bit.
+
+The shared library is compiled lazily, on first use, with the system C++ compiler (``$CXX``, else
+``c++``, ``g++`` or ``clang++``) against the XLA FFI headers that ship with jaxlib, and cached in
+``$JRMSPROP_CACHE_DIR`` (default ``$XDG_CACHE_HOME/jrmsprop``, i.e. ``~/.cache/jrmsprop``) under a
+name keyed by the source, the flags, the compiler and the jaxlib version. A lazy build (about 5 s
+once) keeps the package pure Python: a wheel needs no compiler, and the library always matches the
+jaxlib that loads it. When there is no compiler, the build fails or ``JRMSPROP_DISABLE_CPU_KERNEL=1``
+is set, :func:`available` returns False and callers keep the XLA path; nothing raises.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jrmsprop._src import arithmetic
+
+TARGET = "jrmsprop_rmsprop_f32"
+SOURCE = Path(__file__).with_name("csrc") / "rmsprop_cpu.cc"
+DISABLE_ENV = "JRMSPROP_DISABLE_CPU_KERNEL"
+CACHE_ENV = "JRMSPROP_CACHE_DIR"
+THREADS_ENV = "JRMSPROP_CPU_KERNEL_THREADS"  # at most this many threads (default: XLA's pool)
+
+#: No FMA contraction, no fast-math; -fno-math-errno only lets ``sqrt`` vectorise (same results).
+CXXFLAGS = (
+    "-O3",
+    "-std=c++17",
+    "-fno-fast-math",
+    "-ffp-contract=off",
+    "-fno-math-errno",
+    "-fPIC",
+    "-shared",
+    "-pthread",
+)
+
+_OUTPUT = {"delta": 0, "update": 1, "param": 2}
+
+_lock = threading.Lock()
+_state: dict[str, Any] = {}  # "ok": bool, "error": str | None, "path": Path | None
+
+
+def _disabled() -> bool:
+    return os.environ.get(DISABLE_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def cache_dir() -> Path:
+    """Where the compiled library is kept (``$JRMSPROP_CACHE_DIR`` or ``~/.cache/jrmsprop``)."""
+    explicit = os.environ.get(CACHE_ENV)
+    if explicit:
+        return Path(explicit).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "jrmsprop"
+
+
+def _compiler() -> str | None:
+    for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def _compiler_id(cxx: str) -> str:
+    try:
+        proc = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=60)
+        return proc.stdout.splitlines()[0] if proc.stdout else cxx
+    except (OSError, subprocess.SubprocessError):
+        return cxx
+
+
+def _library_path(cxx: str) -> Path:
+    import jaxlib
+
+    key = hashlib.sha256()
+    for part in (
+        SOURCE.read_bytes(),
+        " ".join(CXXFLAGS).encode(),
+        _compiler_id(cxx).encode(),
+        jaxlib.__version__.encode(),
+        sys.platform.encode(),
+        os.uname().machine.encode() if hasattr(os, "uname") else b"",
+    ):
+        key.update(part)
+        key.update(b"\0")
+    return cache_dir() / f"rmsprop_cpu-{key.hexdigest()[:20]}.so"
+
+
+def build(force: bool = False) -> Path:
+    """Compiles ``csrc/rmsprop_cpu.cc`` into the cache (if not there yet) and returns its path.
+
+    Raises:
+      RuntimeError: no C++ compiler, or the compilation failed (with the compiler's message).
+    """
+    cxx = _compiler()
+    if cxx is None:
+        raise RuntimeError("no C++ compiler found (set $CXX, or install g++ or clang++)")
+    path = _library_path(cxx)
+    if path.exists() and not force:
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.stem + "-", suffix=".so.tmp", dir=path.parent)
+    os.close(fd)
+    cmd = [cxx, *CXXFLAGS, "-isystem", jax.ffi.include_dir(), "-o", tmp, str(SOURCE)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        if proc.returncode != 0:
+            raise RuntimeError(
+                f"compiling {SOURCE.name} failed ({' '.join(cmd)}):\n{proc.stderr[-4000:]}"
+            )
+        os.replace(tmp, path)  # atomic: concurrent builders (pytest-xdist) never see half a file
+    except (OSError, subprocess.SubprocessError) as e:
+        raise RuntimeError(f"compiling {SOURCE.name} failed: {e}") from e
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _load() -> None:
+    """Builds, loads and registers the FFI target once per process; records why not if it fails."""
+    with _lock:
+        if _state:
+            return
+        if _disabled():
+            _state.update(ok=False, error=f"disabled by {DISABLE_ENV}", path=None)
+            return
+        try:
+            path = build()
+            lib = ctypes.cdll.LoadLibrary(str(path))
+            jax.ffi.register_ffi_target(
+                TARGET, jax.ffi.pycapsule(lib.JrmspropRmspropF32), platform="cpu"
+            )
+        except Exception as e:  # noqa: BLE001 -- any failure means "use the XLA path"
+            _state.update(ok=False, error=f"{type(e).__name__}: {e}", path=None)
+            return
+        _state.update(ok=True, error=None, path=path)
+
+
+def available() -> bool:
+    """Whether :func:`fused_step` can be used (compiled, loaded and not disabled).
+
+    Never raises: without a C++ compiler, with a failed build, or with
+    ``JRMSPROP_DISABLE_CPU_KERNEL=1``, it returns False (:func:`unavailable_reason` says why).
+    The environment variable is read on every call, so it can be set after import.
+    """
+    if _disabled():
+        return False
+    _load()
+    return bool(_state["ok"])
+
+
+def unavailable_reason() -> str | None:
+    """Why :func:`available` is False (None when it is True)."""
+    if _disabled():
+        return f"disabled by {DISABLE_ENV}"
+    _load()
+    return _state["error"]
+
+
+def _max_threads() -> int:
+    value = os.environ.get(THREADS_ENV, "").strip()
+    if not value:
+        return 0
+    try:
+        threads = int(value)
+    except ValueError as e:
+        raise ValueError(f"${THREADS_ENV} must be an integer, got {value!r}") from e
+    if threads < 0:
+        raise ValueError(f"${THREADS_ENV} must be >= 0 (0: XLA's pool size), got {threads}")
+    return threads
+
+
+def scalar_vector(sc: arithmetic.Scalars) -> jax.Array:
+    """``float32[5]``: ``(lr, rho, one_minus_rho, momentum, epsilon)`` as the kernel reads them."""
+    parts = (sc.lr, sc.rho, sc.one_minus_rho, sc.momentum, sc.epsilon)
+    for name, x in zip(("lr", "rho", "one_minus_rho", "momentum", "epsilon"), parts, strict=True):
+        if jnp.shape(x) != () or jnp.result_type(x) != jnp.float32:
+            raise TypeError(
+                f"fused_step: scalars.{name} must be a float32 scalar, got "
+                f"{jnp.result_type(x).name}{list(jnp.shape(x))}"
+            )
+    return jnp.stack([jnp.asarray(x) for x in parts])
+
+
+def _check_leaf(name: str, x: Any, shape: tuple[int, ...]) -> None:
+    if jnp.result_type(x) != jnp.float32:
+        raise TypeError(f"fused_step: `{name}` must be float32, got {jnp.result_type(x).name}")
+    if tuple(jnp.shape(x)) != shape:
+        raise ValueError(
+            f"fused_step: `{name}` has shape {tuple(jnp.shape(x))}, `grad` has shape {shape}"
+        )
+
+
+def supports(variant: arithmetic.Variant) -> bool:
+    """Whether the kernel computes ``variant`` (lr inside the momentum buffer, dense, no weight
+    decay, no ``maximize``: TF 2.x Keras and TF1); any ε placement and evaluation order."""
+    return (
+        variant.lr_in_momentum
+        and not variant.decoupled_weight_decay
+        and not variant.maximize
+        and not variant.sparse_fused_order
+    )
+
+
+def fused_step(
+    grad: jax.Array,
+    rms: jax.Array,
+    mom: jax.Array | None,
+    mg: jax.Array | None,
+    sc: arithmetic.Scalars,
+    variant: arithmetic.Variant,
+    *,
+    output: str = "delta",
+    param: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array, jax.Array | None, jax.Array | None]:
+    """One RMSprop step on a dense float32 leaf in one pass: :func:`arithmetic.rmsprop_step`.
+
+    For the variants of :func:`supports` (TF 2.x Keras and TF1: ``lr`` inside the momentum
+    buffer, no weight decay, no ``maximize``), bit for bit equal to the XLA path::
+
+      rms ← ρ·rms + (1−ρ)·g²                fused order: rms + (g² − rms)·(1−ρ)
+      mg  ← ρ·mg + (1−ρ)·g   (centered)     fused order: mg + (g − mg)·(1−ρ)
+      v = rms − mg² (centered) or rms ;  denom = sqrt(v + ε) (eps_in_sqrt) or sqrt(v) + ε
+      delta = lr·g / denom ;  with momentum: mom ← μ·mom + delta, delta = mom
+
+    The slots are updated in place (``input_output_aliases``): inside a ``jit`` whose state
+    arguments are donated no memory is copied; otherwise XLA copies each slot first.
+
+    Args:
+      grad: the gradient, float32.
+      rms: the ``rms`` slot, float32, the shape of ``grad``.
+      mom: the momentum slot, or None when there is none.
+      mg: the ``mg`` slot (centered), or None.
+      sc: the step's float32 scalars (:func:`arithmetic.resolve`); ``weight_decay`` is not read.
+      variant: the formula (:meth:`arithmetic.Rule.variant`); must satisfy :func:`supports`.
+      output: what the first result is: ``"delta"`` (the amount to subtract, as
+        ``rmsprop_step``), ``"update"`` (``−delta``, the optax update) or ``"param"``
+        (``param − delta``, the new parameter, written in place of ``param``).
+      param: the parameter, float32, only with ``output="param"``.
+
+    Returns:
+      ``(first, rms, mom, mg)``: the ``output`` and the new slots (None where absent).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jrmsprop._src import arithmetic, cpu_kernel
+      >>> hp = arithmetic.Hyperparams(*(jnp.float32(v) for v in (0.1, 0.9, 0, 1e-7, 0, 0)),
+      ...                             step=jnp.int32(0))
+      >>> sc = arithmetic.resolve(hp, None, jnp.float32, arithmetic.Rule())
+      >>> variant = arithmetic.Rule().variant(has_momentum_slot=False)
+      >>> g = jnp.array([10.0], jnp.float32)
+      >>> if cpu_kernel.available():
+      ...     delta, rms, _, _ = cpu_kernel.fused_step(
+      ...         g, jnp.zeros(1, jnp.float32), None, None, sc, variant)
+      ...     print(delta, rms)
+      [0.31622776] [10.000001]
+    """
+    if output not in _OUTPUT:
+        raise ValueError(f"fused_step: `output` must be one of {sorted(_OUTPUT)}, got {output!r}")
+    if (param is None) != (output != "param"):
+        raise ValueError("fused_step: `param` is needed exactly when output='param'")
+    if not isinstance(variant, arithmetic.Variant):
+        raise TypeError(f"fused_step: `variant` must be an arithmetic.Variant, got {variant!r}")
+    if not supports(variant):
+        raise ValueError(
+            f"fused_step: the CPU kernel does not compute {variant} (it needs lr_in_momentum, "
+            "no decoupled weight decay, no maximize, dense order)"
+        )
+    if not available():
+        raise RuntimeError(f"fused_step: the CPU kernel is not available ({unavailable_reason()})")
+    shape = tuple(jnp.shape(grad))
+    _check_leaf("grad", grad, shape)
+    _check_leaf("rms", rms, shape)
+    operands = [grad, scalar_vector(sc), rms]
+    aliases = {2: 1}
+    results = [jax.ShapeDtypeStruct(shape, jnp.float32)] * 2
+    for name, slot in (("mom", mom), ("mg", mg)):
+        if slot is not None:
+            _check_leaf(name, slot, shape)
+            aliases[len(operands)] = len(results)
+            operands.append(slot)
+            results.append(jax.ShapeDtypeStruct(shape, jnp.float32))
+    if param is not None:
+        _check_leaf("param", param, shape)
+        aliases[len(operands)] = 0
+        operands.append(param)
+    call = jax.ffi.ffi_call(
+        TARGET, results, input_output_aliases=aliases, vmap_method="sequential"
+    )
+    outs = call(
+        *operands,
+        momentum=np.int32(mom is not None),
+        centered=np.int32(mg is not None),
+        eps_in_sqrt=np.int32(bool(variant.eps_in_sqrt)),
+        tf_kernel=np.int32(bool(variant.fused_order)),
+        output=np.int32(_OUTPUT[output]),
+        max_threads=np.int32(_max_threads()),
+    )
+    first, rms_new, *rest = outs
+    mom_new = rest.pop(0) if mom is not None else None
+    mg_new = rest.pop(0) if mg is not None else None
+    return first, rms_new, mom_new, mg_new
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m jrmsprop._src.cpu_kernel``: builds the library now and reports where it is."""
+    del argv
+    try:
+        path = build()
+    except RuntimeError as e:
+        print(f"jrmsprop CPU kernel: not built: {e}", file=sys.stderr)
+        return 1
+    print(f"jrmsprop CPU kernel: {path}")
+    print("available:", available(), "" if available() else f"({unavailable_reason()})")
+    return 0
+
+
+if __name__ == "__main__":
+    warnings.simplefilter("default")
+    raise SystemExit(main())

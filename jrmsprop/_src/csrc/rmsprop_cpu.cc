@@ -1,0 +1,336 @@
+// One-pass float32 RMSprop step for XLA:CPU, called through jax.ffi (see cpu_kernel.py).
+//
+// XLA:CPU emits one loop per output of a fusion, so its dense RMSprop step re-reads the gradient
+// and the slots once per output. This kernel reads every input once and writes every output once.
+//
+// Exactness: the arithmetic is that of jrmsprop/_src/arithmetic.py, in the same order and with
+// the same roundings, so the results equal the XLA path bit for bit:
+//   * every operation is one IEEE-754 float32 operation, rounded to nearest: the file must be
+//     compiled with -ffp-contract=off (no a*b+c fused into an FMA) and without -ffast-math
+//     (no reassociation, no reciprocal approximations; sqrt is the correctly rounded sqrtss);
+//   * a / sqrt(b) stays a division by the rounded root;
+//   * denormals: XLA:CPU runs its code with flush-to-zero and denormals-are-zero set. The
+//     calling thread already has XLA's mode; the worker threads copy the caller's control
+//     register, so every chunk is computed in the caller's mode.
+//
+// Operands: grad, scalars = float32[5] {lr, rho, 1-rho, momentum, epsilon}, rms, then mom when
+// `momentum`, mg when `centered`, param when `output == 2`. Results: out, rms, then mom, mg.
+// `out` is delta (output 0), -delta (output 1, the optax update) or param - delta (output 2).
+// The slot results alias the slot operands, and `out` aliases `param` for output 2
+// (input_output_aliases): element i is read before it is written, so the update is in place.
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+
+#include "xla/ffi/api/ffi.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <xmmintrin.h>
+#endif
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+// ---------------------------------------------------------------------------------------------
+// Floating-point control (flush-to-zero / denormals-are-zero / rounding) of the calling thread.
+// ---------------------------------------------------------------------------------------------
+
+#if defined(__x86_64__) || defined(__i386__)
+using FpControl = unsigned int;
+inline FpControl GetFpControl() { return _mm_getcsr(); }
+inline void SetFpControl(FpControl c) { _mm_setcsr(c); }
+#elif defined(__aarch64__)
+using FpControl = uint64_t;
+inline FpControl GetFpControl() {
+  uint64_t c;
+  __asm__ __volatile__("mrs %0, fpcr" : "=r"(c));
+  return c;
+}
+inline void SetFpControl(FpControl c) { __asm__ __volatile__("msr fpcr, %0" : : "r"(c)); }
+#else
+using FpControl = int;
+inline FpControl GetFpControl() { return 0; }
+inline void SetFpControl(FpControl) {}
+#endif
+
+// Runs with the given control register, restoring the thread's own afterwards.
+class ScopedFpControl {
+ public:
+  explicit ScopedFpControl(FpControl c) : saved_(GetFpControl()) {
+    if (c != saved_) SetFpControl(c);
+  }
+  ~ScopedFpControl() {
+    if (GetFpControl() != saved_) SetFpControl(saved_);
+  }
+
+ private:
+  FpControl saved_;
+};
+
+// ---------------------------------------------------------------------------------------------
+// The arithmetic (one element at a time; the loop is vectorised by the compiler).
+// ---------------------------------------------------------------------------------------------
+
+struct Scalars {
+  float lr, rho, one_minus_rho, momentum, epsilon;
+};
+
+// The slot results alias the slot operands (XLA guarantees it for input_output_aliases, copying
+// first when an operand cannot be overwritten), so each slot is one read-write pointer; `out`
+// aliases `param` when the output is param - delta. Distinct arrays never overlap.
+struct Pointers {
+  const float* grad;
+  float* rms;
+  float* mom;
+  float* mg;
+  float* out;
+};
+
+// kOutput: 0 delta, 1 -delta, 2 param - delta (out holds param on entry).
+template <bool kMomentum, bool kCentered, bool kEpsInSqrt, bool kTfKernel, int kOutput>
+void StepRange(const Pointers& p, const Scalars& s, int64_t begin, int64_t end) {
+  const float lr = s.lr, rho = s.rho, omr = s.one_minus_rho, mu = s.momentum, eps = s.epsilon;
+  const float* __restrict__ grad = p.grad;
+  float* __restrict__ rms = p.rms;
+  float* __restrict__ mom = p.mom;
+  float* __restrict__ mg = p.mg;
+  float* __restrict__ out = p.out;
+  for (int64_t i = begin; i < end; ++i) {
+    const float g = grad[i];
+    const float r = rms[i];
+    const float g2 = g * g;
+    // update_moments
+    float r_new;
+    if (kTfKernel) {
+      r_new = r + (g2 - r) * omr;  // TF ApplyRMSProp: ms + (g² − ms)·(1−ρ)
+    } else {
+      r_new = rho * r + omr * g2;  // op by op: ρ·ms + (1−ρ)·g²
+    }
+    float variance = r_new;
+    if (kCentered) {
+      const float m = mg[i];
+      float mg_new;
+      if (kTfKernel) {
+        mg_new = m + (g - m) * omr;
+      } else {
+        mg_new = rho * m + omr * g;
+      }
+      mg[i] = mg_new;
+      variance = r_new - mg_new * mg_new;
+    }
+    rms[i] = r_new;
+    // step_from_moments (lr inside the momentum buffer)
+    float denom;
+    if (kEpsInSqrt) {
+      denom = std::sqrt(variance + eps);
+    } else {
+      denom = std::sqrt(variance) + eps;
+    }
+    const float step = (lr * g) / denom;
+    float delta = step;
+    if (kMomentum) {
+      delta = mu * mom[i] + step;
+      mom[i] = delta;
+    }
+    if (kOutput == 0) {
+      out[i] = delta;
+    } else if (kOutput == 1) {
+      out[i] = -delta;
+    } else {
+      out[i] = out[i] - delta;
+    }
+  }
+}
+
+using RangeFn = void (*)(const Pointers&, const Scalars&, int64_t, int64_t);
+
+template <bool M, bool C, bool E, bool T>
+RangeFn SelectOutput(int output) {
+  switch (output) {
+    case 0: return &StepRange<M, C, E, T, 0>;
+    case 1: return &StepRange<M, C, E, T, 1>;
+    default: return &StepRange<M, C, E, T, 2>;
+  }
+}
+
+template <bool M, bool C, bool E>
+RangeFn SelectTf(bool tf, int output) {
+  return tf ? SelectOutput<M, C, E, true>(output) : SelectOutput<M, C, E, false>(output);
+}
+
+template <bool M, bool C>
+RangeFn SelectEps(bool eps_in_sqrt, bool tf, int output) {
+  return eps_in_sqrt ? SelectTf<M, C, true>(tf, output) : SelectTf<M, C, false>(tf, output);
+}
+
+RangeFn Select(bool momentum, bool centered, bool eps_in_sqrt, bool tf, int output) {
+  if (momentum) {
+    return centered ? SelectEps<true, true>(eps_in_sqrt, tf, output)
+                    : SelectEps<true, false>(eps_in_sqrt, tf, output);
+  }
+  return centered ? SelectEps<false, true>(eps_in_sqrt, tf, output)
+                  : SelectEps<false, false>(eps_in_sqrt, tf, output);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Parallel loop over chunks. Chunks are claimed from an atomic counter by the caller and by tasks
+// scheduled on XLA's intra-op thread pool; the caller then waits only for chunks already claimed.
+// A task that starts late (or never, on a busy pool) claims nothing, so this cannot deadlock,
+// and the shared state is reference counted so a late task never touches freed memory.
+// ---------------------------------------------------------------------------------------------
+
+constexpr int64_t kChunk = 1 << 16;          // elements per chunk (256 KiB per array)
+constexpr int64_t kParallelMin = 1 << 18;    // below this, one thread (spawn cost dominates)
+
+struct Work {
+  RangeFn fn;
+  Pointers ptrs;
+  Scalars scalars;
+  int64_t n;
+  int64_t chunks;
+  FpControl fp_control;
+  std::atomic<int64_t> next{0};
+  std::atomic<int64_t> done{0};
+  std::mutex mu;
+  std::condition_variable cv;
+
+  void Run() {
+    int64_t finished = 0;
+    for (;;) {
+      const int64_t c = next.fetch_add(1, std::memory_order_relaxed);
+      if (c >= chunks) break;
+      const int64_t begin = c * kChunk;
+      fn(ptrs, scalars, begin, std::min(n, begin + kChunk));
+      ++finished;
+    }
+    if (finished == 0) return;
+    if (done.fetch_add(finished, std::memory_order_acq_rel) + finished == chunks) {
+      std::lock_guard<std::mutex> lock(mu);
+      cv.notify_all();
+    }
+  }
+};
+
+ffi::Error RmspropImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> grad,
+                       ffi::Buffer<ffi::F32> scalars, ffi::Buffer<ffi::F32> rms,
+                       ffi::RemainingArgs rest, ffi::ResultBuffer<ffi::F32> out,
+                       ffi::ResultBuffer<ffi::F32> rms_out, ffi::RemainingRets rest_out,
+                       int32_t momentum, int32_t centered, int32_t eps_in_sqrt, int32_t tf_kernel,
+                       int32_t output, int32_t max_threads) {
+  if (scalars.element_count() != 5) {
+    return ffi::Error::InvalidArgument("jrmsprop_rmsprop_f32: scalars must have 5 elements");
+  }
+  if (output < 0 || output > 2) {
+    return ffi::Error::InvalidArgument("jrmsprop_rmsprop_f32: output must be 0, 1 or 2");
+  }
+  const size_t n_extra_in = (momentum ? 1 : 0) + (centered ? 1 : 0) + (output == 2 ? 1 : 0);
+  const size_t n_extra_out = (momentum ? 1 : 0) + (centered ? 1 : 0);
+  if (rest.size() != n_extra_in || rest_out.size() != n_extra_out) {
+    return ffi::Error::InvalidArgument(
+        "jrmsprop_rmsprop_f32: operand count does not match the momentum/centered/output flags");
+  }
+  const int64_t count = static_cast<int64_t>(grad.element_count());
+  // Each slot result should be its operand's buffer (input_output_aliases); if XLA ever hands
+  // over a distinct buffer, the operand is copied there first and updated in place.
+  auto in_place = [count](const float* in, float* res) {
+    if (in != res) std::copy(in, in + count, res);
+    return res;
+  };
+  if (rms.element_count() != grad.element_count() || out->element_count() != grad.element_count() ||
+      rms_out->element_count() != grad.element_count()) {
+    return ffi::Error::InvalidArgument("jrmsprop_rmsprop_f32: operand sizes differ");
+  }
+  Pointers p{};
+  p.grad = grad.typed_data();
+  p.rms = in_place(rms.typed_data(), rms_out->typed_data());
+  p.out = out->typed_data();
+  size_t in_i = 0, out_i = 0;
+  auto next_in = [&](const float** dst) -> ffi::Error {
+    auto b = rest.get<ffi::Buffer<ffi::F32>>(in_i++);
+    if (b.has_error()) return b.error();
+    if (b->element_count() != grad.element_count()) {
+      return ffi::Error::InvalidArgument("jrmsprop_rmsprop_f32: operand sizes differ");
+    }
+    *dst = b->typed_data();
+    return ffi::Error::Success();
+  };
+  auto next_out = [&](float** dst) -> ffi::Error {
+    auto b = rest_out.get<ffi::Buffer<ffi::F32>>(out_i++);
+    if (b.has_error()) return b.error();
+    if ((*b)->element_count() != grad.element_count()) {
+      return ffi::Error::InvalidArgument("jrmsprop_rmsprop_f32: result sizes differ");
+    }
+    *dst = (*b)->typed_data();
+    return ffi::Error::Success();
+  };
+  const float* in = nullptr;
+  if (momentum) {
+    if (auto e = next_in(&in); e.failure()) return e;
+    if (auto e = next_out(&p.mom); e.failure()) return e;
+    in_place(in, p.mom);
+  }
+  if (centered) {
+    if (auto e = next_in(&in); e.failure()) return e;
+    if (auto e = next_out(&p.mg); e.failure()) return e;
+    in_place(in, p.mg);
+  }
+  if (output == 2) {
+    if (auto e = next_in(&in); e.failure()) return e;
+    in_place(in, p.out);
+  }
+  const float* sc = scalars.typed_data();
+  const Scalars s{sc[0], sc[1], sc[2], sc[3], sc[4]};
+  const RangeFn fn = Select(momentum != 0, centered != 0, eps_in_sqrt != 0, tf_kernel != 0, output);
+
+  int64_t threads = pool.num_threads();
+  if (max_threads > 0) threads = std::min<int64_t>(threads, max_threads);
+  const int64_t n = count;
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
+  if (n < kParallelMin || threads <= 1) {
+    fn(p, s, 0, n);
+    return ffi::Error::Success();
+  }
+  auto work = std::make_shared<Work>();
+  work->fn = fn;
+  work->ptrs = p;
+  work->scalars = s;
+  work->n = n;
+  work->chunks = chunks;
+  work->fp_control = GetFpControl();
+  const int64_t helpers = std::min(threads, chunks) - 1;
+  for (int64_t k = 0; k < helpers; ++k) {
+    pool.Schedule([work] {
+      ScopedFpControl fp(work->fp_control);
+      work->Run();
+    });
+  }
+  work->Run();
+  std::unique_lock<std::mutex> lock(work->mu);
+  work->cv.wait(lock, [&] { return work->done.load(std::memory_order_acquire) == chunks; });
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JrmspropRmspropF32, RmspropImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // grad
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // scalars
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // rms
+                                  .RemainingArgs()               // mom, mg, param
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // out
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // rms
+                                  .RemainingRets()               // mom, mg
+                                  .Attr<int32_t>("momentum")
+                                  .Attr<int32_t>("centered")
+                                  .Attr<int32_t>("eps_in_sqrt")
+                                  .Attr<int32_t>("tf_kernel")
+                                  .Attr<int32_t>("output")
+                                  .Attr<int32_t>("max_threads"));
