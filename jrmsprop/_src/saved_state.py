@@ -1,0 +1,473 @@
+"""RMSprop optimizer state from files saved by Keras, read without TensorFlow.
+
+Two formats:
+
+* a TF 2.x Keras (``tf_keras``) HDF5 model file, ``model.save("m.h5")`` with the optimizer
+  included: group ``optimizer_weights``, whose attribute ``weight_names`` lists the optimizer's
+  variables in ``get_weights()`` order (``RMSprop/iter:0``, then ``RMSprop/<var>/rms:0`` for every
+  trainable variable, then ``.../momentum:0``, then ``.../mg:0``), each stored as a dataset under
+  that name; attribute ``training_config`` (JSON) holds the optimizer's class and config;
+* a Keras 3 ``.keras`` archive: a zip holding ``config.json`` (``compile_config.optimizer``: class
+  and config) and ``model.weights.h5``, where ``optimizer/vars/0, 1, ...`` are the optimizer's
+  variables in order: ``iteration``, ``learning_rate`` (when it is a number, not a schedule), then
+  every ``velocity``, every ``momentum`` (when ``momentum > 0``), every ``average_gradient``
+  (when centered). The datasets carry no names: the order and the config identify them.
+
+Only numeric HDF5 datasets and JSON are read; nothing is unpickled or executed. h5py is needed
+(``pip install 'jrmsprop[h5]'``) and imported on first use.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from jrmsprop._src.transform import RMSpropState
+
+__all__ = [
+    "keras2_h5_weights",
+    "load_keras2_h5",
+    "load_keras3_archive",
+    "saved_optimizer_config",
+]
+
+_KERAS2_SLOTS = ("rms", "momentum", "mg")
+_KERAS2_COUNTERS = ("iter", "iterations")
+# Variable names that mark the TF >= 2.11 / Keras 3 optimizer (a different arithmetic).
+_NEW_OPTIMIZER_NAMES = ("iteration", "velocity", "average_gradient")
+
+
+# ---- file access ------------------------------------------------------------------------------
+
+
+def _h5py() -> Any:
+    try:
+        import h5py
+    except ImportError as e:  # pragma: no cover - exercised by monkeypatching sys.modules
+        raise ImportError(
+            "Reading saved Keras files needs h5py, which is not installed: "
+            "pip install 'jrmsprop[h5]'"
+        ) from e
+    return h5py
+
+
+def _existing_file(path: Any, fn: str) -> Path:
+    try:
+        p = Path(os.fspath(path))
+    except TypeError:
+        raise TypeError(
+            f"{fn}: `path` must be a str or os.PathLike, got {type(path).__name__}"
+        ) from None
+    if not p.exists():
+        raise FileNotFoundError(f"{fn}: no such file: {str(p)!r}")
+    return p
+
+
+def _is_zip(p: Path) -> bool:
+    return p.is_file() and zipfile.is_zipfile(p)
+
+
+def _read_name_list(group: Any, name: str) -> list[str]:
+    """A list-of-names attribute as Keras writes it (split into ``name0``, ``name1``, ... when
+    large)."""
+    if name in group.attrs:
+        raw = list(group.attrs[name])
+    else:
+        raw, chunk = [], 0
+        while f"{name}{chunk}" in group.attrs:
+            raw.extend(group.attrs[f"{name}{chunk}"])
+            chunk += 1
+    return [n.decode("utf8") if isinstance(n, bytes) else str(n) for n in raw]
+
+
+def _read_dataset(group: Any, key: str, where: str) -> np.ndarray:
+    h5py = _h5py()
+    item = group.get(key)
+    if not isinstance(item, h5py.Dataset):
+        raise ValueError(f"{where}: {key!r} is listed but is not a dataset in the file")
+    value = np.asarray(item[()])
+    if value.dtype.kind not in "biuf":
+        raise ValueError(f"{where}: {key!r} holds {value.dtype} data, not numbers")
+    return value
+
+
+def _json_attr(f: Any, name: str) -> Any:
+    raw = f.attrs.get(name)
+    if raw is None:
+        return None
+    if isinstance(raw, bytes):
+        raw = raw.decode("utf8")
+    try:
+        return json.loads(str(raw))
+    except json.JSONDecodeError:
+        return None
+
+
+# ---- Keras 2 (.h5) ----------------------------------------------------------------------------
+
+
+def _keras2_h5(path: Any, fn: str) -> tuple[list[str], list[np.ndarray], dict | None, Path]:
+    """The optimizer's (names, values) in file order, and its ``{class_name, config}``."""
+    h5py = _h5py()
+    p = _existing_file(path, fn)
+    if p.is_dir() or not h5py.is_hdf5(p):
+        hint = (
+            " (it is a zip archive, e.g. a Keras 3 .keras file: use load_keras3_archive)"
+            if _is_zip(p)
+            else ""
+        )
+        raise ValueError(f"{fn}: {str(p)!r} is not an HDF5 file{hint}")
+    with h5py.File(p, "r") as f:
+        training = _json_attr(f, "training_config")
+        opt_config = training.get("optimizer_config") if isinstance(training, dict) else None
+        group = f.get("optimizer_weights")
+        if not isinstance(group, h5py.Group):
+            raise ValueError(
+                f"{fn}: {str(p)!r} holds no optimizer state (no 'optimizer_weights' group): it was "
+                "saved with include_optimizer=False, by save_weights(), or before the model was "
+                "compiled"
+            )
+        names = _read_name_list(group, "weight_names")
+        if not names:
+            raise ValueError(
+                f"{fn}: {str(p)!r} has an empty optimizer state (the optimizer never ran a step)"
+            )
+        values = [_read_dataset(group, n, f"{fn}: {str(p)!r}") for n in names]
+    return names, values, opt_config, p
+
+
+def _split_keras2(
+    names: list[str], values: list[np.ndarray], opt_config: dict | None, p: Path, fn: str
+) -> tuple[list[np.ndarray], list[str], bool, bool]:
+    """Orders the Keras 2 RMSprop variables as ``get_weights()``; checks it is RMSprop's state.
+
+    Returns ``(weights, variable names, has momentum slot, centered)``.
+    """
+    where = f"{fn}: {str(p)!r}"
+    class_name = (opt_config or {}).get("class_name")
+    config = (opt_config or {}).get("config") or {}
+    parts = [n.split(":")[0].split("/") for n in names]
+    if (
+        any(part in _NEW_OPTIMIZER_NAMES for ps in parts for part in ps)
+        or config.get("is_legacy_optimizer") is False
+    ):
+        raise ValueError(
+            f"{where} holds the state of the TF >= 2.11 / Keras 3 optimizer (variables "
+            f"{names[:3]}...), whose RMSprop puts epsilon inside the root always; "
+            "load_keras2_h5 reads the TF 2.x (legacy) RMSprop state. For a Keras 3 model, save "
+            "it as .keras and use load_keras3_archive"
+        )
+    if class_name is not None and class_name.split(">")[-1] != "RMSprop":
+        slots = sorted({ps[-1] for ps in parts[1:]})
+        raise ValueError(
+            f"{where} holds the state of a {class_name} optimizer (slots {slots}), not RMSprop"
+        )
+    counter = [i for i, ps in enumerate(parts) if ps[-1] in _KERAS2_COUNTERS]
+    if counter != [0]:
+        raise ValueError(
+            f"{where}: expected the iteration counter first and once, got variables {names}"
+        )
+    slots_by_var: dict[str, dict[str, np.ndarray]] = {}
+    var_names: dict[str, str] = {}
+    order: list[str] = []
+    for name, ps, value in zip(names[1:], parts[1:], values[1:], strict=True):
+        slot = ps[-1]
+        if slot not in _KERAS2_SLOTS or len(ps) < 2:
+            found = sorted({q[-1] for q in parts[1:]})
+            raise ValueError(
+                f"{where}: not RMSprop state: slot {slot!r} in {name!r} (slots found: {found}; "
+                f"RMSprop has {list(_KERAS2_SLOTS)})"
+            )
+        key = "/".join(ps[:-1])
+        if slot == "rms":
+            if key in slots_by_var:
+                raise ValueError(f"{where}: two 'rms' slots for variable {key!r}")
+            slots_by_var[key] = {}
+            order.append(key)
+            # Drop the optimizer's name: 'RMSprop/dense/kernel' -> 'dense/kernel'.
+            var_names[key] = "/".join(ps[1:-1]) if len(ps) > 2 else key
+        elif key not in slots_by_var:
+            raise ValueError(f"{where}: slot {name!r} of a variable without an 'rms' slot")
+        if slot in slots_by_var[key]:
+            raise ValueError(f"{where}: two {slot!r} slots for variable {key!r}")
+        slots_by_var[key][slot] = value
+    if not order:
+        raise ValueError(f"{where}: no 'rms' slots (the optimizer never ran a step)")
+    has = {s: [s in slots_by_var[k] for k in order] for s in _KERAS2_SLOTS}
+    for s in ("momentum", "mg"):
+        if any(has[s]) and not all(has[s]):
+            missing = [var_names[k] for k, h in zip(order, has[s], strict=True) if not h]
+            raise ValueError(f"{where}: variables {missing} lack a {s!r} slot that others have")
+    momentum, centered = all(has["momentum"]), all(has["mg"])
+    if "centered" in config and bool(config["centered"]) != centered:
+        raise ValueError(
+            f"{where}: the config says centered={config['centered']} but the file "
+            f"{'has' if centered else 'has no'} 'mg' slots"
+        )
+    weights = [values[0]] + [slots_by_var[k][s] for s in _KERAS2_SLOTS for k in order if has[s][0]]
+    return weights, [var_names[k] for k in order], momentum, centered
+
+
+def _check_params(params: Any, shapes: Sequence[tuple], var_names: Sequence[str], where: str):
+    """Same number of leaves as saved variables, leaf by leaf the same shape."""
+    leaves_with_path = jax.tree_util.tree_flatten_with_path(params)[0]
+    if len(leaves_with_path) != len(shapes):
+        raise ValueError(
+            f"{where}: `params` has {len(leaves_with_path)} leaves but the saved optimizer state "
+            f"is for {len(shapes)} variables ({', '.join(var_names)}); `params` must hold the "
+            "model's trainable weights, in model.trainable_weights order"
+        )
+    for i, ((kp, leaf), shape, var) in enumerate(
+        zip(leaves_with_path, shapes, var_names, strict=True)
+    ):
+        leaf_shape = tuple(np.shape(leaf))
+        if leaf_shape != tuple(shape):
+            raise ValueError(
+                f"{where}: `params` leaf {i} ({jax.tree_util.keystr(kp) or 'the root'}) has shape "
+                f"{leaf_shape}, but saved variable {i} ({var}) has shape {tuple(shape)}; "
+                "`params` leaves must follow model.trainable_weights order"
+            )
+
+
+def keras2_h5_weights(path: str | os.PathLike) -> list[np.ndarray]:
+    """The TF 2.x Keras RMSprop state in an ``.h5`` file, as ``optimizer.get_weights()``.
+
+    ``[iterations, rms(v0), rms(v1), ..., momentum(v0), ..., mg(v0), ...]`` (momentum only with a
+    momentum slot, mg only when centered), ready for :meth:`jrmsprop.RMSprop.set_weights` or
+    :func:`jrmsprop.compat.state_from_keras2`. No TensorFlow is imported.
+
+    Args:
+      path: a ``tf_keras`` ``model.save("m.h5")`` file (optimizer included), or any HDF5 file
+        with an ``optimizer_weights`` group laid out the same way.
+
+    Returns:
+      The NumPy arrays (``iterations`` is int64, as Keras stores it).
+
+    Example (``m.h5`` from ``model.save`` in TF 2.x; ``variables`` the model's trainable
+    weights as :class:`jrmsprop.Variable`, in order)::
+
+      config = saved_optimizer_config("m.h5")["config"]
+      opt = jrmsprop.RMSprop.from_config(config)
+      opt.build(variables)
+      opt.set_weights(keras2_h5_weights("m.h5"))
+    """
+    fn = "keras2_h5_weights"
+    names, values, opt_config, p = _keras2_h5(path, fn)
+    return _split_keras2(names, values, opt_config, p, fn)[0]
+
+
+def load_keras2_h5(path: str | os.PathLike, params: Any) -> RMSpropState:
+    """Reads the TF 2.x Keras RMSprop state from an ``.h5`` file, for :func:`jrmsprop.rmsprop`.
+
+    The file's slots ``rms``, ``momentum``, ``mg`` and ``iterations`` become an
+    :class:`jrmsprop.RMSpropState` (``momentum`` ``None`` without a momentum slot, ``mg`` ``None``
+    when not centered, ``count`` int32). Build the transformation with the same
+    hyperparameters (:func:`saved_optimizer_config` reads them); training then continues as the
+    Keras optimizer would have, bit for bit on the same gradients. No TensorFlow is imported.
+
+    Args:
+      path: a ``tf_keras`` ``model.save("m.h5")`` file with the optimizer included (the legacy,
+        TF <= 2.10 optimizer: ``tf_keras.optimizers.legacy.RMSprop``).
+      params: the parameters, a pytree whose leaves (in ``jax.tree.leaves`` order -- a dict's
+        keys sorted) are the model's trainable weights in ``model.trainable_weights`` order,
+        with the same shapes. A list is the safest container.
+
+    Returns:
+      The state, shaped like ``params`` (slot dtypes follow the leaves).
+
+    Raises:
+      FileNotFoundError: ``path`` does not exist.
+      ValueError: not an HDF5 file, no optimizer state, another optimizer's state, or ``params``
+        with a different number of leaves or a different shape (the leaf is named).
+      ImportError: h5py is not installed.
+
+    Example (``m.h5`` from ``model.save`` in TF 2.x, ``RMSprop(0.01, momentum=0.9)``)::
+
+      params = [kernel0, bias0, kernel1, bias1]  # model.trainable_weights order
+      state = load_keras2_h5("m.h5", params)
+      tx = jrmsprop.rmsprop(learning_rate=0.01, momentum=0.9)
+      updates, state = tx.update(grads, state, params)
+    """
+    from jrmsprop.compat import state_from_keras2  # compat imports the core; avoid a cycle
+
+    fn = "load_keras2_h5"
+    names, values, opt_config, p = _keras2_h5(path, fn)
+    weights, var_names, momentum, centered = _split_keras2(names, values, opt_config, p, fn)
+    n = len(var_names)
+    _check_params(params, [w.shape for w in weights[1 : 1 + n]], var_names, f"{fn}: {str(p)!r}")
+    return state_from_keras2(weights, params, momentum=momentum, centered=centered)
+
+
+# ---- Keras 3 (.keras) -------------------------------------------------------------------------
+
+
+def _keras3_archive(path: Any, fn: str) -> tuple[dict, dict, bytes | Path, Path]:
+    """``(model config, optimizer {class_name, config}, weights file bytes or path, path)``."""
+    p = _existing_file(path, fn)
+    where = f"{fn}: {str(p)!r}"
+    if p.is_dir():  # model.save(..., zipped=False): the same files in a folder
+        try:
+            config = json.loads((p / "config.json").read_text("utf8"))
+        except FileNotFoundError:
+            raise ValueError(
+                f"{where} is a folder without config.json, not a Keras 3 model"
+            ) from None
+        weights: bytes | Path = p / "model.weights.h5"
+        if not weights.is_file():
+            raise ValueError(f"{where} is a folder without model.weights.h5")
+    elif _is_zip(p):
+        with zipfile.ZipFile(p) as z:
+            members = set(z.namelist())
+            missing = {"config.json", "model.weights.h5"} - members
+            if missing:
+                raise ValueError(
+                    f"{where} is a zip archive without {sorted(missing)}, not a Keras 3 .keras file"
+                )
+            config = json.loads(z.read("config.json").decode("utf8"))
+            weights = z.read("model.weights.h5")
+    else:
+        h5py = _h5py()
+        hint = (
+            " (it is an HDF5 file, e.g. a TF 2.x Keras .h5 model: use load_keras2_h5)"
+            if p.is_file() and h5py.is_hdf5(p)
+            else ""
+        )
+        raise ValueError(f"{where} is not a zip archive (a Keras 3 .keras file){hint}")
+    if not isinstance(config, dict):
+        raise ValueError(f"{where}: config.json does not hold a model config")
+    compile_config = config.get("compile_config") or {}
+    opt = compile_config.get("optimizer") if isinstance(compile_config, dict) else None
+    if not isinstance(opt, dict):
+        raise ValueError(
+            f"{where} holds no optimizer state: the model was saved without being compiled "
+            "with an optimizer"
+        )
+    return config, opt, weights, p
+
+
+def _keras3_optimizer_vars(weights: bytes | Path, where: str) -> list[np.ndarray]:
+    h5py = _h5py()
+    source = io.BytesIO(weights) if isinstance(weights, bytes) else weights
+    with h5py.File(source, "r") as f:
+        group = f.get("optimizer/vars")
+        if not isinstance(group, h5py.Group):
+            raise ValueError(
+                f"{where} holds no optimizer state (no 'optimizer/vars' in the weights)"
+            )
+        keys = sorted(group.keys(), key=lambda k: (not k.isdigit(), int(k) if k.isdigit() else 0))
+        if keys != [str(i) for i in range(len(keys))]:
+            raise ValueError(f"{where}: unexpected optimizer variables {list(group.keys())}")
+        return [_read_dataset(group, k, where) for k in keys]
+
+
+def load_keras3_archive(path: str | os.PathLike, params: Any) -> RMSpropState:
+    """Reads the Keras 3 RMSprop state from a ``.keras`` file, for :func:`jrmsprop.compat.keras3`.
+
+    The optimizer variables ``iteration``, ``velocity``, ``momentum`` and ``average_gradient``
+    become an :class:`jrmsprop.RMSpropState` (``momentum`` ``None`` when ``momentum == 0``,
+    ``mg`` ``None`` when not centered, ``count`` int32). Build ``compat.keras3`` with the same
+    hyperparameters (:func:`saved_optimizer_config` reads them). No TensorFlow, Keras or PyTorch
+    is imported.
+
+    Args:
+      path: a Keras 3 ``model.save("m.keras")`` archive (or the folder written with
+        ``zipped=False``) of a model compiled with ``keras.optimizers.RMSprop``.
+      params: the parameters, a pytree whose leaves (in ``jax.tree.leaves`` order) are the
+        model's trainable variables in ``model.trainable_variables`` order, same shapes.
+
+    Returns:
+      The state, shaped like ``params``.
+
+    Raises:
+      FileNotFoundError: ``path`` does not exist.
+      ValueError: not a ``.keras`` archive, no optimizer state, another optimizer's state, an
+        optimizer option jrmsprop does not reproduce (``use_ema``, gradient accumulation), or
+        ``params`` with a different number of leaves or a different shape (the leaf is named).
+      ImportError: h5py is not installed.
+
+    Example (``m.keras`` from Keras 3, ``RMSprop(0.01, momentum=0.9, centered=True)``)::
+
+      state = load_keras3_archive("m.keras", params)
+      tx = jrmsprop.compat.keras3(0.01, momentum=0.9, centered=True)
+      updates, state = tx.update(grads, state, params)
+    """
+    from jrmsprop.compat import _build_slot, _count
+
+    fn = "load_keras3_archive"
+    _, opt, weights_file, p = _keras3_archive(path, fn)
+    where = f"{fn}: {str(p)!r}"
+    class_name = str(opt.get("class_name"))
+    config = opt.get("config") or {}
+    if class_name.split(">")[-1] != "RMSprop":
+        raise ValueError(f"{where} holds the state of a {class_name} optimizer, not RMSprop")
+    for option in ("use_ema", "gradient_accumulation_steps"):
+        if config.get(option):
+            raise ValueError(
+                f"{where}: the optimizer has {option}={config[option]!r}, which jrmsprop does not "
+                "reproduce"
+            )
+    values = _keras3_optimizer_vars(weights_file, where)
+    momentum = float(config.get("momentum") or 0.0) > 0
+    centered = bool(config.get("centered", False))
+    # iteration, then learning_rate when it is a number (a schedule is not a variable).
+    head = 2 if isinstance(config.get("learning_rate"), (int, float)) else 1
+    blocks = 1 + int(momentum) + int(centered)
+    if len(values) <= head:
+        raise ValueError(f"{where}: no slot variables (the optimizer never ran a step)")
+    if (len(values) - head) % blocks:
+        raise ValueError(
+            f"{where}: {len(values) - head} slot variables cannot be {blocks} equal blocks "
+            f"(momentum={config.get('momentum')}, centered={centered})"
+        )
+    n_saved = (len(values) - head) // blocks
+    slots = [values[head + k * n_saved : head + (k + 1) * n_saved] for k in range(blocks)]
+    names = [f"velocity {i}" for i in range(n_saved)]
+    _check_params(params, [v.shape for v in slots[0]], names, where)
+    for k, slot in enumerate(slots[1:], start=1):
+        for i, (a, b) in enumerate(zip(slots[0], slot, strict=True)):
+            if a.shape != b.shape:
+                raise ValueError(
+                    f"{where}: slot block {k} variable {i} has shape {b.shape}, "
+                    f"velocity {i} has {a.shape}"
+                )
+    return RMSpropState(
+        count=_count(values[0], fn),
+        rms=_build_slot(params, slots[0], f"{fn}: velocity"),
+        momentum=_build_slot(params, slots[1], f"{fn}: momentum") if momentum else None,
+        mg=_build_slot(params, slots[-1], f"{fn}: average_gradient") if centered else None,
+    )
+
+
+def saved_optimizer_config(path: str | os.PathLike) -> dict[str, Any]:
+    """The optimizer's class and config stored in a Keras ``.h5`` or ``.keras`` file.
+
+    Args:
+      path: a ``tf_keras`` ``.h5`` model file or a Keras 3 ``.keras`` archive.
+
+    Returns:
+      ``{"class_name": ..., "config": {...}}`` as Keras wrote it (for RMSprop the config holds
+      ``learning_rate``, ``rho``, ``momentum``, ``epsilon``, ``centered``, ...; float32 values
+      appear as their exact doubles, e.g. ``0.009999999776482582``).
+    """
+    fn = "saved_optimizer_config"
+    p = _existing_file(path, fn)
+    if _is_zip(p) or p.is_dir():
+        _, opt, _, _ = _keras3_archive(p, fn)
+        return {"class_name": opt.get("class_name"), "config": opt.get("config") or {}}
+    h5py = _h5py()
+    if not h5py.is_hdf5(p):
+        raise ValueError(f"{fn}: {str(p)!r} is neither an HDF5 file nor a .keras archive")
+    with h5py.File(p, "r") as f:
+        training = _json_attr(f, "training_config")
+    opt = training.get("optimizer_config") if isinstance(training, dict) else None
+    if not isinstance(opt, dict):
+        raise ValueError(f"{fn}: {str(p)!r} holds no optimizer config (no 'training_config')")
+    return {"class_name": opt.get("class_name"), "config": opt.get("config") or {}}

@@ -1,0 +1,390 @@
+"""Optimizer state read from files saved by the real Keras, then training continued in JAX.
+
+The files in ``tests/saved/`` were written by ``tests/saved/generate.py`` with tf_keras 2.21
+(legacy RMSprop, ``model.save("*.h5")``) and Keras 3.15 (``model.save("*.keras")``). Beside each
+one, an ``.npz`` holds the parameters at the time of saving, the gradients of the next ``M``
+steps and the framework's parameters after each of them. Loading the state and feeding jrmsprop
+those gradients must give the framework's parameters bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+pytest.importorskip("h5py")
+
+import jrmsprop  # noqa: E402
+from jrmsprop._src import saved_state  # noqa: E402
+from jrmsprop._src.saved_state import (  # noqa: E402
+    keras2_h5_weights,
+    load_keras2_h5,
+    load_keras3_archive,
+    saved_optimizer_config,
+)
+
+SAVED = Path(__file__).resolve().parent / "saved"
+KERAS2 = sorted(p.stem for p in SAVED.glob("keras2_*.npz"))
+KERAS3 = sorted(p.stem for p in SAVED.glob("keras3_*.npz"))
+SHAPES = [(4, 3), (3,), (3, 2), (2,)]  # Dense(3) kernel, bias, Dense(2) kernel, bias
+
+
+def _case(name: str) -> tuple[dict, dict[str, np.ndarray]]:
+    with np.load(SAVED / f"{name}.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    return json.loads(str(arrays.pop("meta"))), arrays
+
+
+def _params(arrays: dict[str, np.ndarray]) -> list[jax.Array]:
+    return [jnp.asarray(arrays[f"p0_{i}"]) for i in range(len(SHAPES))]
+
+
+def _continue(tx, params, state, arrays, m):
+    @jax.jit
+    def step(params, state, grads):
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    traj = []
+    for j in range(m):
+        params, state = step(params, state, [jnp.asarray(arrays[f"g_{i}"][j]) for i in range(4)])
+        traj.append([np.asarray(p) for p in params])
+    return traj, state
+
+
+def _assert_trajectory(traj, arrays, name):
+    for j, params in enumerate(traj):
+        for i, p in enumerate(params):
+            np.testing.assert_array_equal(
+                p, arrays[f"p_{i}"][j], err_msg=f"{name}: param {i} after step {j + 1}"
+            )
+
+
+def test_the_golden_set_is_there() -> None:
+    assert KERAS2 == [
+        "keras2_mom0",
+        "keras2_mom0.9",
+        "keras2_mom0.9_centered",
+        "keras2_mom0_centered",
+    ]
+    assert KERAS3 == ["keras3_mom0.9_centered", "keras3_plain"]
+
+
+# ---- Keras 2 (.h5) ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", KERAS2)
+def test_keras2_h5_continues_bit_for_bit(name: str) -> None:
+    tf_before = "tensorflow" in sys.modules
+    meta, arrays = _case(name)
+    path = SAVED / meta["saved"]
+    params = _params(arrays)
+    state = load_keras2_h5(path, params)
+    if not tf_before:
+        assert "tensorflow" not in sys.modules
+    kw = meta["kwargs"]
+    assert state.count.dtype == jnp.int32 and int(state.count) == meta["fit_steps"]
+    assert (state.momentum is None) == (kw["momentum"] == 0)
+    assert (state.mg is None) == (not kw["centered"])
+    # The hyperparameters come from the file too.
+    config = saved_optimizer_config(path)
+    assert config["class_name"] == "RMSprop"
+    c = config["config"]
+    tx = jrmsprop.rmsprop(
+        c["learning_rate"], c["rho"], c["momentum"], c["epsilon"], c["centered"], decay=c["decay"]
+    )
+    traj, state = _continue(tx, params, state, arrays, meta["m"])
+    _assert_trajectory(traj, arrays, name)
+    assert int(state.count) == int(arrays["iterations"]) == meta["fit_steps"] + meta["m"]
+    for slot in ("rms", "momentum", "mg"):
+        ours = getattr(state, slot)
+        if ours is None:
+            assert f"slot_{slot}_0" not in arrays
+            continue
+        for i, got in enumerate(ours):
+            np.testing.assert_array_equal(got, arrays[f"slot_{slot}_{i}"], err_msg=f"{slot} {i}")
+
+
+@pytest.mark.parametrize("name", KERAS2)
+def test_keras2_h5_weights_through_the_wrapper(name: str) -> None:
+    """``RMSprop.from_config`` + ``set_weights(keras2_h5_weights(path))``, then apply_gradients."""
+    meta, arrays = _case(name)
+    path = SAVED / meta["saved"]
+    weights = keras2_h5_weights(path)
+    kw = meta["kwargs"]
+    blocks = 1 + int(kw["momentum"] > 0) + int(kw["centered"])
+    assert len(weights) == 1 + blocks * 4
+    assert int(weights[0]) == meta["fit_steps"]
+    assert [w.shape for w in weights[1:]] == SHAPES * blocks
+    opt = jrmsprop.RMSprop.from_config(saved_optimizer_config(path)["config"])
+    variables = [jrmsprop.Variable(p) for p in _params(arrays)]
+    opt.build(variables)
+    opt.set_weights(weights)
+    for mine, theirs in zip(opt.get_weights(), weights, strict=True):
+        np.testing.assert_array_equal(mine, theirs)
+    traj = []
+    for j in range(meta["m"]):
+        grads = [jnp.asarray(arrays[f"g_{i}"][j]) for i in range(4)]
+        opt.apply_gradients(zip(grads, variables, strict=True))
+        traj.append([v.numpy() for v in variables])
+    _assert_trajectory(traj, arrays, f"{name} (wrapper)")
+    assert int(opt.iterations.numpy()) == int(arrays["iterations"])
+
+
+def test_keras2_h5_weights_match_the_functional_state() -> None:
+    path = SAVED / "keras2_mom0.9_centered.h5"
+    params = [jnp.zeros(s) for s in SHAPES]
+    state = load_keras2_h5(path, params)
+    w = keras2_h5_weights(path)
+    flat = [state.rms, state.momentum, state.mg]
+    for k, slot in enumerate(flat):
+        for i in range(4):
+            np.testing.assert_array_equal(slot[i], w[1 + 4 * k + i])
+
+
+def test_keras2_params_as_a_dict_in_leaf_order() -> None:
+    """Any pytree works when its leaves come in trainable-weights order."""
+    path = SAVED / "keras2_mom0.9.h5"
+    params = {
+        "a_kernel": jnp.zeros((4, 3)),
+        "b_bias": jnp.zeros(3),
+        "c_kernel": jnp.zeros((3, 2)),
+        "d_bias": jnp.zeros(2),
+    }
+    state = load_keras2_h5(path, params)
+    w = keras2_h5_weights(path)
+    np.testing.assert_array_equal(state.momentum["c_kernel"], w[5 + 2])
+    assert state.mg is None
+
+
+# ---- Keras 3 (.keras) -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", KERAS3)
+def test_keras3_archive_continues_bit_for_bit(name: str) -> None:
+    tf_before = "tensorflow" in sys.modules
+    meta, arrays = _case(name)
+    path = SAVED / meta["saved"]
+    params = _params(arrays)
+    state = load_keras3_archive(path, params)
+    if not tf_before:
+        assert "tensorflow" not in sys.modules
+    kw = meta["kwargs"]
+    assert state.count.dtype == jnp.int32 and int(state.count) == meta["fit_steps"]
+    assert (state.momentum is None) == (kw.get("momentum", 0.0) == 0)
+    assert (state.mg is None) == (not kw.get("centered", False))
+    c = saved_optimizer_config(path)["config"]
+    tx = jrmsprop.compat.keras3(
+        c["learning_rate"], c["rho"], c["momentum"], c["epsilon"], c["centered"]
+    )
+    traj, state = _continue(tx, params, state, arrays, meta["m"])
+    _assert_trajectory(traj, arrays, name)
+    assert int(state.count) == int(arrays["iterations"])
+    names = {"rms": "velocity", "momentum": "momentum", "mg": "average_gradient"}
+    for slot, theirs in names.items():
+        ours = getattr(state, slot)
+        if ours is None:
+            assert f"slot_{theirs}_0" not in arrays
+            continue
+        for i, got in enumerate(ours):
+            np.testing.assert_array_equal(got, arrays[f"slot_{theirs}_{i}"], err_msg=f"{slot} {i}")
+
+
+def test_keras3_unzipped_folder(tmp_path: Path) -> None:
+    """``model.save(..., zipped=False)`` writes the same files into a folder."""
+    with zipfile.ZipFile(SAVED / "keras3_mom0.9_centered.keras") as z:
+        z.extractall(tmp_path / "m.keras")
+    params = [jnp.zeros(s) for s in SHAPES]
+    a = load_keras3_archive(tmp_path / "m.keras", params)
+    b = load_keras3_archive(SAVED / "keras3_mom0.9_centered.keras", params)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_loading_imports_no_framework() -> None:
+    """In a fresh interpreter: loading both formats imports neither TensorFlow nor PyTorch."""
+    code = f"""
+import sys, jax.numpy as jnp
+from jrmsprop._src.saved_state import load_keras2_h5, load_keras3_archive, keras2_h5_weights
+p = [jnp.zeros(s) for s in {SHAPES!r}]
+load_keras2_h5({str(SAVED / "keras2_mom0.9_centered.h5")!r}, p)
+keras2_h5_weights({str(SAVED / "keras2_mom0.h5")!r})
+load_keras3_archive({str(SAVED / "keras3_mom0.9_centered.keras")!r}, p)
+bad = sorted(m for m in ("tensorflow", "tf_keras", "keras", "torch") if m in sys.modules)
+print("imported:", bad)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "imported: []", out.stdout + out.stderr
+
+
+# ---- errors -----------------------------------------------------------------------------------
+
+
+def _zeros():
+    return [jnp.zeros(s) for s in SHAPES]
+
+
+def test_error_missing_file(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.h5"
+    with pytest.raises(FileNotFoundError, match=r"load_keras2_h5: no such file: .*nope\.h5"):
+        load_keras2_h5(missing, _zeros())
+    with pytest.raises(FileNotFoundError, match=r"load_keras3_archive: no such file"):
+        load_keras3_archive(tmp_path / "nope.keras", _zeros())
+    with pytest.raises(FileNotFoundError, match=r"keras2_h5_weights: no such file"):
+        keras2_h5_weights(missing)
+    with pytest.raises(TypeError, match=r"`path` must be a str or os.PathLike, got int"):
+        load_keras2_h5(3, _zeros())
+
+
+def test_error_not_hdf5_or_zip(tmp_path: Path) -> None:
+    text = tmp_path / "m.h5"
+    text.write_text("not a model")
+    with pytest.raises(ValueError, match=r"load_keras2_h5: '.*m\.h5' is not an HDF5 file$"):
+        load_keras2_h5(text, _zeros())
+    with pytest.raises(ValueError, match=r"load_keras3_archive: '.*m\.h5' is not a zip archive"):
+        load_keras3_archive(text, _zeros())
+    with pytest.raises(
+        ValueError,
+        match=r"is not an HDF5 file \(it is a zip archive.*"
+        r"use load_keras3_archive\)",
+    ):
+        load_keras2_h5(SAVED / "keras3_plain.keras", _zeros())
+    with pytest.raises(ValueError, match=r"is not a zip archive .*HDF5.*use load_keras2_h5"):
+        load_keras3_archive(SAVED / "keras2_mom0.h5", _zeros())
+    other_zip = tmp_path / "x.keras"
+    with zipfile.ZipFile(other_zip, "w") as z:
+        z.writestr("readme.txt", "hi")
+    with pytest.raises(ValueError, match=r"zip archive without \['config.json', 'model.weights"):
+        load_keras3_archive(other_zip, _zeros())
+    with pytest.raises(ValueError, match=r"neither an HDF5 file nor a .keras archive"):
+        saved_optimizer_config(text)
+
+
+def test_error_no_optimizer_state(tmp_path: Path) -> None:
+    with pytest.raises(
+        ValueError,
+        match=r"keras2_no_optimizer\.h5' holds no optimizer state "
+        r"\(no 'optimizer_weights' group\).*include_optimizer=False",
+    ):
+        load_keras2_h5(SAVED / "keras2_no_optimizer.h5", _zeros())
+    # A Keras 3 archive of a model that was never compiled: drop compile_config.
+    src = zipfile.ZipFile(SAVED / "keras3_plain.keras")
+    target = tmp_path / "uncompiled.keras"
+    with src, zipfile.ZipFile(target, "w") as z:
+        for member in src.namelist():
+            data = src.read(member)
+            if member == "config.json":
+                config = json.loads(data)
+                config.pop("compile_config")
+                data = json.dumps(config).encode()
+            z.writestr(member, data)
+    with pytest.raises(ValueError, match=r"uncompiled\.keras' holds no optimizer state"):
+        load_keras3_archive(target, _zeros())
+
+
+def test_error_another_optimizer() -> None:
+    with pytest.raises(
+        ValueError,
+        match=r"keras2_adam\.h5' holds the state of a Adam optimizer "
+        r"\(slots \['m', 'v'\]\), not RMSprop",
+    ):
+        load_keras2_h5(SAVED / "keras2_adam.h5", _zeros())
+    with pytest.raises(ValueError, match=r"holds the state of a Adam optimizer"):
+        keras2_h5_weights(SAVED / "keras2_adam.h5")
+    with pytest.raises(
+        ValueError,
+        match=r"keras3_adam\.keras' holds the state of a Adam "
+        r"optimizer, not RMSprop",
+    ):
+        load_keras3_archive(SAVED / "keras3_adam.keras", _zeros())
+    with pytest.raises(
+        ValueError,
+        match=r"TF >= 2.11 / Keras 3 optimizer .*load_keras2_h5 reads"
+        r" the TF 2.x \(legacy\) RMSprop state",
+    ):
+        load_keras2_h5(SAVED / "keras2_new_optimizer.h5", _zeros())
+
+
+def test_error_adam_without_training_config(tmp_path: Path) -> None:
+    """Without the class name in the file, the slot names still tell Adam from RMSprop."""
+    import h5py
+
+    target = tmp_path / "adam.h5"
+    with h5py.File(SAVED / "keras2_adam.h5", "r") as src, h5py.File(target, "w") as dst:
+        src.copy("optimizer_weights", dst)
+    with pytest.raises(
+        ValueError,
+        match=r"not RMSprop state: slot 'm' in 'Adam/dense_\d+/kernel"
+        r"/m:0' \(slots found: \['m', 'v'\]",
+    ):
+        load_keras2_h5(target, _zeros())
+
+
+def test_weights_only_h5_with_optimizer_group(tmp_path: Path) -> None:
+    """Any HDF5 file with Keras' ``optimizer_weights`` group loads (no training_config needed)."""
+    import h5py
+
+    target = tmp_path / "weights.h5"
+    with h5py.File(SAVED / "keras2_mom0.9.h5", "r") as src, h5py.File(target, "w") as dst:
+        src.copy("optimizer_weights", dst)
+    for a, b in zip(
+        keras2_h5_weights(target), keras2_h5_weights(SAVED / "keras2_mom0.9.h5"), strict=True
+    ):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_error_count_mismatch() -> None:
+    with pytest.raises(
+        ValueError,
+        match=r"`params` has 3 leaves but the saved optimizer state is "
+        r"for 4 variables \(dense_\d+/kernel, dense_\d+/bias, .*trainable_weights",
+    ):
+        load_keras2_h5(SAVED / "keras2_mom0.9.h5", _zeros()[:3])
+    with pytest.raises(
+        ValueError,
+        match=r"`params` has 5 leaves but the saved optimizer state is "
+        r"for 4 variables",
+    ):
+        load_keras3_archive(SAVED / "keras3_mom0.9_centered.keras", [*_zeros(), jnp.zeros(1)])
+
+
+def test_error_shape_mismatch() -> None:
+    params = {"w": [jnp.zeros((4, 3)), jnp.zeros(3), jnp.zeros((2, 3)), jnp.zeros(2)]}
+    with pytest.raises(
+        ValueError,
+        match=r"`params` leaf 2 \(\['w'\]\[2\]\) has shape \(2, 3\), "
+        r"but saved variable 2 \(dense_\d+/kernel\) has shape \(3, 2\)",
+    ):
+        load_keras2_h5(SAVED / "keras2_mom0_centered.h5", params)
+    with pytest.raises(
+        ValueError,
+        match=r"`params` leaf 2 \(\['w'\]\[2\]\) has shape \(2, 3\), "
+        r"but saved variable 2 \(velocity 2\) has shape \(3, 2\)",
+    ):
+        load_keras3_archive(SAVED / "keras3_plain.keras", params)
+
+
+def test_error_without_h5py(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "h5py", None)
+    with pytest.raises(ImportError, match=r"needs h5py.*pip install 'jrmsprop\[h5\]'"):
+        load_keras2_h5(SAVED / "keras2_mom0.h5", _zeros())
+    with pytest.raises(ImportError, match=r"pip install 'jrmsprop\[h5\]'"):
+        load_keras3_archive(SAVED / "keras3_plain.keras", _zeros())
+
+
+def test_module_exports() -> None:
+    assert set(saved_state.__all__) == {
+        "keras2_h5_weights",
+        "load_keras2_h5",
+        "load_keras3_archive",
+        "saved_optimizer_config",
+    }
