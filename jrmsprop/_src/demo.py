@@ -1,60 +1,47 @@
-"""``jrmsprop demo``: fit a small MLP to the Auto MPG data with jrmsprop.
+"""``jrmsprop demo``: a TF 2.x Keras RMSprop recipe ported to JAX, with optax and with jrmsprop.
 
-The demo trains the same one-hidden-layer MLP (plain JAX, no flax) on the Auto MPG
-fuel-efficiency data that ships inside ``vega_datasets`` with three optimizers:
+The recipe is ``tf.keras.optimizers.RMSprop(learning_rate=2.5e-4, rho=0.95, epsilon=0.01)``, the
+large-ε setting of many Keras DQN ports, applied full batch to a 9-64-1 ReLU MLP that predicts
+fuel efficiency from the Auto MPG data bundled with ``vega_datasets``. Without momentum Keras
+divides the gradient by ``sqrt(rms) + ε``; ``optax.rmsprop(lr, decay=rho, eps=ε)`` divides by
+``sqrt(rms + ε)``, which for small ``rms`` acts like ``sqrt(rms) + sqrt(ε)``: at ε = 0.01, ten
+times the damping, so optax's steps shrink wherever the gradients are small. (With momentum Keras
+moves ε inside the root and optax agrees; at the default ε = 1e-7 the difference is invisible.)
 
-* ``jrmsprop.rmsprop(lr)``: TF2 Keras RMSprop, momentum 0, so epsilon sits *outside* the root;
-* ``jrmsprop.rmsprop(lr, momentum=0.9)``: the Keras-2 momentum path, epsilon *inside* the root;
-* ``optax.rmsprop(lr, decay=0.9, eps=1e-7)``: optax's stock RMSprop, for comparison.
-
-It prints a table (train/test mean absolute error in miles per gallon, steps, wall time) and
-writes a PNG of the loss curves. Everything is deterministic for a given ``--seed``.
-
-Run it with ``python -m jrmsprop demo`` (needs ``pip install 'jrmsprop[demo]'``).
+The demo trains the same model from the same NumPy initialisation on the same data with
+``jrmsprop.rmsprop`` and ``optax.rmsprop`` and compares both with the loss curve and final weights
+recorded from the real ``tf_keras`` run (``demo_reference.npz``, written by
+``tests/golden/generate_demo_reference.py``). It prints a table and writes a PNG of the curves.
+The recording matches only the default ``--seed`` and ``--lr`` (and covers ``--steps`` up to its
+length); the demo says so when the flags leave it behind.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import json
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-__all__ = [
-    "DemoData",
-    "DemoResult",
-    "format_table",
-    "load_auto_mpg",
-    "main",
-    "make_configs",
-    "plot_results",
-    "train",
-]
+import jrmsprop
 
-_EXTRA_HINT = "pip install 'jrmsprop[demo]'"
+__all__ = ["Data", "Result", "Run", "init_params", "load_auto_mpg", "main", "mlp", "run"]
 
-#: Numeric input columns of the Auto MPG table (``Origin`` is one-hot encoded on top).
-FEATURES = (
-    "Cylinders",
-    "Displacement",
-    "Horsepower",
-    "Weight_in_lbs",
-    "Acceleration",
-    "Year",
-)
+LEARNING_RATE, RHO, EPSILON = 2.5e-4, 0.95, 0.01  # the Keras 2 recipe
+STEPS, SEED, HIDDEN = 1000, 0, 64
+REFERENCE = Path(__file__).with_name("demo_reference.npz")
+FEATURES = ("Cylinders", "Displacement", "Horsepower", "Weight_in_lbs", "Acceleration", "Year")
 ORIGINS = ("USA", "Europe", "Japan")
-TARGET = "Miles_per_Gallon"
-
-Params = dict[str, jax.Array]
 
 
 class MissingExtraError(ImportError):
@@ -63,376 +50,301 @@ class MissingExtraError(ImportError):
 
 def _require(module: str) -> Any:
     """Import ``module`` or raise :class:`MissingExtraError` naming the ``demo`` extra."""
-    import importlib
-
     try:
         return importlib.import_module(module)
     except ImportError as err:
         raise MissingExtraError(
             f"`jrmsprop demo` needs the optional package {module!r}, which is not installed. "
-            f"Install the demo extra: {_EXTRA_HINT}"
+            "Install the demo extra: pip install 'jrmsprop[demo]'"
         ) from err
 
 
-# --------------------------------------------------------------------------------------------
-# Data
-# --------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class DemoData:
-    """Standardized train/test split of Auto MPG (float32), plus the target scaling."""
+class Data(NamedTuple):
+    """Standardised Auto MPG split (float32); ``y_std`` turns target units back into mpg."""
 
     x_train: np.ndarray
     y_train: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
-    y_mean: float
     y_std: float
-    feature_names: tuple[str, ...]
-
-    @property
-    def baseline_test_mae(self) -> float:
-        """Test MAE (mpg) of always predicting the mean training mpg."""
-        return float(np.mean(np.abs(self.y_test * self.y_std)))
 
 
-def _cars_records() -> list[dict[str, Any]]:
-    """The raw ``cars`` records bundled with ``vega_datasets`` (read as JSON, no pandas)."""
-    vega = _require("vega_datasets")
-    path = Path(vega.local_data.cars.filepath)
-    with path.open(encoding="utf-8") as f:
-        return json.load(f)
+def load_auto_mpg(seed: int = SEED, cars_json: str | Path | None = None) -> Data:
+    """Auto MPG: complete rows, a seeded 80/20 split, standardised with the training statistics.
 
+    Inputs are the six numeric columns (model year as a number) and a one-hot ``Origin``; the
+    target is miles per gallon.
 
-def load_auto_mpg(seed: int = 0, test_fraction: float = 0.2) -> DemoData:
-    """Load Auto MPG, drop incomplete rows, split with ``seed`` and standardize.
+    Args:
+      seed: seed of the split.
+      cars_json: the ``cars.json`` file; by default the copy bundled with ``vega_datasets``.
 
-    Inputs are the six numeric columns (model year as a number) plus a one-hot ``Origin``;
-    the target is miles per gallon. Means and standard deviations come from the training
-    split only.
+    Returns:
+      A :class:`Data` with 314 training and 78 test cars.
     """
+    if cars_json is None:
+        cars_json = _require("vega_datasets").local_data.cars.filepath
     rows = []
-    for rec in _cars_records():
-        values = [rec.get(TARGET)] + [rec.get(name) for name in FEATURES]
+    for rec in json.loads(Path(cars_json).read_text(encoding="utf-8")):
+        values = [rec.get(k) for k in ("Miles_per_Gallon", *FEATURES)]
         if any(v is None for v in values) or rec.get("Origin") not in ORIGINS:
             continue
-        year = int(str(rec["Year"])[:4])  # "1970-01-01" -> 1970
-        numeric = [float(rec[name]) for name in FEATURES[:-1]] + [float(year)]
-        onehot = [1.0 if rec["Origin"] == o else 0.0 for o in ORIGINS]
-        rows.append([float(rec[TARGET]), *numeric, *onehot])
+        values[-1] = int(str(values[-1])[:4])  # "1970-01-01" -> 1970
+        rows.append([float(v) for v in values] + [float(rec["Origin"] == o) for o in ORIGINS])
     table = np.asarray(rows, dtype=np.float64)
-    if not np.all(np.isfinite(table)):  # pragma: no cover - the bundled file is clean
-        table = table[np.all(np.isfinite(table), axis=1)]
-
     perm = np.random.default_rng(seed).permutation(len(table))
-    n_test = int(round(test_fraction * len(table)))
+    n_test = round(0.2 * len(table))
     test, train = table[perm[:n_test]], table[perm[n_test:]]
-
-    y_mean, y_std = float(train[:, 0].mean()), float(train[:, 0].std())
-    x_mean, x_std = train[:, 1:].mean(axis=0), train[:, 1:].std(axis=0)
-    x_std = np.where(x_std > 0, x_std, 1.0)
+    mean, std = train.mean(axis=0), train.std(axis=0)
 
     def prep(block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        x = ((block[:, 1:] - x_mean) / x_std).astype(np.float32)
-        y = ((block[:, 0] - y_mean) / y_std).astype(np.float32)
-        return x, y
+        z = ((block - mean) / std).astype(np.float32)
+        return z[:, 1:], z[:, 0]
 
-    x_train, y_train = prep(train)
-    x_test, y_test = prep(test)
-    names = (*FEATURES, *(f"Origin={o}" for o in ORIGINS))
-    return DemoData(x_train, y_train, x_test, y_test, y_mean, y_std, names)
+    return Data(*prep(train), *prep(test), float(std[0]))
 
 
-# --------------------------------------------------------------------------------------------
-# Model
-# --------------------------------------------------------------------------------------------
+def init_params(seed: int = SEED, n_in: int = 9, hidden: int = HIDDEN) -> list[np.ndarray]:
+    """He-normal hidden layer, LeCun-normal output layer, zero biases, drawn with NumPy.
+
+    Returns ``[kernel1, bias1, kernel2, bias2]`` in the layout of Keras ``Dense`` weights, so
+    ``model.set_weights`` loads them unchanged.
+    """
+    rng = np.random.default_rng(seed)
+    w1 = rng.standard_normal((n_in, hidden)) * np.sqrt(2.0 / n_in)
+    w2 = rng.standard_normal((hidden, 1)) * np.sqrt(1.0 / hidden)
+    return [a.astype(np.float32) for a in (w1, np.zeros(hidden), w2, np.zeros(1))]
 
 
-def init_mlp(key: jax.Array, sizes: Sequence[int]) -> list[Params]:
-    """Dense layers ``sizes[0] -> ... -> sizes[-1]`` (float32): He-normal hidden layers, a
-    LeCun-normal linear output layer, zero biases."""
-    layers = []
-    keys = jax.random.split(key, len(sizes) - 1)
-    n_layers = len(sizes) - 1
-    for i, (k, n_in, n_out) in enumerate(zip(keys, sizes[:-1], sizes[1:], strict=True)):
-        gain = 1.0 if i == n_layers - 1 else 2.0
-        w = jax.random.normal(k, (n_in, n_out), jnp.float32) * np.float32(np.sqrt(gain / n_in))
-        layers.append({"w": w, "b": jnp.zeros((n_out,), jnp.float32)})
-    return layers
+def mlp(params: Sequence[jax.Array], x: jax.Array) -> jax.Array:
+    """The ReLU MLP, one prediction per row."""
+    w1, b1, w2, b2 = params
+    return (jax.nn.relu(x @ w1 + b1[None, :]) @ w2 + b2[None, :])[:, 0]
 
 
-def mlp(params: list[Params], x: jax.Array) -> jax.Array:
-    """ReLU MLP; returns one prediction per row, shape ``(batch,)``."""
-    h = x
-    for layer in params[:-1]:
-        h = jax.nn.relu(h @ layer["w"] + layer["b"][None, :])
-    out = h @ params[-1]["w"] + params[-1]["b"][None, :]
-    return out[:, 0]
-
-
-def mse(params: list[Params], x: jax.Array, y: jax.Array) -> jax.Array:
-    """Mean squared error on the standardized target."""
+def _mse(params: Sequence[jax.Array], x: jax.Array, y: jax.Array) -> jax.Array:
     return jnp.mean(jnp.square(mlp(params, x) - y))
 
 
-# --------------------------------------------------------------------------------------------
-# Optimizers
-# --------------------------------------------------------------------------------------------
+def _data_check(data: Data) -> np.ndarray:
+    """Statistics that identify the training set (the reference stores them)."""
+    x, y = data.x_train.astype(np.float64), data.y_train.astype(np.float64)
+    return np.concatenate([[len(y), y.sum(), (y * y).sum()], x.sum(0), (x * x).sum(0), x.T @ y])
 
 
-def _jrmsprop_rmsprop(learning_rate: float, momentum: float = 0.0) -> optax.GradientTransformation:
-    """``jrmsprop.rmsprop`` with TF2 Keras defaults (rho 0.9, epsilon 1e-7)."""
-    import jrmsprop
+def _train(tx, params, data: Data, steps: int, on_progress, chunk: int = 100):
+    """Full-batch training in jitted ``lax.scan`` chunks; returns (losses, params, seconds)."""
+    x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
 
-    return jrmsprop.rmsprop(learning_rate, rho=0.9, momentum=momentum, epsilon=1e-7)
+    def step(carry, _):
+        p, s = carry
+        loss, grads = jax.value_and_grad(_mse)(p, x, y)
+        updates, s = tx.update(grads, s, p)
+        return (optax.apply_updates(p, updates), s), loss
 
-
-def make_configs(learning_rate: float) -> dict[str, optax.GradientTransformation]:
-    """The optimizers the demo compares, by display name."""
-    return {
-        "jrmsprop (Keras defaults, ε outside √)": _jrmsprop_rmsprop(learning_rate),
-        "jrmsprop momentum=0.9 (ε inside √)": _jrmsprop_rmsprop(learning_rate, momentum=0.9),
-        "optax.rmsprop (eps=1e-7, ε inside √)": optax.rmsprop(learning_rate, decay=0.9, eps=1e-7),
-    }
-
-
-# --------------------------------------------------------------------------------------------
-# Training
-# --------------------------------------------------------------------------------------------
+    scan = jax.jit(lambda c, n: jax.lax.scan(step, c, None, length=n), static_argnums=1)
+    params = [jnp.asarray(a) for a in params]
+    carry, losses, start = (params, tx.init(params)), [], time.perf_counter()
+    for done in range(0, steps, chunk):
+        carry, loss = scan(carry, min(chunk, steps - done))
+        losses.append(np.asarray(loss))
+        on_progress(min(chunk, steps - done))
+    return np.concatenate(losses), [np.asarray(a) for a in carry[0]], time.perf_counter() - start
 
 
 @dataclasses.dataclass
-class DemoResult:
-    """Outcome of training one configuration."""
+class Run:
+    """One optimizer's run: the loss before each step and, where known, the final weights."""
 
     name: str
-    steps: int
-    seconds: float
-    train_mae: float
-    test_mae: float
-    test_rmse: float
-    train_loss: np.ndarray  # per-step training MSE (standardized target), before each update
-    test_mae_curve: np.ndarray  # per-step test MAE in mpg, before each update
+    loss: np.ndarray
+    params: list[np.ndarray] | None
+    seconds: float | None = None
+    loss_gap: float | None = None  # max over steps of |loss / loss(tf_keras) - 1|
+    param_gap: float | None = None  # max |params - params(tf_keras)| after the last step
 
 
-def train(
-    tx: optax.GradientTransformation,
-    data: DemoData,
+class Result(NamedTuple):
+    """What :func:`run` returns; ``runs`` starts with the tf_keras recording when it applies."""
+
+    data: Data
+    learning_rate: float
+    runs: list[Run]
+    reference: bool
+    note: str | None
+
+
+def _reference(steps: int, learning_rate: float, seed: int, data: Data):
+    """The tf_keras recording, or ``(None, why not)`` when these flags leave it behind."""
+    with np.load(REFERENCE) as f:
+        ref = dict(f)
+    n_ref = len(ref["loss"])
+    if seed != SEED or learning_rate != LEARNING_RATE or steps > n_ref:
+        return None, (
+            f"no tf_keras reference for these flags: it was recorded for --seed {SEED} "
+            f"--lr {LEARNING_RATE:g}, up to --steps {n_ref}"
+        )
+    if not np.allclose(_data_check(data), ref["data_check"], rtol=1e-5, atol=1e-3):
+        return None, "no tf_keras reference: this Auto MPG file differs from the recorded one"
+    if steps < n_ref:
+        return ref, f"compared with the first {steps} of the {n_ref} recorded tf_keras steps"
+    return ref, None
+
+
+def run(
+    steps: int = STEPS,
+    learning_rate: float = LEARNING_RATE,
+    seed: int = SEED,
     *,
-    steps: int,
-    seed: int = 0,
-    hidden: Sequence[int] = (64,),
-    chunk: int = 50,
-    name: str = "",
-    on_progress: Callable[[int], None] | None = None,
-) -> DemoResult:
-    """Full-batch training of the MLP with ``tx`` for ``steps`` steps.
+    progress: bool = True,
+) -> Result:
+    """Train with ``jrmsprop.rmsprop`` and ``optax.rmsprop`` and compare with tf_keras.
 
-    Steps run in jitted ``lax.scan`` chunks of ``chunk`` steps; ``on_progress(n)`` is called
-    after each chunk with the number of steps just done.
+    Args:
+      steps: full-batch steps per optimizer.
+      learning_rate: the recipe's learning rate (``rho`` 0.95 and ``epsilon`` 0.01 are fixed).
+      seed: seed of the split and of the initial weights.
+      progress: show a tqdm bar on stderr.
+
+    Returns:
+      A :class:`Result`. Its loss gaps are set when the tf_keras recording applies (default
+      ``seed`` and ``learning_rate``, ``steps`` up to the recording's length), its parameter gaps
+      when ``steps`` is that length.
     """
-    x_tr, y_tr = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
-    x_te, y_te = jnp.asarray(data.x_test), jnp.asarray(data.y_test)
-    y_std = np.float32(data.y_std)
-
-    params = init_mlp(jax.random.PRNGKey(seed), (x_tr.shape[1], *hidden, 1))
-    opt_state = tx.init(params)
-
-    def one_step(carry, _):
-        p, s = carry
-        loss, grads = jax.value_and_grad(mse)(p, x_tr, y_tr)
-        test_mae = jnp.mean(jnp.abs(mlp(p, x_te) - y_te)) * y_std
-        updates, s = tx.update(grads, s, p)
-        p = optax.apply_updates(p, updates)
-        return (p, s), (loss, test_mae)
-
-    def run_chunk(p, s, n: int):
-        return jax.lax.scan(one_step, (p, s), None, length=n)
-
-    run_chunk = jax.jit(run_chunk, static_argnums=2)
-
-    losses: list[np.ndarray] = []
-    maes: list[np.ndarray] = []
-    start = time.perf_counter()
-    done = 0
-    while done < steps:
-        n = min(chunk, steps - done)
-        (params, opt_state), (loss, test_mae) = run_chunk(params, opt_state, n)
-        losses.append(np.asarray(loss))
-        maes.append(np.asarray(test_mae))
-        done += n
-        if on_progress is not None:
-            on_progress(n)
-    jax.block_until_ready(params)
-    seconds = time.perf_counter() - start
-
-    def mae(x: jax.Array, y: jax.Array) -> float:
-        return float(jnp.mean(jnp.abs(mlp(params, x) - y))) * data.y_std
-
-    rmse = float(jnp.sqrt(mse(params, x_te, y_te))) * data.y_std
-    return DemoResult(
-        name=name,
-        steps=steps,
-        seconds=seconds,
-        train_mae=mae(x_tr, y_tr),
-        test_mae=mae(x_te, y_te),
-        test_rmse=rmse,
-        train_loss=np.concatenate(losses) if losses else np.zeros((0,), np.float32),
-        test_mae_curve=np.concatenate(maes) if maes else np.zeros((0,), np.float32),
-    )
+    tqdm = _require("tqdm").tqdm
+    data = load_auto_mpg(seed)
+    ref, note = _reference(steps, learning_rate, seed, data)
+    lr = f"{learning_rate:g}"
+    txs = {
+        f"jrmsprop.rmsprop({lr}, rho={RHO}, epsilon={EPSILON})": jrmsprop.rmsprop(
+            learning_rate, rho=RHO, epsilon=EPSILON
+        ),
+        f"optax.rmsprop({lr}, decay={RHO}, eps={EPSILON})": optax.rmsprop(
+            learning_rate, decay=RHO, eps=EPSILON
+        ),
+    }
+    runs = []
+    if ref is not None:
+        final = [ref[f"final_{i}"] for i in range(4)] if steps == len(ref["loss"]) else None
+        runs.append(Run("tf_keras RMSprop (recorded)", ref["loss"][:steps], final))
+    init = [ref[f"init_{i}"] for i in range(4)] if ref is not None else init_params(seed)
+    bar = tqdm(total=steps * len(txs), desc="jrmsprop demo", unit="step", file=sys.stderr,
+               disable=not progress, dynamic_ncols=True)  # fmt: skip
+    with bar:
+        for name, tx in txs.items():
+            runs.append(Run(name, *_train(tx, init, data, steps, bar.update)))
+            if ref is not None:
+                runs[-1].loss_gap = float(np.max(np.abs(runs[-1].loss / runs[0].loss - 1)))
+                if runs[0].params is not None:
+                    pairs = zip(runs[-1].params, runs[0].params, strict=True)
+                    runs[-1].param_gap = max(float(np.max(np.abs(a - b))) for a, b in pairs)
+    return Result(data, learning_rate, runs, ref is not None, note)
 
 
-# --------------------------------------------------------------------------------------------
-# Reporting
-# --------------------------------------------------------------------------------------------
-
-
-def format_table(results: Sequence[DemoResult], data: DemoData) -> str:
-    """A plain-text table of the results, with the predict-the-mean baseline first."""
-    header = ("config", "train MAE", "test MAE", "test RMSE", "steps", "time (incl. jit)")
-    rows = [
-        (
-            "baseline: predict mean mpg",
-            f"{float(np.mean(np.abs(data.y_train * data.y_std))):.2f}",
-            f"{data.baseline_test_mae:.2f}",
-            f"{float(np.sqrt(np.mean(np.square(data.y_test * data.y_std)))):.2f}",
-            "-",
-            "-",
-        )
-    ]
-    for r in results:
-        rows.append(
-            (
-                r.name,
-                f"{r.train_mae:.2f}",
-                f"{r.test_mae:.2f}",
-                f"{r.test_rmse:.2f}",
-                str(r.steps),
-                f"{r.seconds:.2f}s",
-            )
-        )
+def format_table(result: Result) -> str:
+    """The results table: last loss, test error, gaps to tf_keras, time."""
+    data, steps = result.data, len(result.runs[0].loss)
+    header = ("optimizer", f"loss @ step {steps}", "test MAE", "max loss gap", "max |Δparam|",
+              "time incl. jit")  # fmt: skip
+    rows = []
+    for r in result.runs:
+        mae = None
+        if r.params is not None:
+            mae = float(np.mean(np.abs(mlp(r.params, data.x_test) - data.y_test))) * data.y_std
+        cells = (r.loss[-1], mae, r.loss_gap, r.param_gap, r.seconds)
+        fmts = ("{:.4f}", "{:.2f} mpg", "{:.1e}", "{:.1e}", "{:.2f} s")
+        pairs = zip(cells, fmts, strict=True)
+        rows.append((r.name, *("-" if c is None else f.format(c) for c, f in pairs)))
     widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
 
     def fmt(row: Sequence[str]) -> str:
-        cells = [row[0].ljust(widths[0])] + [
-            c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)
-        ]
-        return "  ".join(cells)
+        cells = [c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)]
+        return "  ".join([row[0].ljust(widths[0]), *cells])
 
-    rule = "  ".join("-" * w for w in widths)
-    lines = [fmt(header), rule, *(fmt(r) for r in rows)]
+    lines = [fmt(header), "  ".join("-" * w for w in widths), *map(fmt, rows)]
+    baseline = float(np.mean(np.abs(data.y_test))) * data.y_std
     lines.append(
-        f"(MAE/RMSE in miles per gallon; {len(data.y_train)} train / {len(data.y_test)} test cars)"
+        f"loss: training MSE of the standardised mpg (the mean predicts 1.0); test MAE on "
+        f"{len(data.y_test)} held-out cars (the mean is off by {baseline:.2f} mpg)"
     )
+    if result.reference:
+        lines.append(
+            "gaps vs tf_keras: max over steps of |loss / loss(tf_keras) - 1|; "
+            "max |Δ| of the final weights"
+        )
+    if result.note:
+        lines.append(result.note)
     return "\n".join(lines)
 
 
-def plot_results(
-    results: Sequence[DemoResult], data: DemoData, out: str | Path, *, learning_rate: float
-) -> Path:
-    """Write a two-panel loss-curve PNG (training MSE, test MAE) to ``out``."""
+def plot(result: Result, out: str | Path) -> Path:
+    """Write the loss curves and their relative gaps to the reference as a PNG."""
     matplotlib = _require("matplotlib")
     matplotlib.use("Agg", force=True)
-    plt = _require("matplotlib.pyplot")
-
+    plt = importlib.import_module("matplotlib.pyplot")
+    ref = result.runs[0]  # tf_keras when recorded, else jrmsprop
+    ref_short = ref.name.split()[0]
+    fig, (ax, gap_ax) = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
+    styles = {"tf_keras": ("black", "-", 5, 0.3), "jrmsprop": ("C0", "--", 1.6, 1),
+              "optax": ("C3", "-", 1.6, 1)}  # fmt: skip
+    for r in result.runs:
+        color, ls, lw, alpha = styles[r.name.split(".")[0].split(" ")[0]]
+        kw = {"color": color, "linestyle": ls, "linewidth": lw, "alpha": alpha, "label": r.name}
+        steps = np.arange(1, len(r.loss) + 1)
+        ax.plot(steps, r.loss, **kw)
+        if r is not ref:
+            gap = np.maximum(np.abs(r.loss / ref.loss - 1), 1e-9)
+            gap_ax.plot(steps, gap, **{**kw, "linewidth": 0.8, "linestyle": "-"})
+    gap_ax.axhline(2.0**-23, color="grey", linestyle=":", label="float32 spacing at 1 (2⁻²³)")
+    title = f"Keras 2 RMSprop(lr={result.learning_rate:g}, rho={RHO}, epsilon={EPSILON})"
+    ax.set(yscale="log", xlabel="step", ylabel="training MSE (standardised mpg)", title=title)
+    gap_ax.set(yscale="log", xlabel="step", ylabel=f"|loss / loss({ref_short}) − 1|",
+               title=f"Relative loss gap to {ref_short} (equal: drawn at 1e-9)")  # fmt: skip
+    for a in (ax, gap_ax):
+        a.grid(True, which="both", alpha=0.3)
+        a.legend(fontsize=8)
+    if result.note:
+        fig.suptitle(result.note, fontsize=9)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig, (ax_loss, ax_mae) = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
-    styles = ("-", "--", ":")
-    for i, r in enumerate(results):
-        steps = np.arange(1, len(r.train_loss) + 1)
-        kw = {"linestyle": styles[i % len(styles)], "linewidth": 1.6, "label": r.name}
-        ax_loss.plot(steps, r.train_loss, **kw)
-        ax_mae.plot(steps, r.test_mae_curve, **kw)
-    ax_loss.set_yscale("log")
-    ax_loss.set_xlabel("step")
-    ax_loss.set_ylabel("training MSE (standardized mpg)")
-    ax_loss.set_title("Training loss")
-    ax_loss.grid(True, which="both", alpha=0.3)
-    ax_loss.legend(fontsize=8)
-
-    ax_mae.axhline(
-        data.baseline_test_mae,
-        color="grey",
-        linewidth=1,
-        linestyle="-.",
-        label=f"predict-the-mean baseline ({data.baseline_test_mae:.2f} mpg)",
-    )
-    ax_mae.set_xlabel("step")
-    ax_mae.set_ylabel("test MAE (mpg)")
-    ax_mae.set_title("Held-out error")
-    ax_mae.set_ylim(0, 1.5 * data.baseline_test_mae)
-    ax_mae.grid(True, alpha=0.3)
-    ax_mae.legend(fontsize=8)
-    fig.suptitle(f"Auto MPG, MLP 9-64-1, full batch, lr={learning_rate:g}")
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
-
-
-# --------------------------------------------------------------------------------------------
-# CLI
-# --------------------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``jrmsprop demo`` argument parser."""
     p = argparse.ArgumentParser(
         prog="jrmsprop demo",
-        description=(
-            "Train a small MLP on the Auto MPG data (bundled with vega_datasets) with jrmsprop's "
-            "RMSprop and optax's, print a results table and write a loss-curve PNG."
-        ),
+        description="Port a Keras 2 RMSprop recipe (rho=0.95, epsilon=0.01) to JAX with optax and "
+        "with jrmsprop, and compare both with the loss curve recorded from tf_keras.",
     )
-    p.add_argument("--steps", type=int, default=1000, help="full-batch steps per config (1000)")
-    p.add_argument("--lr", type=float, default=1e-3, help="learning rate, the Keras default (1e-3)")
-    p.add_argument("--seed", type=int, default=0, help="seed for the split and the init (0)")
-    p.add_argument(
-        "--out", default="jrmsprop-demo.png", help="loss-curve PNG path (./jrmsprop-demo.png)"
-    )
+    p.add_argument("--steps", type=int, default=STEPS, help=f"full-batch steps ({STEPS})")
+    p.add_argument("--lr", type=float, default=LEARNING_RATE, help=f"({LEARNING_RATE:g})")
+    p.add_argument("--seed", type=int, default=SEED, help=f"split and init seed ({SEED})")
+    p.add_argument("--out", default="jrmsprop-demo.png", help="PNG path (./jrmsprop-demo.png)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     return p
 
 
-def run(
-    steps: int, learning_rate: float, seed: int, *, progress: bool = True
-) -> tuple[DemoData, list[DemoResult]]:
-    """Load the data and train every configuration; returns the data and the results."""
-    tqdm = _require("tqdm").tqdm
-    data = load_auto_mpg(seed)
-    configs = make_configs(learning_rate)
-    results = []
-    with tqdm(
-        total=steps * len(configs),
-        desc="jrmsprop demo",
-        unit="step",
-        file=sys.stderr,
-        disable=not progress,
-        dynamic_ncols=True,
-    ) as bar:
-        for name, tx in configs.items():
-            bar.set_postfix_str(name.split(" (")[0], refresh=False)
-            results.append(
-                train(tx, data, steps=steps, seed=seed, name=name, on_progress=bar.update)
-            )
-    return data, results
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``jrmsprop demo``; returns the process exit code."""
+    """Entry point of ``jrmsprop demo``; returns the exit code."""
     args = build_parser().parse_args(argv)
     if args.steps < 1:
         print("jrmsprop demo: --steps must be at least 1", file=sys.stderr)
         return 2
+    if not args.lr > 0:
+        print("jrmsprop demo: --lr must be positive", file=sys.stderr)
+        return 2
     try:
         for module in ("matplotlib", "tqdm", "vega_datasets"):
             _require(module)
-        data, results = run(args.steps, args.lr, args.seed, progress=not args.no_progress)
-        out = plot_results(results, data, args.out, learning_rate=args.lr)
+        result = run(args.steps, args.lr, args.seed, progress=not args.no_progress)
+        out = plot(result, args.out)
     except MissingExtraError as err:
         print(f"jrmsprop demo: {err}", file=sys.stderr)
         return 1
-    print(format_table(results, data))
+    print(format_table(result))
     print(f"loss curves written to {out}")
     return 0
+
