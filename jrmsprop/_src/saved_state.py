@@ -399,7 +399,7 @@ def load_keras3_archive(path: str | os.PathLike, params: Any) -> RMSpropState:
       tx = jrmsprop.compat.keras3(0.01, momentum=0.9, centered=True)
       updates, state = tx.update(grads, state, params)
     """
-    from jrmsprop.compat import _build_slot, _count
+    from jrmsprop.compat import state_from_keras2  # the same [count, slots...] block layout
 
     fn = "load_keras3_archive"
     _, opt, weights_file, p = _keras3_archive(path, fn)
@@ -438,12 +438,9 @@ def load_keras3_archive(path: str | os.PathLike, params: Any) -> RMSpropState:
                     f"{where}: slot block {k} variable {i} has shape {b.shape}, "
                     f"velocity {i} has {a.shape}"
                 )
-    return RMSpropState(
-        count=_count(values[0], fn),
-        rms=_build_slot(params, slots[0], f"{fn}: velocity"),
-        momentum=_build_slot(params, slots[1], f"{fn}: momentum") if momentum else None,
-        mg=_build_slot(params, slots[-1], f"{fn}: average_gradient") if centered else None,
-    )
+    # Keras 3 keeps Keras 2's layout (every velocity, every momentum, every average_gradient).
+    weights = [values[0], *(v for block in slots for v in block)]
+    return state_from_keras2(weights, params, momentum=momentum, centered=centered)
 
 
 def saved_optimizer_config(path: str | os.PathLike) -> dict[str, Any]:
