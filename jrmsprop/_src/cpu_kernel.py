@@ -114,6 +114,8 @@ def build(force: bool = False) -> Path:
     cxx = _compiler()
     if cxx is None:
         raise RuntimeError("no C++ compiler found (set $CXX, or install g++ or clang++)")
+    if not SOURCE.is_file():
+        raise RuntimeError(f"the kernel source {SOURCE} is not installed with the package")
     path = _library_path(cxx)
     if path.exists() and not force:
         return path
@@ -268,12 +270,13 @@ def fused_step(
       ...                             step=jnp.int32(0))
       >>> sc = arithmetic.resolve(hp, None, jnp.float32, arithmetic.Rule())
       >>> variant = arithmetic.Rule().variant(has_momentum_slot=False)
-      >>> g = jnp.array([10.0], jnp.float32)
-      >>> if cpu_kernel.available():
-      ...     delta, rms, _, _ = cpu_kernel.fused_step(
-      ...         g, jnp.zeros(1, jnp.float32), None, None, sc, variant)
-      ...     print(delta, rms)
-      [0.31622776] [10.000001]
+      >>> g, rms = jnp.array([10.0], jnp.float32), jnp.zeros(1, jnp.float32)
+      >>> if cpu_kernel.available():  # else the same numbers from the XLA path
+      ...     out = cpu_kernel.fused_step(g, rms, None, None, sc, variant)
+      ... else:
+      ...     out = arithmetic.rmsprop_step(g, None, rms, None, None, sc, variant, jnp.float32)
+      >>> print(out[0], out[1])  # delta = 0.1·10 / (sqrt(0.10000002·100) + 1e-7), rms
+      [0.31622773] [10.000002]
     """
     if output not in _OUTPUT:
         raise ValueError(f"fused_step: `output` must be one of {sorted(_OUTPUT)}, got {output!r}")

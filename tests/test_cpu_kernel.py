@@ -1,0 +1,339 @@
+"""The fused CPU kernel (jrmsprop/_src/cpu_kernel.py) equals the XLA path bit for bit.
+
+The reference is ``arithmetic.rmsprop_step`` compiled by XLA:CPU -- the path the kernel replaces
+-- on the same inputs; every output is compared as raw float32 bits (so ±0 and flushed denormals
+count), except that a NaN only has to be a NaN: when two NaNs meet in a sum, which one (and so
+which sign bit) comes out depends on the order in which the compiler put the operands of the
+machine instruction, which neither path controls.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jrmsprop._src import arithmetic, cpu_kernel
+
+needs_kernel = pytest.mark.skipif(
+    not cpu_kernel.available() or jax.default_backend() != "cpu",
+    reason=f"CPU kernel not available: {cpu_kernel.unavailable_reason()}",
+)
+
+# The Keras 2 variants: (momentum slot, centered) -> ε inside the root and TF's fused order exactly
+# when there is a momentum slot. TF1 is the momentum rows (it always keeps the slot).
+KERAS2 = {
+    "plain": (False, False),
+    "momentum": (True, False),
+    "centered": (False, True),
+    "centered_momentum": (True, True),
+}
+
+
+def variant_for(momentum: bool, eps_in_sqrt: bool | None = None, fused: bool | None = None):
+    base = arithmetic.Rule().variant(has_momentum_slot=momentum)
+    return base._replace(
+        eps_in_sqrt=base.eps_in_sqrt if eps_in_sqrt is None else eps_in_sqrt,
+        fused_order=base.fused_order if fused is None else fused,
+    )
+
+
+def scalars(lr=0.01, rho=0.9, mu=0.9, eps=1e-7, decay=0.01, step=3):
+    hp = arithmetic.Hyperparams(
+        *(jnp.asarray(v, jnp.float32) for v in (lr, rho, mu, eps, decay, 0.0)),
+        step=jnp.asarray(step, jnp.int32),
+    )
+    return arithmetic.resolve(hp, None, jnp.float32, arithmetic.Rule())
+
+
+def xla_step(g, rms, mom, mg, sc, variant):
+    return jax.jit(
+        lambda g, rms, mom, mg, sc: arithmetic.rmsprop_step(
+            g, None, rms, mom, mg, sc, variant, jnp.float32
+        )
+    )(g, rms, mom, mg, sc)
+
+
+def kernel_step(g, rms, mom, mg, sc, variant, **kw):
+    return jax.jit(lambda g, rms, mom, mg, sc: cpu_kernel.fused_step(g, rms, mom, mg, sc, variant, **kw))(
+        g, rms, mom, mg, sc
+    )
+
+
+def bits(x) -> np.ndarray:
+    """The float32 bit patterns, every NaN mapped to one pattern."""
+    x = np.asarray(x, np.float32)
+    return np.where(np.isnan(x), np.float32(np.nan), x).view(np.uint32)
+
+
+def assert_same_bits(got, want, what=""):
+    got, want = bits(got), bits(want)
+    assert got.shape == want.shape
+    bad = np.flatnonzero(got != want)
+    assert bad.size == 0, (
+        f"{what}: {bad.size} of {got.size} elements differ, first at {bad[0]}: "
+        f"{got.view(np.float32)[bad[0]]!r} vs {want.view(np.float32)[bad[0]]!r}"
+    )
+
+
+def assert_outputs_equal(got, want):
+    for name, a, b in zip(("delta", "rms", "mom", "mg"), got, want, strict=True):
+        assert (a is None) == (b is None), name
+        if a is not None:
+            assert_same_bits(a, b, name)
+
+
+def random_inputs(n, seed=0, scale=1.0):
+    rng = np.random.default_rng(seed)
+    g = (rng.standard_normal(n) * scale).astype(np.float32)
+    rms = rng.random(n).astype(np.float32) * np.float32(scale * scale)
+    mom = (rng.standard_normal(n) * 0.01).astype(np.float32)
+    mg = (rng.standard_normal(n) * 0.1 * scale).astype(np.float32)
+    return g, rms, mom, mg
+
+
+def slots(momentum, centered, mom, mg):
+    return (mom if momentum else None), (mg if centered else None)
+
+
+def test_builds_here():
+    """Where a C++ compiler exists (and the kernel is not disabled), the kernel must build."""
+    if os.environ.get(cpu_kernel.DISABLE_ENV):
+        pytest.skip(f"{cpu_kernel.DISABLE_ENV} is set")
+    if not any(shutil.which(c) for c in (os.environ.get("CXX") or "c++", "g++", "clang++")):
+        pytest.skip("no C++ compiler on this machine")
+    assert cpu_kernel.available(), cpu_kernel.unavailable_reason()
+    assert cpu_kernel.unavailable_reason() is None
+
+
+@needs_kernel
+def test_hand_computed_values():
+    """One element by hand: g = 10, rms = 0, lr = 0.1, ρ = 0.9, ε = 1e-7 (outside the root)."""
+    sc = scalars(lr=0.1, decay=0.0, step=0)
+    g = jnp.array([10.0, -2.0], jnp.float32)
+    delta, rms, mom, mg = cpu_kernel.fused_step(
+        g, jnp.zeros(2, jnp.float32), None, None, sc, variant_for(False)
+    )
+    omr = np.float32(1) - np.float32(0.9)  # 1 − 0.9f = 0.10000002
+    rms_want = omr * np.float32([100.0, 4.0])
+    root = np.sqrt(rms_want)
+    delta_want = (np.float32(0.1) * np.float32([10.0, -2.0])) / (root + np.float32(1e-7))
+    assert_same_bits(rms, rms_want, "rms")
+    assert_same_bits(delta, delta_want, "delta")
+    assert mom is None and mg is None
+    np.testing.assert_allclose(np.asarray(delta), [0.1 / np.sqrt(0.1)] * 2 * np.sign([10, -2]), rtol=1e-6)
+
+
+@needs_kernel
+@pytest.mark.parametrize("name", list(KERAS2))
+@pytest.mark.parametrize("n", [1, 7, 1023, (1 << 20) + 3])
+def test_keras2_variants_bit_identical(name, n):
+    momentum, centered = KERAS2[name]
+    g, rms, mom, mg = random_inputs(n, seed=n)
+    mom, mg = slots(momentum, centered, mom, mg)
+    sc, variant = scalars(), variant_for(momentum)
+    want = xla_step(g, rms, mom, mg, sc, variant)
+    got = kernel_step(g, rms, mom, mg, sc, variant)
+    assert_outputs_equal(got, want)
+
+
+@needs_kernel
+@pytest.mark.parametrize("momentum", [False, True])
+@pytest.mark.parametrize("centered", [False, True])
+@pytest.mark.parametrize("eps_in_sqrt", [False, True])
+@pytest.mark.parametrize("fused", [False, True])
+def test_every_placement_and_order(momentum, centered, eps_in_sqrt, fused):
+    """All 16 combinations (ε inside/outside × fused/op order × slots), ε = 1 and ρ = 0.5."""
+    g, rms, mom, mg = random_inputs(4099, seed=7, scale=3.0)
+    mom, mg = slots(momentum, centered, mom, mg)
+    sc, variant = scalars(lr=0.3, rho=0.5, mu=0.5, eps=1.0), variant_for(momentum, eps_in_sqrt, fused)
+    assert_outputs_equal(kernel_step(g, rms, mom, mg, sc, variant), xla_step(g, rms, mom, mg, sc, variant))
+
+
+def special_inputs(n_repeat: int):
+    """Zeros, ±0, denormals, the smallest normals, huge values, ±inf and NaN in every operand."""
+    tiny = np.finfo(np.float32).tiny
+    values = np.array(
+        [0.0, -0.0, 1e-45, -1e-45, 1e-40, -3e-39, tiny, -tiny, 1e-20, 1e-19, 1.0, -1.0,
+         3e19, 1e30, -1e30, 3e38, np.inf, -np.inf, np.nan],
+        np.float32,
+    )  # fmt: skip
+    rng = np.random.default_rng(1)
+    m = values.size
+    # every (grad, rms) pair once, then random picks for the other slots; tiled n_repeat times
+    g = np.repeat(values, m)
+    rms = np.abs(np.tile(values, m))
+    rms = np.where(np.isnan(rms), np.float32(0.5), rms)  # rms ≥ 0 (NaN rms kept below)
+    rms[::37] = np.nan
+    mom = rng.choice(values, g.size)
+    mg = rng.choice(values, g.size)
+    return tuple(np.tile(x, n_repeat) for x in (g, rms, mom, mg))
+
+
+@needs_kernel
+@pytest.mark.parametrize("name", list(KERAS2))
+@pytest.mark.parametrize("n_repeat", [1, 800])  # 800: 288,800 elements, several threads' chunks
+def test_special_values(name, n_repeat):
+    momentum, centered = KERAS2[name]
+    g, rms, mom, mg = special_inputs(n_repeat)
+    mom, mg = slots(momentum, centered, mom, mg)
+    sc, variant = scalars(), variant_for(momentum)
+    want = xla_step(g, rms, mom, mg, sc, variant)
+    got = kernel_step(g, rms, mom, mg, sc, variant)
+    assert_outputs_equal(got, want)
+
+
+@needs_kernel
+@pytest.mark.parametrize("n", [5, 1 << 19])
+def test_denormals_are_flushed_like_xla(n):
+    """XLA:CPU flushes denormal inputs and results to zero; the kernel's threads do too.
+
+    rms = 1e-39 (a denormal) decays to ρ·rms = 9e-40 in exact arithmetic (NumPy keeps it); XLA
+    reads it as 0. With g = 1e-20, g² = 1e-40 is flushed as well, so the new rms is exactly 0.
+    Spread over 2¹⁹ elements, this covers the chunks that run on the thread pool.
+    """
+    g = np.full(n, 1e-20, np.float32)
+    g[::2] = 0.0
+    rms = np.full(n, 1e-39, np.float32)
+    sc, variant = scalars(), variant_for(False)
+    want = xla_step(g, rms, None, None, sc, variant)
+    assert np.all(bits(want[1]) == 0), "XLA:CPU no longer flushes denormals: revisit the kernel"
+    assert np.asarray(sc.rho) * rms[0] != 0  # NumPy does not flush: the test is not vacuous
+    got = kernel_step(g, rms, None, None, sc, variant)
+    assert_outputs_equal(got, want)
+
+
+@needs_kernel
+@pytest.mark.parametrize("name", list(KERAS2))
+def test_several_steps_donated(name):
+    """Six steps in a donated jit loop (slots updated in place) track the XLA path exactly."""
+    momentum, centered = KERAS2[name]
+    n = (1 << 18) + 5
+    _, rms0, mom0, mg0 = random_inputs(n, seed=3)
+    variant = variant_for(momentum)
+    mom0, mg0 = slots(momentum, centered, mom0, mg0)
+
+    ref = jax.jit(
+        lambda g, r, m, c, sc: arithmetic.rmsprop_step(g, None, r, m, c, sc, variant, jnp.float32)
+    )
+    fused = jax.jit(
+        lambda g, r, m, c, sc: cpu_kernel.fused_step(g, r, m, c, sc, variant),
+        donate_argnums=(1, 2, 3),
+    )
+    state_ref = (jnp.asarray(rms0), None if mom0 is None else jnp.asarray(mom0),
+                 None if mg0 is None else jnp.asarray(mg0))  # fmt: skip
+    state_k = tuple(None if x is None else jnp.array(x, copy=True) for x in state_ref)
+    rng = np.random.default_rng(5)
+    for step in range(6):
+        g = jnp.asarray(rng.standard_normal(n).astype(np.float32))
+        if step == 2:
+            g = jnp.zeros_like(g)  # a zero gradient step
+        sc = scalars(step=step)
+        want = ref(g, *state_ref, sc)
+        got = fused(g, *state_k, sc)
+        assert_outputs_equal(got, want)
+        state_ref, state_k = want[1:], got[1:]
+
+
+@needs_kernel
+def test_inputs_not_overwritten_without_donation():
+    """Without donation XLA copies the aliased slots: the caller's arrays keep their values."""
+    g, rms, mom, mg = (jnp.asarray(x) for x in random_inputs(1 << 18, seed=9))
+    before = [np.array(x) for x in (rms, mom, mg)]
+    out = cpu_kernel.fused_step(g, rms, mom, mg, scalars(), variant_for(True))
+    jax.block_until_ready(out)
+    for x, x0 in zip((rms, mom, mg), before, strict=True):
+        assert_same_bits(x, x0, "input slot")
+    assert not np.array_equal(np.asarray(out[1]), before[0])
+
+
+@needs_kernel
+@pytest.mark.parametrize("name", list(KERAS2))
+def test_update_and_param_outputs(name):
+    """``output="update"`` is −delta and ``output="param"`` is ``optax.apply_updates``'s p + u."""
+    momentum, centered = KERAS2[name]
+    n = 300_001
+    g, rms, mom, mg = random_inputs(n, seed=11)
+    p = np.random.default_rng(12).standard_normal(n).astype(np.float32)
+    mom, mg = slots(momentum, centered, mom, mg)
+    sc, variant = scalars(), variant_for(momentum)
+    delta, *slots_want = xla_step(g, rms, mom, mg, sc, variant)
+    u = kernel_step(g, rms, mom, mg, sc, variant, output="update")
+    assert_same_bits(u[0], -delta, "update")
+    assert_outputs_equal((None, *u[1:]), (None, *slots_want))
+    p_new = jax.jit(
+        lambda p, *a: cpu_kernel.fused_step(*a, sc, variant, output="param", param=p),
+        donate_argnums=0,
+    )(jnp.asarray(p), g, rms, mom, mg)
+    want_p = jax.jit(lambda p, d: p + (-d))(p, delta)  # optax.apply_updates
+    assert_same_bits(p_new[0], want_p, "param")
+    assert_outputs_equal((None, *p_new[1:]), (None, *slots_want))
+
+
+@needs_kernel
+def test_single_thread_and_vmap(monkeypatch):
+    """The one-thread path and ``vmap`` (one call per batch element) give the same bits."""
+    g, rms, mom, mg = random_inputs(3 * 70_001, seed=13)
+    shape = (3, 70_001)
+    g, rms, mom, mg = (x.reshape(shape) for x in (g, rms, mom, mg))
+    sc, variant = scalars(), variant_for(True)
+    want = xla_step(g, rms, mom, mg, sc, variant)
+    batched = jax.jit(
+        jax.vmap(lambda g, r, m, c: cpu_kernel.fused_step(g, r, m, c, sc, variant))
+    )(g, rms, mom, mg)
+    assert_outputs_equal(batched, want)
+    monkeypatch.setenv(cpu_kernel.THREADS_ENV, "1")
+    big = random_inputs(1 << 19, seed=14)
+    assert_outputs_equal(
+        kernel_step(*big, sc, variant), xla_step(*big, sc, variant)
+    )
+
+
+@needs_kernel
+def test_bad_arguments_name_the_argument():
+    g = jnp.zeros(4, jnp.float32)
+    sc, variant = scalars(), variant_for(False)
+    with pytest.raises(TypeError, match="`grad` must be float32"):
+        cpu_kernel.fused_step(g.astype(jnp.bfloat16), g, None, None, sc, variant)
+    with pytest.raises(ValueError, match="`rms` has shape"):
+        cpu_kernel.fused_step(g, jnp.zeros(5, jnp.float32), None, None, sc, variant)
+    with pytest.raises(ValueError, match="`mom` has shape"):
+        cpu_kernel.fused_step(g, g, jnp.zeros((2, 2), jnp.float32), None, sc, variant)
+    with pytest.raises(ValueError, match="`output`"):
+        cpu_kernel.fused_step(g, g, None, None, sc, variant, output="params")
+    with pytest.raises(ValueError, match="`param`"):
+        cpu_kernel.fused_step(g, g, None, None, sc, variant, output="param")
+    with pytest.raises(ValueError, match="does not compute"):
+        cpu_kernel.fused_step(g, g, None, None, sc, variant._replace(maximize=True))
+    assert not cpu_kernel.supports(variant._replace(lr_in_momentum=False))
+    assert cpu_kernel.supports(variant)
+    with pytest.raises(TypeError, match="scalars.lr"):
+        cpu_kernel.fused_step(g, g, None, None, sc._replace(lr=jnp.ones(2)), variant)
+
+
+def test_disabled_by_environment(monkeypatch):
+    monkeypatch.setenv(cpu_kernel.DISABLE_ENV, "1")
+    assert not cpu_kernel.available()
+    assert cpu_kernel.DISABLE_ENV in cpu_kernel.unavailable_reason()
+    g = jnp.zeros(3, jnp.float32)
+    with pytest.raises(RuntimeError, match="not available"):
+        cpu_kernel.fused_step(g, g, None, None, scalars(), variant_for(False))
+
+
+def test_failed_build_falls_back(monkeypatch, tmp_path):
+    """A compiler that fails (here ``false``) makes ``available()`` False, without raising."""
+    if not shutil.which("false"):
+        pytest.skip("no `false` command")
+    monkeypatch.delenv(cpu_kernel.DISABLE_ENV, raising=False)
+    monkeypatch.setenv("CXX", shutil.which("false"))
+    monkeypatch.setenv(cpu_kernel.CACHE_ENV, str(tmp_path))
+    monkeypatch.setattr(cpu_kernel, "_state", {})
+    assert cpu_kernel.available() is False
+    assert "failed" in cpu_kernel.unavailable_reason()
+    assert list(tmp_path.iterdir()) == []  # no half-written library left behind
+    with pytest.raises(RuntimeError, match="failed"):
+        cpu_kernel.build()
