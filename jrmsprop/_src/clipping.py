@@ -21,8 +21,15 @@ import optax
 
 from jrmsprop._src import arithmetic
 from jrmsprop._src.sparse import IndexedSlices
+from jrmsprop._src.validation import check_hyperparameter
 
-__all__ = ["clip_by_global_norm", "clip_by_norm", "clip_by_value", "keras_clipping"]
+__all__ = [
+    "check_clip_arguments",
+    "clip_by_global_norm",
+    "clip_by_norm",
+    "clip_by_value",
+    "keras_clipping",
+]
 
 
 def _is_leaf(x: Any) -> bool:
@@ -40,12 +47,33 @@ def _rebuild(leaf: Any, values: jax.Array) -> Any:
 
 
 def _check_threshold(name: str, value: Any) -> None:
-    try:
-        number = float(value)
-    except (TypeError, jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):
-        return  # traced: checked by the caller, if at all
-    if not number >= 0:
-        raise ValueError(f"`{name}` must be >= 0, got {value!r}")
+    """A concrete threshold must be a finite real number >= 0 (a traced one is not checked)."""
+    if callable(value) and not isinstance(value, jax.Array):
+        raise TypeError(f"`{name}` must be a number or a scalar array, got {value!r}")
+    check_hyperparameter(name, value, kind="clip")
+
+
+def check_clip_arguments(
+    clipvalue: Any = None, clipnorm: Any = None, global_clipnorm: Any = None
+) -> None:
+    """Checks Keras's clipping arguments: each None or a finite number >= 0, and ``clipnorm``
+    and ``global_clipnorm`` not both set (the one place this rule is written).
+
+    Raises:
+      TypeError / ValueError naming the argument.
+    """
+    for name, value in (
+        ("clipvalue", clipvalue),
+        ("clipnorm", clipnorm),
+        ("global_clipnorm", global_clipnorm),
+    ):
+        if value is not None:
+            _check_threshold(name, value)
+    if clipnorm is not None and global_clipnorm is not None:
+        raise ValueError(
+            "Cannot accept both `clipnorm` and `global_clipnorm`. Received: "
+            f"`clipnorm`={clipnorm}, `global_clipnorm`={global_clipnorm}."
+        )
 
 
 def _threshold(value: Any, dtype: Any) -> jax.Array:
@@ -62,7 +90,7 @@ def clip_by_value(clip_value: Any) -> optax.GradientTransformation:
     ``tf.clip_by_value(g, -c, c)``: ``maximum(minimum(g, c), -c)`` (NaN propagates).
 
     Args:
-      clip_value: the bound ``c >= 0`` (a number or a scalar array).
+      clip_value: the bound ``c >= 0`` (a finite number or a scalar array).
 
     Example:
       >>> import jax.numpy as jnp, jrmsprop
@@ -90,10 +118,10 @@ def clip_by_norm(clip_norm: Any) -> optax.GradientTransformation:
     """Rescales each gradient whose L2 norm exceeds ``clip_norm`` (Keras ``clipnorm``).
 
     ``tf.clip_by_norm``, per leaf: ``s = Σ g²``; ``n = sqrt(s)`` if ``s > 0`` else ``s``;
-    ``g · c / max(n, c)``. A negative ``c`` counts as 0.
+    ``g · c / max(n, c)``. A traced negative ``c`` counts as 0.
 
     Args:
-      clip_norm: the largest allowed norm ``c`` (a number or a scalar array).
+      clip_norm: the largest allowed norm ``c >= 0`` (a finite number or a scalar array).
 
     Example:
       >>> import jax.numpy as jnp, jrmsprop
@@ -101,6 +129,7 @@ def clip_by_norm(clip_norm: Any) -> optax.GradientTransformation:
       >>> tx.update({"w": jnp.array([3.0, 4.0])}, tx.init(None))[0]["w"]
       Array([0.6, 0.8], dtype=float32)
     """
+    _check_threshold("clip_norm", clip_norm)
 
     def clip(leaf: Any) -> Any:
         g = _values(leaf)
@@ -150,7 +179,7 @@ def clip_by_global_norm(clip_norm: Any) -> optax.GradientTransformation:
     ``g · scale``. (optax's own ``clip_by_global_norm`` computes differently.)
 
     Args:
-      clip_norm: the largest allowed global norm ``c > 0`` (a number or a scalar array).
+      clip_norm: the largest allowed global norm ``c >= 0`` (a finite number or a scalar array).
 
     Example:
       >>> import jax.numpy as jnp, jrmsprop
@@ -193,11 +222,7 @@ def keras_clipping(
       ``optax.identity()`` when nothing is set, the one transform when one is set, else their
       ``optax.chain`` in Keras's order.
     """
-    if clipnorm is not None and global_clipnorm is not None:
-        raise ValueError(
-            "Cannot accept both `clipnorm` and `global_clipnorm`. Received: "
-            f"`clipnorm`={clipnorm}, `global_clipnorm`={global_clipnorm}."
-        )
+    check_clip_arguments(clipvalue, clipnorm, global_clipnorm)
     parts = []
     if clipvalue is not None:
         parts.append(clip_by_value(clipvalue))

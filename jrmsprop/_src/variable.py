@@ -13,7 +13,6 @@ caller's array is never donated away.
 
 from __future__ import annotations
 
-import contextlib
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -80,35 +79,15 @@ def as_array(value: Any, dtype: Any = None, *, copy: bool = True) -> jax.Array:
     return jnp.array(np.asarray(value), dtype=dtype)  # always a new device buffer
 
 
-# ---- reads recorded by RMSprop.minimize -------------------------------------------------------
+# ---- the hook of RMSprop.minimize -------------------------------------------------------------
 
-
-class _ReadRecorder:
-    """Collects which variables a loss reads (densely, or row-wise through ``sparse_read``)."""
-
-    def __init__(self, sparse_deltas: dict[int, list[jax.Array]] | None = None):
-        self.dense: set[int] = set()  # id(variable) of densely read variables
-        self.sparse: dict[int, list[tuple[int, ...]]] = {}  # id -> index shapes of sparse reads
-        self.sparse_deltas = sparse_deltas  # id(variable) -> queue of row-perturbation inputs
-        self.used_deltas: dict[int, list[Any]] = {}  # id -> flat indices of the consumed inputs
-
-
+# While ``minimize`` computes gradients, a recorder (jrmsprop._src.minimize) is installed here and
+# every read of a Variable is reported to it (``read`` / ``sparse_read``).
 _local = threading.local()
 
 
-def _recorder() -> _ReadRecorder | None:
+def _recorder() -> Any:
     return getattr(_local, "recorder", None)
-
-
-@contextlib.contextmanager
-def record_reads(recorder: _ReadRecorder) -> Iterator[_ReadRecorder]:
-    """While active, every read of a Variable is noted in ``recorder`` (used by ``minimize``)."""
-    previous = _recorder()
-    _local.recorder = recorder
-    try:
-        yield recorder
-    finally:
-        _local.recorder = previous
 
 
 # ---- the Variable -----------------------------------------------------------------------------
@@ -163,6 +142,10 @@ class Variable:
 
     __array_priority__ = 100  # NumPy defers binary operators to ours
 
+    # Optional check of every assigned value (the optimizer's ``iterations`` and hyperparameter
+    # Variables refuse out-of-range values); raises before the value changes.
+    _check: Callable[[jax.Array], None] | None = None
+
     def __init__(
         self,
         initial_value: Any,
@@ -190,7 +173,7 @@ class Variable:
         """The current value (the live buffer: invalidated when the optimizer donates it)."""
         recorder = _recorder()
         if recorder is not None:
-            recorder.dense.add(id(self))
+            recorder.read(self)
         return self._value
 
     def read_value(self) -> jax.Array:
@@ -210,24 +193,9 @@ class Variable:
         """
         del name
         recorder = _recorder()
-        indices = jnp.asarray(indices)
-        if recorder is None:
-            return jnp.take(self._value, indices, axis=0)
-        key = id(self)
-        flat = indices.reshape(-1)
-        row_shape = tuple(self._value.shape[1:])
-        if recorder.sparse_deltas is None:  # discovery: a plain gather, differentiated densely
-            recorder.sparse.setdefault(key, []).append(tuple(flat.shape))
-            return jnp.take(self._value, indices, axis=0)
-        queue = recorder.sparse_deltas.get(key, [])
-        used = recorder.used_deltas.setdefault(key, [])
-        if len(used) < len(queue) and queue[len(used)].shape == (*flat.shape, *row_shape):
-            delta = queue[len(used)]
-            used.append(flat)
-            rows = jnp.take(jax.lax.stop_gradient(self._value), flat, axis=0) + delta
-            return rows.reshape((*indices.shape, *row_shape))
-        recorder.dense.add(key)  # no matching row input: differentiate it densely
-        return jnp.take(self._value, indices, axis=0)
+        if recorder is not None:
+            return recorder.sparse_read(self, jnp.asarray(indices))
+        return jnp.take(self._value, jnp.asarray(indices), axis=0)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -291,7 +259,7 @@ class Variable:
     ) -> Variable | None:
         """Replaces the value (same shape; cast to the variable's dtype). Returns the variable."""
         del use_locking, name
-        self._value = self._coerce(value, "assign")
+        self._store(self._coerce(value, "assign"))
         return self if read_value else None
 
     def assign_add(
@@ -300,7 +268,7 @@ class Variable:
         """Adds ``delta`` to the value. Returns the variable."""
         del use_locking, name
         delta = self._coerce(delta, "add")
-        self._value = (self._value + delta).astype(self.dtype)
+        self._store((self._value + delta).astype(self.dtype))
         return self if read_value else None
 
     def assign_sub(
@@ -309,8 +277,13 @@ class Variable:
         """Subtracts ``delta`` from the value. Returns the variable."""
         del use_locking, name
         delta = self._coerce(delta, "subtract")
-        self._value = (self._value - delta).astype(self.dtype)
+        self._store((self._value - delta).astype(self.dtype))
         return self if read_value else None
+
+    def _store(self, value: jax.Array) -> None:
+        if self._check is not None:
+            self._check(value)
+        self._value = value
 
     def _replace(self, value: jax.Array) -> None:
         """Installs a new buffer without copying (the optimizer's outputs)."""

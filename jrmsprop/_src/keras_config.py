@@ -1,0 +1,156 @@
+"""Keras 2 config (de)serialisation for ``jrmsprop.RMSprop``: ``get_config`` / ``from_config``.
+
+A TF 2.x Keras optimizer config is a flat dict of numbers, booleans and names; a learning-rate
+schedule appears as a ``{'module', 'class_name', 'config', 'registered_name'}`` dict. This module
+turns hyperparameter values into config entries and back; the optimizer only holds them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from typing import Any
+
+import numpy as np
+
+from jrmsprop._src.validation import concrete_scalar
+from jrmsprop._src.variable import Variable
+
+__all__ = [
+    "deserialize_schedule",
+    "is_keras_schedule",
+    "is_step_schedule",
+    "serialize_hyperparameter",
+    "serialize_schedule",
+    "config_to_kwargs",
+]
+
+# The keys whose value may be a serialised schedule in a config.
+_SCHEDULE_KEYS = ("learning_rate", "rho", "momentum", "epsilon", "decay")
+
+
+def is_step_schedule(value: Any) -> bool:
+    """True for callables of the step (optax schedules, Keras ``LearningRateSchedule``)."""
+    if not callable(value) or isinstance(value, Variable):
+        return False
+    try:
+        signature = inspect.signature(value)
+    except (TypeError, ValueError):
+        return False
+    positional = (
+        inspect.Parameter.POSITIONAL_ONLY,
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        inspect.Parameter.VAR_POSITIONAL,
+    )
+    return any(p.kind in positional for p in signature.parameters.values())
+
+
+def is_keras_schedule(value: Any) -> bool:
+    """A step schedule object with ``get_config`` (a Keras ``LearningRateSchedule`` or alike)."""
+    return (
+        is_step_schedule(value)
+        and callable(getattr(value, "get_config", None))
+        and not (inspect.isfunction(value) or inspect.ismethod(value))
+    )
+
+
+def serialize_schedule(value: Any) -> dict[str, Any]:
+    """A Keras-style ``{'module', 'class_name', 'config', 'registered_name'}`` dict."""
+    cls = type(value)
+    return {
+        "module": cls.__module__,
+        "class_name": cls.__qualname__,
+        "config": value.get_config(),
+        "registered_name": None,
+    }
+
+
+def deserialize_schedule(config: dict[str, Any], custom_objects: dict[str, Any] | None = None):
+    """Rebuilds an object from :func:`serialize_schedule`'s dict (or Keras's own).
+
+    The class is looked up in ``custom_objects`` by ``class_name``, else imported from ``module``
+    (for TF Keras' public ``keras.*`` names, ``tf_keras.*`` first when installed); it is rebuilt
+    with ``cls.from_config(config)`` when it has one, else ``cls(**config)``.
+    """
+    if "class_name" not in config or "config" not in config:
+        raise ValueError(f"Cannot deserialize {config!r}: expected 'class_name' and 'config' keys")
+    name = config["class_name"]
+    cls = (custom_objects or {}).get(name)
+    if cls is None:
+        module = config.get("module")
+        if not module:
+            raise ValueError(
+                f"Cannot deserialize {name!r}: no 'module' in its config; pass the class in "
+                "`custom_objects`"
+            )
+        # TF 2.x Keras writes its public "keras." module names: prefer tf_keras (Keras 2) there.
+        candidates = [module]
+        if module.startswith("keras."):
+            candidates.insert(0, "tf_keras." + module[len("keras.") :])
+        for candidate in candidates:
+            try:
+                obj: Any = importlib.import_module(candidate)
+                for part in name.split("."):
+                    obj = getattr(obj, part)
+            except (ImportError, AttributeError):
+                continue
+            cls = obj
+            break
+        else:
+            raise ValueError(
+                f"Cannot deserialize {name!r}: not found in {candidates}; pass the class in "
+                "`custom_objects`"
+            )
+    inner = config["config"]
+    if hasattr(cls, "from_config"):
+        return cls.from_config(inner)
+    return cls(**inner)
+
+
+def serialize_hyperparameter(name: str, value: Any, source: Any = None) -> Any:
+    """The config entry of one hyperparameter (Keras' ``_serialize_hyperparameter``).
+
+    Args:
+      name: the hyperparameter (for error messages).
+      value: its current value: a number, array, Variable, schedule or callable.
+      source: the Python number it was set from, when it is stored rounded (a float32
+        Variable): returned while the Variable still holds that number, so ``0.1`` stays ``0.1``.
+
+    Returns:
+      A number (a callable of no arguments: its current value), or a schedule's dict.
+    """
+    if isinstance(value, Variable):
+        if source is not None and np.float32(source) == value.numpy():
+            return source
+        return float(value.numpy())
+    if is_step_schedule(value):
+        if is_keras_schedule(value):
+            return serialize_schedule(value)
+        raise ValueError(
+            f"Cannot serialise `{name}`={value!r}: a schedule must have get_config() (e.g. a "
+            "Keras LearningRateSchedule) to appear in get_config(); optax schedules are plain "
+            "functions"
+        )
+    if callable(value):
+        value = value()
+    number = concrete_scalar(name, value)
+    if number is None:
+        raise ValueError(f"Cannot serialise `{name}`={value!r}")
+    return value if type(value) is int else number
+
+
+def config_to_kwargs(
+    config: dict[str, Any], custom_objects: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """A Keras 2 optimizer config as constructor keywords: ``lr`` renamed ``learning_rate``,
+    ``is_legacy_optimizer`` dropped, schedule dicts rebuilt (:func:`deserialize_schedule`)."""
+    if not isinstance(config, dict):
+        raise TypeError(f"`config` must be a dict, got {type(config).__name__}")
+    kwargs = dict(config)
+    kwargs.pop("is_legacy_optimizer", None)
+    if "lr" in kwargs:
+        kwargs["learning_rate"] = kwargs.pop("lr")
+    for key in _SCHEDULE_KEYS:
+        if isinstance(kwargs.get(key), dict):
+            kwargs[key] = deserialize_schedule(kwargs[key], custom_objects)
+    return kwargs
