@@ -9,13 +9,22 @@ buffer, and evaluated the momentum path in the order of TF's fused ``ApplyRMSPro
 ``model.compile``/``fit``, ``optimizer.apply``/``apply_gradients``, ``stateless_apply`` and
 ``.keras`` saving.
 
-Keras is optional: ``import jrmsprop`` never imports it; this module needs Keras 3 with
-``KERAS_BACKEND=jax`` (``pip install 'jrmsprop[keras]'``).
+Keras is optional: ``import jrmsprop`` never imports it; this module needs Keras 3 on its JAX
+backend (``pip install 'jrmsprop[keras]'``). When Keras has not been imported yet and
+``KERAS_BACKEND`` is unset, importing this module sets ``KERAS_BACKEND=jax``; a Keras already
+running on another backend makes :class:`RMSprop` raise a ``RuntimeError``.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Any
+
+if "keras" not in sys.modules and not os.environ.get("KERAS_BACKEND"):
+    # Keras reads its backend once, at import: when nothing chose one yet, choose the only one
+    # this module works with.
+    os.environ["KERAS_BACKEND"] = "jax"
 
 try:
     import keras
@@ -24,9 +33,11 @@ except ImportError as e:  # pragma: no cover - exercised only without keras inst
         "jrmsprop.keras needs Keras 3 (with the JAX backend): pip install 'jrmsprop[keras]'"
     ) from e
 
-if not hasattr(keras, "optimizers") or not hasattr(keras.optimizers, "Optimizer") or int(
-    str(getattr(keras, "__version__", "0")).split(".")[0]
-) < 3:
+if (
+    not hasattr(keras, "optimizers")
+    or not hasattr(keras.optimizers, "Optimizer")
+    or int(str(getattr(keras, "__version__", "0")).split(".")[0]) < 3
+):
     raise ImportError(
         f"jrmsprop.keras needs Keras 3, found keras {getattr(keras, '__version__', '?')}: "
         "pip install 'jrmsprop[keras]'"
@@ -113,14 +124,18 @@ class RMSprop(keras.optimizers.Optimizer):
       RuntimeError: when Keras does not run on its JAX backend.
 
     Example:
-      >>> import os; os.environ.setdefault("KERAS_BACKEND", "jax")  # doctest: +SKIP
+      >>> from jrmsprop.keras import RMSprop  # before keras: selects the JAX backend if unset
       >>> import keras, numpy as np
-      >>> from jrmsprop.keras import RMSprop
-      >>> w = keras.Variable(np.array([10.0], np.float32))
+      >>> w = keras.Variable(np.array([10.0], np.float32), name="w")
       >>> opt = RMSprop(learning_rate=0.1)  # = tf.keras.optimizers.RMSprop(0.1) of TF 2.x
-      >>> opt.apply_gradients([(keras.ops.convert_to_tensor(w.numpy()), w)])  # grad of w²/2
-      >>> print(f"{float(w.numpy()[0]):.6f}")  # TF 2.x gives 9.683772
+      >>> _ = opt.apply_gradients([(w.value, w)])  # the gradient of w²/2 is w
+      >>> print(f"{float(w.value[0]):.6f}")  # TF 2.x gives 9.683772
       9.683772
+      >>> [v.path for v in opt.variables]
+      ['rmsprop/iteration', 'rmsprop/learning_rate', 'rmsprop/w_rms']
+
+    With ``model.compile(optimizer=RMSprop(1e-3, momentum=0.9), loss="mse")``, ``model.fit``
+    trains with the TF 2.x arithmetic.
     """
 
     def __init__(
@@ -228,4 +243,3 @@ class RMSprop(keras.optimizers.Optimizer):
             }
         )
         return config
-
