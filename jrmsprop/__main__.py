@@ -5,7 +5,8 @@ Subcommands:
 * ``demo``  -- train a small MLP on the Auto MPG data with jrmsprop and plot the loss curves
   (needs ``pip install 'jrmsprop[demo]'``); see ``jrmsprop demo --help``.
 * ``bench`` -- the optimizer benchmarks (needs ``pip install 'jrmsprop[bench]'``); see
-  ``jrmsprop bench --help``.
+  ``jrmsprop bench --help``. The benchmark ships with the source checkout (its ``benchmarks/``
+  folder), not with the wheel: this only finds and runs it.
 
 Everything after the subcommand is handed to that subcommand's own parser.
 """
@@ -13,15 +14,28 @@ Everything after the subcommand is handed to that subcommand's own parser.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import ModuleType
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "load_benchmark", "main"]
 
 _COMMANDS: dict[str, str] = {
     "demo": "train an MLP on Auto MPG with jrmsprop, print a table, write a loss-curve PNG",
-    "bench": "run the optimizer benchmarks",
+    "bench": "run the optimizer benchmarks (from a source checkout)",
 }
+
+#: the checkout that holds this package, when it is one (a wheel install has no benchmarks/ there)
+_CHECKOUT = Path(__file__).resolve().parent.parent
+
+NOT_IN_WHEEL = (
+    "jrmsprop bench: the benchmark ships with the source checkout, not the wheel. "
+    "Clone the repository and run `python -m jrmsprop bench` (or `python benchmarks/run.py`) "
+    "from it, with jrmsprop installed from that checkout (`pip install -e '.[bench]'`); "
+    "looked for {path}."
+)
 
 
 def _version() -> str:
@@ -48,15 +62,44 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def load_benchmark(checkout: Path = _CHECKOUT) -> ModuleType:
+    """The benchmark harness (``benchmarks.harness``) of the source checkout ``checkout``.
+
+    Args:
+      checkout: the repository root (default: the folder above this package).
+
+    Returns:
+      The imported ``benchmarks.harness`` module (its ``main(argv)`` runs the benchmark).
+
+    Raises:
+      SystemExit: with a message saying so, when ``checkout`` has no ``benchmarks/harness.py``
+        (jrmsprop installed from a wheel) or its ``benchmarks`` cannot be imported.
+    """
+    harness = checkout / "benchmarks" / "harness.py"
+    if not harness.is_file():
+        raise SystemExit(NOT_IN_WHEEL.format(path=harness))
+    root = str(checkout)
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    package = sys.modules.get("benchmarks")
+    if (
+        package is not None
+        and Path(getattr(package, "__file__", "") or "").parent != harness.parent
+    ):
+        raise SystemExit(
+            f"jrmsprop bench: another module named 'benchmarks' is already imported "
+            f"({package!r}); run from a fresh interpreter"
+        )
+    return importlib.import_module("benchmarks.harness")
+
+
 def _load(command: str) -> Callable[[Sequence[str]], int | None]:
     """Import the subcommand's module lazily (so ``--help`` never imports JAX)."""
     if command == "demo":
         from jrmsprop._src import demo
 
         return demo.main
-    from jrmsprop._src import benchmark
-
-    return benchmark.main
+    return load_benchmark().main
 
 
 def main(argv: Sequence[str] | None = None) -> int:
