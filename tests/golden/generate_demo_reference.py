@@ -3,7 +3,7 @@
 Run by hand (not part of CI), from the repository root, with tensorflow-cpu and tf_keras
 installed (``pip install -e '.[frameworks]'``)::
 
-    python tests/golden/generate_demo_reference.py [--cars PATH/TO/cars.json]
+    python tests/golden/generate_demo_reference.py [--cars PATH/TO/cars.json] [--out FILE]
 
 It builds the demo's model as a ``tf_keras.Sequential`` (Dense 64 ReLU, Dense 1), loads the
 demo's NumPy initial weights with ``set_weights``, compiles it with
@@ -39,6 +39,7 @@ def main() -> None:
     """Train with tf_keras and write the reference file."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cars", default=None, help="cars.json (default: vega_datasets' copy)")
+    parser.add_argument("--out", default=None, help="output (default: the demo's reference)")
     args = parser.parse_args()
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -86,14 +87,15 @@ def main() -> None:
     }
     arrays = {f"init_{i}": a for i, a in enumerate(init)}
     arrays.update({f"final_{i}": np.asarray(a, np.float32) for i, a in enumerate(final)})
+    out = Path(args.out or demo.REFERENCE)
     np.savez_compressed(
-        demo.REFERENCE,
+        out,
         loss=loss,
         data_check=demo._data_check(data),
         meta=np.asarray(json.dumps(meta)),
         **arrays,
     )
-    print(f"wrote {demo.REFERENCE} ({demo.REFERENCE.stat().st_size} bytes): "
+    print(f"wrote {out} ({out.stat().st_size} bytes): "
           f"loss {loss[0]:.4f} -> {loss[-1]:.4f}")  # fmt: skip
 
 
