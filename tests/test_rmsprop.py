@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from numpy_reference import Keras2RMSprop
+from numpy_reference import Reference
 
 import jrmsprop
 
@@ -73,7 +73,7 @@ def _run_reference(ref, params, grads):
 @pytest.mark.parametrize("config", GRID, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
 def test_matches_numpy_keras2_reference_bitwise(config):
     params, grads = _problem(seed=hash(tuple(config.values())) % 2**31)
-    ref = _run_reference(Keras2RMSprop(learning_rate=0.01, **config), params, grads)
+    ref = _run_reference(Reference(rule="keras2", learning_rate=0.01, **config), params, grads)
     tx = jrmsprop.rmsprop(learning_rate=0.01, **config)
     got, state = _run_jrmsprop(tx, params, grads)
     for step_got, step_ref in zip(got, ref, strict=True):
@@ -85,20 +85,13 @@ def test_matches_numpy_keras2_reference_bitwise(config):
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
 def test_schedule_and_decay_match_reference(momentum):
     params, grads = _problem(seed=7)
-    ref = Keras2RMSprop(learning_rate=_piecewise_np, momentum=momentum, decay=0.05)
+    ref = Reference(rule="keras2", learning_rate=_piecewise_np, momentum=momentum, decay=0.05)
     expected = _run_reference(ref, params, grads)
     tx = jrmsprop.rmsprop(learning_rate=_piecewise, momentum=momentum, decay=0.05)
     got, _ = _run_jrmsprop(tx, params, grads)
     for step_got, step_ref in zip(got, expected, strict=True):
         for a, b in zip(step_got, step_ref, strict=True):
             np.testing.assert_array_equal(a, b)
-
-
-def test_published_anchor():
-    tx = jrmsprop.rmsprop(learning_rate=0.1)
-    p = jnp.array(10.0)
-    u, _ = tx.update(p, tx.init(p))  # loss p²/2 → g = p
-    assert np.float32(p + u) == np.float32(9.683772)
 
 
 def test_eps_moves_inside_the_root_with_momentum():
@@ -110,8 +103,9 @@ def test_eps_moves_inside_the_root_with_momentum():
     u_in, _ = inside.update(g, inside.init(g))
     np.testing.assert_allclose(u_out, -1 / (np.sqrt(0.1) + 1), rtol=1e-6)
     np.testing.assert_allclose(u_in, -1 / np.sqrt(1.1), rtol=1e-6)
-    forced = jrmsprop.rmsprop(lr, epsilon=eps, eps_in_sqrt=True)
-    np.testing.assert_allclose(forced.update(g, forced.init(g))[0], u_in, rtol=0)
+    # Keras 3 keeps ε inside without momentum too (its 1 − ρ is 0.1 rounded from double)
+    keras3 = jrmsprop.compat.keras3(lr, epsilon=eps)
+    np.testing.assert_allclose(keras3.update(g, keras3.init(g))[0], -1 / np.sqrt(1.1), rtol=1e-6)
 
 
 def test_state_has_only_the_slots_the_configuration_needs():
@@ -138,16 +132,6 @@ def test_update_is_pure():
 
 
 # --------------------------------------------------------------------------- jit / eager / pmap
-
-
-@pytest.mark.parametrize("config", [dict(), dict(momentum=0.9, centered=True)])
-def test_jit_and_eager_agree(config):
-    params, grads = _problem(seed=3)
-    tx = jrmsprop.rmsprop(0.01, **config)
-    jitted, _ = _run_jrmsprop(tx, params, grads, jit=True)
-    eager, _ = _run_jrmsprop(tx, params, grads, jit=False)
-    for a, b in zip(jax.tree.leaves(jitted), jax.tree.leaves(eager), strict=True):
-        np.testing.assert_array_equal(a, b)
 
 
 def test_no_recompilation_between_steps():
@@ -389,7 +373,11 @@ def test_apply_if_finite_skips_nan_steps():
     np.testing.assert_array_equal(u, np.zeros(2))
     assert int(s.inner_state.count) == 0
     u, s = tx.update(jnp.array([1.0, 1.0]), s, p)
-    assert int(s.inner_state.count) == 1 and np.all(np.asarray(u) < 0)
+    direct = jrmsprop.rmsprop(0.1)  # the skipped step left no trace in the slots
+    u_ref, s_ref = direct.update(jnp.array([1.0, 1.0]), direct.init(p), p)
+    np.testing.assert_array_equal(u, u_ref)
+    np.testing.assert_array_equal(s.inner_state.rms, s_ref.rms)
+    assert int(s.inner_state.count) == 1
 
 
 def test_multi_transform_and_masked():
@@ -400,7 +388,9 @@ def test_multi_transform_and_masked():
     )
     u, _ = tx.update(params, tx.init(params), params)
     np.testing.assert_array_equal(u["emb"], np.zeros(4))
-    assert np.all(np.asarray(u["head"]) < 0)
+    direct = jrmsprop.rmsprop(0.1)
+    u_head, _ = direct.update(params["head"], direct.init(params["head"]))
+    np.testing.assert_array_equal(u["head"], u_head)
     masked = optax.masked(jrmsprop.rmsprop(0.1), {"emb": False, "head": True})
     u2, _ = masked.update(params, masked.init(params), params)
     np.testing.assert_array_equal(u2["emb"], params["emb"])  # passed through unchanged
@@ -435,6 +425,9 @@ def test_state_is_stable_under_lax_cond():
     s1 = maybe_step(True, params, state)
     s0 = maybe_step(False, params, state)
     chex.assert_trees_all_equal_dtypes(s0, s1, state)
+    chex.assert_trees_all_equal(s0, state)
+    _, stepped = tx.update(jax.tree.map(jnp.ones_like, params), state, params)
+    chex.assert_trees_all_equal(s1, stepped)
     assert int(s1.count) == 1 and int(s0.count) == 0
 
 
@@ -446,22 +439,6 @@ def test_count_saturates():
 
 
 # --------------------------------------------------------------------------- dtypes
-
-
-def test_float64(x64):
-    params, grads = _problem(seed=11)
-    params = [p.astype(np.float64) for p in params]
-    grads = [[g.astype(np.float64) for g in gs] for gs in grads]
-    ref = _run_reference(
-        Keras2RMSprop(learning_rate=0.01, momentum=0.9, centered=True, dtype=np.float64),
-        params,
-        grads,
-    )
-    got, state = _run_jrmsprop(jrmsprop.rmsprop(0.01, momentum=0.9, centered=True), params, grads)
-    assert state.rms[0].dtype == jnp.float64
-    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref), strict=True):
-        assert a.dtype == np.float64
-        np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
@@ -521,53 +498,6 @@ def test_integer_and_boolean_inputs_raise_type_error(dtype):
 
 
 # --------------------------------------------------------------------------- errors
-
-
-@pytest.mark.parametrize(
-    "kwargs, name",
-    [
-        (dict(learning_rate=-0.1), "learning_rate"),
-        (dict(rho=1.5), "rho"),
-        (dict(rho=-0.1), "rho"),
-        (dict(momentum=2.5), "momentum"),
-        (dict(momentum=-0.5), "momentum"),
-        (dict(epsilon=-1e-7), "epsilon"),
-        (dict(decay=-0.01), "decay"),
-        (dict(weight_decay=-1.0), "weight_decay"),
-        (dict(initial_rms=-1.0), "initial_rms"),
-        (dict(learning_rate=jnp.array([0.1, 0.2])), "learning_rate"),
-        (dict(learning_rate=float("nan")), "learning_rate"),
-    ],
-)
-def test_bad_hyperparameters_raise_naming_the_argument(kwargs, name):
-    with pytest.raises(ValueError, match=f"`{name}`"):
-        jrmsprop.rmsprop(**kwargs)
-
-
-@pytest.mark.parametrize(
-    "kwargs, name",
-    [
-        (dict(centered=1), "centered"),
-        (dict(eps_in_sqrt="yes"), "eps_in_sqrt"),
-        (dict(slot_dtype=jnp.int8), "slot_dtype"),
-        (dict(learning_rate="fast"), "learning_rate"),
-    ],
-)
-def test_bad_option_types_raise(kwargs, name):
-    with pytest.raises(TypeError, match=f"`{name}`"):
-        jrmsprop.rmsprop(**kwargs)
-
-
-def test_gradient_tree_and_shape_mismatch_raise_and_leave_state_untouched():
-    tx = jrmsprop.rmsprop(0.1, momentum=0.9)
-    params = {"a": jnp.ones(2), "b": jnp.ones(3)}
-    state = tx.init(params)
-    snapshot = jax.tree.map(np.array, state)
-    with pytest.raises(ValueError, match="`updates` do not have the tree structure"):
-        tx.update({"a": jnp.ones(2), "c": jnp.ones(3)}, state)
-    with pytest.raises(ValueError, match=r"gradient at \['b'\] has shape \(4,\)"):
-        tx.update({"a": jnp.ones(2), "b": jnp.ones(4)}, state)
-    chex.assert_trees_all_equal(state, snapshot)
 
 
 def test_state_from_another_configuration_is_rejected():

@@ -50,6 +50,9 @@ from typing import Any
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+if str(HERE.parent) not in sys.path:  # tests/, for the shared NumPy reference
+    sys.path.insert(0, str(HERE.parent))
+import numpy_reference  # noqa: E402
 
 DENSE_SHAPES: tuple[tuple[int, ...], ...] = ((), (7,), (3, 4), (2, 3, 5))
 DENSE_SCALES: tuple[float, ...] = (1.0, 1e-3, 10.0, 0.1)
@@ -488,105 +491,49 @@ OPTIMIZER_CLASS = {
 
 
 # --------------------------------------------------------------------------------------------
-# Independent float64 reference of semantics.md (a sanity check of the goldens, not a source)
+# Independent float64 check of every recording (tests/numpy_reference.py, in float64)
 # --------------------------------------------------------------------------------------------
 
 
-def _lr64(spec: Spec, t: int) -> float:
-    kw = spec.kwargs
+def _scheduled_lr(spec: Spec, t: int) -> float:
+    """The learning rate of step ``t`` before Keras 2's ``decay`` (which the reference applies)."""
     sched = spec.schedule
-    if spec.framework == "torch":
-        return kw["lr"]
     if sched is None:
-        lr = kw["learning_rate"]
-    elif sched["class_name"] == "PiecewiseConstantDecay":
-        c = sched["config"]
-        lr = c["values"][sum(t > b for b in c["boundaries"])]
-    elif sched["class_name"] == "ExponentialDecay":
-        c = sched["config"]
+        return spec.kwargs["lr" if spec.framework == "torch" else "learning_rate"]
+    c = sched["config"]
+    if sched["class_name"] == "PiecewiseConstantDecay":
+        return c["values"][sum(t > b for b in c["boundaries"])]
+    if sched["class_name"] == "ExponentialDecay":
         e = t / c["decay_steps"]
-        lr = c["initial_learning_rate"] * c["decay_rate"] ** (np.floor(e) if c["staircase"] else e)
-    else:  # pragma: no cover
-        raise ValueError(sched)
-    return lr / (1.0 + kw.get("decay", 0.0) * t) if spec.framework == "keras2" else lr
+        return c["initial_learning_rate"] * c["decay_rate"] ** (
+            np.floor(e) if c["staircase"] else e
+        )
+    raise ValueError(sched)  # pragma: no cover
 
 
 def reference_f64(spec: Spec, p0: Sequence[np.ndarray], grads: Sequence[Grad]) -> list[np.ndarray]:
-    """The trajectory of semantics.md in float64 (dense and sparse)."""
-    kw, fwk = spec.kwargs, spec.framework
-    if fwk == "torch":
-        rho, mu, eps, centered = kw["alpha"], kw["momentum"], kw["eps"], kw["centered"]
-    elif fwk == "tf1":
-        rho, mu, eps, centered = kw["decay"], kw["momentum"], kw["epsilon"], kw["centered"]
-    else:
-        rho, mu, eps, centered = kw["rho"], kw["momentum"], kw["epsilon"], kw["centered"]
-    has_mom = fwk == "tf1" or mu > 0
-    traj = []
-    for p_init, g in zip(p0, grads, strict=True):
-        p = p_init.astype(np.float64)
-        rms = np.full_like(p, 1.0 if fwk == "tf1" else 0.0)
-        mg, mom = np.zeros_like(p), np.zeros_like(p)
-        out = np.empty((spec.steps, *p.shape))
-        for t in range(spec.steps):
-            lr = _lr64(spec, t)
-            if isinstance(g, tuple):  # Keras 2 / TF1 sparse
-                vals, idx = g
-                rows = np.unique(idx[t])
-                gs = np.zeros((rows.size, *p.shape[1:]))
-                np.add.at(gs, np.searchsorted(rows, idx[t]), vals[t].astype(np.float64))
-                if has_mom:
-                    rms[rows] = rho * rms[rows] + (1 - rho) * gs**2
-                    if centered:
-                        mg[rows] = rho * mg[rows] + (1 - rho) * gs
-                    den = rms[rows] - mg[rows] ** 2 if centered else rms[rows]
-                    mom[rows] = mu * mom[rows] + lr * gs / np.sqrt(den + eps)
-                    p[rows] -= mom[rows]
-                else:
-                    rms *= rho
-                    rms[rows] += (1 - rho) * gs**2
-                    if centered:
-                        mg *= rho
-                        mg[rows] += (1 - rho) * gs
-                    den = rms[rows] - mg[rows] ** 2 if centered else rms[rows]
-                    p[rows] -= lr * gs / (np.sqrt(den) + eps)
-                out[t] = p
-                continue
-            gt = g[t].astype(np.float64)
-            if fwk == "torch":
-                if kw["maximize"]:
-                    gt = -gt
-                gt = gt + kw["weight_decay"] * p
-            if fwk == "keras3" and kw.get("weight_decay"):
-                p = p - p * kw["weight_decay"] * lr
-            rms = rho * rms + (1 - rho) * gt**2
-            if centered:
-                mg = rho * mg + (1 - rho) * gt
-            den = rms - mg**2 if centered else rms
-            if fwk == "torch":
-                step = gt / (np.sqrt(den) + eps)
-                if mu > 0:
-                    mom = mu * mom + step
-                    step = mom
-                p = p - lr * step
-            elif has_mom:
-                mom = mu * mom + lr * gt / np.sqrt(den + eps)
-                p = p - mom
-            elif fwk == "keras3":
-                p = p - lr * gt / np.sqrt(den + eps)
-            else:
-                p = p - lr * gt / (np.sqrt(den) + eps)
-            out[t] = p
-        traj.append(out)
-    return traj
+    """The trajectory of ``spec``'s update rule, evaluated in float64 (dense and sparse)."""
+    kwargs = dict(spec.kwargs)
+    lr_key = "lr" if spec.framework == "torch" else "learning_rate"
+    kwargs[lr_key] = lambda t: _scheduled_lr(spec, t)
+    ref = numpy_reference.Reference.from_kwargs(spec.framework, kwargs, dtype=np.float64)
+    params = [np.asarray(p, np.float64) for p in p0]
+    out = [np.empty((spec.steps, *p.shape)) for p in p0]
+    for t in range(spec.steps):
+        step = [(g[0][t], g[1][t]) if isinstance(g, tuple) else g[t] for g in grads]
+        params = ref.apply(step, params)
+        for i, p in enumerate(params):
+            out[i][t] = p
+    return out
 
 
 # --------------------------------------------------------------------------------------------
-# Anchor values from semantics.md, checked against the installed frameworks
+# Anchor values (one hand-checkable step per framework), asserted on the installed frameworks
 # --------------------------------------------------------------------------------------------
 
 
 def check_anchors() -> None:
-    """Assert the anchor values of semantics.md on the real frameworks."""
+    """Assert one hand-checkable step of each framework (the rules jrmsprop documents)."""
     fw = import_frameworks()
     tf, tf_keras, keras, torch = fw["tf"], fw["tf_keras"], fw["keras"], fw["torch"]
 
@@ -677,7 +624,7 @@ def build_arrays(spec: Spec, versions: dict[str, str]) -> tuple[dict[str, np.nda
         "versions": versions,
     }
     arrays["meta"] = np.array(json.dumps(meta, sort_keys=True))
-    # Sanity: the framework agrees with semantics.md evaluated in float64.
+    # Sanity: the framework agrees with the NumPy reference evaluated in float64.
     ref = reference_f64(spec, p0, grads)
     dev = max(
         float(np.max(np.abs(r - t)) / max(np.max(np.abs(r)), 1e-30))
@@ -705,7 +652,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         np.savez_compressed(path, **arrays)
         size = path.stat().st_size
         total += size
-        print(f"{spec.name:40s} {size / 1024:7.1f} KiB  float64-semantics dev {dev:.2e}")
+        print(f"{spec.name:40s} {size / 1024:7.1f} KiB  float64-reference dev {dev:.2e}")
     print(f"total {total / 1024:.1f} KiB")
 
 
