@@ -204,6 +204,17 @@ def test_reference_checks_the_data():
     assert ref is None and "differs from the recorded one" in note
 
 
+def test_missing_reference_file_is_said_not_fatal(monkeypatch, tmp_path):
+    monkeypatch.setattr(demo, "REFERENCE", tmp_path / "demo_reference.npz")
+    result = demo.run(steps=5, progress=False)
+    assert not result.reference and [r.name.split("(")[0] for r in result.runs] == [
+        "jrmsprop.rmsprop",
+        "optax.rmsprop",
+    ]
+    assert result.note == "no tf_keras reference: demo_reference.npz is not installed"
+    assert "demo_reference.npz is not installed" in demo.format_table(result)
+
+
 def test_other_flags_say_the_reference_does_not_apply(capsys, tmp_path):
     flags = ["--seed", "2", "--steps", "60", "--no-progress", "--out", str(tmp_path / "c.png")]
     assert demo.main(flags) == 0

@@ -176,6 +176,8 @@ class Result(NamedTuple):
 
 def _reference(steps: int, learning_rate: float, seed: int, data: Data):
     """The tf_keras recording, or ``(None, why not)`` when these flags leave it behind."""
+    if not REFERENCE.is_file():
+        return None, f"no tf_keras reference: {REFERENCE.name} is not installed"
     with np.load(REFERENCE) as f:
         ref = dict(f)
     n_ref = len(ref["loss"])
