@@ -36,7 +36,6 @@ from jrmsprop._src.transform import RMSpropState, rmsprop
 from jrmsprop._src.validation import (
     check_bool,
     check_hyperparameter,
-    check_schedule_value,
     concrete_scalar,
     keras2_scalar,
 )
@@ -150,7 +149,7 @@ def _initial_value(initializer: Any, shape: Sequence[int], dtype: Any) -> jax.Ar
     """Keras-style initializer: 'zeros' / 'ones', a callable ``(shape, dtype)``, or a value."""
     try:
         shape = tuple(int(d) for d in shape)
-    except TypeError as e:
+    except (TypeError, ValueError) as e:
         raise TypeError(f"`shape` must be a sequence of integers, got {shape!r}") from e
     if any(d < 0 for d in shape):
         raise ValueError(f"`shape` must not have negative sizes, got {shape}")
@@ -291,7 +290,7 @@ class RMSprop:
         if name is not None and not isinstance(name, str):
             raise TypeError(f"`name` must be a string, got {name!r}")
         if kwargs.get("lr") is not None:
-            learning_rate = kwargs["lr"]
+            learning_rate = self._check_hyper("lr", kwargs["lr"], kind="learning_rate")
         hypers = dict(
             learning_rate=learning_rate,
             rho=rho,
@@ -327,13 +326,13 @@ class RMSprop:
     # -- hyperparameters -------------------------------------------------------------------------
 
     @staticmethod
-    def _check_hyper(name: str, value: Any) -> Any:
+    def _check_hyper(name: str, value: Any, kind: str | None = None) -> Any:
         """Keras's ``epsilon or 1e-7``, then the core's check; returns the value to store."""
         if name == "epsilon" and (
             value is None or (not callable(value) and concrete_scalar(name, value) == 0)
         ):
             value = _KERAS_EPSILON
-        check_hyperparameter(name, value)
+        check_hyperparameter(name, value, kind)
         return value
 
     def _set_hyper(self, name: str, value: Any) -> None:
@@ -423,10 +422,10 @@ class RMSprop:
             value = value()
         if isinstance(value, Variable):
             value = value.value
-        try:
-            check_schedule_value(name, value)
+        try:  # evaluated eagerly, so concrete: the core's full check applies
+            check_hyperparameter(name, value)
         except (TypeError, ValueError) as e:
-            raise type(e)(f"RMSprop: {e}") from e
+            raise type(e)(f"RMSprop: the value the callable `{name}` returned: {e}") from e
         return value
 
     def _step_values(self, step: Any) -> tuple[dict[str, Any], dict[str, Any]]:
