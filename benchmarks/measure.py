@@ -241,10 +241,11 @@ def memory_child(spec: dict[str, Any]) -> dict[str, Any]:
     """Runs in a fresh process: peak RSS growth during one warm step of ``spec['case']``.
 
     After two warm-up steps (compilation included) the kernel's high-water mark is reset to the
-    current RSS (``/proc/self/clear_refs``); one more step runs; ``VmHWM - VmRSS_before`` is the
-    memory the step needed beyond what was already resident (params, grads, state). Float32
-    leaves of 64 MiB are mmap-ed by malloc, so every transient buffer faults in fresh pages and
-    shows up. JAX's CPU backend has no ``memory_stats()``, hence /proc.
+    current RSS (``/proc/self/clear_refs``) and the RSS is read; one more step runs;
+    ``VmHWM - VmRSS_before`` is the memory the step needed beyond what was already resident
+    (params, grads, state). Float32 leaves of 64 MiB are mmap-ed by malloc, so every transient
+    buffer faults in fresh pages and shows up. JAX's CPU backend has no ``memory_stats()``,
+    hence /proc.
     """
     import jax
     import jax.numpy as jnp
@@ -310,8 +311,10 @@ def memory_child(spec: dict[str, Any]) -> dict[str, Any]:
     run()
     run()
     gc.collect()
-    before = _proc_status()
+    # Reset first, then read the baseline: memory freed in between (JAX frees asynchronously)
+    # can then only raise the reported extra, never make it negative.
     reset = _reset_peak()
+    before = _proc_status()
     run()
     after = _proc_status()
     extra = after["VmHWM"] - before["VmRSS"] if reset else None
