@@ -26,7 +26,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jrmsprop._src.transform import RMSpropState, ScalarOrSchedule, rmsprop
+from jrmsprop._src import validation
+from jrmsprop._src.arithmetic import Rule
+from jrmsprop._src.transform import RMSpropState, ScalarOrSchedule, build, rmsprop
 
 __all__ = (
     "keras2",
@@ -35,6 +37,8 @@ __all__ = (
     "state_from_keras2",
     "state_from_torch",
     "tf1",
+    "tf_keras_2_11",
+    "tf_keras_legacy",
     "torch",
 )
 
@@ -47,10 +51,13 @@ def keras2(
     centered: bool = False,
     **kwargs: Any,
 ) -> optax.GradientTransformationExtraArgs:
-    """TF 2.x Keras ``RMSprop`` (``tf_keras.optimizers.legacy.RMSprop``): :func:`jrmsprop.rmsprop`.
+    """TF 2.0–2.10 ``tf.keras.optimizers.RMSprop``: the same as :func:`jrmsprop.rmsprop`.
 
+    TF >= 2.11 ships this optimizer as ``tf.keras.optimizers.legacy.RMSprop`` (and
+    ``tf_keras.optimizers.legacy.RMSprop``); :data:`tf_keras_legacy` is an alias of this preset.
     ε inside the root with a momentum slot, outside without; lr inside the momentum buffer.
-    Keyword arguments (``decay``, ...) are those of :func:`jrmsprop.rmsprop`.
+    Keyword arguments (``decay``: inverse-time lr decay, ``slot_dtype``) are those of
+    :func:`jrmsprop.rmsprop`.
 
     Example:
       >>> import jax.numpy as jnp, optax
@@ -72,10 +79,14 @@ def keras3(
     centered: bool = False,
     weight_decay: ScalarOrSchedule | None = None,
 ) -> optax.GradientTransformationExtraArgs:
-    """Keras 3 ``keras.optimizers.RMSprop`` (also TF >= 2.11 ``tf.keras``).
+    """Keras 3 ``keras.optimizers.RMSprop`` (also TF >= 2.11's default ``tf.keras.optimizers.RMSprop``).
 
     ε always inside the root; with ``weight_decay``, ``p ← p − p·wd·lr`` before the step
-    (decoupled). Pass ``params`` to ``update`` when ``weight_decay`` is set.
+    (decoupled). Pass ``params`` to ``update`` when ``weight_decay`` is set. ``1 − ρ`` is
+    computed in double precision from a Python ``rho`` as Keras does (under
+    ``optax.inject_hyperparams`` ρ arrives as a float32 array and ``1 − ρ`` is computed from it,
+    which can differ from Keras in the last bit). Complex parameters: ``|g|²``, real ``rms``.
+    :data:`tf_keras_2_11` is an alias.
 
     Example:
       >>> import jax.numpy as jnp
@@ -86,17 +97,14 @@ def keras3(
       >>> p + u
       Array([-0.5811..., 0.4189..., 1.4189..., 2.4189...], dtype=float32)
     """
-    return rmsprop(
-        learning_rate,
-        rho,
-        momentum,
-        epsilon,
-        centered,
-        eps_in_sqrt=True,
-        tf_kernel=False,
+    return build(
+        _KERAS3,
+        learning_rate=learning_rate,
+        rho=rho,
+        momentum=momentum,
+        epsilon=epsilon,
+        centered=centered,
         weight_decay=weight_decay,
-        decoupled_weight_decay=True,
-        one_minus_rho=_complement_in_double(rho),
     )
 
 
@@ -114,7 +122,10 @@ def torch(
     ε outside the root, lr outside the momentum buffer (``buf ← μ·buf + g/avg``,
     ``p ← p − lr·buf``), coupled L2 weight decay (``g ← g + wd·p``; pass ``params`` to
     ``update``), ``maximize`` ascends. Note PyTorch accepts any ``momentum >= 0``; jrmsprop
-    requires ``momentum <= 1`` as well.
+    requires ``momentum <= 1`` as well. Complex parameters are two real ones, as PyTorch's
+    ``view_as_real``: one running average per real and imaginary part (stored as a complex
+    ``square_avg``, the layout of torch's ``state_dict``). ``1 − α`` is computed in double
+    precision from a Python ``alpha``, as torch does.
 
     Example:
       >>> import jax.numpy as jnp
@@ -125,19 +136,15 @@ def torch(
       >>> p + u  # 1 - 0.01 * 2 / (sqrt(0.01 * 4) + 1e-8)
       Array(0.9, dtype=float32)
     """
-    return rmsprop(
-        lr,
-        alpha,
-        momentum,
-        eps,
-        centered,
-        eps_in_sqrt=False,
-        tf_kernel=False,
-        lr_in_momentum=False,
+    validation.check_bool("maximize", maximize)
+    return build(
+        _TORCH._replace(maximize=bool(maximize)),
+        learning_rate=lr,
+        rho=alpha,
+        momentum=momentum,
+        epsilon=eps,
+        centered=centered,
         weight_decay=weight_decay,
-        decoupled_weight_decay=False,
-        maximize=maximize,
-        one_minus_rho=_complement_in_double(alpha),
     )
 
 
@@ -152,7 +159,8 @@ def tf1(
 
     Always the fused-kernel arithmetic: ε inside the root, lr inside the momentum buffer, the
     ``rms`` slot starts at 1.0, and a momentum slot exists even for ``momentum=0`` (so sparse
-    updates are lazy: only the named rows of every slot change).
+    updates are lazy: only the named rows of every slot change). Note the TF1 names: ``decay``
+    here is the moving-average factor ρ (``rho`` elsewhere), not Keras's inverse-time decay.
 
     Example:
       >>> import jax.numpy as jnp
@@ -163,16 +171,13 @@ def tf1(
       >>> p + u  # rms = 0.9 + 0.1 * 4 = 1.3
       Array(0.8245884, dtype=float32)
     """
-    return rmsprop(
-        learning_rate,
-        decay,
-        momentum,
-        epsilon,
-        centered,
-        eps_in_sqrt=True,
-        tf_kernel=True,
-        momentum_slot=True,
-        initial_rms=1.0,
+    return build(
+        _TF1,
+        learning_rate=learning_rate,
+        rho=decay,
+        momentum=momentum,
+        epsilon=epsilon,
+        centered=centered,
     )
 
 
@@ -189,33 +194,71 @@ def optax_rmsprop(
 ) -> optax.GradientTransformationExtraArgs:
     """The jrmsprop settings that give ``optax.rmsprop``'s numbers (same argument names).
 
-    The mapping: ``rmsprop(learning_rate, rho=decay, momentum=momentum or 0, epsilon=eps,
-    centered=centered, eps_in_sqrt=eps_in_sqrt, initial_rms=initial_scale)``. optax multiplies by
+    The mapping: ρ = ``decay`` (optax's name for it, not Keras's inverse-time decay), ε = ``eps``
+    inside the root unless ``eps_in_sqrt=False``, ``rms`` starts at ``initial_scale``, op-by-op
+    float order, lr inside the momentum buffer. optax multiplies by
     ``rsqrt`` / a reciprocal where jrmsprop divides, so results agree to a few float32 ulp, not
     bit for bit. ``nesterov`` and ``bias_correction`` have no Keras/PyTorch counterpart and are
     not supported.
     """
+    for name, flag in (("eps_in_sqrt", eps_in_sqrt), ("nesterov", nesterov),
+                       ("bias_correction", bias_correction)):
+        validation.check_bool(name, flag)
     if nesterov:
         raise ValueError("optax_rmsprop: `nesterov=True` is not supported by jrmsprop")
     if bias_correction:
         raise ValueError("optax_rmsprop: `bias_correction=True` is not supported by jrmsprop")
-    return rmsprop(
-        learning_rate,
-        decay,
-        0.0 if momentum is None else momentum,
-        eps,
-        centered,
-        eps_in_sqrt=eps_in_sqrt,
-        tf_kernel=False,
-        initial_rms=initial_scale,
+    initial_scale = validation.check_hyperparameter("initial_scale", initial_scale, "initial_rms")
+    if initial_scale is None:
+        raise TypeError("`initial_scale` must be a number (it sets the initial `rms`)")
+    rule = _OPTAX._replace(eps_in_sqrt=bool(eps_in_sqrt), initial_rms=initial_scale)
+    return build(
+        rule,
+        learning_rate=learning_rate,
+        rho=decay,
+        momentum=0.0 if momentum is None else momentum,
+        epsilon=eps,
+        centered=centered,
     )
 
 
-def _complement_in_double(rho: Any) -> float | None:
-    """``1 − ρ`` as Keras 3 and PyTorch compute it: in Python floats (double precision)."""
-    if isinstance(rho, (int, float)) and not isinstance(rho, bool):
-        return 1.0 - float(rho)
-    return None  # an array or a schedule: computed from ρ in the compute dtype
+_KERAS3 = Rule(
+    framework="compat.keras3",
+    eps_in_sqrt=True,
+    fused_order=False,
+    weight_decay="decoupled",
+    one_minus_rho_in_double=True,
+)
+_TORCH = Rule(
+    framework="compat.torch",
+    arg_names=(("learning_rate", "lr"), ("rho", "alpha"), ("epsilon", "eps")),
+    eps_in_sqrt=False,
+    fused_order=False,
+    lr_in_momentum=False,
+    weight_decay="coupled",
+    one_minus_rho_in_double=True,
+    complex_as_real=True,
+)
+_TF1 = Rule(
+    framework="compat.tf1",
+    arg_names=(("rho", "decay"),),
+    eps_in_sqrt=True,
+    fused_order=True,
+    momentum_slot=True,
+    float32_hyperparameters=frozenset({"learning_rate", "rho", "momentum", "epsilon"}),
+    initial_rms=1.0,
+)
+_OPTAX = Rule(
+    framework="compat.optax_rmsprop",
+    arg_names=(("rho", "decay"), ("epsilon", "eps")),
+    fused_order=False,
+)
+
+tf_keras_legacy = keras2
+"""TF >= 2.11 ``tf.keras.optimizers.legacy.RMSprop`` / ``tf_keras.optimizers.legacy``: :func:`keras2`."""
+
+tf_keras_2_11 = keras3
+"""TF >= 2.11's default ``tf.keras.optimizers.RMSprop`` (Keras 3 arithmetic): :func:`keras3`."""
 
 
 def _to_numpy(x: Any) -> np.ndarray:

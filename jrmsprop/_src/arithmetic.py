@@ -16,7 +16,7 @@ results agree to the last bit where the frameworks' kernels allow it:
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -32,27 +32,103 @@ class Hyperparams(NamedTuple):
     epsilon: jax.Array
     decay: jax.Array
     weight_decay: jax.Array
-    one_minus_rho: jax.Array | None  # None: computed as 1 − ρ in the compute dtype
     step: jax.Array  # updates applied so far (t), for the inverse-time ``decay``
 
 
-class Placement(NamedTuple):
-    """Structural choices of the update (static: they select code, not values)."""
+class Rule(NamedTuple):
+    """Which framework's arithmetic runs: chosen by a preset, never by the user directly.
+
+    Hashable (a static argument of the compiled update). Each field is one way in which the
+    frameworks' RMSprop differ; ``None`` means "decided by the momentum slot", as TF 2.x Keras
+    decides it.
+
+    Attributes:
+      framework: the name used in error messages (``"rmsprop"``, ``"compat.torch"``, ...).
+      arg_names: pairs ``(core name, the framework's name)`` for error messages
+        (``("rho", "alpha")`` for PyTorch).
+      eps_in_sqrt: ε inside the root (``sqrt(v + ε)``) or outside (``sqrt(v) + ε``).
+      fused_order: the float order of TF's fused ``ApplyRMSProp`` kernels
+        (``rms + (|g|² − rms)·(1−ρ)``) instead of op by op (``ρ·rms + (1−ρ)·|g|²``).
+      momentum_slot: ``True`` always keeps a momentum buffer (TF1); ``None``: unless momentum
+        is concretely 0 (TF 2.x Keras, Keras 3, PyTorch).
+      lr_in_momentum: lr inside the momentum buffer (TF, Keras, optax) or outside (PyTorch).
+      weight_decay: ``"none"``, ``"coupled"`` (``g ← g + wd·p``, PyTorch) or ``"decoupled"``
+        (``p ← p − p·wd·lr`` before the step, Keras 3).
+      maximize: ascend (PyTorch ``maximize``).
+      one_minus_rho_in_double: ``1 − ρ`` computed from the Python number in double precision and
+        then rounded (Keras 3, PyTorch), instead of in the compute dtype (TF: ``1 − 0.9f``).
+      float32_hyperparameters: names whose value TF first stores as a float32 tensor, so that a
+        float64 variable sees the float32-rounded value (TF 2.x Keras: learning_rate, rho,
+        momentum; TF1: all four).
+      initial_rms: the starting value of the ``rms`` slot (TF1: 1.0).
+      complex_as_real: a complex parameter is two real ones (PyTorch's ``view_as_real``: one
+        running average per component) instead of one complex value with ``|g|²``.
+    """
+
+    framework: str = "rmsprop"
+    arg_names: tuple[tuple[str, str], ...] = ()
+    eps_in_sqrt: bool | None = None
+    fused_order: bool | None = None
+    momentum_slot: bool | None = None
+    lr_in_momentum: bool = True
+    weight_decay: str = "none"
+    maximize: bool = False
+    one_minus_rho_in_double: bool = False
+    float32_hyperparameters: frozenset[str] = frozenset()
+    initial_rms: float = 0.0
+    complex_as_real: bool = False
+
+    def user_name(self, name: str) -> str:
+        """The argument's name as the framework (and so the user) writes it."""
+        return dict(self.arg_names).get(name, name)
+
+    def variant(self, has_momentum_slot: bool) -> Variant:
+        """The formula that runs for a state with (or without) a momentum slot."""
+        return Variant(
+            eps_in_sqrt=has_momentum_slot if self.eps_in_sqrt is None else self.eps_in_sqrt,
+            fused_order=has_momentum_slot if self.fused_order is None else self.fused_order,
+            lr_in_momentum=self.lr_in_momentum,
+            decoupled_weight_decay=self.weight_decay == "decoupled",
+            maximize=self.maximize,
+        )
+
+
+class Variant(NamedTuple):
+    """The resolved formula of one update (static: selects code, not values)."""
 
     eps_in_sqrt: bool
-    tf_kernel: bool  # evaluate in the order of TF's fused ApplyRMSProp kernels
+    fused_order: bool  # the order of TF's fused ApplyRMSProp kernels
     lr_in_momentum: bool
     decoupled_weight_decay: bool
     maximize: bool
-    tf_sparse_kernel: bool = False  # the order of TF's SparseApplyRMSProp kernels (lazy rows)
+    sparse_fused_order: bool = False  # the order of TF's SparseApplyRMSProp kernels (lazy rows)
 
 
-def compute_dtype(dtype: jnp.dtype) -> jnp.dtype:
-    """The dtype the update is computed in: at least float32 (bf16/f16 would underflow ε)."""
-    dtype = jnp.dtype(dtype)
-    if jnp.issubdtype(dtype, jnp.complexfloating):
-        return dtype  # complex64 / complex128: already at least float32 parts
-    return dtype if dtype.itemsize >= 4 else jnp.dtype(jnp.float32)
+def compute_dtype(*dtypes: Any) -> jnp.dtype:
+    """The dtype an update is computed in: the promoted dtype of its inputs, at least float32.
+
+    ``compute_dtype(grad, slot[, param])``: bfloat16/float16 are lifted to float32 (ε would
+    underflow), a float64 slot or parameter keeps a float32 gradient at float64, and complex
+    inputs stay complex.
+    """
+    width, is_complex = 4, False  # bytes of the real part
+    for d in dtypes:
+        if d is None:
+            continue
+        d = jnp.dtype(d)
+        is_complex = is_complex or jnp.issubdtype(d, jnp.complexfloating)
+        width = max(width, real_dtype(d).itemsize if jnp.issubdtype(d, jnp.inexact) else 4)
+    real = jnp.dtype(jnp.float64 if width >= 8 else jnp.float32)
+    return jnp.dtype(jnp.complex128 if width >= 8 else jnp.complex64) if is_complex else real
+
+
+def result_dtype(*dtypes: Any) -> jnp.dtype:
+    """The promoted dtype of gradient and slot (no float32 floor): an update's dtype."""
+    floor = [jnp.dtype(d) for d in dtypes if d is not None]
+    widest = max(floor, key=lambda d: (jnp.dtype(real_dtype(d)).itemsize, d == jnp.float32))
+    if any(jnp.issubdtype(d, jnp.complexfloating) for d in floor):
+        return compute_dtype(*floor)
+    return widest
 
 
 def real_dtype(dtype: jnp.dtype) -> jnp.dtype:
@@ -87,7 +163,13 @@ def rounded(x: jax.Array) -> jax.Array:
 
 
 def step_as_float(count: jax.Array, dtype: jnp.dtype) -> jax.Array:
-    """The step count as a float ``t`` (exact), not provably finite to LLVM (see ``rounded``)."""
+    """The step count as a float ``t`` (exact), not provably finite to LLVM (see ``rounded``).
+
+    Provably finite operands let LLVM rewrite ``lr / (1 + decay·t)`` with a constant ``lr`` and
+    ``decay`` (a user's ``jit``) into a form that rounds differently from TF; a negative count
+    (never produced by the update) selects ``inf`` here and is mapped to ``t = 0`` by
+    :func:`resolve`, so it cannot produce NaN.
+    """
     return jnp.where(count >= 0, count.astype(dtype), jnp.asarray(jnp.inf, dtype))
 
 
@@ -109,20 +191,30 @@ class Scalars(NamedTuple):
     weight_decay: jax.Array
 
 
-def resolve(hp: Hyperparams, dtype: jnp.dtype) -> Scalars:
-    """Casts the hyperparameters to the real dtype ``dtype`` and applies Keras's ``decay``."""
+def resolve(
+    hp: Hyperparams, one_minus_rho: jax.Array | None, dtype: jnp.dtype, rule: Rule
+) -> Scalars:
+    """Casts the hyperparameters to the real dtype ``dtype`` and applies Keras's ``decay``.
+
+    The names in ``rule.float32_hyperparameters`` pass through float32 first, as TF stores them
+    (a float64 variable then sees ``float64(float32(0.1))``, not ``0.1``). ``one_minus_rho``,
+    when given, is ``1 − ρ`` already computed in double precision (Keras 3, PyTorch).
+    """
     rdtype = real_dtype(dtype)
 
-    def cast(h: jax.Array) -> jax.Array:
-        return jnp.asarray(h).astype(rdtype)
+    def cast(name: str, h: jax.Array) -> jax.Array:
+        h = jnp.asarray(h)
+        if name in rule.float32_hyperparameters:
+            h = h.astype(jnp.float32)
+        return h.astype(rdtype)
 
-    lr, rho, mu, eps, decay, wd = (cast(h) for h in hp[:6])
+    lr, rho, mu, eps, decay, wd = (cast(name, h) for name, h in zip(Hyperparams._fields, hp[:6]))
     t = step_as_float(jnp.asarray(hp.step), rdtype)
     one = jnp.asarray(1, rdtype)
     return Scalars(
-        lr=lr / (one + rounded(decay * t)),
+        lr=lr / (one + jnp.where(hp.step >= 0, rounded(decay * t), 0)),
         rho=rho,
-        one_minus_rho=one - rho if hp.one_minus_rho is None else cast(hp.one_minus_rho),
+        one_minus_rho=one - rho if one_minus_rho is None else cast("", one_minus_rho),
         momentum=mu,
         epsilon=eps,
         weight_decay=wd,
@@ -130,15 +222,24 @@ def resolve(hp: Hyperparams, dtype: jnp.dtype) -> Scalars:
 
 
 def effective_gradient(
-    grad: jax.Array, param: jax.Array | None, sc: Scalars, placement: Placement
+    grad: jax.Array, param: jax.Array | None, sc: Scalars, variant: Variant, dtype: Any
 ) -> jax.Array:
     """``g`` in the compute dtype, negated for ``maximize``, plus ``wd·p`` for coupled decay."""
-    g = grad.astype(compute_dtype(grad.dtype))
-    if placement.maximize:
+    g = grad.astype(dtype)
+    if variant.maximize:
         g = -g
-    if param is not None and not placement.decoupled_weight_decay:
+    if param is not None and not variant.decoupled_weight_decay:
         g = g + rounded(sc.weight_decay.astype(g.dtype) * param.astype(g.dtype))
     return g
+
+
+def decayed(x: jax.Array, rho: jax.Array, dtype: Any) -> jax.Array:
+    """``ρ·x`` in the compute dtype ``dtype``: the decay of a moving average.
+
+    The dense step and the sparse rows (where every row of ``rms`` decays) share it, so both
+    round the same way whatever the slot dtype.
+    """
+    return rounded(rho.astype(dtype) * x.astype(dtype))
 
 
 def moment_increments(g: jax.Array, sc: Scalars) -> tuple[jax.Array, jax.Array]:
@@ -150,26 +251,26 @@ def moment_increments(g: jax.Array, sc: Scalars) -> tuple[jax.Array, jax.Array]:
 
 
 def update_moments(
-    g: jax.Array, rms: jax.Array, mg: jax.Array | None, sc: Scalars, placement: Placement
+    g: jax.Array, rms: jax.Array, mg: jax.Array | None, sc: Scalars, variant: Variant
 ) -> tuple[jax.Array, jax.Array | None]:
     """The new ``rms`` (and ``mg``), in the compute dtypes::
 
-    rms = ρ·rms + (1−ρ)·|g|²       tf_kernel: rms + (|g|² − rms)·(1−ρ)
-    mg  = ρ·mg + (1−ρ)·g           tf_kernel: mg + (g − mg)·(1−ρ)      (centered only)
+    rms = ρ·rms + (1−ρ)·|g|²       fused order: rms + (|g|² − rms)·(1−ρ)
+    mg  = ρ·mg + (1−ρ)·g           fused order: mg + (g − mg)·(1−ρ)      (centered only)
     """
     rdtype = sc.rho.dtype
-    rms_old = rms.astype(rdtype)
-    mg_old = None if mg is None else mg.astype(g.dtype)
-    if placement.tf_kernel:  # TF's fused ApplyRMSProp kernels
+    if variant.fused_order:  # TF's fused ApplyRMSProp kernels
+        rms_old = rms.astype(rdtype)
         rms_new = rms_old + rounded((abs_sq(g) - rms_old) * sc.one_minus_rho)
-        if mg_old is None:
+        if mg is None:
             return rms_new, None
+        mg_old = mg.astype(g.dtype)
         return rms_new, mg_old + rounded((g - mg_old) * sc.one_minus_rho.astype(g.dtype))
     rms_inc, mg_inc = moment_increments(g, sc)
-    rms_new = rounded(sc.rho * rms_old) + rms_inc
-    if mg_old is None:
+    rms_new = decayed(rms, sc.rho, rdtype) + rms_inc
+    if mg is None:
         return rms_new, None
-    return rms_new, rounded(sc.rho.astype(g.dtype) * mg_old) + mg_inc
+    return rms_new, decayed(mg, sc.rho, g.dtype) + mg_inc
 
 
 def step_from_moments(
@@ -179,7 +280,7 @@ def step_from_moments(
     mg: jax.Array | None,
     mom: jax.Array | None,
     sc: Scalars,
-    placement: Placement,
+    variant: Variant,
 ) -> tuple[jax.Array, jax.Array | None]:
     """The parameter step from the *updated* moments (compute dtypes)::
 
@@ -194,18 +295,18 @@ def step_from_moments(
     """
     cdtype = g.dtype
     lr, eps, mu = sc.lr, sc.epsilon, sc.momentum
-    if placement.tf_sparse_kernel:
+    if variant.sparse_fused_order:
         # SparseApply(Centered)RMSProp: denom = (ms + ε) − mg², mom = mom·μ + (rsqrt(denom)·lr)·g
         inner = rms + eps if mg is None else (rms + eps) - abs_sq(mg)
         inv_root = jnp.asarray(1, inner.dtype) / exact_sqrt(inner)
         step = rounded(rounded(inv_root.astype(cdtype) * lr.astype(cdtype)) * g)
     else:
         variance = rms if mg is None else rms - abs_sq(mg)
-        if placement.eps_in_sqrt:
+        if variant.eps_in_sqrt:
             denom = exact_sqrt(variance + eps)
         else:
             denom = exact_sqrt(variance) + eps
-        numerator = lr.astype(cdtype) * g if placement.lr_in_momentum else g
+        numerator = lr.astype(cdtype) * g if variant.lr_in_momentum else g
         step = numerator / denom.astype(cdtype)
     if mom is not None:
         mom_new = rounded(mu.astype(cdtype) * mom.astype(cdtype)) + step
@@ -213,14 +314,14 @@ def step_from_moments(
     else:
         mom_new = None
         delta = step
-    if not placement.lr_in_momentum:
+    if not variant.lr_in_momentum:
         delta = lr.astype(cdtype) * delta
-    if param is not None and placement.decoupled_weight_decay:
+    if param is not None and variant.decoupled_weight_decay:
         # Keras 3: p ← p − (p·wd)·lr, then p ← p − step, each rounded. The caller adds
         # −delta to p; p − p_new is exact (Sterbenz) whenever p_new is within 2× of p.
         p = param.astype(cdtype)
-        decayed = p - rounded(p * sc.weight_decay.astype(cdtype) * lr.astype(cdtype))
-        delta = p - (decayed - delta)
+        decayed_p = p - rounded(p * sc.weight_decay.astype(cdtype) * lr.astype(cdtype))
+        delta = p - (decayed_p - delta)
     return delta, mom_new
 
 
@@ -231,7 +332,8 @@ def rmsprop_step(
     mom: jax.Array | None,
     mg: jax.Array | None,
     sc: Scalars,
-    placement: Placement,
+    variant: Variant,
+    dtype: Any,
 ) -> tuple[jax.Array, jax.Array, jax.Array | None, jax.Array | None]:
     """One RMSprop step on matching arrays (whole leaves or gathered rows).
 
@@ -244,16 +346,17 @@ def rmsprop_step(
       rms: the running mean of squared gradients (real dtype).
       mom: the momentum buffer, or None when there is no momentum slot.
       mg: the running mean of gradients, or None when not centered.
-      sc: the step's scalars (:func:`resolve`) in the real compute dtype of ``grad``.
-      placement: where ε, lr and weight decay enter, and the evaluation order.
+      sc: the step's scalars (:func:`resolve`) in the real part of ``dtype``.
+      variant: where ε, lr and weight decay enter, and the evaluation order.
+      dtype: the compute dtype (:func:`compute_dtype`).
 
     Returns:
       ``(delta, rms, mom, mg)``: the amount to *subtract* from the parameter, in the compute dtype,
       and the new slots, each in its input dtype.
     """
-    g = effective_gradient(grad, param, sc, placement)
-    rms_new, mg_new = update_moments(g, rms, mg, sc, placement)
-    delta, mom_new = step_from_moments(g, param, rms_new, mg_new, mom, sc, placement)
+    g = effective_gradient(grad, param, sc, variant, dtype)
+    rms_new, mg_new = update_moments(g, rms, mg, sc, variant)
+    delta, mom_new = step_from_moments(g, param, rms_new, mg_new, mom, sc, variant)
     return (
         delta,
         rms_new.astype(rms.dtype),

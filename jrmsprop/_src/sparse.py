@@ -1,6 +1,6 @@
 """Sparse (row) gradients: ``IndexedSlices`` and the row-wise RMSprop update.
 
-TF 2.x Keras semantics (``semantics.md``): duplicate indices are summed first, then
+TF 2.x Keras semantics: duplicate indices are summed first, then
 
 * with a momentum slot, only the named rows of every slot and of the variable change;
 * without one, ``rms`` (and ``mg``) decay on every row -- ``rms = ρ·rms`` everywhere, then the
@@ -10,6 +10,11 @@ Everything keeps static shapes (``jit``-friendly): the ``n`` indices of a gradie
 deduplicated into ``n`` slots, the unused ones padded with an out-of-range index whose gathers
 read zeros and whose scatters are dropped. On the momentum path the work is proportional to the
 touched rows; the table is only touched in place (given donated buffers).
+
+Indices must lie in ``[0, dense_shape[0])``. Concrete (NumPy / non-traced) indices are checked when
+the ``IndexedSlices`` is built, as TF checks them; traced indices cannot be checked inside ``jit``:
+there an out-of-range row is dropped (its gradient is ignored) and a negative index counts from the
+end, as in NumPy.
 """
 
 from __future__ import annotations
@@ -65,6 +70,19 @@ class IndexedSlices:
         indices_dtype = getattr(indices, "dtype", None)
         if indices_dtype is not None and not jnp.issubdtype(indices_dtype, jnp.integer):
             raise TypeError(f"IndexedSlices: `indices` must be integers, got {indices_dtype}")
+        if not isinstance(indices, jax.core.Tracer) and np.size(indices):
+            try:
+                concrete = np.asarray(indices)
+            except (TypeError, ValueError):
+                concrete = None
+            if concrete is not None and concrete.dtype.kind in "iu":
+                low, high = concrete.min(), concrete.max()
+                if low < 0 or high >= self.dense_shape[0]:
+                    bad = low if low < 0 else high
+                    raise ValueError(
+                        f"IndexedSlices: `indices` must lie in [0, {self.dense_shape[0]}) "
+                        f"(dense_shape[0]), got {int(bad)}"
+                    )
 
     def tree_flatten(self):
         return (self.values, self.indices), self.dense_shape
@@ -139,17 +157,19 @@ def sparse_step(
     mom: jax.Array | None,
     mg: jax.Array | None,
     sc: arithmetic.Scalars,
-    placement: arithmetic.Placement,
+    variant: arithmetic.Variant,
+    dtype: Any,
+    out_dtype: Any,
 ) -> tuple[IndexedSlices, jax.Array, jax.Array | None, jax.Array | None]:
     """The RMSprop update for one ``IndexedSlices`` gradient (the math of ``arithmetic``).
 
-    Returns the (row) update as an ``IndexedSlices`` of ``-delta`` on unique rows, and the new
-    slots (full tables).
+    ``dtype`` is the compute dtype, ``out_dtype`` that of the returned rows. Returns the (row)
+    update as an ``IndexedSlices`` of ``-delta`` on unique rows, and the new slots (full tables).
     """
     # TF's sparse paths evaluate ms·ρ + g²·(1−ρ) (op by op); with a momentum slot the
     # SparseApplyRMSProp kernels also order the step their own way.
-    placement = placement._replace(
-        tf_kernel=False, tf_sparse_kernel=placement.tf_kernel and mom is not None
+    variant = variant._replace(
+        fused_order=False, sparse_fused_order=variant.fused_order and mom is not None
     )
     rows, values = deduplicate(grad)
     param_rows = None if param is None else _gather(param, rows)
@@ -162,7 +182,8 @@ def sparse_step(
             _gather(mom, rows),
             None if mg is None else _gather(mg, rows),
             sc,
-            placement,
+            variant,
+            dtype,
         )
         new_rms = _scatter(rms, rows, rms_rows)
         new_mom = _scatter(mom, rows, mom_rows)
@@ -171,26 +192,30 @@ def sparse_step(
         # TF's order: every row decays (in place), the named rows gain (1−ρ)|g|² by a
         # scatter-add, then are read back. Reading the old rows first instead would keep the
         # old table alive and cost a full copy of it.
-        g = arithmetic.effective_gradient(values, param_rows, sc, placement)
+        # The decay is computed in the compute dtype (the helper the dense path uses), so a
+        # bfloat16/float16 table rounds once, after the add, exactly as the dense step does.
+        g = arithmetic.effective_gradient(values, param_rows, sc, variant, dtype)
         rms_inc, mg_inc = arithmetic.moment_increments(g, sc)
 
         def decay_and_add(table: jax.Array, increment: jax.Array) -> jax.Array:
-            decayed = table * sc.rho.astype(table.dtype)
-            return decayed.at[rows].add(increment.astype(table.dtype), mode="drop")
+            decayed = arithmetic.decayed(table, sc.rho, increment.dtype)
+            return decayed.at[rows].add(increment, mode="drop")
 
-        new_rms = decay_and_add(rms, rms_inc)
-        new_mg = None if mg is None else decay_and_add(mg, mg_inc)
+        full_rms = decay_and_add(rms, rms_inc)
+        full_mg = None if mg is None else decay_and_add(mg, mg_inc)
         delta, _ = arithmetic.step_from_moments(
             g,
             param_rows,
-            _gather(new_rms, rows).astype(sc.rho.dtype),
-            None if new_mg is None else _gather(new_mg, rows).astype(g.dtype),
+            _gather(full_rms, rows),
+            None if full_mg is None else _gather(full_mg, rows),
             None,
             sc,
-            placement,
+            variant,
         )
+        new_rms = full_rms.astype(rms.dtype)
+        new_mg = None if full_mg is None else full_mg.astype(mg.dtype)
         new_mom = None
-    update = IndexedSlices((-delta).astype(grad.values.dtype), rows, grad.dense_shape)
+    update = IndexedSlices((-delta).astype(out_dtype), rows, grad.dense_shape)
     return update, new_rms, new_mom, new_mg
 
 

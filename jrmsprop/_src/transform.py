@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Callable
 from typing import Any, NamedTuple, Union
 
@@ -12,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jrmsprop._src import arithmetic, sparse
+from jrmsprop._src import arithmetic, sparse, validation
 
 Schedule = Callable[[jax.Array], jax.typing.ArrayLike]
 ScalarOrSchedule = Union[float, jax.typing.ArrayLike, Schedule]  # noqa: UP007
@@ -31,74 +30,60 @@ class RMSpropState(NamedTuple):
         ``None`` when the configuration has no momentum slot.
       mg: running mean of gradients (Keras ``mg``, PyTorch ``grad_avg``, Keras 3
         ``average_gradient``) when ``centered``, else ``None``.
+      momentum_on: ``None`` in all but one case: when ``momentum`` was an abstract (traced)
+        value at ``init`` -- e.g. ``optax.inject_hyperparams`` under a jitted ``init`` -- the
+        buffer is created and this boolean scalar records whether the momentum given was
+        non-zero, so that the update follows the formula of the momentum the user wrote
+        (ε outside the root for 0), exactly as an eager ``init`` would.
     """
 
     count: jax.Array
     rms: optax.Updates
     momentum: optax.Updates | None
     mg: optax.Updates | None
+    momentum_on: jax.Array | None = None
 
 
-# Valid ranges (inclusive); None means unbounded.
-_RANGES = {
-    "learning_rate": (0.0, None),
-    "rho": (0.0, 1.0),
-    "momentum": (0.0, 1.0),
-    "epsilon": (0.0, None),
-    "decay": (0.0, None),
-    "weight_decay": (0.0, None),
-    "initial_rms": (0.0, None),
-    "one_minus_rho": (0.0, 1.0),
-}
+_NAMES = ("learning_rate", "rho", "momentum", "epsilon", "decay", "weight_decay")
 
 
-class _Static(NamedTuple):
-    """What selects code (hashable: a static argument of the compiled update)."""
+class _Schedule:
+    """A schedule held by identity: hashable even when the callable is not (a dataclass)."""
 
-    schedules: tuple[Schedule | None, ...]  # per hyperparameter, None when not a schedule
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Schedule):
+        self.fn = fn
+
+    def __hash__(self) -> int:
+        return id(self.fn)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Schedule) and other.fn is self.fn
+
+
+class _Config(NamedTuple):
+    """What selects code: the static argument of the compiled update."""
+
+    rule: arithmetic.Rule
+    schedules: tuple[_Schedule | None, ...]  # per hyperparameter of _NAMES
     centered: bool
-    momentum_slot: bool | None  # None: momentum is traced, trust the state
-    eps_in_sqrt: bool | None
-    tf_kernel: bool | None
-    lr_in_momentum: bool
-    decoupled_weight_decay: bool
+    momentum_slot: bool | None  # None: momentum is an array; decided from its value at init
     use_weight_decay: bool
-    maximize: bool
+    slot_dtype: Any  # None: each parameter's (float32 for float16 parameters)
 
 
-def _concrete_scalar(name: str, value: Any) -> float | None:
-    """The value of a hyperparameter as a float, or None when it is traced or a schedule."""
-    if callable(value):
-        return None
-    try:
-        array = np.asarray(value)
-    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
-        return None
-    if array.ndim != 0:
-        raise ValueError(f"`{name}` must be a scalar (0-d), got shape {array.shape}")
-    if array.dtype == np.bool_ or not (
-        np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)
-    ):
-        raise TypeError(f"`{name}` must be a real number, got {value!r} ({array.dtype})")
-    return float(array)
+def default_slot_dtype(param_dtype: Any, slot_dtype: Any = None) -> jnp.dtype:
+    """The dtype of a parameter's slots: ``slot_dtype``, else the parameter's own dtype.
 
-
-def _validate(name: str, value: Any) -> float | None:
-    scalar = _concrete_scalar(name, value)
-    if scalar is None:
-        return None
-    low, high = _RANGES[name]
-    if math.isnan(scalar) or scalar < low or (high is not None and scalar > high):
-        bounds = f"[{low}, {high}]" if high is not None else f">= {low}"
-        raise ValueError(f"`{name}` must be {bounds}, got {scalar}")
-    return scalar
-
-
-def _check_bool(name: str, value: Any, allow_none: bool = False) -> None:
-    if isinstance(value, bool) or (allow_none and value is None):
-        return
-    expected = "True, False or None" if allow_none else "True or False"
-    raise TypeError(f"`{name}` must be {expected}, got {value!r}")
+    float16 parameters get float32 slots: ``rms`` holds squared gradients, which under- and
+    overflow float16's range (g = 1e-4 gives 0, g = 300 gives inf) and freeze or NaN the
+    parameters. bfloat16 has float32's range and keeps bfloat16 slots, as Keras does.
+    """
+    if slot_dtype is not None:
+        return jnp.dtype(slot_dtype)
+    param_dtype = jnp.dtype(param_dtype)
+    return jnp.dtype(jnp.float32) if param_dtype == jnp.float16 else param_dtype
 
 
 def _path_str(path: tuple[Any, ...]) -> str:
@@ -113,29 +98,38 @@ def _check_float(kind: str, path: tuple[Any, ...], dtype: Any) -> None:
         )
 
 
-def _init(params: optax.Params, static: _Static, initial_rms: Any, slot_dtype: Any):
+def _init(params: optax.Params, config: _Config, momentum: Any) -> RMSpropState:
+    rule = config.rule
+
     def slot(path, p, value, real):
-        p = jnp.asarray(p)
+        if not hasattr(p, "shape") or not hasattr(p, "dtype"):  # a Python number
+            p = jnp.asarray(p)
         _check_float("parameter", path, p.dtype)
-        dtype = jnp.dtype(slot_dtype) if slot_dtype is not None else p.dtype
-        if jnp.issubdtype(p.dtype, jnp.complexfloating) and not real:
+        dtype = default_slot_dtype(p.dtype, config.slot_dtype)
+        is_complex = jnp.issubdtype(p.dtype, jnp.complexfloating)
+        if is_complex and (not real or rule.complex_as_real):
             dtype = jnp.promote_types(dtype, jnp.complex64)
         elif real:
             dtype = arithmetic.real_dtype(dtype)
         return jnp.full_like(p, value, dtype=dtype)
 
-    rms = jax.tree_util.tree_map_with_path(lambda path, p: slot(path, p, initial_rms, True), params)
-    momentum = (
-        jax.tree_util.tree_map_with_path(lambda path, p: slot(path, p, 0, False), params)
-        if static.momentum_slot is not False
-        else None
+    def slots(value, real):
+        return jax.tree_util.tree_map_with_path(lambda path, p: slot(path, p, value, real), params)
+
+    momentum_on = None
+    has_slot = config.momentum_slot
+    if has_slot is None:  # an array: decided by its value, also when it is traced
+        value = validation.concrete_scalar("momentum", momentum)
+        has_slot = True if value is None else value != 0.0
+        if value is None:
+            momentum_on = jnp.asarray(momentum) != 0
+    return RMSpropState(
+        count=jnp.zeros([], jnp.int32),
+        rms=slots(rule.initial_rms, True),
+        momentum=slots(0, False) if has_slot else None,
+        mg=slots(0, False) if config.centered else None,
+        momentum_on=momentum_on,
     )
-    mg = (
-        jax.tree_util.tree_map_with_path(lambda path, p: slot(path, p, 0, False), params)
-        if static.centered
-        else None
-    )
-    return RMSpropState(count=jnp.zeros([], jnp.int32), rms=rms, momentum=momentum, mg=mg)
 
 
 def _flatten_as(treedef: Any, tree: Any, what: str) -> list[Any]:
@@ -148,119 +142,339 @@ def _flatten_as(treedef: Any, tree: Any, what: str) -> list[Any]:
         ) from e
 
 
-def _check_state(state: Any, static: _Static) -> None:
+def _check_state(state: Any, config: _Config) -> None:
+    """Structure and dtypes of a state (run while tracing: free for cached eager calls)."""
     if not isinstance(state, RMSpropState):
         raise TypeError(f"rmsprop: `state` must be an RMSpropState, got {type(state).__name__}")
-    if static.centered != (state.mg is not None):
-        raise ValueError(
-            f"rmsprop: `state` {'lacks' if static.centered else 'has'} the `mg` slot but this "
-            f"transformation has centered={static.centered}"
+    count = state.count
+    if not hasattr(count, "dtype") or not jnp.issubdtype(count.dtype, jnp.integer):
+        raise TypeError(
+            "rmsprop: `state.count` must be an integer scalar (int32), got "
+            f"{getattr(count, 'dtype', type(count).__name__)}"
         )
-    if static.momentum_slot is not None and static.momentum_slot != (state.momentum is not None):
+    if jnp.ndim(count) != 0:
+        raise ValueError(f"rmsprop: `state.count` must be a scalar, got shape {jnp.shape(count)}")
+    if not jax.tree.leaves(state.rms):
+        return  # no parameters: nothing to check or update
+    if config.centered != (state.mg is not None):
+        raise ValueError(
+            f"rmsprop: `state` {'lacks' if config.centered else 'has'} the `mg` slot but this "
+            f"transformation has centered={config.centered}"
+        )
+    if config.momentum_slot is not None and config.momentum_slot != (state.momentum is not None):
         raise ValueError(
             "rmsprop: `state` "
             + (
                 "lacks a momentum slot but momentum is non-zero"
-                if static.momentum_slot
+                if config.momentum_slot
                 else "has a momentum slot but momentum is 0"
             )
             + "; build the state with the same transformation's init"
         )
 
 
-@functools.partial(jax.jit, static_argnames=("static",))
-def _update(updates, state: RMSpropState, params, dynamic, static: _Static):
+def _check_slots(paths, rms_leaves, mom_leaves, mg_leaves) -> None:
+    for i, (path, rms) in enumerate(zip(paths, rms_leaves, strict=True)):
+        if not jnp.issubdtype(rms.dtype, jnp.inexact):
+            raise TypeError(
+                f"rmsprop: `state.rms` at {_path_str(path)} has dtype {rms.dtype.name}; "
+                "slots must be floating point"
+            )
+        for name, leaves in (("momentum", mom_leaves), ("mg", mg_leaves)):
+            if leaves is None:
+                continue
+            leaf = leaves[i]
+            if jnp.shape(leaf) != jnp.shape(rms):
+                raise ValueError(
+                    f"rmsprop: `state.{name}` at {_path_str(path)} has shape "
+                    f"{tuple(jnp.shape(leaf))}, but `state.rms` there has {tuple(rms.shape)}"
+                )
+            if not jnp.issubdtype(leaf.dtype, jnp.inexact):
+                raise TypeError(
+                    f"rmsprop: `state.{name}` at {_path_str(path)} has dtype "
+                    f"{jnp.dtype(leaf.dtype).name}; slots must be floating point"
+                )
+
+
+def _as_real(x: jax.Array | None) -> jax.Array | None:
+    """A complex array as real pairs ``[..., (re, im)]`` (PyTorch's ``view_as_real``)."""
+    if x is None or not jnp.iscomplexobj(x):
+        return x
+    return jnp.stack([jnp.real(x), jnp.imag(x)], axis=-1)
+
+
+def _as_complex(x: jax.Array | None, like: jax.Array | None) -> jax.Array | None:
+    if x is None or like is None or not jnp.iscomplexobj(like):
+        return x
+    return jax.lax.complex(x[..., 0], x[..., 1]).astype(like.dtype)
+
+
+def _leaf_update(
+    path, g, param, rms, mom, mg, momentum_on, scalars_for, config: _Config
+) -> tuple[Any, jax.Array, jax.Array | None, jax.Array | None]:
+    """One leaf: checks, dtypes, the complex view, then the formula of ``arithmetic``.
+
+    Returns ``(update, rms, momentum, mg)``; the update is in the parameter's dtype (when
+    ``param`` is given) or in the promoted dtype of the gradient and the slot.
+    """
+    rule = config.rule
+    is_sparse = isinstance(g, sparse.IndexedSlices)
+    if not is_sparse:
+        g = jnp.asarray(g)
+    shape = g.dense_shape if is_sparse else jnp.shape(g)
+    if tuple(shape) != tuple(rms.shape):
+        raise ValueError(
+            f"rmsprop: gradient at {_path_str(path)} has shape {tuple(shape)} but the state "
+            f"expects {tuple(rms.shape)}"
+        )
+    _check_float("gradient", path, g.dtype)
+    if param is not None:
+        param = jnp.asarray(param)
+        _check_float("parameter", path, param.dtype)
+    g_complex = jnp.issubdtype(g.dtype, jnp.complexfloating)
+    real_target = next(
+        (x for x in (param, mom, mg) if x is not None and not jnp.iscomplexobj(x)), None
+    )
+    if g_complex and real_target is not None:
+        raise TypeError(
+            f"rmsprop: gradient at {_path_str(path)} is complex ({jnp.dtype(g.dtype).name}) but "
+            "the parameter (or its slots) is real; take the real part or make the parameter complex"
+        )
+    slot_dtype = (mom if mom is not None else rms).dtype
+    dtype = arithmetic.compute_dtype(g.dtype, slot_dtype, None if param is None else param.dtype)
+    out_dtype = param.dtype if param is not None else arithmetic.result_dtype(g.dtype, slot_dtype)
+    sc = scalars_for(dtype)
+    if not config.use_weight_decay:
+        param = None  # read for its dtype only: p never enters the arithmetic
+
+    def step(mom_slot, has_momentum):
+        variant = rule.variant(has_momentum)
+        if is_sparse:
+            if g_complex and rule.complex_as_real:
+                raise NotImplementedError(
+                    f"{rule.framework}: sparse complex gradients are not supported (at "
+                    f"{_path_str(path)}); pass a dense gradient"
+                )
+            return sparse.sparse_step(g, param, rms, mom_slot, mg, sc, variant, dtype, out_dtype)
+        if g_complex and rule.complex_as_real:  # PyTorch: two real parameters per element
+            rdtype = arithmetic.real_dtype(dtype)
+            delta, rms2, mom2, mg2 = arithmetic.rmsprop_step(
+                _as_real(g), _as_real(param), _as_real(rms), _as_real(mom_slot), _as_real(mg),
+                sc, variant, rdtype,
+            )
+            delta = _as_complex(delta.astype(rdtype), g.astype(dtype))
+            return (
+                (-delta).astype(out_dtype),
+                _as_complex(rms2, rms),
+                _as_complex(mom2, mom_slot),
+                _as_complex(mg2, mg),
+            )
+        delta, rms2, mom2, mg2 = arithmetic.rmsprop_step(
+            g, param, rms, mom_slot, mg, sc, variant, dtype
+        )
+        return (-delta).astype(out_dtype), rms2, mom2, mg2
+
+    if mom is None:
+        return step(None, False)
+    if momentum_on is None:
+        return step(mom, True)
+    # The momentum was traced at init: follow the formula of the value it had then.
+    def without_momentum():
+        update, rms2, _, mg2 = step(None, False)
+        return update, rms2, mom, mg2
+
+    return jax.lax.cond(momentum_on, lambda: step(mom, True), without_momentum)
+
+
+def _check_momentum_off(momentum: Any) -> None:
+    """Host-side check (see ``_update``): a state without a momentum slot needs momentum 0."""
+    value = np.asarray(momentum)
+    if value != 0:
+        raise ValueError(
+            f"rmsprop: `momentum` is {value} but the optimizer state has no momentum buffer (it "
+            "was created with momentum 0, e.g. optax.inject_hyperparams(rmsprop)(momentum=0.0) "
+            "then changed); create the optimizer with a non-zero momentum to change it later"
+        )
+
+
+@functools.partial(jax.jit, static_argnames=("config", "check_momentum"))
+def _update(updates, state: RMSpropState, params, dynamic, config: _Config, check_momentum: bool):
     """The whole-tree update, compiled once per tree signature and configuration.
 
     Checks (structure, shapes, dtypes) run while tracing, so an eager call that hits the cache
     pays for none of them.
     """
-    _check_state(state, static)
+    _check_state(state, config)
     paths_and_rms, treedef = jax.tree_util.tree_flatten_with_path(state.rms)
     paths = [path for path, _ in paths_and_rms]
     rms_leaves = [leaf for _, leaf in paths_and_rms]
     grad_leaves = _flatten_as(treedef, updates, "updates")
-    if static.use_weight_decay:
-        if params is None:
-            raise ValueError(
-                "rmsprop: weight decay needs `params`: call update(grads, state, params)"
-            )
-        param_leaves = _flatten_as(treedef, params, "params")
-    else:
-        param_leaves = [None] * len(rms_leaves)
-    mom_leaves = (
-        _flatten_as(treedef, state.momentum, "state.momentum")
-        if state.momentum is not None
-        else None
+    if config.use_weight_decay and params is None and rms_leaves:
+        raise ValueError(
+            f"{config.rule.framework}: weight decay needs `params`: call "
+            "update(grads, state, params)"
+        )
+    param_leaves = (
+        [None] * len(rms_leaves) if params is None else _flatten_as(treedef, params, "params")
     )
+    has_momentum = state.momentum is not None
+    mom_leaves = _flatten_as(treedef, state.momentum, "state.momentum") if has_momentum else None
     mg_leaves = _flatten_as(treedef, state.mg, "state.mg") if state.mg is not None else None
+    _check_slots(paths, rms_leaves, mom_leaves, mg_leaves)
 
-    count = state.count
+    count = state.count.astype(jnp.int32)
+    rule = config.rule
     values = [
-        schedule(count) if schedule is not None else value
-        for schedule, value in zip(static.schedules, dynamic, strict=True)
+        validation.check_schedule_value(rule.user_name(name), schedule.fn(count), name)
+        if schedule is not None
+        else value
+        for name, schedule, value in zip(_NAMES, config.schedules, dynamic[:6], strict=True)
     ]
     hp = arithmetic.Hyperparams(*values, step=count)
-    has_momentum = state.momentum is not None
-    placement = arithmetic.Placement(
-        eps_in_sqrt=has_momentum if static.eps_in_sqrt is None else static.eps_in_sqrt,
-        tf_kernel=has_momentum if static.tf_kernel is None else static.tf_kernel,
-        lr_in_momentum=static.lr_in_momentum,
-        decoupled_weight_decay=static.decoupled_weight_decay,
-        maximize=static.maximize,
-    )
+    momentum_on = state.momentum_on
+    if check_momentum and (not has_momentum or momentum_on is not None):
+        off = hp.momentum if momentum_on is None else jnp.where(momentum_on, 0, hp.momentum)
+        jax.debug.callback(_check_momentum_off, off)
 
     scalars: dict[Any, arithmetic.Scalars] = {}  # resolved once per real compute dtype
 
     def scalars_for(dtype: Any) -> arithmetic.Scalars:
-        key = arithmetic.real_dtype(arithmetic.compute_dtype(dtype))
+        key = arithmetic.real_dtype(dtype)
         if key not in scalars:
-            scalars[key] = arithmetic.resolve(hp, key)
+            scalars[key] = arithmetic.resolve(hp, dynamic[6], key, rule)
         return scalars[key]
 
-    out_updates, out_rms, out_mom, out_mg = [], [], [], []
+    out = []
     for i, (path, g, rms) in enumerate(zip(paths, grad_leaves, rms_leaves, strict=True)):
         mom = mom_leaves[i] if has_momentum else None
         mg = mg_leaves[i] if mg_leaves is not None else None
         if g is None:  # a None gradient leaf passes through; its slots stay as they are
-            out_updates.append(None)
-            out_rms.append(rms)
-            out_mom.append(mom)
-            out_mg.append(mg)
+            out.append((None, rms, mom, mg))
             continue
-        shape = g.dense_shape if isinstance(g, sparse.IndexedSlices) else jnp.shape(g)
-        if tuple(shape) != tuple(rms.shape):
-            raise ValueError(
-                f"rmsprop: gradient at {_path_str(path)} has shape {tuple(shape)} but the state "
-                f"expects {tuple(rms.shape)}"
-            )
-        _check_float("gradient", path, g.dtype)
-        param = param_leaves[i]
-        if param is not None:
-            param = jnp.asarray(param)
-            _check_float("parameter", path, param.dtype)
-        if isinstance(g, sparse.IndexedSlices):
-            sc = scalars_for(g.dtype)
-            u, rms, mom, mg = sparse.sparse_step(g, param, rms, mom, mg, sc, placement)
-        else:
-            g = jnp.asarray(g)
-            sc = scalars_for(g.dtype)
-            delta, rms, mom, mg = arithmetic.rmsprop_step(g, param, rms, mom, mg, sc, placement)
-            u = (-delta).astype(g.dtype)
-        out_updates.append(u)
-        out_rms.append(rms)
-        out_mom.append(mom)
-        out_mg.append(mg)
+        out.append(
+            _leaf_update(path, g, param_leaves[i], rms, mom, mg, momentum_on, scalars_for, config)
+        )
 
     new_count = jnp.where(count < _INT32_MAX, count + 1, count).astype(jnp.int32)
     unflatten = treedef.unflatten
+    columns = list(zip(*out, strict=True)) if out else [[], [], [], []]
     new_state = RMSpropState(
         count=new_count,
-        rms=unflatten(out_rms),
-        momentum=unflatten(out_mom) if has_momentum else None,
-        mg=unflatten(out_mg) if mg_leaves is not None else None,
+        rms=unflatten(columns[1]),
+        momentum=unflatten(columns[2]) if has_momentum else None,
+        mg=unflatten(columns[3]) if mg_leaves is not None else None,
+        momentum_on=momentum_on,
     )
-    return unflatten(out_updates), new_state
+    return unflatten(columns[0]), new_state
+
+
+def _is_traced(value: Any) -> bool:
+    return isinstance(value, jax.core.Tracer)
+
+
+def build(
+    rule: arithmetic.Rule,
+    *,
+    learning_rate: ScalarOrSchedule,
+    rho: ScalarOrSchedule,
+    momentum: ScalarOrSchedule,
+    epsilon: ScalarOrSchedule,
+    centered: bool,
+    decay: ScalarOrSchedule = 0.0,
+    weight_decay: ScalarOrSchedule | None = None,
+    slot_dtype: Any | None = None,
+    momentum_slot: bool | None = None,
+) -> optax.GradientTransformationExtraArgs:
+    """The transformation for ``rule`` (used by :func:`rmsprop` and every preset).
+
+    ``momentum_slot=True`` keeps a momentum buffer even for momentum 0 (Keras: a tensor or
+    callable momentum; used by the stateful wrapper).
+    """
+    hyperparams = dict(
+        learning_rate=learning_rate,
+        rho=rho,
+        momentum=momentum,
+        epsilon=epsilon,
+        decay=decay,
+        weight_decay=0.0 if weight_decay is None else weight_decay,
+    )
+    concrete = {
+        name: validation.check_hyperparameter(rule.user_name(name), value, name)
+        for name, value in hyperparams.items()
+    }
+    validation.check_bool("centered", centered)
+    if slot_dtype is not None:
+        try:
+            slot_kind = jnp.dtype(slot_dtype)
+        except TypeError as e:
+            raise TypeError(f"`slot_dtype` must be a dtype, got {slot_dtype!r}") from e
+        if not jnp.issubdtype(slot_kind, jnp.floating):
+            raise TypeError(f"`slot_dtype` must be a floating dtype, got {slot_kind.name}")
+        slot_dtype = slot_kind
+
+    def is_number(value: Any) -> bool:
+        return isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(
+            value, bool
+        )
+
+    # Is there a momentum slot? Decided by what the user wrote: a Python number by its value, a
+    # schedule always (as Keras does for a callable), an array by its value at init.
+    if momentum_slot is None:
+        momentum_slot = rule.momentum_slot
+    if momentum_slot is None:
+        if callable(momentum) and not hasattr(momentum, "shape"):
+            momentum_slot = True
+        elif is_number(momentum):
+            momentum_slot = concrete["momentum"] != 0.0
+    one_minus_rho = None
+    if rule.one_minus_rho_in_double and is_number(rho):
+        one_minus_rho = 1.0 - float(rho)  # Python double, rounded once when cast
+    config = _Config(
+        rule=rule,
+        schedules=tuple(
+            _Schedule(v) if callable(v) and not hasattr(v, "shape") else None
+            for v in hyperparams.values()
+        ),
+        centered=bool(centered),
+        momentum_slot=momentum_slot,
+        use_weight_decay=weight_decay is not None and concrete["weight_decay"] != 0.0,
+        slot_dtype=slot_dtype,
+    )
+    dynamic = tuple(
+        None if schedule is not None else value
+        for schedule, value in zip(config.schedules, hyperparams.values(), strict=True)
+    ) + (one_minus_rho,)
+    momentum_value = momentum
+
+    def init_fn(params: optax.Params) -> RMSpropState:
+        return _init(params, config, momentum_value)
+
+    def update_fn(
+        updates: optax.Updates,
+        state: RMSpropState,
+        params: optax.Params | None = None,
+        **extra_args: Any,
+    ) -> tuple[optax.Updates, RMSpropState]:
+        del extra_args
+        check_momentum = False
+        if config.momentum_slot is None and isinstance(state, RMSpropState):
+            # An array momentum (e.g. optax.inject_hyperparams): it may only be non-zero when
+            # the state has a momentum buffer in use. Checked here when concrete, else on host.
+            no_buffer = state.momentum is None
+            if _is_traced(momentum_value) or _is_traced(state.momentum_on):
+                check_momentum = no_buffer or state.momentum_on is not None
+            elif no_buffer or (state.momentum_on is not None and not bool(state.momentum_on)):
+                _check_momentum_off(momentum_value)
+        return _update(
+            updates, state, params, dynamic, config=config, check_momentum=check_momentum
+        )
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+KERAS2 = arithmetic.Rule(
+    framework="rmsprop", float32_hyperparameters=frozenset({"learning_rate", "rho", "momentum"})
+)
 
 
 def rmsprop(
@@ -271,18 +485,13 @@ def rmsprop(
     centered: bool = False,
     *,
     decay: ScalarOrSchedule = 0.0,
-    eps_in_sqrt: bool | None = None,
-    tf_kernel: bool | None = None,
-    momentum_slot: bool | None = None,
-    initial_rms: float = 0.0,
     slot_dtype: Any | None = None,
-    lr_in_momentum: bool = True,
-    weight_decay: ScalarOrSchedule | None = None,
-    decoupled_weight_decay: bool = False,
-    maximize: bool = False,
-    one_minus_rho: ScalarOrSchedule | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""RMSprop with the exact arithmetic of the TensorFlow 2.x Keras optimizer.
+
+    This is TF 2.0–2.10 ``tf.keras.optimizers.RMSprop``, which TF >= 2.11 calls
+    ``tf.keras.optimizers.legacy.RMSprop`` (and ``tf_keras.optimizers.legacy.RMSprop``). TF >= 2.11's
+    default ``tf.keras.optimizers.RMSprop`` is Keras 3's: use :func:`jrmsprop.compat.keras3`.
 
     With ``t`` the number of updates already applied and ``lr = learning_rate(t) / (1 + decay·t)``:
 
@@ -296,46 +505,39 @@ def rmsprop(
       \text{no momentum slot:}\quad u &= -\frac{lr\, g}{\sqrt{v} + \epsilon}
 
     So, as in Keras 2, ε sits *inside* the root when there is a momentum slot and *outside*
-    otherwise (``eps_in_sqrt`` forces one placement). A momentum slot exists unless ``momentum``
-    is concretely zero (a schedule always gets one). The options after ``*`` reproduce the other
-    frameworks (see :mod:`jrmsprop.compat`): ``initial_rms=1`` (TF1), ``lr_in_momentum=False``
-    (PyTorch: ``m ← μ m + g/denom``, ``u = −lr·m``), coupled (PyTorch: ``g ← g + wd·p``) or
-    decoupled (Keras 3: ``u −= p·wd·lr``) weight decay, and ``maximize`` (PyTorch).
+    otherwise. Whether there is one is decided by what you wrote: a number by its value (0: no
+    slot), a schedule always (as Keras does for a callable), an array (e.g. under
+    ``optax.inject_hyperparams``) by its value at ``init`` -- the same whether ``init`` and
+    ``update`` are jitted or not. A state without a momentum slot refuses a momentum that later
+    becomes non-zero (a ``ValueError``; under ``jit`` raised from the host when the step runs).
 
-    The update is computed in at least float32 (so ε does not vanish in bfloat16/float16) and
-    cast back; complex parameters use ``|g|²`` with a real ``rms`` slot. Sparse gradients may be
-    given as :class:`jrmsprop.IndexedSlices` leaves (apply them with
-    :func:`jrmsprop.apply_updates`).
+    Numerics:
+
+    * The update is computed in the promoted dtype of the gradient, the slots and the parameter
+      (when ``params`` is passed to ``update``), at least float32, and returned in the
+      parameter's dtype (without ``params``: the promoted dtype of gradient and slot), as optax
+      does. As in TF, ``learning_rate``, ``rho`` and ``momentum`` are float32 values even for
+      float64 parameters (``float64(float32(0.1))``); ``epsilon`` and ``decay`` are not rounded.
+    * Slots have the parameter's dtype, except float16 parameters, which get float32 slots (the
+      squared gradients in ``rms`` under/overflow float16); ``slot_dtype`` overrides this.
+    * Complex parameters use ``|g|²`` with a real ``rms`` slot. TF 2.x Keras itself squares the
+      complex gradient (``g·g``, complex ``rms``); jrmsprop deliberately does not reproduce that.
+      A complex gradient for a real parameter raises.
+    * A NaN or inf gradient poisons ``rms`` (and the momentum) for good, as in Keras: every later
+      step is NaN. Wrap the optimizer in ``optax.apply_if_finite(tx, max_consecutive_errors)``
+      to skip such steps.
+
+    Sparse gradients may be given as :class:`jrmsprop.IndexedSlices` leaves (apply them with
+    :func:`jrmsprop.apply_updates`). The other frameworks' arithmetic is in :mod:`jrmsprop.compat`.
 
     Args:
-      learning_rate: step size ``lr`` (number, 0-d array, or schedule of the step count).
+      learning_rate: step size ``lr`` (finite number >= 0, 0-d array, or schedule of the step).
       rho: discounting factor of the moving averages, in ``[0, 1]``.
-      momentum: heavy-ball momentum ``μ`` in ``[0, 1]``; 0 (concretely) means no momentum slot.
-      epsilon: ``ε`` against division by zero (``>= 0``).
+      momentum: heavy-ball momentum ``μ`` in ``[0, 1]``.
+      epsilon: ``ε`` against division by zero (finite, ``>= 0``).
       centered: normalise by the estimated variance (keeps the ``mg`` slot).
-      decay: Keras's inverse-time learning-rate decay, ``lr / (1 + decay·t)`` (``>= 0``).
-      eps_in_sqrt: ``None`` for the Keras 2 rule; ``True`` / ``False`` force ε inside / outside.
-      tf_kernel: the float evaluation order. ``True``: that of TF's fused ``ApplyRMSProp``
-        kernels (``rms + (|g|² − rms)(1−ρ)``, TF1 and Keras 2 with momentum); ``False``: op by op
-        (``ρ·rms + (1−ρ)|g|²``, Keras 2 without momentum, Keras 3, PyTorch); ``None``: the Keras 2
-        rule (``True`` exactly when there is a momentum slot). Equal in exact arithmetic, they
-        differ in the last bit, which compounds over a training run.
-      momentum_slot: ``None`` for the Keras 2 rule (a slot unless ``momentum`` is concretely 0);
-        ``True`` keeps one always (TF1, whose sparse updates are then lazy: only the named rows
-        of every slot change); ``False`` never (``momentum`` must then be 0).
-      initial_rms: starting value of the ``rms`` slot (TF1 used 1.0).
-      slot_dtype: dtype of the slots (default: each parameter's own dtype, as Keras does).
-      lr_in_momentum: ``True`` puts ``lr`` inside the momentum buffer (TF, Keras, optax);
-        ``False`` applies it outside (PyTorch).
-      weight_decay: L2 / weight-decay coefficient ``wd`` (``>= 0``), or ``None`` for none (not
-        read at all; unlike ``0.0``, ``None`` stays static under ``optax.inject_hyperparams``).
-        Needs ``params`` in ``update``.
-      decoupled_weight_decay: ``False`` adds ``wd·p`` to the gradient (PyTorch);
-        ``True`` subtracts ``p·wd·lr`` from the parameter before the step (Keras 3).
-      maximize: ascend the objective instead (PyTorch ``maximize``).
-      one_minus_rho: the value used for ``1 − ρ``. ``None`` computes it from ``rho`` in the
-        compute dtype, as TF does (``1 − 0.9f = 0.10000002``); Keras 3 and PyTorch compute it in
-        Python double precision before rounding (``0.1f``), which their presets pass here.
+      decay: Keras's inverse-time learning-rate decay, ``lr / (1 + decay·t)`` (finite, ``>= 0``).
+      slot_dtype: dtype of the slots (default: as described under Numerics).
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` whose state is :class:`RMSpropState`.
@@ -354,70 +556,15 @@ def rmsprop(
 
     References:
       Hinton, *Neural Networks for Machine Learning*, lecture 6e (2012);
-      ``tf.keras.optimizers.RMSprop`` (TensorFlow 2.x, now ``tf_keras.optimizers.legacy``).
+      ``tf.keras.optimizers.RMSprop`` (TensorFlow 2.0–2.10; ``tf_keras.optimizers.legacy``).
     """
-    hyperparams = dict(
+    return build(
+        KERAS2,
         learning_rate=learning_rate,
         rho=rho,
         momentum=momentum,
         epsilon=epsilon,
-        decay=decay,
-        weight_decay=0.0 if weight_decay is None else weight_decay,
-        one_minus_rho=one_minus_rho,
-    )
-    concrete = {
-        name: _validate(name, value) for name, value in hyperparams.items() if value is not None
-    }
-    _validate("initial_rms", initial_rms)
-    _check_bool("centered", centered)
-    _check_bool("eps_in_sqrt", eps_in_sqrt, allow_none=True)
-    _check_bool("tf_kernel", tf_kernel, allow_none=True)
-    _check_bool("momentum_slot", momentum_slot, allow_none=True)
-    _check_bool("lr_in_momentum", lr_in_momentum)
-    _check_bool("decoupled_weight_decay", decoupled_weight_decay)
-    _check_bool("maximize", maximize)
-    if slot_dtype is not None:
-        try:
-            slot_kind = jnp.dtype(slot_dtype)
-        except TypeError as e:
-            raise TypeError(f"`slot_dtype` must be a dtype, got {slot_dtype!r}") from e
-        if not jnp.issubdtype(slot_kind, jnp.floating):
-            raise TypeError(f"`slot_dtype` must be a floating dtype, got {slot_kind.name}")
-
-    def slot_needed(name: str) -> bool | None:
-        value = hyperparams[name]
-        if callable(value):
-            return True
-        return None if concrete[name] is None else concrete[name] != 0.0
-
-    if momentum_slot is False and slot_needed("momentum") is not False:
-        raise ValueError(f"`momentum_slot=False` needs `momentum` to be 0, got {momentum!r}")
-
-    static = _Static(
-        schedules=tuple(v if callable(v) else None for v in hyperparams.values()),
         centered=centered,
-        momentum_slot=slot_needed("momentum") if momentum_slot is None else momentum_slot,
-        eps_in_sqrt=eps_in_sqrt,
-        tf_kernel=tf_kernel,
-        lr_in_momentum=lr_in_momentum,
-        decoupled_weight_decay=decoupled_weight_decay,
-        use_weight_decay=weight_decay is not None and slot_needed("weight_decay") is not False,
-        maximize=maximize,
+        decay=decay,
+        slot_dtype=slot_dtype,
     )
-    dynamic = tuple(None if callable(v) else v for v in hyperparams.values())
-
-    def init_fn(params: optax.Params) -> RMSpropState:
-        return _init(params, static, initial_rms, slot_dtype)
-
-    def update_fn(
-        updates: optax.Updates,
-        state: RMSpropState,
-        params: optax.Params | None = None,
-        **extra_args: Any,
-    ) -> tuple[optax.Updates, RMSpropState]:
-        del extra_args
-        if not static.use_weight_decay:
-            params = None  # not read: do not pass (or transfer) it
-        return _update(updates, state, params, dynamic, static=static)
-
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -55,7 +55,9 @@ def concrete_scalar(name: str, value: Any) -> float | None:
         return None
     except (TypeError, ValueError) as e:
         raise TypeError(f"`{name}` must be a real number, got {value!r}") from e
-    if array.dtype == object or array.dtype.kind in "USV":
+    if array.dtype == object or array.dtype.kind in "US" or (
+        array.dtype.kind == "V" and not jnp.issubdtype(array.dtype, jnp.floating)
+    ):
         raise TypeError(f"`{name}` must be a real number, got {value!r}")
     if array.ndim != 0:
         raise ValueError(f"`{name}` must be a scalar (0-d), got shape {array.shape}")
