@@ -160,9 +160,11 @@ class RMSprop(keras.optimizers.Optimizer):
             "decay": _static_float("decay", decay),
         }
         centered = check_bool("centered", centered)
-        for option in ("weight_decay", "clipnorm", "clipvalue", "global_clipnorm"):
-            if kwargs.get(option) is not None:  # finite and >= 0, as for weight decay
-                kwargs[option] = _static_float(option, kwargs[option], kind="weight_decay")
+        if kwargs.get("weight_decay") is not None:
+            kwargs["weight_decay"] = _static_float("weight_decay", kwargs["weight_decay"])
+        for option in ("clipnorm", "clipvalue", "global_clipnorm"):
+            if kwargs.get(option) is not None:
+                kwargs[option] = _static_float(option, kwargs[option], kind="clip")
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
         # (Keras refuses attributes set before its __init__.)
         self.rho = hyper["rho"]

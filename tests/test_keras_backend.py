@@ -267,6 +267,27 @@ def test_gradient_accumulation_counts_real_updates():
     assert not np.array_equal(np.asarray(params0[0]), np.asarray(params[0]))
 
 
+def test_weight_decay_is_keras3s_decoupled_step_before_the_tf2_update():
+    """``weight_decay`` (a Keras 3 option): ``p ← p − p·wd·lr`` by Keras, then the TF 2.x step."""
+    rng = np.random.default_rng(7)
+    p0 = rng.normal(size=(6,)).astype(np.float32)
+    grads = [rng.normal(size=(6,)).astype(np.float32) for _ in range(5)]
+    v = keras.Variable(p0)
+    opt = RMSprop(0.05, momentum=0.9, weight_decay=0.1)
+    for g in grads:
+        opt.apply_gradients([(jnp.asarray(g), v)])
+
+    tx = jrmsprop.rmsprop(0.05, momentum=0.9)
+    params = [jnp.asarray(p0)]
+    state = tx.init(params)
+    lr, wd = jnp.float32(0.05), jnp.float32(0.1)
+    for g in grads:
+        params = [params[0] - params[0] * wd * lr]
+        updates, state = tx.update([jnp.asarray(g)], state, params)
+        params = optax.apply_updates(params, updates)
+    np.testing.assert_array_equal(np.asarray(v.value), np.asarray(params[0]))
+
+
 def test_config_round_trip_and_registration():
     opt = RMSprop(
         0.02,
