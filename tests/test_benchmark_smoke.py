@@ -364,6 +364,13 @@ def test_cli_finds_the_checkout_harness():
     assert cli.load_benchmark() is harness
 
 
+def test_cli_bench_dispatches_to_the_harness(monkeypatch):
+    calls = []
+    monkeypatch.setattr(harness, "main", lambda argv: calls.append(list(argv)))
+    assert cli.main(["bench", "--quick", "--only", "x"]) == 0  # a None return counts as success
+    assert calls == [["--quick", "--only", "x"]]
+
+
 def test_cli_without_a_checkout_says_so(tmp_path):
     with pytest.raises(SystemExit) as exc:
         cli.load_benchmark(tmp_path)
