@@ -8,6 +8,7 @@ For each Keras 2 variant (plain, momentum, centered, centered + momentum) on one
 * ``update``: the optax update ``u = −delta`` and the new slots (what ``tx.update`` returns):
   ``xla`` (``arithmetic.rmsprop_step``) vs ``kernel`` (``cpu_kernel.fused_step(output="update")``),
   and ``kernel-1t`` (the kernel on one thread);
+* ``update-nodonate``: ``update`` without donation (an eager ``tx.update``), both paths;
 * ``step``: the parameter updated as well (``p + u``, what ``optax.apply_updates`` adds):
   ``xla`` (one jit, XLA fuses what it can), ``kernel+xla`` (kernel update, then ``p + u`` by XLA:
   what a per-leaf dispatch inside ``tx.update`` gives) and ``kernel`` (``output="param"``: the
@@ -46,15 +47,22 @@ VARIANTS = {  # name: (momentum slot, centered)
 }
 
 
-def timed(fn, args: tuple, repeats: int, const: tuple = ()) -> tuple[float, float]:
-    """(median, best) seconds of ``args = fn(*const, *args)`` (a donated step feeding itself)."""
+def timed(fn, args: tuple, repeats: int, const: Any = ()) -> tuple[float, float]:
+    """(median, best) seconds of ``args = fn(*const, *args)`` (a donated step feeding itself).
+
+    ``const`` may be a function returning the tuple: it is then called before each timed call
+    (a fresh copy of a donated gradient, made outside the timer).
+    """
+    fresh = const if callable(const) else (lambda: const)
     for _ in range(2):
-        args = fn(*const, *args)
+        args = fn(*fresh(), *args)
         jax.block_until_ready(args)
     samples = []
     for _ in range(repeats):
+        c = fresh()
+        jax.block_until_ready(c)
         t0 = time.perf_counter()
-        args = fn(*const, *args)
+        args = fn(*c, *args)
         jax.block_until_ready(args)
         samples.append(time.perf_counter() - t0)
     return statistics.median(samples), min(samples)
@@ -127,13 +135,14 @@ def make_fns(momentum: bool, centered: bool, sc: arithmetic.Scalars) -> dict[str
         )  # fmt: skip
         return first, [s for s in new if s is not None]
 
-    def wrap(body):
-        # (g, p, *slots) -> (p, *slots), donating all but g (the update u reuses p's buffer)
+    def wrap(body, donate=True):
+        # (g, p, *slots) -> (p, *slots), donating p and the slots (the update u reuses p's buffer)
         def f(g, p, *slots):
             p_new, new = body(p, g, list(slots))
             return (p_new, *new)
 
-        return jax.jit(f, donate_argnums=tuple(range(1, 2 + k)), keep_unused=True)
+        donated = tuple(range(1, 2 + k)) if donate else ()
+        return jax.jit(f, donate_argnums=donated, keep_unused=True)
 
     return {
         "update/xla": wrap(lambda p, g, s: xla_update(g, s)),
@@ -143,6 +152,11 @@ def make_fns(momentum: bool, centered: bool, sc: arithmetic.Scalars) -> dict[str
             lambda p, g, s: (lambda u, new: (p + u, new))(*kernel_call(g, s, output="update"))
         ),
         "step/kernel": wrap(lambda p, g, s: kernel_call(g, s, output="param", param=p)),
+        # not donated (an eager tx.update): XLA must copy each aliased slot before the kernel
+        "update-nodonate/xla": wrap(lambda p, g, s: xla_update(g, s), donate=False),
+        "update-nodonate/kernel": wrap(
+            lambda p, g, s: kernel_call(g, s, output="update"), donate=False
+        ),
     }
 
 
@@ -207,9 +221,8 @@ def main(argv: list[str] | None = None) -> int:
             limit = nbytes * n / bw
             r[m]["ratio"] = r[m]["median_s"] / limit
             r[m]["ratio_best"] = r[m]["best_s"] / limit
-            cells.append(
-                f"{r[m]['hlo_bytes_per_param']:3.0f}B {r[m]['ratio']:5.2f}x ({r[m]['ratio_best']:4.2f}x)"
-            )
+            moved, ratio, best = r[m]["hlo_bytes_per_param"], r[m]["ratio"], r[m]["ratio_best"]
+            cells.append(f"{moved:3.0f}B {ratio:5.2f}x ({best:4.2f}x)")
         print(f"{name:<18} {r['bytes_update']:>4}/{r['bytes_step']:<6}  " + "  ".join(cells))
     if args.json:
         with open(args.json, "w") as f:

@@ -59,9 +59,9 @@ def xla_step(g, rms, mom, mg, sc, variant):
 
 
 def kernel_step(g, rms, mom, mg, sc, variant, **kw):
-    return jax.jit(lambda g, rms, mom, mg, sc: cpu_kernel.fused_step(g, rms, mom, mg, sc, variant, **kw))(
-        g, rms, mom, mg, sc
-    )
+    return jax.jit(
+        lambda g, rms, mom, mg, sc: cpu_kernel.fused_step(g, rms, mom, mg, sc, variant, **kw)
+    )(g, rms, mom, mg, sc)
 
 
 def bits(x) -> np.ndarray:
@@ -125,7 +125,9 @@ def test_hand_computed_values():
     assert_same_bits(rms, rms_want, "rms")
     assert_same_bits(delta, delta_want, "delta")
     assert mom is None and mg is None
-    np.testing.assert_allclose(np.asarray(delta), [0.1 / np.sqrt(0.1)] * 2 * np.sign([10, -2]), rtol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(delta), [0.1 / np.sqrt(0.1)] * 2 * np.sign([10, -2]), rtol=1e-6
+    )
 
 
 @needs_kernel
@@ -150,8 +152,13 @@ def test_every_placement_and_order(momentum, centered, eps_in_sqrt, fused):
     """All 16 combinations (ε inside/outside × fused/op order × slots), ε = 1 and ρ = 0.5."""
     g, rms, mom, mg = random_inputs(4099, seed=7, scale=3.0)
     mom, mg = slots(momentum, centered, mom, mg)
-    sc, variant = scalars(lr=0.3, rho=0.5, mu=0.5, eps=1.0), variant_for(momentum, eps_in_sqrt, fused)
-    assert_outputs_equal(kernel_step(g, rms, mom, mg, sc, variant), xla_step(g, rms, mom, mg, sc, variant))
+    sc, variant = (
+        scalars(lr=0.3, rho=0.5, mu=0.5, eps=1.0),
+        variant_for(momentum, eps_in_sqrt, fused),
+    )
+    assert_outputs_equal(
+        kernel_step(g, rms, mom, mg, sc, variant), xla_step(g, rms, mom, mg, sc, variant)
+    )
 
 
 def special_inputs(n_repeat: int):
@@ -272,6 +279,19 @@ def test_update_and_param_outputs(name):
     want_p = jax.jit(lambda p, d: p + (-d))(p, delta)  # optax.apply_updates
     assert_same_bits(p_new[0], want_p, "param")
     assert_outputs_equal((None, *p_new[1:]), (None, *slots_want))
+    # the update written over the gradient: a gradient made inside the jit, and a caller's
+    # gradient (not donated: XLA copies it first, the caller's array keeps its values)
+    g_dev = jnp.asarray(g)
+    for output, want_first in (("update", -delta), ("delta", delta)):
+        inside = jax.jit(
+            lambda w, *a, output=output: cpu_kernel.fused_step(
+                a[0] * w, *a[1:], sc, variant, output=output, overwrite_grad=True
+            )
+        )(jnp.float32(1.0), g_dev, rms, mom, mg)
+        assert_outputs_equal(inside, (want_first, *slots_want))
+        outside = kernel_step(g_dev, rms, mom, mg, sc, variant, output=output, overwrite_grad=True)
+        assert_outputs_equal(outside, (want_first, *slots_want))
+    assert_same_bits(g_dev, g, "caller's gradient")
 
 
 @needs_kernel
@@ -282,15 +302,13 @@ def test_single_thread_and_vmap(monkeypatch):
     g, rms, mom, mg = (x.reshape(shape) for x in (g, rms, mom, mg))
     sc, variant = scalars(), variant_for(True)
     want = xla_step(g, rms, mom, mg, sc, variant)
-    batched = jax.jit(
-        jax.vmap(lambda g, r, m, c: cpu_kernel.fused_step(g, r, m, c, sc, variant))
-    )(g, rms, mom, mg)
+    batched = jax.jit(jax.vmap(lambda g, r, m, c: cpu_kernel.fused_step(g, r, m, c, sc, variant)))(
+        g, rms, mom, mg
+    )
     assert_outputs_equal(batched, want)
     monkeypatch.setenv(cpu_kernel.THREADS_ENV, "1")
     big = random_inputs(1 << 19, seed=14)
-    assert_outputs_equal(
-        kernel_step(*big, sc, variant), xla_step(*big, sc, variant)
-    )
+    assert_outputs_equal(kernel_step(*big, sc, variant), xla_step(*big, sc, variant))
 
 
 @needs_kernel
@@ -307,6 +325,9 @@ def test_bad_arguments_name_the_argument():
         cpu_kernel.fused_step(g, g, None, None, sc, variant, output="params")
     with pytest.raises(ValueError, match="`param`"):
         cpu_kernel.fused_step(g, g, None, None, sc, variant, output="param")
+    with pytest.raises(ValueError, match="`overwrite_grad`"):
+        cpu_kernel.fused_step(g, g, None, None, sc, variant, output="param", param=g,
+                              overwrite_grad=True)  # fmt: skip
     with pytest.raises(ValueError, match="does not compute"):
         cpu_kernel.fused_step(g, g, None, None, sc, variant._replace(maximize=True))
     assert not cpu_kernel.supports(variant._replace(lr_in_momentum=False))

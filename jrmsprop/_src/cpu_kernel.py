@@ -11,14 +11,14 @@ The shared library is compiled lazily, on first use, with the system C++ compile
 ``$JRMSPROP_CACHE_DIR`` (default ``$XDG_CACHE_HOME/jrmsprop``, i.e. ``~/.cache/jrmsprop``) under a
 name keyed by the source, the flags, the compiler and the jaxlib version. A lazy build (about 5 s
 once) keeps the package pure Python: a wheel needs no compiler, and the library always matches the
-jaxlib that loads it. When there is no compiler, the build fails or ``JRMSPROP_DISABLE_CPU_KERNEL=1``
-is set, :func:`available` returns False and callers keep the XLA path; nothing raises.
+jaxlib that loads it. When there is no compiler, the build fails or
+``JRMSPROP_DISABLE_CPU_KERNEL=1`` is set, :func:`available` returns False and callers keep the
+XLA path; nothing raises.
 """
 
 from __future__ import annotations
 
 import ctypes
-import functools
 import hashlib
 import os
 import shutil
@@ -234,6 +234,7 @@ def fused_step(
     *,
     output: str = "delta",
     param: jax.Array | None = None,
+    overwrite_grad: bool = False,
 ) -> tuple[jax.Array, jax.Array, jax.Array | None, jax.Array | None]:
     """One RMSprop step on a dense float32 leaf in one pass: :func:`arithmetic.rmsprop_step`.
 
@@ -259,6 +260,9 @@ def fused_step(
         ``rmsprop_step``), ``"update"`` (``−delta``, the optax update) or ``"param"``
         (``param − delta``, the new parameter, written in place of ``param``).
       param: the parameter, float32, only with ``output="param"``.
+      overwrite_grad: write the first result (``"delta"`` or ``"update"``) into the gradient's
+        buffer (aliased). Saves a fresh buffer when the gradient is dead after the step (computed
+        in the same ``jit``, or donated); otherwise XLA copies the gradient first.
 
     Returns:
       ``(first, rms, mom, mg)``: the ``output`` and the new slots (None where absent).
@@ -282,6 +286,12 @@ def fused_step(
         raise ValueError(f"fused_step: `output` must be one of {sorted(_OUTPUT)}, got {output!r}")
     if (param is None) != (output != "param"):
         raise ValueError("fused_step: `param` is needed exactly when output='param'")
+    if not isinstance(overwrite_grad, (bool, np.bool_)):
+        raise TypeError(
+            f"fused_step: `overwrite_grad` must be True or False, got {overwrite_grad!r}"
+        )
+    if overwrite_grad and output == "param":
+        raise ValueError("fused_step: `overwrite_grad` needs output='delta' or 'update'")
     if not isinstance(variant, arithmetic.Variant):
         raise TypeError(f"fused_step: `variant` must be an arithmetic.Variant, got {variant!r}")
     if not supports(variant):
@@ -295,7 +305,7 @@ def fused_step(
     _check_leaf("grad", grad, shape)
     _check_leaf("rms", rms, shape)
     operands = [grad, scalar_vector(sc), rms]
-    aliases = {2: 1}
+    aliases = {2: 1, 0: 0} if overwrite_grad else {2: 1}
     results = [jax.ShapeDtypeStruct(shape, jnp.float32)] * 2
     for name, slot in (("mom", mom), ("mg", mg)):
         if slot is not None:
@@ -307,16 +317,14 @@ def fused_step(
         _check_leaf("param", param, shape)
         aliases[len(operands)] = 0
         operands.append(param)
-    call = jax.ffi.ffi_call(
-        TARGET, results, input_output_aliases=aliases, vmap_method="sequential"
-    )
+    call = jax.ffi.ffi_call(TARGET, results, input_output_aliases=aliases, vmap_method="sequential")
     outs = call(
         *operands,
         momentum=np.int32(mom is not None),
         centered=np.int32(mg is not None),
         eps_in_sqrt=np.int32(bool(variant.eps_in_sqrt)),
         tf_kernel=np.int32(bool(variant.fused_order)),
-        output=np.int32(_OUTPUT[output]),
+        output=np.int32(_OUTPUT[output] + (3 if overwrite_grad else 0)),
         max_threads=np.int32(_max_threads()),
     )
     first, rms_new, *rest = outs

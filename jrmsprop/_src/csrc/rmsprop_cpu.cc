@@ -15,9 +15,10 @@
 //
 // Operands: grad, scalars = float32[5] {lr, rho, 1-rho, momentum, epsilon}, rms, then mom when
 // `momentum`, mg when `centered`, param when `output == 2`. Results: out, rms, then mom, mg.
-// `out` is delta (output 0), -delta (output 1, the optax update) or param - delta (output 2).
-// The slot results alias the slot operands, and `out` aliases `param` for output 2
-// (input_output_aliases): element i is read before it is written, so the update is in place.
+// `out` is delta (output 0), -delta (output 1, the optax update) or param - delta (output 2);
+// outputs 3 and 4 are delta and -delta written over the gradient's buffer.
+// The slot results alias the slot operands, `out` aliases `param` for output 2 and `grad` for 3
+// and 4 (input_output_aliases): element i is read before it is written, so all is in place.
 
 #include <algorithm>
 #include <atomic>
@@ -92,7 +93,8 @@ struct Pointers {
   float* out;
 };
 
-// kOutput: 0 delta, 1 -delta, 2 param - delta (out holds param on entry).
+// kOutput: 0 delta, 1 -delta, 2 param - delta (out holds param on entry), 3 delta and 4 -delta
+// written over the gradient (out holds grad on entry; `grad` is not read).
 template <bool kMomentum, bool kCentered, bool kEpsInSqrt, bool kTfKernel, int kOutput>
 void StepRange(const Pointers& p, const Scalars& s, int64_t begin, int64_t end) {
   const float lr = s.lr, rho = s.rho, omr = s.one_minus_rho, mu = s.momentum, eps = s.epsilon;
@@ -102,7 +104,7 @@ void StepRange(const Pointers& p, const Scalars& s, int64_t begin, int64_t end) 
   float* __restrict__ mg = p.mg;
   float* __restrict__ out = p.out;
   for (int64_t i = begin; i < end; ++i) {
-    const float g = grad[i];
+    const float g = (kOutput >= 3) ? out[i] : grad[i];
     const float r = rms[i];
     const float g2 = g * g;
     // update_moments
@@ -138,9 +140,9 @@ void StepRange(const Pointers& p, const Scalars& s, int64_t begin, int64_t end) 
       delta = mu * mom[i] + step;
       mom[i] = delta;
     }
-    if (kOutput == 0) {
+    if (kOutput == 0 || kOutput == 3) {
       out[i] = delta;
-    } else if (kOutput == 1) {
+    } else if (kOutput == 1 || kOutput == 4) {
       out[i] = -delta;
     } else {
       out[i] = out[i] - delta;
@@ -155,7 +157,9 @@ RangeFn SelectOutput(int output) {
   switch (output) {
     case 0: return &StepRange<M, C, E, T, 0>;
     case 1: return &StepRange<M, C, E, T, 1>;
-    default: return &StepRange<M, C, E, T, 2>;
+    case 2: return &StepRange<M, C, E, T, 2>;
+    case 3: return &StepRange<M, C, E, T, 3>;
+    default: return &StepRange<M, C, E, T, 4>;
   }
 }
 
@@ -226,8 +230,8 @@ ffi::Error RmspropImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> grad,
   if (scalars.element_count() != 5) {
     return ffi::Error::InvalidArgument("jrmsprop_rmsprop_f32: scalars must have 5 elements");
   }
-  if (output < 0 || output > 2) {
-    return ffi::Error::InvalidArgument("jrmsprop_rmsprop_f32: output must be 0, 1 or 2");
+  if (output < 0 || output > 4) {
+    return ffi::Error::InvalidArgument("jrmsprop_rmsprop_f32: output must be 0 to 4");
   }
   const size_t n_extra_in = (momentum ? 1 : 0) + (centered ? 1 : 0) + (output == 2 ? 1 : 0);
   const size_t n_extra_out = (momentum ? 1 : 0) + (centered ? 1 : 0);
@@ -284,6 +288,7 @@ ffi::Error RmspropImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> grad,
     if (auto e = next_in(&in); e.failure()) return e;
     in_place(in, p.out);
   }
+  if (output >= 3) in_place(p.grad, p.out);  // the result takes the gradient's buffer
   const float* sc = scalars.typed_data();
   const Scalars s{sc[0], sc[1], sc[2], sc[3], sc[4]};
   const RangeFn fn = Select(momentum != 0, centered != 0, eps_in_sqrt != 0, tf_kernel != 0, output);
