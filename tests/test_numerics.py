@@ -1,0 +1,214 @@
+"""Numerics that users trip over: complex parameters, float64 hyperparameters, dtypes, and
+jrmsprop's choice of slot dtype. Golden files from the real frameworks where one exists
+(``tests/golden/generate_complex_and_float64.py``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import jrmsprop
+from jrmsprop import compat
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+@pytest.mark.parametrize(
+    "name, kwargs",
+    [
+        ("plain", dict()),
+        ("momentum", dict(momentum=0.9)),
+        ("centered", dict(centered=True)),
+        ("centered_momentum_wd", dict(centered=True, momentum=0.5, weight_decay=0.1)),
+    ],
+)
+def test_torch_complex_parameters_are_two_real_ones(name, kwargs):
+    """compat.torch on complex64 follows torch.optim.RMSprop (view_as_real), 20 steps."""
+    data = np.load(GOLDEN / "torch_complex.npz")
+    tx = compat.torch(lr=0.01, **kwargs)
+    p = jnp.asarray(data["p0"])
+    state = tx.init(p)
+    assert state.rms.dtype == jnp.complex64  # torch's square_avg layout
+    step = jax.jit(tx.update)
+    for t, g in enumerate(data["grads"]):
+        u, state = step(jnp.asarray(g), state, p)
+        p = optax.apply_updates(p, u)
+        # torch's CPU sqrt is not correctly rounded: float32 rounding, as for real parameters
+        np.testing.assert_allclose(np.asarray(p), data[f"{name}/traj"][t], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(state.rms), data[f"{name}/square_avg"], rtol=2e-6, atol=1e-8
+    )
+    # |g|² with one real average (optax's convention) would be far off: the test can fail.
+    mixed = jrmsprop.rmsprop(0.01, rho=0.99, epsilon=1e-8)
+    q, s = jnp.asarray(data["p0"]), mixed.init(jnp.asarray(data["p0"]))
+    for g in data["grads"]:
+        u, s = mixed.update(jnp.asarray(g), s, q)
+        q = q + u
+    assert np.max(np.abs(np.asarray(q) - data["plain/traj"][-1])) > 1e-3
+
+
+def test_keras2_complex_uses_abs_squared_with_real_rms():
+    """The documented Keras 2 deviation: |g|², a real rms slot (TF would square g itself)."""
+    tx = jrmsprop.rmsprop(0.1)
+    p = jnp.array([1 + 1j], jnp.complex64)
+    g = jnp.array([3 + 4j], jnp.complex64)
+    state = tx.init(p)
+    u, state = tx.update(g, state, p)
+    assert state.rms.dtype == jnp.float32
+    np.testing.assert_array_equal(
+        np.asarray(state.rms), [(np.float32(1) - np.float32(0.9)) * np.float32(25)]
+    )
+    expected = -0.1 * g / (np.sqrt((np.float32(1) - np.float32(0.9)) * 25) + 1e-7)
+    np.testing.assert_allclose(np.asarray(u), np.asarray(expected), rtol=1e-6)
+
+
+def test_complex_gradient_for_real_parameter_raises():
+    tx = jrmsprop.rmsprop(0.1, momentum=0.9)
+    p = jnp.ones(3)
+    with pytest.raises(TypeError, match=r"complex.*real"):
+        tx.update(jnp.ones(3, jnp.complex64), tx.init(p), p)
+
+
+@pytest.mark.parametrize("name", ["plain", "momentum_centered"])
+def test_keras2_float64_rounds_hyperparameters_to_float32_like_tf(x64, name):
+    data = np.load(GOLDEN / "keras2_float64.npz")
+    kwargs = dict(
+        plain=dict(learning_rate=0.1, rho=0.9),
+        momentum_centered=dict(learning_rate=0.1, rho=0.9, momentum=0.9, centered=True),
+    )[name]
+    for tx in (
+        jrmsprop.rmsprop(**kwargs),
+        compat.keras2(**kwargs),
+        compat.tf_keras_legacy(**kwargs),
+    ):
+        p = jnp.asarray(data["p0"], jnp.float64)
+        state = tx.init(p)
+        for t, g in enumerate(data["grads"]):
+            u, state = tx.update(jnp.asarray(g), state, p)
+            p = p + u
+            np.testing.assert_array_equal(np.asarray(p), data[f"{name}/traj"][t])
+
+
+def test_float32_params_with_bfloat16_gradients_get_float32_updates():
+    tx = jrmsprop.rmsprop(0.1)
+    p = jnp.array([1.0, 2.0, 3.0], jnp.float32)
+    g16 = jnp.array([0.1, 0.2, 0.3], jnp.bfloat16)
+    u, _ = tx.update(g16, tx.init(p), p)
+    ref, _ = tx.update(g16.astype(jnp.float32), tx.init(p), p)
+    assert u.dtype == jnp.float32
+    np.testing.assert_array_equal(np.asarray(u), np.asarray(ref))
+
+
+def test_float64_slots_compute_float32_gradients_in_float64(x64):
+    tx = jrmsprop.rmsprop(0.1, slot_dtype=jnp.float64)
+    p = jnp.array([1.0, 2.0], jnp.float32)
+    g = jnp.array([0.1, 0.3], jnp.float32)
+    u, s = tx.update(g, tx.init(p))
+    assert s.rms.dtype == jnp.float64 and u.dtype == jnp.float64
+    g64 = np.asarray(g, np.float64)
+    rms = (1 - np.float64(np.float32(0.9))) * g64 * g64
+    np.testing.assert_array_equal(np.asarray(s.rms), rms)
+
+
+@pytest.mark.parametrize("g", [1e-4, 300.0])
+def test_float16_parameters_get_float32_slots(g):
+    """float16 rms would underflow (1e-4² → 0: a 2.4× step) or overflow (300² → inf: frozen)."""
+    tx = jrmsprop.rmsprop(0.01, momentum=0.9)
+    p = jnp.ones(4, jnp.float16)
+    state = tx.init(p)
+    assert state.rms.dtype == jnp.float32 and state.momentum.dtype == jnp.float32
+    grad = jnp.full(4, g, jnp.float16)
+    u, state = tx.update(grad, state, p)
+    assert u.dtype == jnp.float16
+    g32 = np.float32(np.float16(g))
+    expected = np.float32(0.01) * g32 / np.sqrt(np.float32(1 - np.float32(0.9)) * g32 * g32 + 1e-7)
+    np.testing.assert_allclose(np.asarray(u, np.float32), -expected, rtol=1e-3)
+    assert np.all(np.isfinite(np.asarray(state.rms)))
+    assert jrmsprop.rmsprop(slot_dtype=jnp.float16).init(p).rms.dtype == jnp.float16
+
+
+def test_sparse_rows_decay_like_the_dense_step_in_bfloat16():
+    """Without momentum every rms row decays; bf16 tables round once, as the dense step does."""
+    tx = jrmsprop.rmsprop(0.1)
+    p = jnp.linspace(-1, 1, 12, dtype=jnp.bfloat16).reshape(4, 3)
+    rng = np.random.default_rng(3)
+    state = tx.init(p)._replace(rms=jnp.asarray(rng.uniform(0.1, 1, (4, 3)), jnp.bfloat16))
+    rows = jnp.array([1, 3])
+    values = jnp.asarray(rng.normal(size=(2, 3)), jnp.bfloat16)
+    sparse = jrmsprop.IndexedSlices(values, rows, (4, 3))
+    dense = jnp.zeros((4, 3), jnp.bfloat16).at[rows].set(values)
+    _, s_sparse = tx.update(sparse, state, p)
+    _, s_dense = tx.update(dense, state, p)
+    np.testing.assert_array_equal(
+        np.asarray(s_sparse.rms, np.float32), np.asarray(s_dense.rms, np.float32)
+    )
+
+
+@pytest.mark.parametrize("jit_init", [False, True])
+@pytest.mark.parametrize("jit_update", [False, True])
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_inject_hyperparams_is_exact_in_every_calling_style(jit_init, jit_update, momentum):
+    """ε moves with the momentum the user wrote, not with whether init was traced."""
+    params = {"w": jnp.array([1.0, -2.0, 3.0]), "b": jnp.array(0.5)}
+    grads = [
+        {"w": jnp.array([0.5, 0.1, -0.3]) * (k + 1), "b": jnp.array(0.2 - k)} for k in range(4)
+    ]
+    ref = jrmsprop.rmsprop(0.1, momentum=momentum, epsilon=1.0)
+    tx = optax.inject_hyperparams(jrmsprop.rmsprop)(
+        learning_rate=0.1, momentum=momentum, epsilon=1.0
+    )
+    init = jax.jit(tx.init) if jit_init else tx.init
+    update = jax.jit(tx.update) if jit_update else tx.update
+    s_ref, s = ref.init(params), init(params)
+    for g in grads:
+        u_ref, s_ref = ref.update(g, s_ref, params)
+        u, s = update(g, s, params)
+        for a, b in zip(jax.tree.leaves(u), jax.tree.leaves(u_ref), strict=True):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_injected_momentum_leaving_zero_without_a_buffer_raises():
+    tx = optax.inject_hyperparams(jrmsprop.rmsprop)(learning_rate=0.1)
+    p = jnp.ones(3)
+    state = tx.init(p)
+    state.hyperparams["momentum"] = jnp.asarray(0.9)
+    with pytest.raises(ValueError, match="no momentum buffer"):
+        tx.update(jnp.ones(3), state, p)
+    with pytest.raises(Exception, match="no momentum buffer"):
+        jax.block_until_ready(jax.jit(tx.update)(jnp.ones(3), state, p))
+
+
+def test_negative_count_does_not_produce_nan():
+    for tx in (jrmsprop.rmsprop(0.1), jrmsprop.rmsprop(0.1, decay=0.5, momentum=0.9)):
+        p = jnp.ones(3)
+        state = tx.init(p)._replace(count=jnp.asarray(-4, jnp.int32))
+        u, _ = tx.update(jnp.full(3, 0.5), state, p)
+        ref, _ = tx.update(jnp.full(3, 0.5), tx.init(p), p)
+        np.testing.assert_array_equal(np.asarray(u), np.asarray(ref))  # t counts as 0
+
+
+def test_nan_gradient_poisons_rms_and_apply_if_finite_skips_it():
+    p = jnp.ones(2)
+    tx = jrmsprop.rmsprop(0.1)
+    _, state = tx.update(jnp.array([jnp.nan, 1.0]), tx.init(p), p)
+    assert np.isnan(np.asarray(state.rms)[0])  # as in Keras: NaN for good
+    safe = optax.apply_if_finite(jrmsprop.rmsprop(0.1), max_consecutive_errors=3)
+    s = safe.init(p)
+    u, s = safe.update(jnp.array([jnp.nan, 1.0]), s, p)
+    np.testing.assert_array_equal(np.asarray(u), [0.0, 0.0])
+    u, s = safe.update(jnp.array([1.0, 1.0]), s, p)
+    assert np.all(np.isfinite(np.asarray(u))) and np.all(np.asarray(u) < 0)
+
+
+def test_abstract_params_and_eval_shape():
+    tx = jrmsprop.rmsprop(momentum=0.9, centered=True)
+    abstract = {"w": jax.ShapeDtypeStruct((3, 2), jnp.float32)}
+    state = tx.init(abstract)
+    assert state.rms["w"].shape == (3, 2) and state.momentum["w"].dtype == jnp.float32
+    shapes = jax.eval_shape(tx.init, abstract)
+    assert shapes.mg["w"] == jax.ShapeDtypeStruct((3, 2), jnp.float32)
