@@ -79,7 +79,7 @@ def keras3(
     centered: bool = False,
     weight_decay: ScalarOrSchedule | None = None,
 ) -> optax.GradientTransformationExtraArgs:
-    """Keras 3 ``keras.optimizers.RMSprop`` (also TF >= 2.11's default ``tf.keras.optimizers.RMSprop``).
+    """Keras 3 ``keras.optimizers.RMSprop``, also TF >= 2.11's default ``tf.keras`` RMSprop.
 
     ε always inside the root; with ``weight_decay``, ``p ← p − p·wd·lr`` before the step
     (decoupled). Pass ``params`` to ``update`` when ``weight_decay`` is set. ``1 − ρ`` is
@@ -201,8 +201,11 @@ def optax_rmsprop(
     bit for bit. ``nesterov`` and ``bias_correction`` have no Keras/PyTorch counterpart and are
     not supported.
     """
-    for name, flag in (("eps_in_sqrt", eps_in_sqrt), ("nesterov", nesterov),
-                       ("bias_correction", bias_correction)):
+    for name, flag in (
+        ("eps_in_sqrt", eps_in_sqrt),
+        ("nesterov", nesterov),
+        ("bias_correction", bias_correction),
+    ):
         validation.check_bool(name, flag)
     if nesterov:
         raise ValueError("optax_rmsprop: `nesterov=True` is not supported by jrmsprop")
@@ -255,7 +258,7 @@ _OPTAX = Rule(
 )
 
 tf_keras_legacy = keras2
-"""TF >= 2.11 ``tf.keras.optimizers.legacy.RMSprop`` / ``tf_keras.optimizers.legacy``: :func:`keras2`."""
+"""TF >= 2.11 ``tf.keras.optimizers.legacy.RMSprop`` (``tf_keras`` too): :func:`keras2`."""
 
 tf_keras_2_11 = keras3
 """TF >= 2.11's default ``tf.keras.optimizers.RMSprop`` (Keras 3 arithmetic): :func:`keras3`."""

@@ -63,7 +63,7 @@ def test_keras2_complex_uses_abs_squared_with_real_rms():
     np.testing.assert_array_equal(
         np.asarray(state.rms), [(np.float32(1) - np.float32(0.9)) * np.float32(25)]
     )
-    expected = -0.1 * g / (np.sqrt((np.float32(1) - np.float32(0.9)) * 25) + 1e-7)
+    expected = -0.1 * np.asarray(g) / (np.sqrt((np.float32(1) - np.float32(0.9)) * 25) + 1e-7)
     np.testing.assert_allclose(np.asarray(u), np.asarray(expected), rtol=1e-6)
 
 

@@ -208,7 +208,8 @@ def resolve(
             h = h.astype(jnp.float32)
         return h.astype(rdtype)
 
-    lr, rho, mu, eps, decay, wd = (cast(name, h) for name, h in zip(Hyperparams._fields, hp[:6]))
+    names = Hyperparams._fields[:6]
+    lr, rho, mu, eps, decay, wd = (cast(n, h) for n, h in zip(names, hp[:6], strict=True))
     t = step_as_float(jnp.asarray(hp.step), rdtype)
     one = jnp.asarray(1, rdtype)
     return Scalars(

@@ -259,8 +259,14 @@ def _leaf_update(
         if g_complex and rule.complex_as_real:  # PyTorch: two real parameters per element
             rdtype = arithmetic.real_dtype(dtype)
             delta, rms2, mom2, mg2 = arithmetic.rmsprop_step(
-                _as_real(g), _as_real(param), _as_real(rms), _as_real(mom_slot), _as_real(mg),
-                sc, variant, rdtype,
+                _as_real(g),
+                _as_real(param),
+                _as_real(rms),
+                _as_real(mom_slot),
+                _as_real(mg),
+                sc,
+                variant,
+                rdtype,
             )
             delta = _as_complex(delta.astype(rdtype), g.astype(dtype))
             return (
@@ -278,6 +284,7 @@ def _leaf_update(
         return step(None, False)
     if momentum_on is None:
         return step(mom, True)
+
     # The momentum was traced at init: follow the formula of the value it had then.
     def without_momentum():
         update, rms2, _, mg2 = step(None, False)
@@ -490,8 +497,9 @@ def rmsprop(
     r"""RMSprop with the exact arithmetic of the TensorFlow 2.x Keras optimizer.
 
     This is TF 2.0–2.10 ``tf.keras.optimizers.RMSprop``, which TF >= 2.11 calls
-    ``tf.keras.optimizers.legacy.RMSprop`` (and ``tf_keras.optimizers.legacy.RMSprop``). TF >= 2.11's
-    default ``tf.keras.optimizers.RMSprop`` is Keras 3's: use :func:`jrmsprop.compat.keras3`.
+    ``tf.keras.optimizers.legacy.RMSprop`` (and ``tf_keras.optimizers.legacy.RMSprop``).
+    TF >= 2.11's default ``tf.keras.optimizers.RMSprop`` is Keras 3's: use
+    :func:`jrmsprop.compat.keras3`.
 
     With ``t`` the number of updates already applied and ``lr = learning_rate(t) / (1 + decay·t)``:
 

@@ -55,8 +55,10 @@ def concrete_scalar(name: str, value: Any) -> float | None:
         return None
     except (TypeError, ValueError) as e:
         raise TypeError(f"`{name}` must be a real number, got {value!r}") from e
-    if array.dtype == object or array.dtype.kind in "US" or (
-        array.dtype.kind == "V" and not jnp.issubdtype(array.dtype, jnp.floating)
+    if (
+        array.dtype == object
+        or array.dtype.kind in "US"
+        or (array.dtype.kind == "V" and not jnp.issubdtype(array.dtype, jnp.floating))
     ):
         raise TypeError(f"`{name}` must be a real number, got {value!r}")
     if array.ndim != 0:
@@ -77,8 +79,11 @@ def check_real_dtype(name: str, dtype: Any) -> None:
 def check_range(name: str, scalar: float, kind: str | None = None) -> float:
     """Raises a ``ValueError`` naming ``name`` unless ``scalar`` lies in the range of ``kind``."""
     low, high = RANGES[kind or name]
-    if math.isnan(scalar) or math.isinf(scalar) or scalar < low or (
-        high is not None and scalar > high
+    if (
+        math.isnan(scalar)
+        or math.isinf(scalar)
+        or scalar < low
+        or (high is not None and scalar > high)
     ):
         raise ValueError(f"`{name}` must be {_describe(low, high)}, got {scalar}")
     return scalar
