@@ -120,8 +120,9 @@ def _assert_unchanged(before, after):
     assert before["names"] == after["names"]
     assert before["slots"] == after["slots"] and before["var_list"] == after["var_list"]
     assert before["config"] == after["config"]
-    for x, y in zip(before["weights"] + before["variables"], after["weights"] + after["variables"],
-                    strict=True):  # fmt: skip
+    for x, y in zip(
+        before["weights"] + before["variables"], after["weights"] + after["variables"], strict=True
+    ):
         assert x.dtype == y.dtype
         np.testing.assert_array_equal(x, y)
 
@@ -155,24 +156,48 @@ STATEFUL = [
     ("iterations", lambda o, a, b, n: o.iterations.assign(1.5), TypeError, "iter"),
     # apply_gradients naming a variable seen for the first time: no slot may appear
     ("apply", lambda o, a, b, n: o.apply_gradients([(jnp.ones(3), n)]), ValueError, "new"),
-    ("apply", lambda o, a, b, n: o.apply_gradients([(jnp.ones(2, jnp.int32), n)]), TypeError,
-     "new"),  # fmt: skip
+    (
+        "apply",
+        lambda o, a, b, n: o.apply_gradients([(jnp.ones(2, jnp.int32), n)]),
+        TypeError,
+        "new",
+    ),
     ("apply", lambda o, a, b, n: o.apply_gradients([(np.array(["x", "y"]), n)]), TypeError, "new"),
-    ("apply", lambda o, a, b, n: o.apply_gradients([(jnp.ones(2), Variable([1, 2], name="i"))]),
-     TypeError, "'i'"),  # fmt: skip
-    ("apply", lambda o, a, b, n: o.apply_gradients([(jnp.ones(2), n), (jnp.ones(2), n)]),
-     ValueError, "more than once"),  # fmt: skip
-    ("apply", lambda o, a, b, n: o.apply_gradients([(jnp.ones(2), jnp.ones(2))]), TypeError,
-     "Variable"),  # fmt: skip
+    (
+        "apply",
+        lambda o, a, b, n: o.apply_gradients([(jnp.ones(2), Variable([1, 2], name="i"))]),
+        TypeError,
+        "'i'",
+    ),
+    (
+        "apply",
+        lambda o, a, b, n: o.apply_gradients([(jnp.ones(2), n), (jnp.ones(2), n)]),
+        ValueError,
+        "more than once",
+    ),
+    (
+        "apply",
+        lambda o, a, b, n: o.apply_gradients([(jnp.ones(2), jnp.ones(2))]),
+        TypeError,
+        "Variable",
+    ),
     ("apply", lambda o, a, b, n: o.apply_gradients([(jnp.ones(2),)]), TypeError, "pairs"),
-    ("apply", lambda o, a, b, n: o.apply_gradients(
-        [(IndexedSlices(jnp.ones((1, 2)), jnp.array([0]), (5, 2)), n)]), ValueError, "new"),
+    (
+        "apply",
+        lambda o, a, b, n: o.apply_gradients(
+            [(IndexedSlices(jnp.ones((1, 2)), jnp.array([0]), (5, 2)), n)]
+        ),
+        ValueError,
+        "new",
+    ),
     ("apply", lambda o, a, b, n: o.apply_gradients([(None, n)]), ValueError, "new"),
 ]
 
 
 @pytest.mark.parametrize(
-    "entry, action, error, name", STATEFUL, ids=[f"{r[0]}-{r[3]}-{i}" for i, r in enumerate(STATEFUL)]
+    "entry, action, error, name",
+    STATEFUL,
+    ids=[f"{r[0]}-{r[3]}-{i}" for i, r in enumerate(STATEFUL)],
 )
 def test_bad_input_changes_nothing(entry, action, error, name):
     opt, a, b = _trained()
@@ -350,8 +375,11 @@ def test_round_trip_continues_bit_for_bit(how, learning_rate):
     for ga, gb in grads[2:]:
         opt.apply_gradients([(ga, a), (gb, b)])
         opt2.apply_gradients([(ga, a2), (gb, b2)])
-    for x, y in zip([a2.numpy(), b2.numpy()] + opt2.get_weights(),
-                    [a.numpy(), b.numpy()] + opt.get_weights(), strict=True):  # fmt: skip
+    for x, y in zip(
+        [a2.numpy(), b2.numpy()] + opt2.get_weights(),
+        [a.numpy(), b.numpy()] + opt.get_weights(),
+        strict=True,
+    ):
         np.testing.assert_array_equal(x, y)
     assert len(opt2.weights) == len(opt.weights)  # the copies' slots were found, none added
     with pytest.raises(ValueError, match="learning_rate"):  # the checks survive the copy

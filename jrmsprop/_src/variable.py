@@ -21,7 +21,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["Variable"]
+from jrmsprop._src.sparse import IndexedSlices
+
+__all__ = ["Variable", "as_gradient"]
 
 # TF's rules for Python data: float -> float32, int -> int32 (tf.convert_to_tensor).
 _PYTHON_DTYPES = {bool: np.bool_, int: np.int32, float: np.float32, complex: np.complex64}
@@ -364,3 +366,44 @@ def enum_name(what: str, value: Any, allowed: tuple[str, ...]) -> str:
     if not isinstance(name, str) or name.lower() not in allowed:
         raise ValueError(f"`{what}` must be one of {allowed} (or the TF enum), got {value!r}")
     return name.lower()
+
+
+def as_gradient(grad: Any, var: Variable) -> Any:
+    """One gradient as a jax.Array or IndexedSlices of the variable's shape (else an error)."""
+
+    def values(value: Any) -> jax.Array:
+        if isinstance(value, Variable):
+            value = value.value
+        is_jax = isinstance(value, jax.Array)
+        array = value if is_jax else np.asarray(value)
+        kind = dtype_kind(array.dtype)
+        if kind not in ("fc" if is_jax else "iufc") or (
+            kind == "c" and dtype_kind(var.dtype) != "c"
+        ):
+            raise TypeError(
+                f"Gradient for variable {var.name!r} has dtype {array.dtype}, the variable "
+                f"{var.dtype}"
+            )
+        return array if is_jax else jnp.array(array, dtype=var.dtype)
+
+    if isinstance(grad, IndexedSlices):
+        result = IndexedSlices(values(grad.values), jnp.asarray(grad.indices), grad.dense_shape)
+        shape = tuple(result.dense_shape)
+    elif all(hasattr(grad, a) for a in ("values", "indices", "dense_shape")):
+        # tf.IndexedSlices and lookalikes: TF ignores dense_shape; the variable's shape rules.
+        result = IndexedSlices(
+            values(grad.values), jnp.asarray(np.asarray(grad.indices)), var.shape
+        )
+        shape = var.shape
+    else:
+        result = values(grad)
+        shape = tuple(result.shape)
+    if isinstance(result, IndexedSlices) and (
+        result.indices.ndim != 1 or dtype_kind(result.indices.dtype) not in "iu"
+    ):
+        raise TypeError(f"Gradient for variable {var.name!r}: indices must be 1-d integers")
+    if shape != var.shape:
+        raise ValueError(
+            f"Gradient for variable {var.name!r} has shape {shape}, the variable {var.shape}"
+        )
+    return result
