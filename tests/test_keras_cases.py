@@ -329,11 +329,9 @@ def test_dense_layer_weights_count(momentum, centered, count):
 
 
 def test_momentum_proper_value():
-    with pytest.raises(
-        ValueError,
-        match=r"`momentum` must be between \[0, 1\]. Received: momentum=2.5 "
-        r"\(of type <class 'float'>\).",
-    ):
+    """Keras: "`momentum` must be between [0, 1]. Received: momentum=2.5 ..."; jrmsprop words
+    every range error the same way for all its entry points (the core's check)."""
+    with pytest.raises(ValueError, match=r"`momentum` must be in \[0, 1\], got 2.5"):
         RMSprop(1.0, momentum=2.5, centered=False)
 
 
