@@ -1,6 +1,6 @@
 """Numerics that users trip over: complex parameters, float64 hyperparameters, dtypes, and
 jrmsprop's choice of slot dtype. Golden files from the real frameworks where one exists
-(``tests/golden/generate_complex_and_float64.py``)."""
+(``tests/golden/numerics/generate.py``)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 import jrmsprop
 from jrmsprop import compat
 
-GOLDEN = Path(__file__).parent / "golden"
+GOLDEN = Path(__file__).parent / "golden" / "numerics"
 
 
 @pytest.mark.parametrize(

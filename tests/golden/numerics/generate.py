@@ -1,8 +1,8 @@
-"""Writes tests/golden/torch_complex.npz and keras2_float64.npz from the real frameworks.
+"""Writes tests/golden/numerics/torch_complex.npz and keras2_float64.npz from the real frameworks.
 
 Run with TensorFlow/tf_keras and torch installed (`pip install '.[frameworks]'`):
 
-    python tests/golden/generate_complex_and_float64.py
+    python tests/golden/numerics/generate.py
 
 * torch_complex.npz: ``torch.optim.RMSprop`` on a complex64 parameter (PyTorch steps the real and
   imaginary parts as two real parameters), 20 steps, for four configurations.
