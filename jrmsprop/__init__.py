@@ -9,6 +9,17 @@ from jrmsprop._src.variable import Variable
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    # ``jrmsprop.keras`` (a Keras 3 optimizer) is imported on first use only: importing
+    # jrmsprop must never import keras.
+    if name == "keras":
+        import importlib
+
+        return importlib.import_module("jrmsprop.keras")
+    raise AttributeError(f"module 'jrmsprop' has no attribute {name!r}")
+
+
 __all__ = (
     "IndexedSlices",
     "RMSprop",

@@ -28,10 +28,20 @@ import optax
 
 from jrmsprop._src import validation
 from jrmsprop._src.arithmetic import Rule
+from jrmsprop._src.saved_state import (
+    keras2_h5_weights,
+    load_keras2_h5,
+    load_keras3_archive,
+    saved_optimizer_config,
+)
 from jrmsprop._src.transform import RMSpropState, ScalarOrSchedule, build, rmsprop
 
 __all__ = (
     "keras2",
+    "keras2_h5_weights",
+    "load_keras2_h5",
+    "load_keras3_archive",
+    "saved_optimizer_config",
     "keras3",
     "optax_rmsprop",
     "state_from_keras2",
