@@ -74,12 +74,13 @@ def test_complex_gradient_for_real_parameter_raises():
         tx.update(jnp.ones(3, jnp.complex64), tx.init(p), p)
 
 
-@pytest.mark.parametrize("name", ["plain", "momentum_centered"])
+@pytest.mark.parametrize("name", ["plain", "momentum_centered", "decay_eps"])
 def test_keras2_float64_rounds_hyperparameters_to_float32_like_tf(x64, name):
     data = np.load(GOLDEN / "keras2_float64.npz")
     kwargs = dict(
         plain=dict(learning_rate=0.1, rho=0.9),
         momentum_centered=dict(learning_rate=0.1, rho=0.9, momentum=0.9, centered=True),
+        decay_eps=dict(learning_rate=0.1, rho=0.9, momentum=0.3, decay=0.1, epsilon=0.1),
     )[name]
     for tx in (
         jrmsprop.rmsprop(**kwargs),

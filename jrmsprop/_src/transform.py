@@ -479,8 +479,12 @@ def build(
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
+# TF 2.x Keras stores learning_rate, rho and momentum as float32 hyperparameter variables, and
+# tf.cast(decay, var_dtype) converts a Python decay to a float32 tensor first; epsilon is converted
+# straight to the variable's dtype (checked against tf_keras 2.21 on float64 variables).
 KERAS2 = arithmetic.Rule(
-    framework="rmsprop", float32_hyperparameters=frozenset({"learning_rate", "rho", "momentum"})
+    framework="rmsprop",
+    float32_hyperparameters=frozenset({"learning_rate", "rho", "momentum", "decay"}),
 )
 
 
@@ -525,7 +529,7 @@ def rmsprop(
       (when ``params`` is passed to ``update``), at least float32, and returned in the
       parameter's dtype (without ``params``: the promoted dtype of gradient and slot), as optax
       does. As in TF, ``learning_rate``, ``rho`` and ``momentum`` are float32 values even for
-      float64 parameters (``float64(float32(0.1))``); ``epsilon`` and ``decay`` are not rounded.
+      float64 parameters (``float64(float32(0.1))``), and so is ``decay``; ``epsilon`` is not.
     * Slots have the parameter's dtype, except float16 parameters, which get float32 slots (the
       squared gradients in ``rms`` under/overflow float16); ``slot_dtype`` overrides this.
     * Complex parameters use ``|g|²`` with a real ``rms`` slot. TF 2.x Keras itself squares the

@@ -27,6 +27,7 @@ TORCH_CONFIGS = {
 KERAS_CONFIGS = {
     "plain": dict(learning_rate=0.1, rho=0.9),
     "momentum_centered": dict(learning_rate=0.1, rho=0.9, momentum=0.9, centered=True),
+    "decay_eps": dict(learning_rate=0.1, rho=0.9, momentum=0.3, decay=0.1, epsilon=0.1),
 }
 
 
