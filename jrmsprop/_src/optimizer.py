@@ -33,12 +33,12 @@ from jrmsprop._src import minimize as minimize_lib
 from jrmsprop._src.clipping import check_clip_arguments, keras_clipping
 from jrmsprop._src.keras_slots import OptimizerVariables
 from jrmsprop._src.sparse import apply_updates
-from jrmsprop._src.transform import RMSpropState, rmsprop
+from jrmsprop._src.transform import RMSpropState, default_slot_dtype, rmsprop
 from jrmsprop._src.validation import (
+    as_jit_scalar,
     check_bool,
     check_hyperparameter,
     concrete_scalar,
-    keras2_scalar,
 )
 from jrmsprop._src.variable import (
     Variable,
@@ -153,7 +153,7 @@ class RMSprop(OptimizerVariables):
     one raises an error naming the argument and changes nothing. Numbers given for
     ``learning_rate``, ``rho`` and ``momentum`` are stored, as in Keras, in float32
     :class:`jrmsprop.Variable` objects; the precision rule for float64 variables is Keras's
-    (``jrmsprop._src.validation.keras2_scalar``).
+    (the core's rule: ``jrmsprop.rmsprop``).
 
     The optimizer pickles and deep-copies (with its hyperparameters, slots and ``iterations``;
     schedules and callables must themselves be picklable). Slots are keyed by the Variables
@@ -324,8 +324,8 @@ class RMSprop(OptimizerVariables):
 
     def _step_values(self, step: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         """The jit arguments: every hyperparameter and clip threshold as a checked 0-d array."""
-        values = {name: keras2_scalar(name, self._current(name, step)) for name in _HYPERS}
-        clip = {k: keras2_scalar(k, v) for k, v in self._clip.items() if v is not None}
+        values = {name: as_jit_scalar(self._current(name, step)) for name in _HYPERS}
+        clip = {k: as_jit_scalar(v) for k, v in self._clip.items() if v is not None}
         return values, clip
 
     # -- variables: iterations, slots, weights ---------------------------------------------------
@@ -354,8 +354,10 @@ class RMSprop(OptimizerVariables):
         _ = self.iterations
         for slot in self._needed_slots():
             for var in var_list:
-                dtype = arithmetic.real_dtype(var.dtype) if slot == "rms" else None
-                self.add_slot(var, slot, dtype=dtype)
+                dtype = default_slot_dtype(var.dtype)  # the core's rule (float16: float32)
+                self.add_slot(
+                    var, slot, dtype=arithmetic.real_dtype(dtype) if slot == "rms" else dtype
+                )
         known = set(self._var_order)
         self._var_order.extend(v for v in dict.fromkeys(var_list) if v not in known)
 
@@ -427,10 +429,10 @@ class RMSprop(OptimizerVariables):
         values = {
             name: value
             if keras_config.is_step_schedule(value)
-            else keras2_scalar(name, self._current(name, 0))
+            else as_jit_scalar(self._current(name, 0))
             for name, value in self._hyper.items()
         }
-        clip = {k: keras2_scalar(k, v) for k, v in self._clip.items() if v is not None}
+        clip = {k: as_jit_scalar(v) for k, v in self._clip.items() if v is not None}
         clipper, core = _transforms(values, clip, self._centered, self._momentum)
         return optax.chain(clipper, core) if clip else core
 

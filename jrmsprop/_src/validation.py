@@ -135,20 +135,14 @@ def check_schedule_value(name: str, value: Any, kind: str | None = None) -> jax.
 # (An infinite ``clipnorm`` turns every gradient into inf/inf = NaN.)
 RANGES["clip"] = (0.0, None)
 
-# TF 2.x Keras keeps Python-number ``learning_rate``, ``rho`` and ``momentum`` in float32
-# variables and ``tf.cast``s a Python ``decay`` (through float32); ``epsilon`` and the clipping
-# thresholds are converted straight to the variable's dtype (Python precision). Checked against
-# tf_keras 2.21 ``legacy.RMSprop`` on float64 variables: lr 0.1 acts as 0.10000000149011612.
-KERAS2_FLOAT32_HYPERPARAMETERS = ("learning_rate", "rho", "momentum", "decay")
 
+def as_jit_scalar(value: Any) -> Any:
+    """A checked hyperparameter value as a 0-d array whose dtype is stable per kind of value.
 
-def keras2_scalar(name: str, value: Any) -> Any:
-    """The 0-d array a *resolved* hyperparameter value stands for in TF 2.x Keras.
-
-    Python numbers become float32 for :data:`KERAS2_FLOAT32_HYPERPARAMETERS` and keep Python
-    precision (float64 where JAX stores it) otherwise; arrays keep their dtype (integers become
-    float32). The dtype is stable per kind of value, so it can be a ``jit`` argument without
-    recompiling when the value changes. ``value`` must already be checked (a real scalar).
+    Python numbers keep Python precision (float64 where JAX stores it; the core then applies the
+    framework's precision rule, e.g. TF's float32 hyperparameters); arrays keep their dtype
+    (integers become float32). So it can be a ``jit`` argument that never recompiles when the
+    value changes. ``value`` must already be checked (a real scalar).
     """
     if isinstance(value, (jax.Array, np.ndarray, np.generic)) or not isinstance(
         value, (int, float)
@@ -159,6 +153,4 @@ def keras2_scalar(name: str, value: Any) -> Any:
         if isinstance(array, jax.Array):
             return array.astype(array.dtype)  # drops weak typing
         return np.asarray(array, jax.dtypes.canonicalize_dtype(array.dtype))
-    if name in KERAS2_FLOAT32_HYPERPARAMETERS:
-        return np.asarray(value, np.float32)
     return np.asarray(value, jax.dtypes.canonicalize_dtype(np.float64))
