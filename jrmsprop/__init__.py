@@ -3,7 +3,7 @@
 from jrmsprop import compat
 from jrmsprop._src.clipping import clip_by_global_norm, clip_by_norm, clip_by_value, keras_clipping
 from jrmsprop._src.optimizer import RMSprop
-from jrmsprop._src.sparse import IndexedSlices, apply_updates
+from jrmsprop._src.sparse import IndexedSlices, apply_updates, densify
 from jrmsprop._src.transform import RMSpropState, ScalarOrSchedule, rmsprop
 from jrmsprop._src.variable import Variable
 
@@ -31,6 +31,7 @@ __all__ = (
     "clip_by_norm",
     "clip_by_value",
     "compat",
+    "densify",
     "keras_clipping",
     "rmsprop",
 )

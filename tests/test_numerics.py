@@ -213,3 +213,22 @@ def test_abstract_params_and_eval_shape():
     assert state.rms["w"].shape == (3, 2) and state.momentum["w"].dtype == jnp.float32
     shapes = jax.eval_shape(tx.init, abstract)
     assert shapes.mg["w"] == jax.ShapeDtypeStruct((3, 2), jnp.float32)
+
+
+def test_indexed_slices_compose_with_optax_through_densify_and_jrmsprop_clipping():
+    p = {"e": jnp.zeros((5, 3))}
+    g = {"e": jrmsprop.IndexedSlices(jnp.ones((2, 3)), jnp.array([1, 3]), (5, 3))}
+    dense = jrmsprop.densify(g)
+    ms = optax.MultiSteps(jrmsprop.rmsprop(0.1), every_k_schedule=2)
+    s = ms.init(p)
+    with jax.numpy_dtype_promotion("standard"):  # optax's MultiSteps divides by an int count
+        u1, s = ms.update(dense, s, p)
+        u2, s = ms.update(dense, s, p)
+    ref_tx = jrmsprop.rmsprop(0.1)
+    ref, _ = ref_tx.update(dense, ref_tx.init(p), p)  # the mean of two equal gradients
+    np.testing.assert_array_equal(np.asarray(u1["e"]), np.zeros((5, 3)))
+    np.testing.assert_array_equal(np.asarray(u2["e"]), np.asarray(ref["e"]))
+    clipped, _ = jrmsprop.clip_by_global_norm(1.0).update(g, optax.EmptyState())
+    assert isinstance(clipped["e"], jrmsprop.IndexedSlices)
+    np.testing.assert_allclose(float(jnp.linalg.norm(clipped["e"].values)), 1.0, rtol=1e-6)
+    np.testing.assert_array_equal(np.asarray(clipped["e"].indices), [1, 3])

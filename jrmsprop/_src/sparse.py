@@ -219,6 +219,32 @@ def sparse_step(
     return update, new_rms, new_mom, new_mg
 
 
+def densify(tree: Any) -> Any:
+    """Replaces every :class:`IndexedSlices` leaf of ``tree`` by its dense array.
+
+    optax's own transforms and wrappers that do arithmetic on the whole gradient tree
+    (``optax.clip_by_global_norm``, ``optax.MultiSteps``, ``optax.apply_updates``, ...) see an
+    ``IndexedSlices`` as two arrays (values *and* indices) and fail on it. Densify the gradients
+    before them -- or use jrmsprop's own helpers, which understand sparse leaves:
+    :func:`jrmsprop.clip_by_global_norm` / :func:`jrmsprop.keras_clipping` and
+    :func:`jrmsprop.apply_updates`. (Densifying gives up the lazy-row semantics of sparse
+    updates: the dense gradient is zero on the other rows.)
+
+    Example:
+      >>> import jax.numpy as jnp, jrmsprop
+      >>> g = {"emb": jrmsprop.IndexedSlices(jnp.ones((2, 2)), jnp.array([0, 0]), (3, 2))}
+      >>> jrmsprop.densify(g)["emb"]
+      Array([[2., 2.],
+             [0., 0.],
+             [0., 0.]], dtype=float32)
+    """
+    return jax.tree.map(
+        lambda x: x.to_dense() if isinstance(x, IndexedSlices) else x,
+        tree,
+        is_leaf=lambda x: isinstance(x, IndexedSlices),
+    )
+
+
 def apply_updates(params: Any, updates: Any) -> Any:
     """Applies dense and sparse updates: ``params + updates`` leaf by leaf.
 
