@@ -96,7 +96,11 @@ def execute(nb, workdir: Path, timeout: int) -> None:
             resources={"metadata": {"path": str(workdir)}},
         ).execute()
     # Store the generic kernelspec, not the temporary one.
-    nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
+    nb.metadata["kernelspec"] = {
+        "display_name": "Python 3",
+        "language": "python",
+        "name": "python3",
+    }
 
 
 def _missing(path: Path) -> list[str]:

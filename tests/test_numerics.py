@@ -1,6 +1,6 @@
 """Numerics that users trip over: complex parameters, float64 hyperparameters, dtypes, and
 jrmsprop's choice of slot dtype. Golden files from the real frameworks where one exists
-(``tests/golden/numerics/generate.py``)."""
+(``tests/golden/numerics/generate_numerics.py``)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Optimizer state read from files saved by the real Keras, then training continued in JAX.
 
-The files in ``tests/saved/`` were written by ``tests/saved/generate.py`` with tf_keras 2.21
+The files in ``tests/saved/`` were written by ``tests/saved/generate_saved.py`` with tf_keras 2.21
 (legacy RMSprop, ``model.save("*.h5")``) and Keras 3.15 (``model.save("*.keras")``). Beside each
 one, an ``.npz`` holds the parameters at the time of saving, the gradients of the next ``M``
 steps and the framework's parameters after each of them. Loading the state and feeding jrmsprop

@@ -2,7 +2,7 @@
 
 Run with TensorFlow/tf_keras and torch installed (`pip install '.[frameworks]'`):
 
-    python tests/golden/numerics/generate.py
+    python tests/golden/numerics/generate_numerics.py
 
 * torch_complex.npz: ``torch.optim.RMSprop`` on a complex64 parameter (PyTorch steps the real and
   imaginary parts as two real parameters), 20 steps, for four configurations.

@@ -3,7 +3,7 @@
 Run by hand (not part of CI), from the repository root, with TensorFlow, ``tf_keras`` and Keras 3
 installed (``pip install 'jrmsprop[frameworks]'``)::
 
-    python tests/saved/generate.py
+    python tests/saved/generate_saved.py
 
 Each case builds a small model (``Dense(3, tanh)`` on 4 inputs, then ``Dense(2)``: trainable
 variables ``kernel (4, 3), bias (3,), kernel (3, 2), bias (2,)`` in that order), trains it with
