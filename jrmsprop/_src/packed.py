@@ -124,37 +124,54 @@ def _path_str(path: tuple[Any, ...]) -> str:
 class PackedState:
     """State of :func:`packed`: the wrapped transformation's state over packed buffers.
 
-    A pytree with one child, ``inner`` (e.g. an :class:`jrmsprop.RMSpropState` whose ``rms``,
-    ``momentum`` and ``mg`` are dicts ``{dtype name: flat vector}``); the :class:`PackedLayout`
-    is static (treedef auxiliary data), so it never becomes a traced value.
+    A pytree with the children ``inner`` and ``offsets``; the :class:`PackedLayout` is static
+    (treedef auxiliary data), so it never becomes a traced value.
 
     Attributes:
-      inner: the wrapped transformation's state.
+      inner: the wrapped transformation's state (for ``jrmsprop.rmsprop``: an
+        :class:`jrmsprop.RMSpropState` whose ``rms``, ``momentum`` and ``mg`` are dicts
+        ``{dtype name: flat vector}``).
+      offsets: one int32 scalar per parameter leaf: where the leaf starts in its dtype's buffer.
+        They are runtime values on purpose: a constant offset would make XLA compile one kernel
+        per leaf for cutting the updates apart (seconds per hundred leaves); with runtime
+        offsets all leaves of one shape share one kernel. Never change them.
       layout: the :class:`PackedLayout` of the parameters.
     """
 
-    __slots__ = ("inner", "layout")
+    __slots__ = ("inner", "offsets", "layout")
 
-    def __init__(self, inner: Any, layout: PackedLayout):
+    def __init__(self, inner: Any, offsets: tuple[Any, ...], layout: PackedLayout):
         self.inner = inner
+        self.offsets = tuple(offsets)
         self.layout = layout
 
     def __repr__(self) -> str:
         return f"PackedState(inner={self.inner!r}, layout={self.layout!r})"
 
-    def __getstate__(self) -> tuple[Any, PackedLayout]:
-        return (self.inner, self.layout)
+    def __getstate__(self) -> tuple[Any, tuple[Any, ...], PackedLayout]:
+        return (self.inner, self.offsets, self.layout)
 
-    def __setstate__(self, state: tuple[Any, PackedLayout]) -> None:
-        self.inner, self.layout = state
+    def __setstate__(self, state: tuple[Any, tuple[Any, ...], PackedLayout]) -> None:
+        self.inner, self.offsets, self.layout = state
 
 
 jax.tree_util.register_pytree_with_keys(
     PackedState,
-    lambda s: (((jax.tree_util.GetAttrKey("inner"), s.inner),), s.layout),
-    lambda layout, children: PackedState(children[0], layout),
-    flatten_func=lambda s: ((s.inner,), s.layout),
+    lambda s: (
+        (
+            (jax.tree_util.GetAttrKey("inner"), s.inner),
+            (jax.tree_util.GetAttrKey("offsets"), s.offsets),
+        ),
+        s.layout,
+    ),
+    lambda layout, children: PackedState(children[0], children[1], layout),
+    flatten_func=lambda s: ((s.inner, s.offsets), s.layout),
 )
+
+
+def _offsets(layout: PackedLayout) -> tuple[jax.Array, ...]:
+    """The leaves' offsets as int32 device scalars (one transfer for all of them)."""
+    return tuple(jax.device_put([np.int32(offset) for _, offset, _ in layout.leaves]))
 
 
 def _flatten(layout: PackedLayout, tree: Any, what: str) -> list[Any]:
@@ -214,16 +231,26 @@ def _pack_leaves(
     }
 
 
-@functools.partial(jax.jit, static_argnums=(1,))
-def _unpack_leaves(flat: dict[str, jax.Array], layout: PackedLayout) -> list[jax.Array]:
+@functools.partial(jax.jit, static_argnums=(2,))
+def _unpack_leaves(
+    flat: dict[str, jax.Array], offsets: tuple[jax.Array, ...], layout: PackedLayout
+) -> list[jax.Array]:
+    """Each leaf cut out of its buffer at its (runtime) offset."""
+    if len(offsets) != len(layout.leaves) or any(
+        jnp.shape(o) != () or not jnp.issubdtype(jnp.result_type(o), jnp.integer) for o in offsets
+    ):
+        raise ValueError(
+            f"packed: `state.offsets` must hold {len(layout.leaves)} integer scalars (one per "
+            f"parameter leaf), got {len(offsets)} of shapes {[jnp.shape(o) for o in offsets][:4]}"
+        )
     out = []
-    for g, offset, shape in layout.leaves:
+    for (g, _, shape), offset in zip(layout.leaves, offsets, strict=True):
         buffer = flat[layout.groups[g]]
         size = int(np.prod(shape, dtype=np.int64))
         if size == buffer.shape[0]:
             out.append(jnp.reshape(buffer, shape))
         else:
-            out.append(jnp.reshape(jax.lax.slice_in_dim(buffer, offset, offset + size), shape))
+            out.append(jnp.reshape(jax.lax.dynamic_slice_in_dim(buffer, offset, size), shape))
     return out
 
 
@@ -231,7 +258,7 @@ def _pack(layout: PackedLayout, tree: Any, what: str, same_dtype: bool) -> dict[
     return _pack_leaves(_flatten(layout, tree, what), layout, what, same_dtype)
 
 
-def _unpack(layout: PackedLayout, flat: Any, what: str) -> Any:
+def _unpack(layout: PackedLayout, flat: Any, offsets: tuple[Any, ...], what: str) -> Any:
     if not isinstance(flat, dict) or set(flat) != set(layout.groups):
         raise ValueError(
             f"packed: `{what}` must be a dict with the keys {list(layout.groups)} (one flat "
@@ -243,7 +270,7 @@ def _unpack(layout: PackedLayout, flat: Any, what: str) -> Any:
                 f"packed: `{what}[{name!r}]` has shape {tuple(jnp.shape(flat[name]))}; the "
                 f"layout expects ({size},)"
             )
-    return layout.treedef.unflatten(_unpack_leaves(flat, layout))
+    return layout.treedef.unflatten(_unpack_leaves(flat, tuple(offsets), layout))
 
 
 def packed(
@@ -311,7 +338,7 @@ def packed(
             }
         else:
             flat = _pack_leaves(leaves, layout, "params", True)
-        return PackedState(tx.init(flat), layout)
+        return PackedState(tx.init(flat), _offsets(layout), layout)
 
     def update_fn(
         updates: optax.Updates,
@@ -328,8 +355,10 @@ def packed(
         grads = _pack(layout, updates, "updates", same_dtype=False)
         flat_params = None if params is None else _pack(layout, params, "params", True)
         flat_updates, inner = inner_update(grads, state.inner, flat_params, **extra_args)
-        out = _unpack(layout, flat_updates, "updates returned by the wrapped transformation")
-        return out, PackedState(inner, layout)
+        out = _unpack(
+            layout, flat_updates, state.offsets, "updates returned by the wrapped transformation"
+        )
+        return out, PackedState(inner, state.offsets, layout)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -374,12 +403,14 @@ def unpack_state(state: PackedState, params: Any) -> Any:
             f"state's layout ({state.layout}, {state.layout.treedef})"
         )
 
+    offsets = _offsets(layout)
+
     def unpack(s: Any) -> Any:
         if not _is_rmsprop_state(s):
             return s
         return s._replace(
             **{
-                name: _unpack(layout, getattr(s, name), f"state.{name}")
+                name: _unpack(layout, getattr(s, name), offsets, f"state.{name}")
                 for name in _SLOTS
                 if getattr(s, name) is not None
             }
@@ -434,4 +465,4 @@ def pack_state(state: Any, params: Any) -> PackedState:
         raise TypeError(
             f"pack_state: `state` ({type(state).__name__}) holds no jrmsprop RMSpropState to pack"
         )
-    return PackedState(inner, layout)
+    return PackedState(inner, _offsets(layout), layout)
