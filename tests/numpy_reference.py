@@ -17,7 +17,7 @@ for bit; the others to float32 rounding), with ``t`` the number of updates alrea
     ``p −= inc``). Decoupled weight decay ``p −= (p·wd)·lr`` is its own rounded step first.
 ``torch`` (``torch.optim.RMSprop``)
     ``g = −g`` (maximize), ``g += wd·p`` (coupled L2), ``1 − α`` in double, ``sq = sq·α +
-    ((1−α)·g)·g``, ``ga`` by ``lerp`` (``ga + (1−α)·(g − ga)``), ``avg = √(sq − ga²) + ε`` (ε
+    ((1−α)·g)·g``, ``ga`` by ``lerp`` (``ga + (1−α)·(g − ga)``, or ``g − (g − ga)·α`` for ``α <= 0.5``), ``avg = √(sq − ga²) + ε`` (ε
     outside), ``buf = buf·μ + g/avg``, ``p −= lr·buf`` (lr *outside* the buffer).
 ``tf1`` (``tf.compat.v1.train.RMSPropOptimizer``)
     Always the fused kernels of ``keras2`` with a momentum slot, and ``rms`` starts at 1.
@@ -29,10 +29,10 @@ the order of TF's ``SparseApply(Centered)RMSProp`` kernels (``rms = rms·ρ + g�
 and the named rows then gain ``(1−ρ)·g²`` (``(1−ρ)·g``), while only the named rows of ``p`` move.
 
 Precision: arithmetic is done in ``dtype`` (``float32`` or ``float64``; hyperparameters are
-rounded to it); parameters and slots are stored in ``storage`` (default ``dtype``). With a
-``bfloat16``/``float16`` storage and a float32 ``dtype`` this models jrmsprop's documented
-low-precision rule: every step is computed in float32 from the stored values, the slots are
-rounded back to the storage dtype, and the parameter gets ``p + storage(−step)``.
+rounded to it); parameters are stored in ``storage`` and slots in ``slot_storage`` (both default
+to ``dtype``). With a ``bfloat16``/``float16`` storage and a float32 ``dtype`` this models
+jrmsprop's low-precision rule: every step is computed in float32 from the stored values, the
+slots are rounded to their storage dtype, and the parameter gets ``p + storage(−step)``.
 """
 
 from __future__ import annotations
@@ -75,7 +75,8 @@ class Reference:
     weight_decay: float = 0.0  # keras3: decoupled; torch: coupled (L2)
     maximize: bool = False  # torch only
     dtype: Any = np.float32
-    storage: Any = None  # dtype of parameters and slots; default: ``dtype``
+    storage: Any = None  # dtype of the parameters; default: ``dtype``
+    slot_storage: Any = None  # dtype of the slots; default: ``storage``
     iterations: int = 0
     slots: dict = field(default_factory=dict)
 
@@ -83,6 +84,9 @@ class Reference:
         assert self.rule in RULES, self.rule
         self.dtype = np.dtype(self.dtype)
         self.storage = self.dtype if self.storage is None else np.dtype(self.storage)
+        self.slot_storage = np.dtype(
+            self.storage if self.slot_storage is None else self.slot_storage
+        )
         assert self.decay == 0.0 or self.rule == "keras2", "only Keras 2 has `decay`"
         assert not self.maximize or self.rule == "torch", "only torch has `maximize`"
         assert not self.weight_decay or self.rule in ("keras3", "torch")
@@ -124,10 +128,10 @@ class Reference:
 
     def _slot(self, name: str, i: int, like: np.ndarray) -> np.ndarray:
         start = 1.0 if (name == "rms" and self.rule == "tf1") else 0.0
-        return self.slots.setdefault((name, i), np.full(np.shape(like), start, self.storage))
+        return self.slots.setdefault((name, i), np.full(np.shape(like), start, self.slot_storage))
 
     def _store(self, name: str, i: int, value: np.ndarray) -> None:
-        self.slots[(name, i)] = np.asarray(value).astype(self.storage)
+        self.slots[(name, i)] = np.asarray(value).astype(self.slot_storage)
 
     # ---------------------------------------------------------------- steps
 
@@ -168,8 +172,8 @@ class Reference:
             if self.weight_decay:
                 g = g + c(self.weight_decay) * p
             rms = rms * rho + (omr * g) * g
-            if mg is not None:
-                mg = mg + omr * (g - mg)
+            if mg is not None:  # torch.lerp(ga, g, w), in its two branches
+                mg = mg + omr * (g - mg) if omr < 0.5 else g - (g - mg) * (c(1) - omr)
             avg = np.sqrt(rms - mg * mg if mg is not None else rms) + eps
             if mom is not None:
                 mom = mom * mu + g / avg

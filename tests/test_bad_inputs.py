@@ -1,0 +1,487 @@
+"""Bad inputs: every entry point refuses them with a clear error that names the argument as the
+user wrote it (``alpha`` for ``compat.torch``, ``decay`` for ``compat.tf1``'s ρ, ...), and an
+update that fails leaves the state it was given untouched.
+
+Also the inputs that look odd but are valid (a bfloat16 learning rate, an unhashable schedule,
+``jax.ShapeDtypeStruct`` or empty parameter trees) and must work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import jrmsprop
+from jrmsprop import compat
+
+# --------------------------------------------------------------------------- the table
+
+# factory, the arguments it needs, and for each hyperparameter (the user's name): its kind
+# ("fraction": must lie in [0, 1]; "nonneg": >= 0) and the core's name for it (which must NOT
+# appear in the message when it differs from the user's).
+FACTORIES: dict[str, tuple[Callable[..., Any], dict[str, Any], dict[str, tuple[str, str]]]] = {
+    "rmsprop": (
+        jrmsprop.rmsprop,
+        {},
+        {
+            "learning_rate": ("nonneg", "learning_rate"),
+            "rho": ("fraction", "rho"),
+            "momentum": ("fraction", "momentum"),
+            "epsilon": ("nonneg", "epsilon"),
+            "decay": ("nonneg", "decay"),
+        },
+    ),
+    "keras2": (
+        compat.keras2,
+        {},
+        {
+            "learning_rate": ("nonneg", "learning_rate"),
+            "rho": ("fraction", "rho"),
+            "momentum": ("fraction", "momentum"),
+            "epsilon": ("nonneg", "epsilon"),
+            "decay": ("nonneg", "decay"),
+        },
+    ),
+    "keras3": (
+        compat.keras3,
+        {},
+        {
+            "learning_rate": ("nonneg", "learning_rate"),
+            "rho": ("fraction", "rho"),
+            "momentum": ("fraction", "momentum"),
+            "epsilon": ("nonneg", "epsilon"),
+            "weight_decay": ("nonneg", "weight_decay"),
+        },
+    ),
+    "torch": (
+        compat.torch,
+        {},
+        {
+            "lr": ("nonneg", "learning_rate"),
+            "alpha": ("fraction", "rho"),
+            "eps": ("nonneg", "epsilon"),
+            "weight_decay": ("nonneg", "weight_decay"),
+            "momentum": ("fraction", "momentum"),
+        },
+    ),
+    "tf1": (
+        compat.tf1,
+        {"learning_rate": 0.01},
+        {
+            "learning_rate": ("nonneg", "learning_rate"),
+            "decay": ("fraction", "rho"),
+            "momentum": ("fraction", "momentum"),
+            "epsilon": ("nonneg", "epsilon"),
+        },
+    ),
+    "optax_rmsprop": (
+        compat.optax_rmsprop,
+        {"learning_rate": 0.01},
+        {
+            "learning_rate": ("nonneg", "learning_rate"),
+            "decay": ("fraction", "rho"),
+            "eps": ("nonneg", "epsilon"),
+            "initial_scale": ("nonneg", "initial_rms"),
+            "momentum": ("fraction", "momentum"),
+        },
+    ),
+}
+
+# (label, value, error type); "fraction" arguments also get 1.5.
+BAD_VALUES: list[tuple[str, Any, type[Exception]]] = [
+    ("inf", float("inf"), ValueError),
+    ("-inf", float("-inf"), ValueError),
+    ("nan", float("nan"), ValueError),
+    ("negative", -1, ValueError),
+    ("negative-array", jnp.asarray(-0.5), ValueError),
+    ("bool", True, TypeError),
+    ("None", None, TypeError),
+    ("string", "0.1", TypeError),
+    ("complex", 0.1 + 0.0j, TypeError),
+    ("vector", np.array([0.1, 0.2]), ValueError),
+]
+ABOVE_ONE = ("1.5", 1.5, ValueError)
+# None is a valid value of these: "no weight decay", "no momentum (optax)".
+NONE_IS_VALID = {("keras3", "weight_decay"), ("optax_rmsprop", "momentum")}
+
+
+def _cases() -> list[Any]:
+    cases = []
+    for factory_name, (_, _, args) in FACTORIES.items():
+        for arg, (kind, core_name) in args.items():
+            values = BAD_VALUES + ([ABOVE_ONE] if kind == "fraction" else [])
+            for label, value, error in values:
+                if value is None and (factory_name, arg) in NONE_IS_VALID:
+                    continue
+                cases.append(
+                    pytest.param(
+                        factory_name,
+                        arg,
+                        core_name,
+                        value,
+                        error,
+                        id=f"{factory_name}-{arg}={label}",
+                    )
+                )
+    return cases
+
+
+def _assert_names(message: str, arg: str, core_name: str) -> None:
+    __tracebackhide__ = True
+    assert re.search(rf"\b{re.escape(arg)}\b", message), f"{arg!r} not named in: {message}"
+    if core_name != arg:
+        assert not re.search(rf"\b{re.escape(core_name)}\b", message), (
+            f"the message uses jrmsprop's internal name {core_name!r} instead of {arg!r}: {message}"
+        )
+
+
+@pytest.mark.parametrize("factory_name, arg, core_name, value, error", _cases())
+def test_bad_hyperparameter_is_refused_naming_the_users_argument(
+    factory_name, arg, core_name, value, error
+):
+    factory, base, _ = FACTORIES[factory_name]
+    with pytest.raises(error) as info:
+        factory(**{**base, arg: value})
+    _assert_names(str(info.value), arg, core_name)
+
+
+@pytest.mark.parametrize(
+    "call, arg",
+    [
+        (lambda: compat.torch(alpha=float("nan")), "alpha"),
+        (lambda: compat.torch(eps=-1), "eps"),
+        (lambda: compat.tf1(0.1, decay=2), "decay"),
+        (lambda: compat.torch(lr=-0.1), "lr"),
+        (lambda: compat.optax_rmsprop(0.1, eps=float("inf")), "eps"),
+    ],
+    ids=["torch-alpha-nan", "torch-eps-neg", "tf1-decay-2", "torch-lr-neg", "optax-eps-inf"],
+)
+def test_the_issue_examples(call, arg):
+    with pytest.raises(ValueError, match=rf"\b{arg}\b"):
+        call()
+
+
+@pytest.mark.parametrize("factory_name", list(FACTORIES))
+@pytest.mark.parametrize("value", ["no", 1, None, np.array([True])], ids=repr)
+def test_centered_must_be_a_boolean(factory_name, value):
+    factory, base, _ = FACTORIES[factory_name]
+    with pytest.raises(TypeError, match=r"\bcentered\b"):
+        factory(**base, centered=value)
+
+
+@pytest.mark.parametrize(
+    "call, arg",
+    [
+        (lambda: compat.torch(maximize="no"), "maximize"),
+        (lambda: compat.optax_rmsprop(0.1, eps_in_sqrt="no"), "eps_in_sqrt"),
+        (lambda: jrmsprop.rmsprop(slot_dtype=jnp.int8), "slot_dtype"),
+        (lambda: jrmsprop.rmsprop(slot_dtype="not a dtype"), "slot_dtype"),
+    ],
+    ids=["torch-maximize", "optax-eps_in_sqrt", "slot_dtype-int", "slot_dtype-garbage"],
+)
+def test_bad_flags_are_type_errors(call, arg):
+    with pytest.raises(TypeError, match=rf"\b{arg}\b"):
+        call()
+
+
+# --------------------------------------------------------------------------- valid odd inputs
+
+
+def _one_step(tx, params, grads):
+    state = tx.init(params)
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+
+def test_bfloat16_learning_rate_is_accepted():
+    """A low-precision scalar is a number like any other: the same step as its float value."""
+    lr = jnp.bfloat16(0.1)
+    p, g = jnp.array([1.0, -2.0]), jnp.array([0.5, 3.0])
+    got, _ = _one_step(jrmsprop.rmsprop(lr, momentum=0.9), p, g)
+    want, _ = _one_step(jrmsprop.rmsprop(float(lr), momentum=0.9), p, g)
+    np.testing.assert_array_equal(got, want)
+    assert float(lr) != 0.1  # the bfloat16 value itself is used, not 0.1
+    got_torch, _ = _one_step(compat.torch(lr=lr), p, g)
+    want_torch, _ = _one_step(compat.torch(lr=float(lr)), p, g)
+    np.testing.assert_array_equal(got_torch, want_torch)
+
+
+# factory, keyword, user name: schedules that return something that is not a real scalar
+SCHEDULED = [
+    (jrmsprop.rmsprop, {}, "learning_rate"),
+    (jrmsprop.rmsprop, {}, "rho"),
+    (compat.torch, {}, "lr"),
+    (compat.torch, {}, "alpha"),
+    (compat.tf1, {"learning_rate": 0.1}, "decay"),
+    (compat.keras3, {}, "weight_decay"),
+]
+BAD_SCHEDULE_VALUES = [
+    ("vector", lambda t: jnp.full((2,), 0.1), ValueError),
+    ("int", lambda t: jnp.asarray(1, jnp.int32), TypeError),
+    ("bool", lambda t: t >= 0, TypeError),
+]
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+@pytest.mark.parametrize(
+    "label, schedule, error", BAD_SCHEDULE_VALUES, ids=[c[0] for c in BAD_SCHEDULE_VALUES]
+)
+@pytest.mark.parametrize(
+    "factory, base, arg", SCHEDULED, ids=[f"{f.__name__}-{a}" for f, _, a in SCHEDULED]
+)
+def test_schedule_returning_a_non_scalar_raises_at_trace_time(
+    factory, base, arg, label, schedule, error, jit
+):
+    tx = factory(**base, **{arg: schedule})  # a callable cannot be checked before it is called
+    params = jnp.ones(3)
+    state = tx.init(params)
+
+    def update(g, s, p):
+        return tx.update(g, s, p)
+
+    update = jax.jit(update) if jit else update
+    with pytest.raises(error, match=rf"\b{arg}\b"):
+        update(params, state, params)
+
+
+@dataclasses.dataclass  # eq=True and no frozen: __hash__ is None, the instance is unhashable
+class _StepDecay:
+    base: float
+    every: int
+
+    def __call__(self, count: jax.Array) -> jax.Array:
+        return jnp.asarray(self.base, jnp.float32) * jnp.asarray(0.5, jnp.float32) ** (
+            count // self.every
+        ).astype(jnp.float32)
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_unhashable_callable_schedule_works_like_a_function(momentum):
+    schedule = _StepDecay(0.1, 2)
+    with pytest.raises(TypeError):
+        hash(schedule)
+    p = jnp.array([1.0, -2.0, 3.0])
+    grads = [jnp.array([0.5, 1.0, -1.0]) * (i + 1) for i in range(5)]
+    results = []
+    for lr in (schedule, lambda c: schedule(c)):
+        tx = jrmsprop.rmsprop(lr, momentum=momentum)
+        params, state = p, tx.init(p)
+        for g in grads:
+            u, state = jax.jit(tx.update)(g, state, params)
+            params = optax.apply_updates(params, u)
+        results.append(params)
+    np.testing.assert_array_equal(results[0], results[1])
+    # and as in optax, it goes through optax.inject_hyperparams-free composition
+    chained = optax.chain(optax.identity(), jrmsprop.rmsprop(schedule, momentum=momentum))
+    params, state = p, chained.init(p)
+    for g in grads:
+        u, state = chained.update(g, state, params)
+        params = optax.apply_updates(params, u)
+    np.testing.assert_array_equal(params, results[0])
+
+
+CONFIGURATIONS = [
+    pytest.param(lambda: jrmsprop.rmsprop(), id="rmsprop"),
+    pytest.param(lambda: jrmsprop.rmsprop(momentum=0.9, centered=True), id="rmsprop-mom-c"),
+    pytest.param(lambda: jrmsprop.rmsprop(momentum=lambda t: 0.5), id="rmsprop-mom-schedule"),
+    pytest.param(lambda: compat.keras3(weight_decay=0.1, centered=True), id="keras3-wd"),
+    pytest.param(lambda: compat.torch(momentum=0.9, weight_decay=0.1), id="torch-mom-wd"),
+    pytest.param(lambda: compat.tf1(0.1), id="tf1"),
+    pytest.param(lambda: compat.tf1(0.1, momentum=0.9, centered=True), id="tf1-mom-c"),
+    pytest.param(lambda: compat.optax_rmsprop(0.1, initial_scale=0.5), id="optax"),
+]
+
+
+@pytest.mark.parametrize("make", CONFIGURATIONS)
+def test_init_with_shape_dtype_structs(make):
+    tx = make()
+    real = {"w": jnp.ones((2, 3)), "b": jnp.ones(3, jnp.bfloat16)}
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), real)
+    expected = tx.init(real)
+    got = tx.init(abstract)  # like optax: abstract params give a concrete state
+    assert jax.tree.structure(got) == jax.tree.structure(expected)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected), strict=True):
+        assert a.shape == b.shape and a.dtype == b.dtype
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    shapes = jax.eval_shape(tx.init, abstract)
+    assert jax.tree.structure(shapes) == jax.tree.structure(expected)
+    for a, b in zip(jax.tree.leaves(shapes), jax.tree.leaves(expected), strict=True):
+        assert (a.shape, a.dtype) == (b.shape, b.dtype)
+
+
+@pytest.mark.parametrize("empty", [None, {}, [], ()], ids=repr)
+@pytest.mark.parametrize("make", CONFIGURATIONS)
+def test_empty_parameter_trees(make, empty):
+    tx = make()
+    state = tx.init(empty)
+    assert int(state.count) == 0
+    assert jax.tree.leaves(state.rms) == []
+    updates, state = tx.update(empty, state, empty)
+    assert updates == empty
+    assert int(state.count) == 1
+
+
+# --------------------------------------------------------------------------- update-time errors
+
+
+def _snapshot(tree: Any) -> Any:
+    return jax.tree.map(lambda x: np.array(x, copy=True), tree)
+
+
+def _assert_unchanged(state: Any, snapshot: Any) -> None:
+    __tracebackhide__ = True
+    assert jax.tree.structure(state) == jax.tree.structure(snapshot)
+    for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(snapshot), strict=True):
+        assert np.asarray(a).dtype == b.dtype
+        np.testing.assert_array_equal(np.asarray(a), b)
+
+
+PARAMS = {"w": jnp.arange(12.0).reshape(4, 3) / 10, "b": jnp.array([0.5, -0.5, 1.0])}
+GOOD_GRADS = {"w": jnp.full((4, 3), 0.3), "b": jnp.array([1.0, -2.0, 0.5])}
+
+
+def _make_tx() -> Any:
+    return jrmsprop.rmsprop(0.1, momentum=0.9, centered=True)
+
+
+def _good_result(tx: Any, state: Any) -> tuple[Any, Any]:
+    return tx.update(GOOD_GRADS, state, PARAMS)
+
+
+def _sparse(values, indices, shape=(4, 3)):
+    return jrmsprop.IndexedSlices(jnp.asarray(values), jnp.asarray(indices), shape)
+
+
+# (id, grads, error, words that the message must contain)
+BAD_UPDATES = [
+    ("tree", {"w": GOOD_GRADS["w"], "c": GOOD_GRADS["b"]}, ValueError, ["updates"]),
+    ("shape", {"w": jnp.ones((4, 4)), "b": GOOD_GRADS["b"]}, ValueError, ["['w']", "shape"]),
+    ("int-grad", {"w": jnp.ones((4, 3), jnp.int32), "b": GOOD_GRADS["b"]}, TypeError, ["['w']"]),
+    (
+        "complex-grad-real-param",
+        {"w": GOOD_GRADS["w"].astype(jnp.complex64), "b": GOOD_GRADS["b"]},
+        TypeError,
+        ["['w']", "complex"],
+    ),
+    (
+        "slices-out-of-range",
+        lambda: {"w": _sparse(np.ones((2, 3), np.float32), [1, 4]), "b": GOOD_GRADS["b"]},
+        ValueError,
+        ["indices"],
+    ),
+    (
+        "slices-negative",
+        lambda: {"w": _sparse(np.ones((2, 3), np.float32), [-1, 2]), "b": GOOD_GRADS["b"]},
+        ValueError,
+        ["indices"],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "grads, error, words", [c[1:] for c in BAD_UPDATES], ids=[c[0] for c in BAD_UPDATES]
+)
+def test_bad_gradients_raise_and_leave_the_state_alone(grads, error, words):
+    tx = _make_tx()
+    state = tx.update(GOOD_GRADS, tx.init(PARAMS), PARAMS)[1]  # a state that is not all zeros
+    snapshot = _snapshot(state)
+    with pytest.raises(error) as info:
+        g = grads() if callable(grads) else grads
+        tx.update(g, state, PARAMS)
+    for word in words:
+        assert word in str(info.value), (word, str(info.value))
+    _assert_unchanged(state, snapshot)
+    # a retry with good gradients gives what an untouched state gives
+    retry, retry_state = _good_result(tx, state)
+    fresh_state = tx.update(GOOD_GRADS, tx.init(PARAMS), PARAMS)[1]
+    fresh, fresh_state = _good_result(tx, fresh_state)
+    jax.tree.map(np.testing.assert_array_equal, retry, fresh)
+    jax.tree.map(np.testing.assert_array_equal, retry_state, fresh_state)
+
+
+def _bad_states(state: Any) -> list[Any]:
+    return [
+        pytest.param(
+            state._replace(count=jnp.asarray(1.0, jnp.float32)),
+            TypeError,
+            ["count"],
+            id="count-float",
+        ),
+        pytest.param(
+            state._replace(rms={**state.rms, "w": jnp.ones((4, 3), jnp.int32)}),
+            TypeError,
+            ["rms", "['w']"],
+            id="rms-int",
+        ),
+        pytest.param(
+            state._replace(momentum={**state.momentum, "b": jnp.zeros(4)}),
+            ValueError,
+            ["momentum", "['b']"],
+            id="momentum-shape",
+        ),
+        pytest.param(
+            state._replace(mg={**state.mg, "w": jnp.zeros((3, 4))}),
+            ValueError,
+            ["mg", "['w']"],
+            id="mg-shape",
+        ),
+    ]
+
+
+_TEMPLATE = _make_tx().init(PARAMS)
+
+
+@pytest.mark.parametrize("bad_state, error, words", _bad_states(_TEMPLATE))
+def test_malformed_state_raises_naming_the_slot_and_path(bad_state, error, words):
+    tx = _make_tx()
+    snapshot = _snapshot(bad_state)
+    with pytest.raises(error) as info:
+        tx.update(GOOD_GRADS, bad_state, PARAMS)
+    for word in words:
+        assert word in str(info.value), (word, str(info.value))
+    _assert_unchanged(bad_state, snapshot)
+    with pytest.raises(error):  # the same under jit
+        jax.jit(tx.update)(GOOD_GRADS, bad_state, PARAMS)
+
+
+def test_weight_decay_without_params_raises_and_retry_works():
+    tx = compat.torch(momentum=0.9, weight_decay=0.1)
+    state = tx.init(PARAMS)
+    snapshot = _snapshot(state)
+    with pytest.raises(ValueError, match="params"):
+        tx.update(GOOD_GRADS, state)
+    _assert_unchanged(state, snapshot)
+    retry = tx.update(GOOD_GRADS, state, PARAMS)
+    fresh = tx.update(GOOD_GRADS, tx.init(PARAMS), PARAMS)
+    jax.tree.map(np.testing.assert_array_equal, retry, fresh)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(lambda: jrmsprop.rmsprop(0.1, decay=0.5), id="keras2-decay"),
+        pytest.param(lambda: jrmsprop.rmsprop(0.1, momentum=0.9, decay=1.0), id="keras2-mom-decay"),
+        pytest.param(lambda: compat.torch(momentum=0.9), id="torch"),
+        pytest.param(lambda: compat.tf1(0.1, centered=True), id="tf1"),
+    ],
+)
+@pytest.mark.parametrize("count", [-1, -2, np.iinfo(np.int32).min])
+def test_negative_count_does_not_produce_nan(make, count):
+    """A corrupted (negative) step count is refused, or at least gives finite numbers."""
+    tx = make()
+    state = tx.init(PARAMS)._replace(count=jnp.asarray(count, jnp.int32))
+    try:
+        updates, new_state = tx.update(GOOD_GRADS, state, PARAMS)
+    except ValueError as e:
+        assert "count" in str(e)
+        return
+    for leaf in jax.tree.leaves((updates, new_state)):
+        assert np.all(np.isfinite(np.asarray(leaf))), (updates, new_state)
