@@ -59,7 +59,9 @@ class PackedLayout:
     @classmethod
     def of(cls, params: Any, what: str = "params") -> PackedLayout:
         """The layout of ``params`` (arrays, Python numbers or ``jax.ShapeDtypeStruct`` leaves)."""
-        paths_and_leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+        paths_and_leaves, treedef = jax.tree_util.tree_flatten_with_path(
+            params, is_leaf=lambda x: isinstance(x, sparse.IndexedSlices)
+        )
         dtypes, shapes = [], []
         for path, leaf in paths_and_leaves:
             if isinstance(leaf, sparse.IndexedSlices):
@@ -220,7 +222,7 @@ def _check_leaves(layout: PackedLayout, leaves: list[Any], what: str, same_dtype
 def _pack_leaves(
     leaves: list[Any], layout: PackedLayout, what: str, same_dtype: bool
 ) -> dict[str, jax.Array]:
-    """Checks (while tracing only: a cached call pays for none), then one concatenation per dtype."""
+    """Checks (while tracing only: a cached call pays for none), then a concatenation per dtype."""
     _check_leaves(layout, leaves, what, same_dtype)
     parts: list[list[jax.Array]] = [[] for _ in layout.groups]
     for leaf, (g, _, _) in zip(leaves, layout.leaves, strict=True):
