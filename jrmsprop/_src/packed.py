@@ -319,7 +319,7 @@ def packed(
       (5,)
       >>> updates, state = tx.update(params, state, params)
       >>> updates["b"]
-      Array(-0.3162278, dtype=float32)
+      Array(-0.31622773, dtype=float32)
     """
     if not isinstance(tx, optax.GradientTransformation):
         raise TypeError(
