@@ -17,8 +17,9 @@ for bit; the others to float32 rounding), with ``t`` the number of updates alrea
     ``p −= inc``). Decoupled weight decay ``p −= (p·wd)·lr`` is its own rounded step first.
 ``torch`` (``torch.optim.RMSprop``)
     ``g = −g`` (maximize), ``g += wd·p`` (coupled L2), ``1 − α`` in double, ``sq = sq·α +
-    ((1−α)·g)·g``, ``ga`` by ``lerp`` (``ga + (1−α)·(g − ga)``, or ``g − (g − ga)·α`` for ``α <= 0.5``), ``avg = √(sq − ga²) + ε`` (ε
-    outside), ``buf = buf·μ + g/avg``, ``p −= lr·buf`` (lr *outside* the buffer).
+    ((1−α)·g)·g``, ``ga`` by ``lerp`` (``ga + (1−α)·(g − ga)``, or ``g − (g − ga)·α`` for
+    ``α <= 0.5``), ``avg = √(sq − ga²) + ε`` (ε outside), ``buf = buf·μ + g/avg``,
+    ``p −= lr·buf`` (lr *outside* the buffer).
 ``tf1`` (``tf.compat.v1.train.RMSPropOptimizer``)
     Always the fused kernels of ``keras2`` with a momentum slot, and ``rms`` starts at 1.
 

@@ -448,9 +448,11 @@ def test_low_precision_computes_in_float32(dtype):
     g = jnp.array([1e-4, 0.0], dtype)
     tx = jrmsprop.rmsprop(0.1, epsilon=1e-7)
     s = tx.init(p)
-    assert s.rms.dtype == dtype  # slots follow the parameter, as in Keras
+    # slots follow a bfloat16 parameter, as in Keras; float16 ones get float32 slots (range)
+    slot_dtype = jnp.float32 if dtype == jnp.float16 else dtype
+    assert s.rms.dtype == slot_dtype
     u, s = tx.update(g, s, p)
-    assert u.dtype == dtype and s.rms.dtype == dtype
+    assert u.dtype == dtype and s.rms.dtype == slot_dtype
     g32 = np.asarray(g, np.float32)
     rms = np.float32(0.1) * g32 * g32
     expected = -(np.float32(0.1) * g32) / (np.sqrt(rms) + np.float32(1e-7))
