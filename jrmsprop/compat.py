@@ -147,6 +147,7 @@ def torch(
       Array(0.9, dtype=float32)
     """
     validation.check_bool("maximize", maximize)
+    validation.check_hyperparameter("weight_decay", weight_decay)  # None is refused, as in torch
     return build(
         _TORCH._replace(maximize=bool(maximize)),
         learning_rate=lr,

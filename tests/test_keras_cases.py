@@ -4,7 +4,8 @@ The cases follow ``tensorflow/python/keras/optimizer_v2/rmsprop_test.py`` and th
 of ``optimizer_v2_test.py`` (dense, centered, momentum, callable hyperparameters, learning-rate
 decay, schedules, sparse updates, sparse ``minimize`` on an embedding lookup, slot counts, the
 momentum range check, clipping, weights). The NumPy reference below is written from the Keras 2
-semantics (``semantics.md``), independently of jrmsprop's code, in float64; results are compared
+rules (ε outside the root without momentum, inside with it), independently of jrmsprop's code,
+in float64; results are compared
 with the Keras suite's own tolerances per dtype (``assertAllCloseAccordingToType``).
 
 The tests marked ``frameworks`` run the real ``tf_keras`` optimizer side by side.

@@ -111,29 +111,24 @@ def check_bool(name: str, value: Any) -> bool:
 
 
 def check_schedule_value(name: str, value: Any, kind: str | None = None) -> jax.Array:
-    """The value a schedule returned for ``name``, checked while tracing (shape and dtype)."""
-    array = jnp.asarray(value)
-    if array.ndim != 0:
-        raise ValueError(
-            f"the schedule given as `{name}` must return a scalar, got shape {array.shape}"
-        )
-    try:
-        check_real_dtype(name, array.dtype)
-    except TypeError as e:
+    """The value a schedule returned for ``name``, checked while tracing.
+
+    It must be a 0-d floating-point value (an integer or boolean schedule is refused: it would
+    silently truncate); a concrete value is also range-checked.
+    """
+    concrete = not isinstance(value, (jax.core.Tracer, jax.Array))
+    dtype = np.asarray(value).dtype if concrete else value.dtype
+    shape = np.shape(value)
+    if shape != ():
+        raise ValueError(f"the schedule given as `{name}` must return a scalar, got shape {shape}")
+    if not jnp.issubdtype(dtype, jnp.floating):
         raise TypeError(
-            f"the schedule given as `{name}` must return a real number, got dtype "
-            f"{array.dtype.name}"
-        ) from e
-    if not isinstance(value, jax.core.Tracer):  # evaluated eagerly: check the range too
-        check_range(name, float(array), kind)
-    return array
-
-
-# ---- added for the stateful wrapper (jrmsprop.RMSprop) ----------------------------------------
-
-# Gradient-clipping thresholds (``clipvalue``, ``clipnorm``, ``global_clipnorm``): finite, >= 0.
-# (An infinite ``clipnorm`` turns every gradient into inf/inf = NaN.)
-RANGES["clip"] = (0.0, None)
+            f"the schedule given as `{name}` must return a floating-point number, got dtype "
+            f"{jnp.dtype(dtype).name}"
+        )
+    if concrete:  # a Python or NumPy number: check the range too
+        check_range(name, float(np.asarray(value)), kind)
+    return jnp.asarray(value)
 
 
 def as_jit_scalar(value: Any) -> Any:
