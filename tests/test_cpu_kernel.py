@@ -15,8 +15,10 @@ import shutil
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
+import jrmsprop
 from jrmsprop._src import arithmetic, cpu_kernel
 
 needs_kernel = pytest.mark.skipif(
@@ -358,3 +360,54 @@ def test_failed_build_falls_back(monkeypatch, tmp_path):
     assert list(tmp_path.iterdir()) == []  # no half-written library left behind
     with pytest.raises(RuntimeError, match="failed"):
         cpu_kernel.build()
+
+
+# ---- wired into the core's update-and-apply path (used by the stateful wrapper) ---------------
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+@pytest.mark.parametrize("centered", [False, True])
+def test_core_apply_path_takes_the_kernel_and_matches_the_xla_path(momentum, centered):
+    from jrmsprop._src import transform
+
+    if not cpu_kernel.available():
+        pytest.skip(cpu_kernel.unavailable_reason())
+    _, apply = transform.build(
+        transform.KERAS2,
+        learning_rate=0.01,
+        rho=0.9,
+        momentum=momentum,
+        epsilon=1e-7,
+        centered=centered,
+        decay=0.01,
+        apply_fn=True,
+    )
+    tx = jrmsprop.rmsprop(0.01, momentum=momentum, centered=centered, decay=0.01)
+    rng = np.random.default_rng(7)
+    params = {
+        "w": jnp.asarray(rng.normal(size=(33, 7)), jnp.float32),
+        "b": jnp.asarray(rng.normal(size=7), jnp.float32),
+        "h": jnp.asarray(rng.normal(size=5), jnp.bfloat16),  # not float32: the XLA path
+    }
+    fused = jax.jit(lambda g, s, p: apply(g, s, p, fused=True))
+    plain = jax.jit(lambda g, s, p: apply(g, s, p, fused=False))
+    state = tx.init(params)
+    grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), p.dtype), params)
+    hlo = fused.lower(grads, state, params).as_text()
+    assert "jrmsprop_rmsprop_f32" in hlo  # the kernel is really called
+    assert "jrmsprop_rmsprop_f32" not in plain.lower(grads, state, params).as_text()
+    p1, s1, p2, s2 = params, state, params, state
+    for _ in range(5):
+        grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), p.dtype), params)
+        p1, s1 = fused(grads, s1, p1)
+        p2, s2 = plain(grads, s2, p2)
+        u, state = tx.update(grads, state, params)
+        params = optax.apply_updates(params, u)
+    for a, b, c in zip(
+        jax.tree.leaves((p1, s1)),
+        jax.tree.leaves((p2, s2)),
+        jax.tree.leaves((params, state)),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
+        np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(c, np.float32))

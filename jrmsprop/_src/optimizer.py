@@ -32,8 +32,7 @@ from jrmsprop._src import arithmetic, keras_config
 from jrmsprop._src import minimize as minimize_lib
 from jrmsprop._src.clipping import check_clip_arguments, keras_clipping
 from jrmsprop._src.keras_slots import OptimizerVariables
-from jrmsprop._src.sparse import apply_updates
-from jrmsprop._src.transform import RMSpropState, default_slot_dtype, rmsprop
+from jrmsprop._src.transform import KERAS2, RMSpropState, build, default_slot_dtype
 from jrmsprop._src.validation import (
     as_jit_scalar,
     check_bool,
@@ -58,44 +57,34 @@ _KERAS_EPSILON = 1e-7  # tf.keras.backend.epsilon()
 # ---- the one transformation builder and the compiled step ------------------------------------
 
 
-class _ConstantSchedule:
-    """A constant as a schedule: Keras keeps a momentum slot for a zero tensor/callable momentum,
-    and the core keeps one for any schedule."""
-
-    def __init__(self, value: Any):
-        self.value = value
-
-    def __call__(self, count: Any) -> Any:
-        del count
-        return self.value
-
-
 def _transforms(
     values: dict[str, Any], clip: dict[str, Any], centered: bool, momentum_slot: bool
 ) -> tuple[optax.GradientTransformation, optax.GradientTransformation]:
     """``(keras_clipping(...), rmsprop(...))`` for hyperparameter values (numbers, arrays, tracers
     or step schedules). Used by the compiled step and by :attr:`RMSprop.transformation`."""
-    momentum = values["momentum"]
-    if momentum_slot and not callable(momentum) and concrete_scalar("momentum", momentum) == 0:
-        momentum = _ConstantSchedule(momentum)
-    core = rmsprop(
+    core, apply = build(
+        KERAS2,
         learning_rate=values["learning_rate"],
         rho=values["rho"],
-        momentum=momentum,
+        momentum=values["momentum"],
         epsilon=values["epsilon"],
         centered=centered,
         decay=values["decay"],
+        momentum_slot=momentum_slot,  # Keras: a tensor or callable momentum keeps its slot
+        apply_fn=True,
     )
-    return keras_clipping(**clip), core
+    return keras_clipping(**clip), core, apply
 
 
 @functools.partial(jax.jit, static_argnames=("centered", "momentum_slot"), donate_argnums=(0, 1))
 def _step(params, slots, count, grads, values, clip, *, centered, momentum_slot):
     """Clipping, the core's update and ``apply_updates`` for every variable, in one program."""
-    clipper, core = _transforms(values, clip, centered, momentum_slot)
+    clipper, _, apply = _transforms(values, clip, centered, momentum_slot)
     grads, _ = clipper.update(grads, clipper.init(params), params)
-    updates, state = core.update(grads, RMSpropState(count, *slots), params)
-    return apply_updates(params, updates), (state.rms, state.momentum, state.mg), state.count
+    # The core updates and applies in one go: on CPU a float32 leaf takes the one-pass kernel
+    # (same bits as update + apply_updates), since the buffers here are donated.
+    params, state = apply(grads, RMSpropState(count, *slots), params, fused=True)
+    return params, (state.rms, state.momentum, state.mg), state.count
 
 
 # ---- small checks -----------------------------------------------------------------------------
@@ -433,7 +422,7 @@ class RMSprop(OptimizerVariables):
             for name, value in self._hyper.items()
         }
         clip = {k: as_jit_scalar(v) for k, v in self._clip.items() if v is not None}
-        clipper, core = _transforms(values, clip, self._centered, self._momentum)
+        clipper, core, _ = _transforms(values, clip, self._centered, self._momentum)
         return optax.chain(clipper, core) if clip else core
 
     # -- the step --------------------------------------------------------------------------------

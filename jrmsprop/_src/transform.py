@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jrmsprop._src import arithmetic, sparse, validation
+from jrmsprop._src import arithmetic, cpu_kernel, sparse, validation
 
 Schedule = Callable[[jax.Array], jax.typing.ArrayLike]
 ScalarOrSchedule = Union[float, jax.typing.ArrayLike, Schedule]  # noqa: UP007
@@ -210,14 +210,18 @@ def _as_complex(x: jax.Array | None, like: jax.Array | None) -> jax.Array | None
 
 
 def _leaf_update(
-    path, g, param, rms, mom, mg, momentum_on, scalars_for, config: _Config
+    path, g, param, rms, mom, mg, momentum_on, scalars_for, config: _Config, apply: str
 ) -> tuple[Any, jax.Array, jax.Array | None, jax.Array | None]:
     """One leaf: checks, dtypes, the complex view, then the formula of ``arithmetic``.
 
     Returns ``(update, rms, momentum, mg)``; the update is in the parameter's dtype (when
-    ``param`` is given) or in the promoted dtype of the gradient and the slot.
+    ``param`` is given) or in the promoted dtype of the gradient and the slot. With ``apply``
+    other than ``"updates"`` the first result is the new parameter instead (``param + update``,
+    as ``jrmsprop.apply_updates`` computes it); ``"fused"`` lets an eligible float32 leaf on CPU
+    take the one-pass kernel of :mod:`jrmsprop._src.cpu_kernel`, bit-identical to that.
     """
     rule = config.rule
+    param_in = None if param is None else jnp.asarray(param)
     is_sparse = isinstance(g, sparse.IndexedSlices)
     if not is_sparse:
         g = jnp.asarray(g)
@@ -280,17 +284,43 @@ def _leaf_update(
         )
         return (-delta).astype(out_dtype), rms2, mom2, mg2
 
-    if mom is None:
-        return step(None, False)
-    if momentum_on is None:
-        return step(mom, True)
-
     # The momentum was traced at init: follow the formula of the value it had then.
     def without_momentum():
         update, rms2, _, mg2 = step(None, False)
         return update, rms2, mom, mg2
 
-    return jax.lax.cond(momentum_on, lambda: step(mom, True), without_momentum)
+    def dispatch():
+        if mom is None:
+            return step(None, False)
+        if momentum_on is None:
+            return step(mom, True)
+        return jax.lax.cond(momentum_on, lambda: step(mom, True), without_momentum)
+
+    if apply == "updates":
+        return dispatch()
+
+    def applied(update, *slots):
+        return (sparse.apply_updates(param_in, update), *slots)
+
+    variant = rule.variant(mom is not None)
+    if (
+        apply == "fused"
+        and cpu_kernel.available()
+        and momentum_on is None
+        and not is_sparse
+        and param is None  # no weight decay (param is only kept for it)
+        and all(x is None or x.dtype == jnp.float32 for x in (g, param_in, rms, mom, mg))
+        and cpu_kernel.supports(variant)
+    ):
+
+        def kernel(g, p, rms, mom, mg):
+            return cpu_kernel.fused_step(g, rms, mom, mg, sc, variant, output="param", param=p)
+
+        def xla(g, p, rms, mom, mg):
+            return applied(*dispatch())
+
+        return jax.lax.platform_dependent(g, param_in, rms, mom, mg, cpu=kernel, default=xla)
+    return applied(*dispatch())
 
 
 def _check_momentum_off(momentum: Any) -> None:
@@ -304,12 +334,21 @@ def _check_momentum_off(momentum: Any) -> None:
         )
 
 
-@functools.partial(jax.jit, static_argnames=("config", "check_momentum"))
-def _update(updates, state: RMSpropState, params, dynamic, config: _Config, check_momentum: bool):
+@functools.partial(jax.jit, static_argnames=("config", "check_momentum", "apply"))
+def _update(
+    updates,
+    state: RMSpropState,
+    params,
+    dynamic,
+    config: _Config,
+    check_momentum: bool,
+    apply: str = "updates",
+):
     """The whole-tree update, compiled once per tree signature and configuration.
 
     Checks (structure, shapes, dtypes) run while tracing, so an eager call that hits the cache
-    pays for none of them.
+    pays for none of them. ``apply`` (see :func:`_leaf_update`) returns the new parameters
+    instead of the updates.
     """
     _check_state(state, config)
     paths_and_rms, treedef = jax.tree_util.tree_flatten_with_path(state.rms)
@@ -356,10 +395,12 @@ def _update(updates, state: RMSpropState, params, dynamic, config: _Config, chec
         mom = mom_leaves[i] if has_momentum else None
         mg = mg_leaves[i] if mg_leaves is not None else None
         if g is None:  # a None gradient leaf passes through; its slots stay as they are
-            out.append((None, rms, mom, mg))
+            out.append((None if apply == "updates" else param_leaves[i], rms, mom, mg))
             continue
         out.append(
-            _leaf_update(path, g, param_leaves[i], rms, mom, mg, momentum_on, scalars_for, config)
+            _leaf_update(
+                path, g, param_leaves[i], rms, mom, mg, momentum_on, scalars_for, config, apply
+            )
         )
 
     new_count = jnp.where(count < _INT32_MAX, count + 1, count).astype(jnp.int32)
@@ -391,11 +432,17 @@ def build(
     weight_decay: ScalarOrSchedule | None = None,
     slot_dtype: Any | None = None,
     momentum_slot: bool | None = None,
-) -> optax.GradientTransformationExtraArgs:
+    apply_fn: bool = False,
+) -> Any:
     """The transformation for ``rule`` (used by :func:`rmsprop` and every preset).
 
     ``momentum_slot=True`` keeps a momentum buffer even for momentum 0 (Keras: a tensor or
-    callable momentum; used by the stateful wrapper).
+    callable momentum; used by the stateful wrapper). ``apply_fn=True`` returns
+    ``(transformation, apply)`` where ``apply(grads, state, params, fused=False)`` returns
+    ``(new_params, new_state)``: the update already added to the parameters, as
+    :func:`jrmsprop.apply_updates` would; with ``fused=True`` eligible float32 leaves on CPU take
+    the one-pass kernel (same bits, fewer bytes moved; worth it when the caller donates
+    ``params`` and ``state``, as the stateful wrapper does).
     """
     hyperparams = dict(
         learning_rate=learning_rate,
@@ -456,13 +503,7 @@ def build(
     def init_fn(params: optax.Params) -> RMSpropState:
         return _init(params, config, momentum_value)
 
-    def update_fn(
-        updates: optax.Updates,
-        state: RMSpropState,
-        params: optax.Params | None = None,
-        **extra_args: Any,
-    ) -> tuple[optax.Updates, RMSpropState]:
-        del extra_args
+    def run(updates, state, params, apply):
         check_momentum = False
         if config.momentum_slot is None and isinstance(state, RMSpropState):
             # An array momentum (e.g. optax.inject_hyperparams): it may only be non-zero when
@@ -473,10 +514,32 @@ def build(
             elif no_buffer or (state.momentum_on is not None and not bool(state.momentum_on)):
                 _check_momentum_off(momentum_value)
         return _update(
-            updates, state, params, dynamic, config=config, check_momentum=check_momentum
+            updates,
+            state,
+            params,
+            dynamic,
+            config=config,
+            check_momentum=check_momentum,
+            apply=apply,
         )
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    def update_fn(
+        updates: optax.Updates,
+        state: RMSpropState,
+        params: optax.Params | None = None,
+        **extra_args: Any,
+    ) -> tuple[optax.Updates, RMSpropState]:
+        del extra_args
+        return run(updates, state, params, "updates")
+
+    tx = optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    if not apply_fn:
+        return tx
+
+    def apply(grads: Any, state: RMSpropState, params: Any, fused: bool = False):
+        return run(grads, state, params, "fused" if fused else "params")
+
+    return tx, apply
 
 
 # TF 2.x Keras stores learning_rate, rho and momentum as float32 hyperparameter variables, and

@@ -25,6 +25,8 @@ RANGES: dict[str, tuple[float, float | None]] = {
     "weight_decay": (0.0, None),
     "initial_rms": (0.0, None),
     "one_minus_rho": (0.0, 1.0),
+    # gradient-clipping thresholds (an infinite clipnorm turns every gradient into inf/inf = NaN)
+    "clip": (0.0, None),
 }
 
 
