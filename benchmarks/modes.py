@@ -103,7 +103,6 @@ _LOADERS: dict[str, Callable[[], Any]] = {
 #: jrmsprop options that other work adds; the first keyword of ``jrmsprop.rmsprop`` found in a
 #: tuple is used. Until one exists the rows that need it are skipped (with that reason).
 OPTIONAL_OPTIONS: dict[str, tuple[str, ...]] = {
-    "fused": ("fused", "cpu_kernel"),  # the one-pass CPU kernel (jrmsprop._src.cpu_kernel)
     "packed": ("packed_slots", "packed", "pack_slots"),  # slots packed into one buffer
 }
 
@@ -116,14 +115,6 @@ def optional_option(feature: str) -> str:
     name = next((n for n in OPTIONAL_OPTIONS[feature] if n in parameters), None)
     if name is None:
         raise Skip(f"jrmsprop.rmsprop has no {feature!r} option yet")
-    if feature == "fused":
-        try:
-            cpu_kernel = importlib.import_module("jrmsprop._src.cpu_kernel")
-        except ImportError as e:
-            raise Skip(f"no fused CPU kernel in this jrmsprop ({e})") from e
-        if not cpu_kernel.available():
-            reason = getattr(cpu_kernel, "unavailable_reason", lambda: None)()
-            raise Skip(f"the fused CPU kernel is not available here ({reason})")
     return name
 
 
@@ -223,12 +214,45 @@ def jrmsprop_jit_flat(wl: Workload, peers: Peers) -> Step:
     return jit_donated_step(jrmsprop_tx(wl.momentum, wl.centered), flat_p, flat_g)
 
 
+def _apply_step(wl: Workload, fused: bool) -> Step:
+    """The core's update-and-apply entry (what ``RMSprop.apply_gradients`` runs), jitted with
+    params and state donated; ``fused`` lets float32 leaves take the one-pass CPU kernel."""
+    import jax
+
+    from jrmsprop._src import cpu_kernel, transform
+
+    if fused and not cpu_kernel.available():
+        raise Skip(
+            f"the fused CPU kernel is not available here ({cpu_kernel.unavailable_reason()})"
+        )
+    tx, apply = transform.build(
+        transform.KERAS2,
+        learning_rate=LEARNING_RATE,
+        rho=RHO,
+        momentum=wl.momentum,
+        epsilon=EPSILON,
+        centered=wl.centered,
+        apply_fn=True,
+    )
+    params, grads = _device(wl.params), _device(wl.grads)
+    step = jax.jit(lambda p, s, g: apply(g, s, p, fused=fused), donate_argnums=(0, 1))
+    box = [params, tx.init(params)]
+
+    def run() -> Any:
+        box[0], box[1] = step(box[0], box[1], grads)
+        return box
+
+    run.lower = lambda: step.lower(box[0], box[1], grads)  # type: ignore[attr-defined]
+    run.n_leaves = len(jax.tree.leaves(params))  # type: ignore[attr-defined]
+    return run
+
+
 def jrmsprop_jit_fused(wl: Workload, peers: Peers) -> Step:
-    return jrmsprop_jit(wl, peers, **{optional_option("fused"): True})
+    return _apply_step(wl, fused=True)
 
 
 def jrmsprop_jit_xla(wl: Workload, peers: Peers) -> Step:
-    return jrmsprop_jit(wl, peers, **{optional_option("fused"): False})
+    return _apply_step(wl, fused=False)
 
 
 def jrmsprop_jit_packed(wl: Workload, peers: Peers) -> Step:
