@@ -8,7 +8,6 @@ The :data:`DENSE_MODES` and :data:`EMBEDDING_MODES` tables list them in report o
 from __future__ import annotations
 
 import importlib
-import inspect
 import os
 import sys
 import warnings
@@ -99,24 +98,6 @@ _LOADERS: dict[str, Callable[[], Any]] = {
 # --------------------------------------------------------------------------------------------
 # The optimizers
 # --------------------------------------------------------------------------------------------
-
-#: jrmsprop options that other work adds; the first keyword of ``jrmsprop.rmsprop`` found in a
-#: tuple is used. Until one exists the rows that need it are skipped (with that reason).
-OPTIONAL_OPTIONS: dict[str, tuple[str, ...]] = {
-    "packed": ("packed_slots", "packed", "pack_slots"),  # slots packed into one buffer
-}
-
-
-def optional_option(feature: str) -> str:
-    """The ``jrmsprop.rmsprop`` keyword that switches ``feature`` on, or :class:`Skip`."""
-    import jrmsprop
-
-    parameters = inspect.signature(jrmsprop.rmsprop).parameters
-    name = next((n for n in OPTIONAL_OPTIONS[feature] if n in parameters), None)
-    if name is None:
-        raise Skip(f"jrmsprop.rmsprop has no {feature!r} option yet")
-    return name
-
 
 def jrmsprop_tx(momentum: float, centered: bool, **options: Any) -> Any:
     import jrmsprop
@@ -258,7 +239,10 @@ def jrmsprop_jit_xla(wl: Workload, peers: Peers) -> Step:
 def jrmsprop_jit_packed(wl: Workload, peers: Peers) -> Step:
     if len(wl.leaf_shapes) == 1:
         raise Skip("single leaf: nothing to pack")
-    return jrmsprop_jit(wl, peers, **{optional_option("packed"): True})
+    import jrmsprop
+
+    tx = jrmsprop.packed(jrmsprop_tx(wl.momentum, wl.centered))
+    return jit_donated_step(tx, _device(wl.params), _device(wl.grads))
 
 
 def jrmsprop_eager(wl: Workload, peers: Peers) -> Step:
