@@ -115,17 +115,31 @@ class Reference:
         """A scalar or array in the compute dtype."""
         return np.asarray(x).astype(self.dtype)[()]
 
+    # TF keeps these hyperparameters in float32 tensors before casting them to the variable's
+    # dtype, so on float64 variables they act float32-rounded (checked against tf_keras 2.21).
+    _FLOAT32_HYPERPARAMETERS = {  # noqa: RUF012
+        "keras2": ("learning_rate", "rho", "momentum", "decay"),
+        "tf1": ("learning_rate", "rho", "momentum", "epsilon"),
+    }
+
+    def _h(self, name: str, value: Any = None) -> Any:
+        """Hyperparameter ``name`` (or its ``value``) in the compute dtype, with TF's rounding."""
+        value = getattr(self, name) if value is None else value
+        if name in self._FLOAT32_HYPERPARAMETERS.get(self.rule, ()):
+            value = np.float32(value)
+        return self._c(value)
+
     def _lr(self) -> Any:
         lr = self.learning_rate
-        lr = self._c(lr(self.iterations) if callable(lr) else lr)
+        lr = self._h("learning_rate", lr(self.iterations) if callable(lr) else lr)
         if self.rule == "keras2":
-            return lr / (self._c(1) + self._c(self.decay) * self._c(self.iterations))
+            return lr / (self._c(1) + self._h("decay") * self._c(self.iterations))
         return lr
 
     def _one_minus_rho(self) -> Any:
         if self.rule in ("keras3", "torch"):  # formed in Python (double), then rounded
             return self._c(1.0 - float(self.rho))
-        return self._c(1) - self._c(self.rho)
+        return self._c(1) - self._h("rho")
 
     def _slot(self, name: str, i: int, like: np.ndarray) -> np.ndarray:
         start = 1.0 if (name == "rms" and self.rule == "tf1") else 0.0
@@ -160,7 +174,13 @@ class Reference:
 
     def _dense(self, i: int, grad: np.ndarray, p_stored: np.ndarray) -> np.ndarray:
         c = self._c
-        lr, rho, mu, eps, omr = self._lr(), c(self.rho), c(self.momentum), c(self.epsilon), None
+        lr, rho, mu, eps, omr = (
+            self._lr(),
+            self._h("rho"),
+            self._h("momentum"),
+            self._h("epsilon"),
+            None,
+        )
         omr = self._one_minus_rho()
         g = grad.astype(self.storage).astype(self.dtype)
         p = p_stored.astype(self.dtype)
@@ -219,9 +239,9 @@ class Reference:
         c = self._c
         lr, rho, mu, eps, omr = (
             self._lr(),
-            c(self.rho),
-            c(self.momentum),
-            c(self.epsilon),
+            self._h("rho"),
+            self._h("momentum"),
+            self._h("epsilon"),
             self._one_minus_rho(),
         )
         rows = list(dict.fromkeys(int(k) for k in indices))  # tf.unique: first-seen order
