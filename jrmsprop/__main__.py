@@ -2,8 +2,8 @@
 
 Subcommands:
 
-* ``demo``  -- train a small MLP on the Auto MPG data with jrmsprop and plot the loss curves
-  (needs ``pip install 'jrmsprop[demo]'``); see ``jrmsprop demo --help``.
+* ``demo``  -- port a Keras 2 RMSprop recipe to JAX: jrmsprop vs optax vs the recorded tf_keras
+  loss curve on Auto MPG; a table and a PNG (needs the ``demo`` extra); see ``jrmsprop demo --help``.
 * ``bench`` -- the optimizer benchmarks (needs ``pip install 'jrmsprop[bench]'``); see
   ``jrmsprop bench --help``. The benchmark ships with the source checkout (its ``benchmarks/``
   folder), not with the wheel: this only finds and runs it.
@@ -23,7 +23,7 @@ from types import ModuleType
 __all__ = ["build_parser", "load_benchmark", "main"]
 
 _COMMANDS: dict[str, str] = {
-    "demo": "train an MLP on Auto MPG with jrmsprop, print a table, write a loss-curve PNG",
+    "demo": "port a Keras 2 RMSprop recipe: jrmsprop vs optax vs the tf_keras curve; table + PNG",
     "bench": "run the optimizer benchmarks (from a source checkout)",
 }
 
