@@ -3,7 +3,7 @@
 Subcommands:
 
 * ``demo``  -- port a Keras 2 RMSprop recipe to JAX: jrmsprop vs optax vs the recorded tf_keras
-  loss curve on Auto MPG; a table and a PNG (needs the ``demo`` extra); see ``jrmsprop demo --help``.
+  loss curve on Auto MPG; a table and a PNG (the ``demo`` extra); see ``jrmsprop demo --help``.
 * ``bench`` -- the optimizer benchmarks (needs ``pip install 'jrmsprop[bench]'``); see
   ``jrmsprop bench --help``. The benchmark ships with the source checkout (its ``benchmarks/``
   folder), not with the wheel: this only finds and runs it.
