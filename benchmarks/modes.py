@@ -392,7 +392,12 @@ def tf_keras_function(wl: Workload, peers: Peers) -> Step:
             "--slow runs it"
         )
     tf, opt, variables, grads = _tf_setup(wl, peers)
-    return tf.function(lambda: opt.apply_gradients(zip(grads, variables, strict=True)))
+
+    @tf.function
+    def step() -> None:  # apply_gradients may return an Operation, which tf.function refuses
+        opt.apply_gradients(zip(grads, variables, strict=True))
+
+    return step
 
 
 # --------------------------------------------------------------------------------------------
