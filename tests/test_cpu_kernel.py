@@ -411,3 +411,23 @@ def test_core_apply_path_takes_the_kernel_and_matches_the_xla_path(momentum, cen
     ):
         np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
         np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(c, np.float32))
+
+
+def test_wrapper_keeps_the_sharding_of_variables_laid_out_over_devices():
+    """The kernel would gather a sharded array: the wrapper keeps the XLA path for those."""
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    devices = np.array(jax.devices()[:2])
+    if devices.size < 2:
+        pytest.skip("needs 2 devices")
+    sharding = NamedSharding(Mesh(devices, ("d",)), PartitionSpec("d"))
+    value = jax.device_put(jnp.arange(8, dtype=jnp.float32), sharding)
+    var = jrmsprop.Variable(value, name="w")
+    plain = jrmsprop.Variable(jnp.arange(8, dtype=jnp.float32), name="p")
+    opt = jrmsprop.RMSprop(0.1, momentum=0.9)
+    ref = jrmsprop.RMSprop(0.1, momentum=0.9)
+    for _ in range(3):
+        opt.apply_gradients([(jnp.ones(8) * 0.5, var)])
+        ref.apply_gradients([(jnp.ones(8) * 0.5, plain)])
+    assert var.value.sharding == sharding
+    np.testing.assert_array_equal(np.asarray(var.value), np.asarray(plain.value))

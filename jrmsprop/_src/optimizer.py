@@ -76,14 +76,17 @@ def _transforms(
     return keras_clipping(**clip), core, apply
 
 
-@functools.partial(jax.jit, static_argnames=("centered", "momentum_slot"), donate_argnums=(0, 1))
-def _step(params, slots, count, grads, values, clip, *, centered, momentum_slot):
+@functools.partial(
+    jax.jit, static_argnames=("centered", "momentum_slot", "fused"), donate_argnums=(0, 1)
+)
+def _step(params, slots, count, grads, values, clip, *, centered, momentum_slot, fused):
     """Clipping, the core's update and ``apply_updates`` for every variable, in one program."""
     clipper, _, apply = _transforms(values, clip, centered, momentum_slot)
     grads, _ = clipper.update(grads, clipper.init(params), params)
     # The core updates and applies in one go: on CPU a float32 leaf takes the one-pass kernel
-    # (same bits as update + apply_updates), since the buffers here are donated.
-    params, state = apply(grads, RMSpropState(count, *slots), params, fused=True)
+    # (same bits as update + apply_updates), since the buffers here are donated. ``fused`` is
+    # off for arrays laid out over several devices (the kernel would gather them).
+    params, state = apply(grads, RMSpropState(count, *slots), params, fused=fused)
     return params, (state.rms, state.momentum, state.mg), state.count
 
 
@@ -535,6 +538,7 @@ class RMSprop(OptimizerVariables):
             clip,
             centered=self._centered,
             momentum_slot=self._momentum,
+            fused=all(len(p.sharding.device_set) == 1 for p in params),
         )
         for var, value in zip(var_list, new_params, strict=True):
             var._replace(value)
