@@ -99,6 +99,7 @@ _LOADERS: dict[str, Callable[[], Any]] = {
 # The optimizers
 # --------------------------------------------------------------------------------------------
 
+
 def jrmsprop_tx(momentum: float, centered: bool, **options: Any) -> Any:
     import jrmsprop
 

@@ -350,4 +350,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(format_table(result))
     print(f"loss curves written to {out}")
     return 0
-
