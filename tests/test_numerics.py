@@ -232,3 +232,23 @@ def test_indexed_slices_compose_with_optax_through_densify_and_jrmsprop_clipping
     assert isinstance(clipped["e"], jrmsprop.IndexedSlices)
     np.testing.assert_allclose(float(jnp.linalg.norm(clipped["e"].values)), 1.0, rtol=1e-6)
     np.testing.assert_array_equal(np.asarray(clipped["e"].indices), [1, 3])
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_injected_weight_decay_is_the_same_in_every_calling_style(jit):
+    """A traced weight decay: applied when params are passed; refused when it is non-zero and
+    they are not (never silently skipped); not needed when it is 0, as an eager call."""
+    p = jnp.array([1.0, -2.0, 3.0])
+    g = jnp.array([0.1, -0.2, 0.3])
+    zero = optax.inject_hyperparams(compat.torch)(lr=0.01)
+    decayed = optax.inject_hyperparams(compat.torch)(lr=0.01, weight_decay=0.1)
+    update = jax.jit(decayed.update) if jit else decayed.update
+    u_with, _ = update(g, decayed.init(p), p)
+    u_eager, _ = decayed.update(g, decayed.init(p), p)
+    np.testing.assert_array_equal(np.asarray(u_with), np.asarray(u_eager))
+    u_zero, _ = (jax.jit(zero.update) if jit else zero.update)(g, zero.init(p))
+    ref, _ = zero.update(g, zero.init(p), p)
+    np.testing.assert_array_equal(np.asarray(u_zero), np.asarray(ref))
+    assert not np.array_equal(np.asarray(u_with), np.asarray(ref))  # the decay is really there
+    with pytest.raises(Exception, match="weight decay needs"):
+        jax.block_until_ready(update(g, decayed.init(p)))

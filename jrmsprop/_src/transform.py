@@ -69,7 +69,7 @@ class _Config(NamedTuple):
     schedules: tuple[_Schedule | None, ...]  # per hyperparameter of _NAMES
     centered: bool
     momentum_slot: bool | None  # None: momentum is an array; decided from its value at init
-    use_weight_decay: bool
+    use_weight_decay: bool | None  # None: a traced value; applied when params are given
     slot_dtype: Any  # None: each parameter's (float32 for float16 parameters)
 
 
@@ -248,7 +248,7 @@ def _leaf_update(
     dtype = arithmetic.compute_dtype(g.dtype, slot_dtype, None if param is None else param.dtype)
     out_dtype = param.dtype if param is not None else arithmetic.result_dtype(g.dtype, slot_dtype)
     sc = scalars_for(dtype)
-    if not config.use_weight_decay:
+    if config.use_weight_decay is False:
         param = None  # read for its dtype only: p never enters the arithmetic
 
     def step(mom_slot, has_momentum):
@@ -323,6 +323,16 @@ def _leaf_update(
     return applied(*dispatch())
 
 
+def _check_no_weight_decay(weight_decay: Any) -> None:
+    """Host-side check (see ``_update``): without ``params`` the weight decay must be 0."""
+    value = np.asarray(weight_decay)
+    if value != 0:
+        raise ValueError(
+            f"rmsprop: `weight_decay` is {value} but `params` were not passed: weight decay needs "
+            "them, call update(grads, state, params)"
+        )
+
+
 def _check_momentum_off(momentum: Any) -> None:
     """Host-side check (see ``_update``): a state without a momentum slot needs momentum 0."""
     value = np.asarray(momentum)
@@ -355,7 +365,7 @@ def _update(
     paths = [path for path, _ in paths_and_rms]
     rms_leaves = [leaf for _, leaf in paths_and_rms]
     grad_leaves = _flatten_as(treedef, updates, "updates")
-    if config.use_weight_decay and params is None and rms_leaves:
+    if config.use_weight_decay is True and params is None and rms_leaves:
         raise ValueError(
             f"{config.rule.framework}: weight decay needs `params`: call "
             "update(grads, state, params)"
@@ -377,6 +387,8 @@ def _update(
         for name, schedule, value in zip(_NAMES, config.schedules, dynamic[:6], strict=True)
     ]
     hp = arithmetic.Hyperparams(*values, step=count)
+    if config.use_weight_decay is None and params is None and rms_leaves:
+        jax.debug.callback(_check_no_weight_decay, hp.weight_decay)  # a traced weight decay
     momentum_on = state.momentum_on
     if check_momentum and (not has_momentum or momentum_on is not None):
         off = hp.momentum if momentum_on is None else jnp.where(momentum_on, 0, hp.momentum)
@@ -414,6 +426,17 @@ def _update(
         momentum_on=momentum_on,
     )
     return unflatten(columns[0]), new_state
+
+
+def _uses_weight_decay(weight_decay: Any, concrete: float | None) -> bool | None:
+    """Whether ``p`` enters the update: not for None or a concrete 0, always for a schedule or a
+    non-zero number, and for a traced value (``optax.inject_hyperparams`` under ``jit``) exactly
+    when ``params`` are passed, as an eager call with a concrete 0 would not need them."""
+    if weight_decay is None:
+        return False
+    if concrete is not None:
+        return concrete != 0.0
+    return True if callable(weight_decay) and not hasattr(weight_decay, "shape") else None
 
 
 def _is_traced(value: Any) -> bool:
@@ -491,7 +514,7 @@ def build(
         ),
         centered=bool(centered),
         momentum_slot=momentum_slot,
-        use_weight_decay=weight_decay is not None and concrete["weight_decay"] != 0.0,
+        use_weight_decay=_uses_weight_decay(weight_decay, concrete["weight_decay"]),
         slot_dtype=slot_dtype,
     )
     dynamic = tuple(
