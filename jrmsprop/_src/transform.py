@@ -323,25 +323,21 @@ def _leaf_update(
     return applied(*dispatch())
 
 
-def _check_no_weight_decay(weight_decay: Any) -> None:
-    """Host-side check (see ``_update``): without ``params`` the weight decay must be 0."""
-    value = np.asarray(weight_decay)
-    if value != 0:
-        raise ValueError(
-            f"rmsprop: `weight_decay` is {value} but `params` were not passed: weight decay needs "
-            "them, call update(grads, state, params)"
-        )
+# Why a hyperparameter that is only known on the device (traced) must be 0: checked on the host.
+_MUST_BE_ZERO = {
+    "weight_decay": "`params` were not passed: weight decay needs them, call "
+    "update(grads, state, params)",
+    "momentum": "the optimizer state has no momentum buffer (it was created with momentum 0, "
+    "e.g. optax.inject_hyperparams(rmsprop)(momentum=0.0) then changed); create the optimizer "
+    "with a non-zero momentum to change it later",
+}
 
 
-def _check_momentum_off(momentum: Any) -> None:
-    """Host-side check (see ``_update``): a state without a momentum slot needs momentum 0."""
-    value = np.asarray(momentum)
+def _check_zero(name: str, value: Any) -> None:
+    """Host-side check (see ``_update``): raises unless ``value`` is 0 (see ``_MUST_BE_ZERO``)."""
+    value = np.asarray(value)
     if value != 0:
-        raise ValueError(
-            f"rmsprop: `momentum` is {value} but the optimizer state has no momentum buffer (it "
-            "was created with momentum 0, e.g. optax.inject_hyperparams(rmsprop)(momentum=0.0) "
-            "then changed); create the optimizer with a non-zero momentum to change it later"
-        )
+        raise ValueError(f"rmsprop: `{name}` is {value} but {_MUST_BE_ZERO[name]}")
 
 
 @functools.partial(jax.jit, static_argnames=("config", "check_momentum", "apply"))
@@ -388,11 +384,13 @@ def _update(
     ]
     hp = arithmetic.Hyperparams(*values, step=count)
     if config.use_weight_decay is None and params is None and rms_leaves:
-        jax.debug.callback(_check_no_weight_decay, hp.weight_decay)  # a traced weight decay
+        jax.debug.callback(
+            functools.partial(_check_zero, "weight_decay"), hp.weight_decay
+        )  # a traced weight decay
     momentum_on = state.momentum_on
     if check_momentum and (not has_momentum or momentum_on is not None):
         off = hp.momentum if momentum_on is None else jnp.where(momentum_on, 0, hp.momentum)
-        jax.debug.callback(_check_momentum_off, off)
+        jax.debug.callback(functools.partial(_check_zero, "momentum"), off)
 
     scalars: dict[Any, arithmetic.Scalars] = {}  # resolved once per real compute dtype
 
@@ -535,7 +533,7 @@ def build(
             if _is_traced(momentum_value) or _is_traced(state.momentum_on):
                 check_momentum = no_buffer or state.momentum_on is not None
             elif no_buffer or (state.momentum_on is not None and not bool(state.momentum_on)):
-                _check_momentum_off(momentum_value)
+                _check_zero("momentum", momentum_value)
         return _update(
             updates,
             state,
