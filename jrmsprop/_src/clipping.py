@@ -21,7 +21,7 @@ import optax
 
 from jrmsprop._src import arithmetic
 from jrmsprop._src.sparse import IndexedSlices
-from jrmsprop._src.validation import check_hyperparameter
+from jrmsprop._src.validation import check_hyperparameter, is_schedule
 
 __all__ = [
     "check_clip_arguments",
@@ -48,7 +48,7 @@ def _rebuild(leaf: Any, values: jax.Array) -> Any:
 
 def _check_threshold(name: str, value: Any) -> None:
     """A concrete threshold must be a finite real number >= 0 (a traced one is not checked)."""
-    if callable(value) and not isinstance(value, jax.Array):
+    if is_schedule(value):
         raise TypeError(f"`{name}` must be a number or a scalar array, got {value!r}")
     check_hyperparameter(name, value, kind="clip")
 

@@ -434,7 +434,7 @@ def _uses_weight_decay(weight_decay: Any, concrete: float | None) -> bool | None
         return False
     if concrete is not None:
         return concrete != 0.0
-    return True if callable(weight_decay) and not hasattr(weight_decay, "shape") else None
+    return True if validation.is_schedule(weight_decay) else None
 
 
 def _is_traced(value: Any) -> bool:
@@ -497,7 +497,7 @@ def build(
     if momentum_slot is None:
         momentum_slot = rule.momentum_slot
     if momentum_slot is None:
-        if callable(momentum) and not hasattr(momentum, "shape"):
+        if validation.is_schedule(momentum):
             momentum_slot = True
         elif is_number(momentum):
             momentum_slot = concrete["momentum"] != 0.0
@@ -507,8 +507,7 @@ def build(
     config = _Config(
         rule=rule,
         schedules=tuple(
-            _Schedule(v) if callable(v) and not hasattr(v, "shape") else None
-            for v in hyperparams.values()
+            _Schedule(v) if validation.is_schedule(v) else None for v in hyperparams.values()
         ),
         centered=bool(centered),
         momentum_slot=momentum_slot,
@@ -519,10 +518,9 @@ def build(
         None if schedule is not None else value
         for schedule, value in zip(config.schedules, hyperparams.values(), strict=True)
     ) + (one_minus_rho,)
-    momentum_value = momentum
 
     def init_fn(params: optax.Params) -> RMSpropState:
-        return _init(params, config, momentum_value)
+        return _init(params, config, momentum)
 
     def run(updates, state, params, apply):
         check_momentum = False
@@ -530,10 +528,10 @@ def build(
             # An array momentum (e.g. optax.inject_hyperparams): it may only be non-zero when
             # the state has a momentum buffer in use. Checked here when concrete, else on host.
             no_buffer = state.momentum is None
-            if _is_traced(momentum_value) or _is_traced(state.momentum_on):
+            if _is_traced(momentum) or _is_traced(state.momentum_on):
                 check_momentum = no_buffer or state.momentum_on is not None
             elif no_buffer or (state.momentum_on is not None and not bool(state.momentum_on)):
-                _check_zero("momentum", momentum_value)
+                _check_zero("momentum", momentum)
         return _update(
             updates,
             state,

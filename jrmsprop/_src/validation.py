@@ -34,13 +34,18 @@ def _describe(low: float, high: float | None) -> str:
     return f"in [{low:g}, {high:g}]" if high is not None else f"finite and >= {low:g}"
 
 
+def is_schedule(value: Any) -> bool:
+    """Whether a hyperparameter value is a schedule (a callable that is not an array)."""
+    return callable(value) and not hasattr(value, "shape")
+
+
 def concrete_scalar(name: str, value: Any) -> float | None:
     """``value`` as a Python float, or None when it is traced (or a schedule).
 
     Raises a ``TypeError`` naming ``name`` for ``None``, booleans, strings, complex and integer-
     less garbage, and a ``ValueError`` for arrays that are not 0-d.
     """
-    if callable(value) and not isinstance(value, (jax.Array, np.ndarray, np.generic)):
+    if is_schedule(value):
         return None
     if value is None:
         raise TypeError(f"`{name}` must be a real number, got None")
