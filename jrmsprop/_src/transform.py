@@ -221,7 +221,7 @@ def _leaf_update(
     take the one-pass kernel of :mod:`jrmsprop._src.cpu_kernel`, bit-identical to that.
     """
     rule = config.rule
-    param_in = None if param is None else jnp.asarray(param)
+    param_in = param = None if param is None else jnp.asarray(param)  # param_in: to apply to
     is_sparse = isinstance(g, sparse.IndexedSlices)
     if not is_sparse:
         g = jnp.asarray(g)
@@ -233,7 +233,6 @@ def _leaf_update(
         )
     _check_float("gradient", path, g.dtype)
     if param is not None:
-        param = jnp.asarray(param)
         _check_float("parameter", path, param.dtype)
     g_complex = jnp.issubdtype(g.dtype, jnp.complexfloating)
     real_target = next(
