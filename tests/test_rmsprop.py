@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -163,6 +165,25 @@ def test_eager_update_compiles_once():
         for _ in range(3):
             _, state = tx.update(params, state)
     assert transform._update._cache_size() == size
+
+
+def test_same_shaped_leaves_are_traced_once():
+    """A tree of many leaves lowers one function per leaf signature (fast to compile), and the
+    compiled program still updates every leaf."""
+    tx = jrmsprop.rmsprop(0.01, momentum=0.9, centered=True)
+    params = [jnp.full((4, 3), i + 1.0) for i in range(40)] + [jnp.ones(5, jnp.bfloat16)] * 8
+
+    def step(p, s):
+        u, s = tx.update(jax.tree.map(jnp.ones_like, p), s, p)
+        return optax.apply_updates(p, u), s
+
+    lowered = jax.jit(step).lower(params, tx.init(params))
+    assert lowered.as_text().count("stablehlo.sqrt") == 2  # (4, 3) float32 and (5,) bfloat16
+    compiled = lowered.compile().as_text()
+    assert len(re.findall(r"= \S+ sqrt\(", compiled)) == 48
+    new_params, _ = jax.jit(step)(params, tx.init(params))
+    for p, q in zip(params, new_params, strict=True):
+        assert bool(jnp.all(q < p))  # every leaf moved against its gradient
 
 
 def test_pmap_matches_single_device_on_the_whole_batch():

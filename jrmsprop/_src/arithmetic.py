@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 
@@ -158,8 +159,13 @@ def rounded(x: jax.Array) -> jax.Array:
     own. The select must not be provably trivial, or LLVM folds it away: ``|x| < inf`` cannot be
     decided for a product that may overflow, and the other branch, ``x + x``, equals ``x`` for
     the only inputs that take it (±inf, NaN). One compare and select, in the same fused loop.
+    Not cheaper variants: ``x < inf`` is folded where LLVM can prove ``x`` is not NaN (Keras's
+    ``decay·t``), and ``max(x, −inf)`` with the constant behind an optimization barrier too
+    (XLA:CPU removes the barrier before LLVM sees the loop).
     """
-    return jnp.where(jnp.abs(x) < jnp.inf, x, x + x)
+    if jnp.iscomplexobj(x):
+        return lax.complex(rounded(jnp.real(x)), rounded(jnp.imag(x)))
+    return lax.select(lax.lt(lax.abs(x), np.asarray(np.inf, x.dtype)), x, lax.add(x, x))
 
 
 def step_as_float(count: jax.Array, dtype: jnp.dtype) -> jax.Array:
@@ -174,10 +180,15 @@ def step_as_float(count: jax.Array, dtype: jnp.dtype) -> jax.Array:
 
 
 def abs_sq(x: jax.Array) -> jax.Array:
-    """``|x|²`` as a real array (``x*x`` for real ``x``, ``re² + im²`` for complex)."""
+    """``|x|²`` as a real array (``x*x`` for real ``x``, ``re² + im²`` for complex), rounded."""
     if jnp.iscomplexobj(x):
         return rounded(jnp.real(x) ** 2) + rounded(jnp.imag(x) ** 2)
     return rounded(x * x)
+
+
+def _factor_sq(x: jax.Array) -> jax.Array:
+    """``|x|²`` as a factor of a product: a real square then needs no rounding of its own."""
+    return abs_sq(x) if jnp.iscomplexobj(x) else x * x
 
 
 class Scalars(NamedTuple):
@@ -210,10 +221,16 @@ def resolve(
 
     names = Hyperparams._fields[:6]
     lr, rho, mu, eps, decay, wd = (cast(n, h) for n, h in zip(names, hp[:6], strict=True))
-    t = step_as_float(jnp.asarray(hp.step), rdtype)
     one = jnp.asarray(1, rdtype)
+    if isinstance(hp.decay, (int, float)) and hp.decay == 0:
+        # A literal 0 (the default): lr / (1 + 0·t) is lr exactly. Left out of the program, the
+        # rate stays a constant that XLA folds into each leaf's loop (faster to compile).
+        lr_t = lr
+    else:
+        t = step_as_float(jnp.asarray(hp.step), rdtype)
+        lr_t = lr / (one + jnp.where(hp.step >= 0, rounded(decay * t), 0))
     return Scalars(
-        lr=lr / (one + jnp.where(hp.step >= 0, rounded(decay * t), 0)),
+        lr=lr_t,
         rho=rho,
         one_minus_rho=one - rho if one_minus_rho is None else cast("", one_minus_rho),
         momentum=mu,
@@ -243,11 +260,14 @@ def decayed(x: jax.Array, rho: jax.Array, dtype: Any) -> jax.Array:
     return rounded(rho.astype(dtype) * x.astype(dtype))
 
 
-def moment_increments(g: jax.Array, sc: Scalars) -> tuple[jax.Array, jax.Array]:
-    """``((1−ρ)·|g|², (1−ρ)·g)``: what the moving averages gain from ``g`` (op-by-op order)."""
+def moment_increments(
+    g: jax.Array, sc: Scalars, centered: bool
+) -> tuple[jax.Array, jax.Array | None]:
+    """``((1−ρ)·|g|², (1−ρ)·g)``: what the moving averages gain from ``g`` (op-by-op order);
+    the second is None when not ``centered``."""
     return (
-        rounded(sc.one_minus_rho * abs_sq(g)),
-        rounded(sc.one_minus_rho.astype(g.dtype) * g),
+        rounded(sc.one_minus_rho * _factor_sq(g)),
+        rounded(sc.one_minus_rho.astype(g.dtype) * g) if centered else None,
     )
 
 
@@ -267,7 +287,7 @@ def update_moments(
             return rms_new, None
         mg_old = mg.astype(g.dtype)
         return rms_new, mg_old + rounded((g - mg_old) * sc.one_minus_rho.astype(g.dtype))
-    rms_inc, mg_inc = moment_increments(g, sc)
+    rms_inc, mg_inc = moment_increments(g, sc, centered=mg is not None)
     rms_new = decayed(rms, sc.rho, rdtype) + rms_inc
     if mg is None:
         return rms_new, None

@@ -195,7 +195,7 @@ def sparse_step(
         # The decay is computed in the compute dtype (the helper the dense path uses), so a
         # bfloat16/float16 table rounds once, after the add, exactly as the dense step does.
         g = arithmetic.effective_gradient(values, param_rows, sc, variant, dtype)
-        rms_inc, mg_inc = arithmetic.moment_increments(g, sc)
+        rms_inc, mg_inc = arithmetic.moment_increments(g, sc, centered=mg is not None)
 
         def decay_and_add(table: jax.Array, increment: jax.Array) -> jax.Array:
             decayed = arithmetic.decayed(table, sc.rho, increment.dtype)

@@ -212,7 +212,7 @@ def _as_complex(x: jax.Array | None, like: jax.Array | None) -> jax.Array | None
 def _leaf_update(
     path, g, param, rms, mom, mg, momentum_on, scalars_for, config: _Config, apply: str
 ) -> tuple[Any, jax.Array, jax.Array | None, jax.Array | None]:
-    """One leaf: checks, dtypes, the complex view, then the formula of ``arithmetic``.
+    """One leaf: the checks that name its path, then :func:`_leaf_step`.
 
     Returns ``(update, rms, momentum, mg)``; the update is in the parameter's dtype (when
     ``param`` is given) or in the promoted dtype of the gradient and the slot. With ``apply``
@@ -221,7 +221,7 @@ def _leaf_update(
     take the one-pass kernel of :mod:`jrmsprop._src.cpu_kernel`, bit-identical to that.
     """
     rule = config.rule
-    param_in = param = None if param is None else jnp.asarray(param)  # param_in: to apply to
+    param = None if param is None else jnp.asarray(param)
     is_sparse = isinstance(g, sparse.IndexedSlices)
     if not is_sparse:
         g = jnp.asarray(g)
@@ -243,23 +243,36 @@ def _leaf_update(
             f"rmsprop: gradient at {_path_str(path)} is complex ({jnp.dtype(g.dtype).name}) but "
             "the parameter (or its slots) is real; take the real part or make the parameter complex"
         )
+    if is_sparse and g_complex and rule.complex_as_real:
+        raise NotImplementedError(
+            f"{rule.framework}: sparse complex gradients are not supported (at "
+            f"{_path_str(path)}); pass a dense gradient"
+        )
+    slot_dtype = (mom if mom is not None else rms).dtype
+    dtype = arithmetic.compute_dtype(g.dtype, slot_dtype, None if param is None else param.dtype)
+    sc = scalars_for(dtype)
+    return _leaf_step(g, param, rms, mom, mg, momentum_on, sc, config=config, apply=apply)
+
+
+# Traced and lowered once per leaf signature (shapes, dtypes, configuration): a tree of many
+# same-shaped leaves costs one trace, not one per leaf. XLA inlines the calls (same program).
+@functools.partial(jax.jit, static_argnames=("config", "apply"))
+def _leaf_step(g, param, rms, mom, mg, momentum_on, sc, config: _Config, apply: str):
+    """The arithmetic of one checked leaf (see :func:`_leaf_update`)."""
+    rule = config.rule
+    is_sparse = isinstance(g, sparse.IndexedSlices)
+    param_in = param  # to apply the update to
     slot_dtype = (mom if mom is not None else rms).dtype
     dtype = arithmetic.compute_dtype(g.dtype, slot_dtype, None if param is None else param.dtype)
     out_dtype = param.dtype if param is not None else arithmetic.result_dtype(g.dtype, slot_dtype)
-    sc = scalars_for(dtype)
     if config.use_weight_decay is False:
         param = None  # read for its dtype only: p never enters the arithmetic
 
     def step(mom_slot, has_momentum):
         variant = rule.variant(has_momentum)
         if is_sparse:
-            if g_complex and rule.complex_as_real:
-                raise NotImplementedError(
-                    f"{rule.framework}: sparse complex gradients are not supported (at "
-                    f"{_path_str(path)}); pass a dense gradient"
-                )
             return sparse.sparse_step(g, param, rms, mom_slot, mg, sc, variant, dtype, out_dtype)
-        if g_complex and rule.complex_as_real:  # PyTorch: two real parameters per element
+        if jnp.iscomplexobj(g) and rule.complex_as_real:  # PyTorch: two real parameters each
             rdtype = arithmetic.real_dtype(dtype)
             delta, rms2, mom2, mg2 = arithmetic.rmsprop_step(
                 _as_real(g),
@@ -339,8 +352,7 @@ def _check_zero(name: str, value: Any) -> None:
         raise ValueError(f"rmsprop: `{name}` is {value} but {_MUST_BE_ZERO[name]}")
 
 
-@functools.partial(jax.jit, static_argnames=("config", "check_momentum", "apply"))
-def _update(
+def _tree_update(
     updates,
     state: RMSpropState,
     params,
@@ -349,7 +361,7 @@ def _update(
     check_momentum: bool,
     apply: str = "updates",
 ):
-    """The whole-tree update, compiled once per tree signature and configuration.
+    """The whole-tree update (see :data:`_update`).
 
     Checks (structure, shapes, dtypes) run while tracing, so an eager call that hits the cache
     pays for none of them. ``apply`` (see :func:`_leaf_update`) returns the new parameters
@@ -423,6 +435,12 @@ def _update(
         momentum_on=momentum_on,
     )
     return unflatten(columns[0]), new_state
+
+
+# Compiled once per tree signature and configuration: an eager ``update`` is one cached call.
+# Inside a user's ``jit`` (the state is traced) the tree update is traced inline instead: a
+# nested call with one argument per leaf and slot only adds work for XLA's call inliner.
+_update = jax.jit(_tree_update, static_argnames=("config", "check_momentum", "apply"))
 
 
 def _uses_weight_decay(weight_decay: Any, concrete: float | None) -> bool | None:
@@ -531,7 +549,8 @@ def build(
                 check_momentum = no_buffer or state.momentum_on is not None
             elif no_buffer or (state.momentum_on is not None and not bool(state.momentum_on)):
                 _check_zero("momentum", momentum)
-        return _update(
+        update = _tree_update if _is_traced(getattr(state, "count", None)) else _update
+        return update(
             updates,
             state,
             params,
