@@ -112,6 +112,22 @@ def test_builds_here():
     assert cpu_kernel.unavailable_reason() is None
 
 
+def test_instruction_set_is_part_of_the_cache_key(monkeypatch):
+    """An AVX2 build is cached under another name than a baseline build, so a cache directory
+    shared with a CPU without AVX2 never hands that CPU the AVX2 library."""
+    cxx = shutil.which("c++") or "c++"
+    monkeypatch.setattr(cpu_kernel, "isa_flags", lambda: ("-mavx2",))
+    with_avx2 = cpu_kernel._library_path(cxx)
+    monkeypatch.setattr(cpu_kernel, "isa_flags", lambda: ())
+    assert cpu_kernel._library_path(cxx) != with_avx2
+    monkeypatch.undo()
+    flags = cpu_kernel.isa_flags()
+    assert flags in ((), ("-mavx2",))
+    if flags:  # only offered where the CPU says it has it
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            assert "avx2" in f.read().split()
+
+
 @needs_kernel
 def test_hand_computed_values():
     """One element by hand: g = 10, rms = 0, lr = 0.1, ρ = 0.9, ε = 1e-7 (outside the root)."""

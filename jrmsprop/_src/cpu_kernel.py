@@ -54,6 +54,29 @@ CXXFLAGS = (
     "-pthread",
 )
 
+
+def isa_flags() -> tuple[str, ...]:
+    """``("-mavx2",)`` on an x86-64 Linux CPU that has AVX2, else ``()``.
+
+    Eight floats per instruction instead of four: the square root and the division then keep up
+    with memory (measured: the centered step 0.70x the SSE2 build's time on a 16M leaf). AVX2's
+    add, multiply, divide and square root round exactly as SSE2's, and FMA stays off, so the
+    results are the same bits. The flag is part of the cache key, so a cache shared with a
+    machine without AVX2 never hands it this build.
+    """
+    if sys.platform != "linux" or (os.uname().machine if hasattr(os, "uname") else "") not in (
+        "x86_64",
+        "AMD64",
+    ):
+        return ()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return ()
+    return ("-mavx2",) if "avx2" in flags.split() else ()
+
+
 _OUTPUT = {"delta": 0, "update": 1, "param": 2}
 
 _lock = threading.Lock()
@@ -94,7 +117,7 @@ def _library_path(cxx: str) -> Path:
     key = hashlib.sha256()
     for part in (
         SOURCE.read_bytes(),
-        " ".join(CXXFLAGS).encode(),
+        " ".join(CXXFLAGS + isa_flags()).encode(),
         _compiler_id(cxx).encode(),
         jaxlib.__version__.encode(),
         sys.platform.encode(),
@@ -122,7 +145,7 @@ def build(force: bool = False) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.stem + "-", suffix=".so.tmp", dir=path.parent)
     os.close(fd)
-    cmd = [cxx, *CXXFLAGS, "-isystem", jax.ffi.include_dir(), "-o", tmp, str(SOURCE)]
+    cmd = [cxx, *CXXFLAGS, *isa_flags(), "-isystem", jax.ffi.include_dir(), "-o", tmp, str(SOURCE)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         if proc.returncode != 0:
