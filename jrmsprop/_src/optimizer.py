@@ -1,10 +1,12 @@
 """``jrmsprop.RMSprop``: the TF 2.x Keras ``RMSprop`` optimizer API, stateful, on JAX.
 
 A thin wrapper, in the manner of flax's ``nnx.Optimizer``: it holds the hyperparameters, the
-trained :class:`jrmsprop.Variable`\\ s' slots and the step counter, and delegates every decision
-to the functional core -- the update to :func:`jrmsprop.rmsprop` after the Keras clipping of
-:func:`jrmsprop.keras_clipping`, the argument checks to ``jrmsprop._src.validation``, the config
-format to ``keras_config`` and ``minimize``'s gradients to ``minimize``.
+trained :class:`jrmsprop.Variable`\\ s' slots and the step counter, and delegates every decision:
+the update to :func:`jrmsprop.rmsprop` after the Keras clipping of :func:`jrmsprop.keras_clipping`,
+Keras's rules for storing and evaluating hyperparameters to ``keras_hyperparameters``, the
+variables and slots to ``keras_slots``, the checks of ``apply_gradients``' pairs and the
+donation rules to ``step_inputs``, the config format to ``keras_config`` and ``minimize``'s
+gradients to ``minimize``.
 
 How a step runs. ``apply_gradients`` first checks everything (variables, gradients' shapes and
 dtypes, the current values of the hyperparameters: schedules evaluated at ``iterations``,
@@ -25,33 +27,19 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
-from jrmsprop._src import arithmetic, keras_config
+from jrmsprop._src import arithmetic, keras_config, step_inputs
+from jrmsprop._src import keras_hyperparameters as hyper_lib
 from jrmsprop._src import minimize as minimize_lib
-from jrmsprop._src.clipping import check_clip_arguments, keras_clipping
+from jrmsprop._src.clipping import keras_clipping
+from jrmsprop._src.keras_hyperparameters import KerasHyperparameters, optimizer_property
 from jrmsprop._src.keras_slots import OptimizerVariables
 from jrmsprop._src.transform import KERAS2, RMSpropState, build, default_slot_dtype
-from jrmsprop._src.validation import (
-    as_jit_scalar,
-    check_bool,
-    check_hyperparameter,
-    concrete_scalar,
-)
-from jrmsprop._src.variable import (
-    Variable,
-    as_gradient,
-    dtype_kind,
-)
+from jrmsprop._src.validation import check_bool
+from jrmsprop._src.variable import Variable, dtype_kind
 
 __all__ = ["RMSprop"]
-
-_ALLOWED_KWARGS = ("clipnorm", "clipvalue", "decay", "global_clipnorm", "lr")
-_HYPERS = ("learning_rate", "rho", "momentum", "epsilon", "decay")
-_CLIPS = ("clipvalue", "clipnorm", "global_clipnorm")
-_VARIABLE_HYPERS = ("learning_rate", "rho", "momentum")  # Keras: numbers become float32 Variables
-_KERAS_EPSILON = 1e-7  # tf.keras.backend.epsilon()
 
 
 # ---- the one transformation builder and the compiled step ------------------------------------
@@ -59,9 +47,10 @@ _KERAS_EPSILON = 1e-7  # tf.keras.backend.epsilon()
 
 def _transforms(
     values: dict[str, Any], clip: dict[str, Any], centered: bool, momentum_slot: bool
-) -> tuple[optax.GradientTransformation, optax.GradientTransformation]:
-    """``(keras_clipping(...), rmsprop(...))`` for hyperparameter values (numbers, arrays, tracers
-    or step schedules). Used by the compiled step and by :attr:`RMSprop.transformation`."""
+) -> tuple[optax.GradientTransformation, optax.GradientTransformation, Callable[..., Any]]:
+    """``(keras_clipping(...), rmsprop(...), its update-and-apply function)`` for hyperparameter
+    values (numbers, arrays, tracers or step schedules). Used by the compiled step and by
+    :attr:`RMSprop.transformation`."""
     core, apply = build(
         KERAS2,
         learning_rate=values["learning_rate"],
@@ -88,22 +77,6 @@ def _step(params, slots, count, grads, values, clip, *, centered, momentum_slot,
     # off for arrays laid out over several devices (the kernel would gather them).
     params, state = apply(grads, RMSpropState(count, *slots), params, fused=fused)
     return params, (state.rms, state.momentum, state.mg), state.count
-
-
-# ---- small checks -----------------------------------------------------------------------------
-
-
-def _is_tensor(value: Any) -> bool:
-    """A JAX array, Variable or TF tensor (Keras: a tensor momentum always gets a slot)."""
-    if isinstance(value, (jax.Array, Variable)):
-        return True
-    module = type(value).__module__ or ""
-    return module.startswith("tensorflow") and hasattr(value, "dtype")
-
-
-def _check_assigned(name: str, value: Any) -> None:
-    """The check of a hyperparameter Variable's assignments (``opt.rho.assign(2)`` raises)."""
-    check_hyperparameter(name, value)
 
 
 # ---- the optimizer ----------------------------------------------------------------------------
@@ -171,16 +144,11 @@ class RMSprop(OptimizerVariables):
         name: str = "RMSprop",
         **kwargs: Any,
     ):
-        for key in kwargs:
-            if key not in _ALLOWED_KWARGS:
-                raise TypeError(
-                    f"Unexpected keyword argument passed to optimizer: {key}. Allowed kwargs are "
-                    f"{set(_ALLOWED_KWARGS)}."
-                )
+        hyper_lib.check_keywords(kwargs)
         if name is not None and not isinstance(name, str):
             raise TypeError(f"`name` must be a string, got {name!r}")
         if kwargs.get("lr") is not None:
-            learning_rate = self._check_hyper("lr", kwargs["lr"], kind="learning_rate")
+            learning_rate = hyper_lib.check("lr", kwargs["lr"], kind="learning_rate")
         hypers = dict(
             learning_rate=learning_rate,
             rho=rho,
@@ -188,76 +156,44 @@ class RMSprop(OptimizerVariables):
             epsilon=epsilon,
             decay=kwargs.get("decay", 0.0),
         )
-        for key, value in hypers.items():  # everything is checked before anything is stored
-            self._check_hyper(key, value)
-        clips = {key: kwargs.get(key) for key in _CLIPS}
-        check_clip_arguments(**clips)
-        self._centered = check_bool("centered", centered)
+        # Everything is checked before anything is stored.
+        hyperparameters = KerasHyperparameters(
+            name or "RMSprop", hypers, {key: kwargs.get(key) for key in hyper_lib.CLIPS}
+        )
+        centered = check_bool("centered", centered)
         if "lr" in kwargs:
             warnings.warn(
                 "The `lr` argument is deprecated, use `learning_rate` instead.", stacklevel=2
             )
         super().__init__(name or "RMSprop")
+        self._hyperparameters = hyperparameters
+        self._centered = centered
         self._var_order: list[Variable] = []  # trained variables, in slot-creation order
-        self._hyper: dict[str, Any] = {}
-        self._hyper_source: dict[str, Any] = {}  # Python numbers behind float32 Variables
-        self._clip = clips
-        # Keras: a momentum slot for a tensor or callable momentum, or a number > 0.
-        self._momentum = bool(
-            _is_tensor(momentum) or callable(momentum) or concrete_scalar("momentum", momentum)
-        )
-        for key, value in hypers.items():
-            self._set_hyper(key, value)
+        self._momentum = hyper_lib.keeps_momentum_slot(momentum)
 
-    # -- hyperparameters -------------------------------------------------------------------------
+    # -- hyperparameters (stored by ``keras_hyperparameters``) -----------------------------------
 
-    @staticmethod
-    def _check_hyper(name: str, value: Any, kind: str | None = None) -> Any:
-        """Keras's ``epsilon or 1e-7``, then the core's check; returns the value to store."""
-        if name == "epsilon" and (
-            value is None or (not callable(value) and concrete_scalar(name, value) == 0)
-        ):
-            value = _KERAS_EPSILON
-        check_hyperparameter(name, value, kind)
-        return value
-
-    def _set_hyper(self, name: str, value: Any) -> None:
-        value = self._check_hyper(name, value)
-        previous = self._hyper.get(name)
-        number = None if callable(value) or _is_tensor(value) else float(np.asarray(value))
-        if name not in _VARIABLE_HYPERS or number is None:
-            self._hyper[name] = value
-            self._hyper_source.pop(name, None)
-        elif isinstance(previous, Variable):
-            previous.assign(np.float32(number))  # Keras: backend.set_value(hyper, value)
-            if name in self._hyper_source:
-                self._hyper_source[name] = number
-        else:
-            variable = Variable(np.float32(number), name=f"{self._name}/{name}", trainable=False)
-            variable._check = functools.partial(_check_assigned, name)
-            self._hyper[name] = variable
-            self._hyper_source[name] = number
-
-    learning_rate = property(
-        lambda self: self._hyper["learning_rate"],
-        lambda self, value: self._set_hyper("learning_rate", value),
-        doc="The learning rate (a float32 Variable for numbers; else the value given).",
+    learning_rate = optimizer_property(
+        "learning_rate", "The learning rate (a float32 Variable for numbers; else the value given)."
     )
     lr = learning_rate  # Keras' old alias
-    rho = property(
-        lambda self: self._hyper["rho"], lambda self, value: self._set_hyper("rho", value)
+    rho = optimizer_property("rho", "Discounting factor of the moving averages.")
+    momentum = optimizer_property(
+        "momentum",
+        "Momentum (whether a momentum slot exists was fixed at construction, as in Keras).",
     )
-    momentum = property(
-        lambda self: self._hyper["momentum"],
-        lambda self, value: self._set_hyper("momentum", value),
-        doc="Momentum (whether a momentum slot exists was fixed at construction, as in Keras).",
+    decay = optimizer_property("decay", "Inverse-time decay of the learning rate.")
+    epsilon = optimizer_property("epsilon", "ε (``0`` or ``None`` mean ``1e-7``).")
+    clipnorm = optimizer_property(
+        "clipnorm", "``float`` or ``None``. If set, clips each gradient to this maximum norm."
     )
-    decay = property(
-        lambda self: self._hyper["decay"], lambda self, value: self._set_hyper("decay", value)
+    global_clipnorm = optimizer_property(
+        "global_clipnorm",
+        "``float`` or ``None``. If set, clips all gradients together to this global norm.",
     )
-    epsilon = property(
-        lambda self: self._hyper["epsilon"],
-        lambda self, value: self._set_hyper("epsilon", value),
+    clipvalue = optimizer_property(
+        "clipvalue",
+        "``float`` or ``None``. If set, clips every gradient element to ``[-value, value]``.",
     )
 
     @property
@@ -268,57 +204,13 @@ class RMSprop(OptimizerVariables):
     def centered(self, value: Any) -> None:
         self._centered = check_bool("centered", value)  # mg slots appear at the next step
 
-    def _set_clip(self, name: str, value: Any) -> None:
-        clip = dict(self._clip, **{name: value})
-        check_clip_arguments(**clip)
-        self._clip = clip
-
-    clipnorm = property(
-        lambda self: self._clip["clipnorm"],
-        lambda self, value: self._set_clip("clipnorm", value),
-        doc="``float`` or ``None``. If set, clips each gradient to this maximum norm.",
-    )
-    global_clipnorm = property(
-        lambda self: self._clip["global_clipnorm"],
-        lambda self, value: self._set_clip("global_clipnorm", value),
-        doc="``float`` or ``None``. If set, clips all gradients together to this global norm.",
-    )
-    clipvalue = property(
-        lambda self: self._clip["clipvalue"],
-        lambda self, value: self._set_clip("clipvalue", value),
-        doc="``float`` or ``None``. If set, clips every gradient element to ``[-value, value]``.",
-    )
-
     @property
     def name(self) -> str:
         return self._name
 
     def _current(self, name: str, step: Any) -> Any:
         """A hyperparameter's current value (schedules at ``step``, callables called), checked."""
-        value = self._hyper[name]
-        if isinstance(value, Variable):
-            return value.value
-        if not callable(value):
-            return value
-        if keras_config.is_keras_schedule(value):  # Keras: lr(tf.cast(iterations, var_dtype))
-            value = value(np.float32(int(step)))
-        elif keras_config.is_step_schedule(value):
-            value = value(step)
-        else:
-            value = value()
-        if isinstance(value, Variable):
-            value = value.value
-        try:  # evaluated eagerly, so concrete: the core's full check applies
-            check_hyperparameter(name, value)
-        except (TypeError, ValueError) as e:
-            raise type(e)(f"RMSprop: the value the callable `{name}` returned: {e}") from e
-        return value
-
-    def _step_values(self, step: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-        """The jit arguments: every hyperparameter and clip threshold as a checked 0-d array."""
-        values = {name: as_jit_scalar(self._current(name, step)) for name in _HYPERS}
-        clip = {k: as_jit_scalar(v) for k, v in self._clip.items() if v is not None}
-        return values, clip
+        return self._hyperparameters.current(name, step)
 
     # -- variables: iterations, slots, weights ---------------------------------------------------
 
@@ -418,13 +310,7 @@ class RMSprop(OptimizerVariables):
         :attr:`state` for ``params = tuple(v.value for v in opt.var_list)``; with clipping an
         ``optax.chain`` whose state ends with that :class:`RMSpropState`.
         """
-        values = {
-            name: value
-            if keras_config.is_step_schedule(value)
-            else as_jit_scalar(self._current(name, 0))
-            for name, value in self._hyper.items()
-        }
-        clip = {k: as_jit_scalar(v) for k, v in self._clip.items() if v is not None}
+        values, clip = self._hyperparameters.transformation_values()
         clipper, core, _ = _transforms(values, clip, self._centered, self._momentum)
         return optax.chain(clipper, core) if clip else core
 
@@ -456,51 +342,16 @@ class RMSprop(OptimizerVariables):
         return self._apply(grads_and_vars, stacklevel=3)
 
     def _apply(self, grads_and_vars: Iterable[tuple[Any, Variable]], stacklevel: int) -> Variable:
-        pairs = []
-        for pair in grads_and_vars:
-            try:
-                grad, var = pair
-            except (TypeError, ValueError) as e:
-                raise TypeError(
-                    f"`grads_and_vars` must contain (gradient, variable) pairs, got {pair!r}"
-                ) from e
-            if not isinstance(var, Variable):
-                raise TypeError(
-                    f"apply_gradients: expected a jrmsprop.Variable, got {type(var).__name__}"
-                )
-            pairs.append((grad, var))
-        kept = [(g, v) for g, v in pairs if g is not None]
-        if pairs and not kept:
-            raise ValueError(
-                f"No gradients provided for any variable: {[v.name for _, v in pairs]}. "
-                f"Provided `grads_and_vars` is {pairs}."
-            )
+        kept, missing = step_inputs.split_pairs(grads_and_vars)
         var_list = [v for _, v in kept]
-        if len(set(var_list)) != len(var_list):
-            raise ValueError(
-                "apply_gradients: a variable appears more than once in `grads_and_vars`; sum "
-                "its gradients first"
-            )
         # Everything that can fail, before any state changes:
         unbuilt = self._unbuilt(var_list)
-        grads = tuple(
-            g
-            if isinstance(g, jax.Array) and g.shape == v.shape and g.dtype == v.dtype
-            else as_gradient(g, v)
-            for g, v in kept
-        )
+        grads = step_inputs.as_gradients(kept)
         count = (
             self._iterations._value if self._iterations is not None else jnp.zeros((), jnp.int32)
         )
-        values, clip = self._step_values(count) if kept else (None, None)
-        missing = [v.name for g, v in pairs if g is None]
-        if missing:
-            warnings.warn(
-                f"Gradients do not exist for variables {missing} when minimizing the loss. If "
-                "you're using `model.compile()`, did you forget to provide a `loss` argument?",
-                UserWarning,
-                stacklevel=stacklevel,
-            )
+        values, clip = self._hyperparameters.step_values(count) if kept else (None, None)
+        step_inputs.warn_missing(missing, stacklevel)
         self._create_slots(unbuilt)
         if kept:
             self._run_step(var_list, grads, values, clip)
@@ -513,25 +364,12 @@ class RMSprop(OptimizerVariables):
             else None
             for name in ("rms", "momentum", "mg")
         ]
-        params = [v._value for v in var_list]
-        # Donated arrays must be distinct and must not double as other inputs (e.g. a gradient
-        # that *is* a parameter: loss p²/2). Variables copy what they are given, so identity is
-        # the test.
-        seen: set[int] = set()
-        for group in (params, *slots):
-            for i, array in enumerate(group or ()):
-                if id(array) in seen:
-                    group[i] = array = jnp.array(array, copy=True)
-                seen.add(id(array))
-
-        def unalias(x: Any) -> Any:
-            return jnp.array(x, copy=True) if isinstance(x, jax.Array) and id(x) in seen else x
-
-        count = self.iterations._value
-        grads, values, clip, count = jax.tree.map(unalias, (grads, values, clip, count))
+        (params, *slots), (grads, values, clip, count) = step_inputs.distinct_donations(
+            [[v._value for v in var_list], *slots], (grads, values, clip, self.iterations._value)
+        )
         new_params, new_slots, new_count = _step(
-            tuple(params),
-            tuple(None if s is None else tuple(s) for s in slots),
+            params,
+            tuple(slots),
             count,
             grads,
             values,
@@ -588,15 +426,7 @@ class RMSprop(OptimizerVariables):
         with ``get_config`` becomes a Keras-style ``{'module', 'class_name', 'config'}`` dict,
         a callable of no arguments its current value (Keras' rule).
         """
-        serialize = keras_config.serialize_hyperparameter
-        config: dict[str, Any] = {"name": self._name}
-        for key in ("clipnorm", "clipvalue", "global_clipnorm"):
-            if self._clip[key] is not None:
-                config[key] = serialize(key, self._clip[key])
-        for key in ("learning_rate", "decay", "rho", "momentum", "epsilon"):
-            config[key] = serialize(key, self._hyper[key], self._hyper_source.get(key))
-        config["centered"] = self._centered
-        return config
+        return {"name": self._name, **self._hyperparameters.config(), "centered": self._centered}
 
     @classmethod
     def from_config(

@@ -1,0 +1,219 @@
+"""Keras 2's rules for storing an optimizer's hyperparameters, for ``jrmsprop.RMSprop``.
+
+TF 2.x Keras's ``OptimizerV2`` keeps its hyperparameters in a ``_hyper`` dict under rules of its
+own. :class:`KerasHyperparameters` reproduces them; the optimizer holds one and its
+``learning_rate``, ``rho``, ... properties are plain delegations (:func:`optimizer_property`):
+
+* a number given for ``learning_rate``, ``rho`` or ``momentum`` is stored in a float32
+  :class:`jrmsprop.Variable` (``opt.learning_rate.assign(0.5)`` works, as in Keras); setting a
+  number again assigns it to the Variable already there (Keras' ``backend.set_value``). The
+  Python number is remembered while the Variable holds it, so ``get_config`` says ``0.1``, not
+  float32's ``0.10000000149``. Everything else (``epsilon``, ``decay``; arrays, tensors,
+  schedules and callables for any name) is stored as given.
+* ``epsilon`` of ``0`` or ``None`` means ``1e-7``, Keras's ``backend.epsilon()``.
+* every value is checked by the core's checks when it is given -- also ``assign`` on a
+  hyperparameter Variable -- and a schedule's or callable's value whenever it is evaluated: a
+  Keras ``LearningRateSchedule`` at ``iterations`` cast to float32 (as Keras casts it), another
+  step schedule (e.g. optax's) at ``iterations``, a callable of no arguments called.
+* the clip thresholds ``clipvalue``, ``clipnorm`` and ``global_clipnorm`` are stored as given,
+  ``None`` when unset, and checked together (``clipnorm`` and ``global_clipnorm`` exclude each
+  other).
+
+Also here: the keywords a Keras 2 optimizer accepts (:func:`check_keywords`) and the Keras rule
+for whether a momentum slot exists (:func:`keeps_momentum_slot`).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import numpy as np
+
+from jrmsprop._src import keras_config
+from jrmsprop._src.clipping import check_clip_arguments
+from jrmsprop._src.validation import as_jit_scalar, check_hyperparameter, concrete_scalar
+from jrmsprop._src.variable import Variable
+
+__all__ = [
+    "CLIPS",
+    "KerasHyperparameters",
+    "check",
+    "check_keywords",
+    "is_tensor",
+    "keeps_momentum_slot",
+    "optimizer_property",
+]
+
+CLIPS = ("clipvalue", "clipnorm", "global_clipnorm")
+_KEYWORDS = ("clipnorm", "clipvalue", "decay", "global_clipnorm", "lr")  # OptimizerV2's **kwargs
+_VARIABLE_HYPERS = ("learning_rate", "rho", "momentum")  # Keras: numbers become float32 Variables
+_CONFIG_ORDER = ("learning_rate", "decay", "rho", "momentum", "epsilon")  # Keras 2's get_config
+_KERAS_EPSILON = 1e-7  # tf.keras.backend.epsilon()
+
+
+def check(name: str, value: Any, kind: str | None = None) -> Any:
+    """Keras's ``epsilon or 1e-7``, then the core's check; returns the value to store.
+
+    Args:
+      name: the hyperparameter, as the user wrote it (named by the error).
+      value: a number, 0-d array, tensor, Variable, schedule or callable.
+      kind: which range applies (see ``jrmsprop._src.validation.RANGES``); defaults to ``name``.
+    """
+    if name == "epsilon" and (
+        value is None or (not callable(value) and concrete_scalar(name, value) == 0)
+    ):
+        value = _KERAS_EPSILON
+    check_hyperparameter(name, value, kind)
+    return value
+
+
+def check_keywords(kwargs: dict[str, Any]) -> None:
+    """Keras 2's rule for an optimizer's ``**kwargs``: only ``clipnorm``, ``clipvalue``,
+    ``decay``, ``global_clipnorm`` and ``lr``; any other keyword is a ``TypeError``."""
+    for key in kwargs:
+        if key not in _KEYWORDS:
+            raise TypeError(
+                f"Unexpected keyword argument passed to optimizer: {key}. Allowed kwargs are "
+                f"{set(_KEYWORDS)}."
+            )
+
+
+def is_tensor(value: Any) -> bool:
+    """A JAX array, Variable or TF tensor (Keras: a tensor momentum always gets a slot)."""
+    if isinstance(value, (jax.Array, Variable)):
+        return True
+    module = type(value).__module__ or ""
+    return module.startswith("tensorflow") and hasattr(value, "dtype")
+
+
+def keeps_momentum_slot(momentum: Any) -> bool:
+    """Keras's rule: a momentum slot exists for a tensor or callable momentum, or a number > 0.
+
+    The optimizer decides it once, at construction: later changes of ``momentum`` do not add or
+    remove the slot (and with the slot, ε sits inside the square root).
+    """
+    return bool(is_tensor(momentum) or callable(momentum) or concrete_scalar("momentum", momentum))
+
+
+def _check_assigned(name: str, value: Any) -> None:
+    """The check of a hyperparameter Variable's assignments (``opt.rho.assign(2)`` raises)."""
+    check_hyperparameter(name, value)
+
+
+class KerasHyperparameters:
+    """An optimizer's hyperparameters and clip thresholds, stored by Keras 2's rules.
+
+    Args:
+      prefix: the optimizer's name: the hyperparameter Variables are ``f"{prefix}/{name}"``.
+      values: the hyperparameters by name (RMSprop's: ``learning_rate``, ``rho``, ``momentum``,
+        ``epsilon``, ``decay``).
+      clip: ``clipvalue``, ``clipnorm`` and ``global_clipnorm``, each ``None`` when unset.
+
+    Every value and threshold is checked before any is stored: a bad one raises an error that
+    names it.
+    """
+
+    def __init__(self, prefix: str, values: dict[str, Any], clip: dict[str, Any]):
+        for name, value in values.items():
+            check(name, value)
+        check_clip_arguments(**clip)
+        self._prefix = prefix
+        self._values: dict[str, Any] = {}
+        self._sources: dict[str, Any] = {}  # Python numbers behind float32 Variables
+        self._clip = dict(clip)
+        for name, value in values.items():
+            self.set(name, value)
+
+    def get(self, name: str) -> Any:
+        """What is stored for a hyperparameter or clip threshold (a Variable for numbers given
+        for ``learning_rate``, ``rho`` and ``momentum``)."""
+        return self._clip[name] if name in CLIPS else self._values[name]
+
+    def set(self, name: str, value: Any) -> None:
+        """Checks and stores a hyperparameter or clip threshold; on error nothing changes."""
+        if name in CLIPS:
+            clip = dict(self._clip, **{name: value})
+            check_clip_arguments(**clip)
+            self._clip = clip
+            return
+        value = check(name, value)
+        previous = self._values.get(name)
+        number = None if callable(value) or is_tensor(value) else float(np.asarray(value))
+        if name not in _VARIABLE_HYPERS or number is None:
+            self._values[name] = value
+            self._sources.pop(name, None)
+        elif isinstance(previous, Variable):
+            previous.assign(np.float32(number))  # Keras: backend.set_value(hyper, value)
+            if name in self._sources:
+                self._sources[name] = number
+        else:
+            variable = Variable(np.float32(number), name=f"{self._prefix}/{name}", trainable=False)
+            variable._check = functools.partial(_check_assigned, name)
+            self._values[name] = variable
+            self._sources[name] = number
+
+    def current(self, name: str, step: Any) -> Any:
+        """A hyperparameter's current value (schedules at ``step``, callables called), checked."""
+        value = self._values[name]
+        if isinstance(value, Variable):
+            return value.value
+        if not callable(value):
+            return value
+        if keras_config.is_keras_schedule(value):  # Keras: lr(tf.cast(iterations, var_dtype))
+            value = value(np.float32(int(step)))
+        elif keras_config.is_step_schedule(value):
+            value = value(step)
+        else:
+            value = value()
+        if isinstance(value, Variable):
+            value = value.value
+        try:  # evaluated eagerly, so concrete: the core's full check applies
+            check_hyperparameter(name, value)
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"RMSprop: the value the callable `{name}` returned: {e}") from e
+        return value
+
+    def _clip_values(self) -> dict[str, Any]:
+        return {k: as_jit_scalar(v) for k, v in self._clip.items() if v is not None}
+
+    def step_values(self, step: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The compiled step's arguments: every hyperparameter's value at ``step`` and every clip
+        threshold that is set, as checked 0-d arrays (so changing a value never recompiles)."""
+        values = {name: as_jit_scalar(self.current(name, step)) for name in self._values}
+        return values, self._clip_values()
+
+    def transformation_values(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Like :meth:`step_values`, for an optax transformation: step schedules are passed
+        through (the transformation evaluates them), everything else is its value now."""
+        values = {
+            name: value
+            if keras_config.is_step_schedule(value)
+            else as_jit_scalar(self.current(name, 0))
+            for name, value in self._values.items()
+        }
+        return values, self._clip_values()
+
+    def config(self) -> dict[str, Any]:
+        """The Keras 2 config entries: the clip thresholds that are set, then ``learning_rate``,
+        ``decay``, ``rho``, ``momentum``, ``epsilon`` (see ``keras_config``)."""
+        serialize = keras_config.serialize_hyperparameter
+        config = {
+            key: serialize(key, self._clip[key])
+            for key in ("clipnorm", "clipvalue", "global_clipnorm")
+            if self._clip[key] is not None
+        }
+        for key in _CONFIG_ORDER:
+            config[key] = serialize(key, self._values[key], self._sources.get(key))
+        return config
+
+
+def optimizer_property(name: str, doc: str | None = None) -> property:
+    """The property ``name`` of an optimizer that holds a :class:`KerasHyperparameters` as
+    ``_hyperparameters``: it reads what is stored there and sets through its ``set``."""
+    return property(
+        lambda self: self._hyperparameters.get(name),
+        lambda self, value: self._hyperparameters.set(name, value),
+        doc=doc,
+    )
