@@ -626,7 +626,7 @@ def test_live_schedule_and_config_from_tf(tf_modules):
     _assert_trajectories(ours, theirs, rtol=2e-6)
     # a TF config (schedule dict with module/class_name) loads through from_config
     restored = RMSprop.from_config(tf_opt.get_config())
-    value = restored._current("learning_rate", jnp.int32(4))
+    value = restored._hyperparameters.current("learning_rate", jnp.int32(4))
     np.testing.assert_allclose(np.asarray(value), 0.05 * 0.5 ** (4 / 3), rtol=1e-6)
 
 

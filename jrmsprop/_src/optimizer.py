@@ -208,10 +208,6 @@ class RMSprop(OptimizerVariables):
     def name(self) -> str:
         return self._name
 
-    def _current(self, name: str, step: Any) -> Any:
-        """A hyperparameter's current value (schedules at ``step``, callables called), checked."""
-        return self._hyperparameters.current(name, step)
-
     # -- variables: iterations, slots, weights ---------------------------------------------------
 
     def _needed_slots(self) -> tuple[str, ...]:
