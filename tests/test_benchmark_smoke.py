@@ -59,6 +59,7 @@ def _check_report(report: dict) -> None:
     assert sum(report["summary"].values()) == len(report["targets"])
 
 
+@pytest.mark.slow
 def test_quick_run_writes_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
     argv = ["--quick", "--peers", "optax", "--repeats", "2", "--budget", "0.05"]

@@ -146,6 +146,7 @@ def test_jrmsprop_follows_tf_keras_and_optax_does_not(default_run):
     assert np.all(ox.loss[100:] > ref["loss"][100:])
 
 
+@pytest.mark.slow
 def test_table_and_png_from_the_default_run(default_run, tmp_path):
     table = demo.format_table(default_run)
     rows = _parse_table(table)
@@ -168,6 +169,7 @@ def test_table_and_png_from_the_default_run(default_run, tmp_path):
     assert out.stat().st_size > 30_000  # two panels of curves, not an empty canvas
 
 
+@pytest.mark.slow
 def test_fewer_steps_compare_with_a_prefix_of_the_recording(capsys, tmp_path):
     out = tmp_path / "nested" / "curves.png"
     assert demo.main(["--steps", "200", "--out", str(out)]) == 0
@@ -215,6 +217,7 @@ def test_missing_reference_file_is_said_not_fatal(monkeypatch, tmp_path):
     assert "demo_reference.npz is not installed" in demo.format_table(result)
 
 
+@pytest.mark.slow
 def test_other_flags_say_the_reference_does_not_apply(capsys, tmp_path):
     flags = ["--seed", "2", "--steps", "60", "--no-progress", "--out", str(tmp_path / "c.png")]
     assert demo.main(flags) == 0
