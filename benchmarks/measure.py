@@ -104,19 +104,28 @@ SETTLE_S = 0.02
 
 
 def measure_interleaved(
-    steps: dict[str, Callable[[], Any]], repeats: int, budget_s: float, settle_s: float = 0.0
+    steps: dict[str, Callable[[], Any]],
+    repeats: int,
+    budget_s: float,
+    settle_s: float = 0.0,
+    seed: int = 0,
 ) -> tuple[dict[str, Timing], dict[str, BaseException]]:
     """Times several JAX steps in rounds: each step once per round, in a shuffled order.
 
-    Each step's first call (compilation included) and one warm-up call run first. Rounds stop at
+    Each step's first call (compilation included) and one warm-up call run first, also in an
+    order shuffled by ``seed`` (pass one per workload), so that no step always compiles first and
+    absorbs whatever the first compilation after a new workload costs. Rounds stop at
     ``repeats`` or once ``budget_s`` per step is spent and 3 rounds are done. ``settle_s``: a
     pause before every timed step (see :data:`SETTLE_S`). A step that raises is dropped
     (returned in the errors).
     """
     firsts: dict[str, float] = {}
     errors: dict[str, BaseException] = {}
+    first_order = list(steps)
+    random.Random(seed).shuffle(first_order)
     with _GCPaused():
-        for mode, step in steps.items():
+        for mode in first_order:
+            step = steps[mode]
             try:
                 t0 = time.perf_counter()
                 block(step())
