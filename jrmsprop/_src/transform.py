@@ -250,23 +250,34 @@ def _leaf_update(
         )
     slot_dtype = (mom if mom is not None else rms).dtype
     dtype = arithmetic.compute_dtype(g.dtype, slot_dtype, None if param is None else param.dtype)
+    out_dtype = param.dtype if param is not None else arithmetic.result_dtype(g.dtype, slot_dtype)
     sc = scalars_for(dtype)
     return _leaf_step(
-        g, param, rms, mom, mg, momentum_on, sc, config=config, apply=apply, dtype=dtype
+        g,
+        param,
+        rms,
+        mom,
+        mg,
+        momentum_on,
+        sc,
+        config=config,
+        apply=apply,
+        dtype=dtype,
+        out_dtype=jnp.dtype(out_dtype),
     )
 
 
 # Traced and lowered once per leaf signature (shapes, dtypes, configuration): a tree of many
 # same-shaped leaves costs one trace, not one per leaf. XLA inlines the calls (same program).
-@functools.partial(jax.jit, static_argnames=("config", "apply", "dtype"))
-def _leaf_step(g, param, rms, mom, mg, momentum_on, sc, config: _Config, apply: str, dtype):
-    """The arithmetic of one checked leaf in the compute dtype ``dtype`` (see
-    :func:`_leaf_update`)."""
+@functools.partial(jax.jit, static_argnames=("config", "apply", "dtype", "out_dtype"))
+def _leaf_step(
+    g, param, rms, mom, mg, momentum_on, sc, config: _Config, apply: str, dtype, out_dtype
+):
+    """The arithmetic of one checked leaf, computed in ``dtype``, the update in ``out_dtype``
+    (see :func:`_leaf_update`)."""
     rule = config.rule
     is_sparse = isinstance(g, sparse.IndexedSlices)
     param_in = param  # to apply the update to
-    slot_dtype = (mom if mom is not None else rms).dtype
-    out_dtype = param.dtype if param is not None else arithmetic.result_dtype(g.dtype, slot_dtype)
     if config.use_weight_decay is False:
         param = None  # read for its dtype only: p never enters the arithmetic
 
