@@ -19,8 +19,10 @@ XLA path; nothing raises.
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -55,8 +57,9 @@ CXXFLAGS = (
 )
 
 
+@functools.cache
 def isa_flags() -> tuple[str, ...]:
-    """``("-mavx2",)`` on an x86-64 Linux CPU that has AVX2, else ``()``.
+    """``("-mavx2",)`` on an x86-64 Linux CPU that has AVX2, else ``()`` (read once).
 
     Eight floats per instruction instead of four: the square root and the division then keep up
     with memory (measured: the centered step 0.70x the SSE2 build's time on a 16M leaf). AVX2's
@@ -64,10 +67,7 @@ def isa_flags() -> tuple[str, ...]:
     results are the same bits. The flag is part of the cache key, so a cache shared with a
     machine without AVX2 never hands it this build.
     """
-    if sys.platform != "linux" or (os.uname().machine if hasattr(os, "uname") else "") not in (
-        "x86_64",
-        "AMD64",
-    ):
+    if sys.platform != "linux" or platform.machine() != "x86_64":
         return ()
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
@@ -75,6 +75,11 @@ def isa_flags() -> tuple[str, ...]:
     except OSError:
         return ()
     return ("-mavx2",) if "avx2" in flags.split() else ()
+
+
+def compile_flags() -> tuple[str, ...]:
+    """The compiler flags of the build: :data:`CXXFLAGS` and this CPU's :func:`isa_flags`."""
+    return CXXFLAGS + isa_flags()
 
 
 _OUTPUT = {"delta": 0, "update": 1, "param": 2}
@@ -117,7 +122,7 @@ def _library_path(cxx: str) -> Path:
     key = hashlib.sha256()
     for part in (
         SOURCE.read_bytes(),
-        " ".join(CXXFLAGS + isa_flags()).encode(),
+        " ".join(compile_flags()).encode(),
         _compiler_id(cxx).encode(),
         jaxlib.__version__.encode(),
         sys.platform.encode(),
@@ -145,7 +150,7 @@ def build(force: bool = False) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.stem + "-", suffix=".so.tmp", dir=path.parent)
     os.close(fd)
-    cmd = [cxx, *CXXFLAGS, *isa_flags(), "-isystem", jax.ffi.include_dir(), "-o", tmp, str(SOURCE)]
+    cmd = [cxx, *compile_flags(), "-isystem", jax.ffi.include_dir(), "-o", tmp, str(SOURCE)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         if proc.returncode != 0:
