@@ -20,7 +20,7 @@ from jrmsprop import __main__ as cli
 
 harness = cli.load_benchmark()  # the checkout's benchmarks.harness (tests run from a checkout)
 
-from benchmarks import measure, modes, targets, workloads  # noqa: E402
+from benchmarks import compile_probe, measure, modes, targets, workloads  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -396,3 +396,17 @@ def test_python_m_jrmsprop_bench_help_from_elsewhere(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert "--quick" in proc.stdout and "not with the wheel" in proc.stdout
+
+
+def test_compile_probe_reports_both_optimizers(capsys):
+    """The compile probe times jrmsprop and optax on the same tree; bad arguments are refused."""
+    best = compile_probe.probe(leaves=3, variant="centered_momentum", repeats=1)
+    assert set(best) == {"jrmsprop", "optax"}
+    assert all(t > 0 and c > 0 for t, c in best.values())
+    assert compile_probe.main(["--leaves", "2", "--repeats", "1", "plain"]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    assert rows[0].startswith("2 leaves") and rows[2].split()[0] == "plain"
+    assert len(rows[2].split()) == 6
+    for argv in (["bogus"], ["--leaves", "0"]):
+        with pytest.raises(SystemExit):
+            compile_probe.main(argv)
