@@ -4,6 +4,7 @@ from jrmsprop import compat
 from jrmsprop._src.clipping import clip_by_global_norm, clip_by_norm, clip_by_value, keras_clipping
 from jrmsprop._src.optimizer import RMSprop
 from jrmsprop._src.packed import PackedState, pack_state, packed, unpack_state
+from jrmsprop._src.packed_tree import PackedTree, pack, unpack
 from jrmsprop._src.sparse import IndexedSlices, apply_updates, densify
 from jrmsprop._src.transform import RMSpropState, ScalarOrSchedule, rmsprop
 from jrmsprop._src.variable import Variable
@@ -24,6 +25,7 @@ def __getattr__(name: str):
 __all__ = (
     "IndexedSlices",
     "PackedState",
+    "PackedTree",
     "RMSprop",
     "RMSpropState",
     "ScalarOrSchedule",
@@ -35,8 +37,10 @@ __all__ = (
     "compat",
     "densify",
     "keras_clipping",
+    "pack",
     "pack_state",
     "packed",
     "rmsprop",
+    "unpack",
     "unpack_state",
 )

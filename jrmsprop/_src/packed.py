@@ -57,7 +57,7 @@ class PackedLayout:
         self._hash = hash((treedef, groups, sizes, leaves))
 
     @classmethod
-    def of(cls, params: Any, what: str = "params") -> PackedLayout:
+    def of(cls, params: Any, what: str = "params", who: str = "packed") -> PackedLayout:
         """The layout of ``params`` (arrays, Python numbers or ``jax.ShapeDtypeStruct`` leaves)."""
         paths_and_leaves, treedef = jax.tree_util.tree_flatten_with_path(
             params, is_leaf=lambda x: isinstance(x, sparse.IndexedSlices)
@@ -65,13 +65,13 @@ class PackedLayout:
         dtypes, shapes = [], []
         for path, leaf in paths_and_leaves:
             if isinstance(leaf, sparse.IndexedSlices):
-                raise TypeError(f"packed: `{what}` at {_path_str(path)} is an IndexedSlices")
+                raise TypeError(f"{who}: `{what}` at {_path_str(path)} is an IndexedSlices")
             if not (hasattr(leaf, "shape") and hasattr(leaf, "dtype")):
                 leaf = jnp.asarray(leaf)
             dtype = jnp.dtype(leaf.dtype)
             if not jnp.issubdtype(dtype, jnp.inexact):
                 raise TypeError(
-                    f"packed: `{what}` at {_path_str(path)} has dtype {dtype.name}; RMSprop needs "
+                    f"{who}: `{what}` at {_path_str(path)} has dtype {dtype.name}; RMSprop needs "
                     "floating-point (or complex) parameters"
                 )
             dtypes.append(dtype.name)
@@ -176,17 +176,19 @@ def _offsets(layout: PackedLayout) -> tuple[jax.Array, ...]:
     return tuple(jax.device_put([np.int32(offset) for _, offset, _ in layout.leaves]))
 
 
-def _flatten(layout: PackedLayout, tree: Any, what: str) -> list[Any]:
+def _flatten(layout: PackedLayout, tree: Any, what: str, who: str = "packed") -> list[Any]:
     try:
         return layout.treedef.flatten_up_to(tree)
     except (ValueError, TypeError) as e:
         raise ValueError(
-            f"packed: `{what}` do not have the tree structure of the packed state "
+            f"{who}: `{what}` do not have the tree structure of the packed state "
             f"(expected {layout.treedef}): {e}"
         ) from e
 
 
-def _check_leaves(layout: PackedLayout, leaves: list[Any], what: str, same_dtype: bool) -> None:
+def _check_leaves(
+    layout: PackedLayout, leaves: list[Any], what: str, same_dtype: bool, who: str = "packed"
+) -> None:
     """Shapes (and, for ``params``, dtypes) against the layout; one dtype per group."""
     paths = None
     seen: dict[int, tuple[str, str]] = {}  # group -> (dtype, first path)
@@ -195,7 +197,7 @@ def _check_leaves(layout: PackedLayout, leaves: list[Any], what: str, same_dtype
             paths = paths or layout.paths()
             kind = "None" if leaf is None else "an IndexedSlices (sparse) gradient"
             raise TypeError(
-                f"packed: `{what}` at {paths[i]} is {kind}; packed slots need a dense array for "
+                f"{who}: `{what}` at {paths[i]} is {kind}; packed slots need a dense array for "
                 "every leaf (use the unpacked transformation for sparse or missing gradients)"
             )
         dtype = jnp.dtype(leaf.dtype if hasattr(leaf, "dtype") else jnp.asarray(leaf).dtype)
@@ -203,7 +205,7 @@ def _check_leaves(layout: PackedLayout, leaves: list[Any], what: str, same_dtype
         if leaf_shape != shape or (same_dtype and dtype.name != layout.groups[g]):
             paths = paths or layout.paths()
             raise ValueError(
-                f"packed: `{what}` at {paths[i]} has shape {leaf_shape} and dtype {dtype.name}; "
+                f"{who}: `{what}` at {paths[i]} has shape {leaf_shape} and dtype {dtype.name}; "
                 f"the packed state expects shape {shape}"
                 + (f" and dtype {layout.groups[g]}" if same_dtype else "")
             )
@@ -211,19 +213,19 @@ def _check_leaves(layout: PackedLayout, leaves: list[Any], what: str, same_dtype
         if first[0] != dtype.name:
             paths = paths or layout.paths()
             raise TypeError(
-                f"packed: `{what}` at {paths[i]} has dtype {dtype.name} but `{what}` at "
+                f"{who}: `{what}` at {paths[i]} has dtype {dtype.name} but `{what}` at "
                 f"{paths[int(first[1])]} has {first[0]}; both parameters are "
                 f"{layout.groups[g]} and share one packed buffer, so `{what}` must have one "
                 "dtype there"
             )
 
 
-@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4))
 def _pack_leaves(
-    leaves: list[Any], layout: PackedLayout, what: str, same_dtype: bool
+    leaves: list[Any], layout: PackedLayout, what: str, same_dtype: bool, who: str = "packed"
 ) -> dict[str, jax.Array]:
     """Checks (while tracing only: a cached call pays for none), then a concatenation per dtype."""
-    _check_leaves(layout, leaves, what, same_dtype)
+    _check_leaves(layout, leaves, what, same_dtype, who)
     parts: list[list[jax.Array]] = [[] for _ in layout.groups]
     for leaf, (g, _, _) in zip(leaves, layout.leaves, strict=True):
         parts[g].append(jnp.reshape(jnp.asarray(leaf), (-1,)))
@@ -256,20 +258,24 @@ def _unpack_leaves(
     return out
 
 
-def _pack(layout: PackedLayout, tree: Any, what: str, same_dtype: bool) -> dict[str, jax.Array]:
-    return _pack_leaves(_flatten(layout, tree, what), layout, what, same_dtype)
+def _pack(
+    layout: PackedLayout, tree: Any, what: str, same_dtype: bool, who: str = "packed"
+) -> dict[str, jax.Array]:
+    return _pack_leaves(_flatten(layout, tree, what, who), layout, what, same_dtype, who)
 
 
-def _unpack(layout: PackedLayout, flat: Any, offsets: tuple[Any, ...], what: str) -> Any:
+def _unpack(
+    layout: PackedLayout, flat: Any, offsets: tuple[Any, ...], what: str, who: str = "packed"
+) -> Any:
     if not isinstance(flat, dict) or set(flat) != set(layout.groups):
         raise ValueError(
-            f"packed: `{what}` must be a dict with the keys {list(layout.groups)} (one flat "
+            f"{who}: `{what}` must be a dict with the keys {list(layout.groups)} (one flat "
             f"buffer per parameter dtype), got {jax.tree.structure(flat)}"
         )
     for name, size in zip(layout.groups, layout.sizes, strict=True):
         if tuple(jnp.shape(flat[name])) != (size,):
             raise ValueError(
-                f"packed: `{what}[{name!r}]` has shape {tuple(jnp.shape(flat[name]))}; the "
+                f"{who}: `{what}[{name!r}]` has shape {tuple(jnp.shape(flat[name]))}; the "
                 f"layout expects ({size},)"
             )
     return layout.treedef.unflatten(_unpack_leaves(flat, tuple(offsets), layout))
@@ -339,7 +345,7 @@ def packed(
                 for n, s in zip(layout.groups, layout.sizes, strict=True)
             }
         else:
-            flat = _pack_leaves(leaves, layout, "params", True)
+            flat = _pack_leaves(leaves, layout, "params", True, "packed")
         return PackedState(tx.init(flat), _offsets(layout), layout)
 
     def update_fn(
