@@ -274,7 +274,9 @@ def run_benchmark(args: argparse.Namespace, log: Log = print) -> dict[str, Any]:
 
 
 def _fmt_x(x: float | None) -> str:
-    return "-" if x is None or x != x else f"{x:.2f}"
+    if x is None or x != x:
+        return "-"
+    return f"{x:.2f}" if x == 0 or abs(x) >= 0.1 else f"{x:.2g}"
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -332,15 +334,16 @@ def format_report(report: dict[str, Any]) -> str:
                 f"{'-' if extra is None else f'{extra / 2**20:10.1f}'} "
                 f"{_fmt_x(mm['peak_ratio']):>9}"
             )
+    width = max([24] + [len(t["id"]) for t in report["targets"]])
     lines += [
         "",
         "== targets",
-        f"   {'target':<24} {'workload':<48} {'value':>8} {'goal':>8}  status",
+        f"   {'target':<{width}} {'workload':<48} {'value':>8} {'goal':>8}  status",
     ]
     for t in report["targets"]:
         goal = f"{t['op']} {t['threshold']:g}"
         lines.append(
-            f"   {t['id']:<24} {t['workload']:<48} {_fmt_x(t['value']):>8} {goal:>8}  "
+            f"   {t['id']:<{width}} {t['workload']:<48} {_fmt_x(t['value']):>8} {goal:>8}  "
             f"{t['status']}" + (f"  ({t['note']})" if t["note"] and t["status"] != "PASS" else "")
         )
     counts = report["summary"]

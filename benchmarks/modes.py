@@ -200,11 +200,13 @@ def jrmsprop_jit_flat(wl: Workload, peers: Peers) -> Step:
     return jit_donated_step(jrmsprop_tx(wl.momentum, wl.centered), flat_p, flat_g)
 
 
-def _apply_step(wl: Workload, fused: bool) -> Step:
+def _apply_step(wl: Workload, fused: bool, packed_params: bool = False) -> Step:
     """The core's update-and-apply entry (what ``RMSprop.apply_gradients`` runs), jitted with
-    params and state donated; ``fused`` lets float32 leaves take the one-pass CPU kernel."""
+    params and state donated; ``fused`` lets float32 leaves take the one-pass CPU kernel;
+    ``packed_params`` packs parameters and gradients first (``jrmsprop.pack``)."""
     import jax
 
+    import jrmsprop
     from jrmsprop._src import cpu_kernel, transform
 
     if fused and not cpu_kernel.available():
@@ -221,6 +223,9 @@ def _apply_step(wl: Workload, fused: bool) -> Step:
         apply_fn=True,
     )
     params, grads = _device(wl.params), _device(wl.grads)
+    if packed_params:
+        params = jrmsprop.pack(params)
+        grads = jrmsprop.pack(grads, like=params)
     step = jax.jit(lambda p, s, g: apply(g, s, p, fused=fused), donate_argnums=(0, 1))
     box = jax.block_until_ready([params, tx.init(params)])
 
@@ -239,6 +244,25 @@ def jrmsprop_jit_fused(wl: Workload, peers: Peers) -> Step:
 
 def jrmsprop_jit_xla(wl: Workload, peers: Peers) -> Step:
     return _apply_step(wl, fused=False)
+
+
+def jrmsprop_jit_packed_fused(wl: Workload, peers: Peers) -> Step:
+    """The fused CPU kernel on packed parameters: one kernel call for all leaves."""
+    if len(wl.leaf_shapes) == 1:
+        raise Skip("single leaf: nothing to pack")
+    return _apply_step(wl, fused=True, packed_params=True)
+
+
+def jrmsprop_jit_packed_params(wl: Workload, peers: Peers) -> Step:
+    """The user's jitted step with packed parameters (``jrmsprop.pack``): gradients packed
+    like them, the state's slots packed by ``tx.init``; one buffer per dtype crosses the jit."""
+    if len(wl.leaf_shapes) == 1:
+        raise Skip("single leaf: nothing to pack")
+    import jrmsprop
+
+    params = jrmsprop.pack(_device(wl.params))
+    grads = jrmsprop.pack(_device(wl.grads), like=params)
+    return jit_donated_step(jrmsprop_tx(wl.momentum, wl.centered), params, grads)
 
 
 def jrmsprop_jit_packed(wl: Workload, peers: Peers) -> Step:
@@ -438,6 +462,10 @@ DENSE_MODES: tuple[Mode, ...] = (
     Mode("jrmsprop/jit_fused", jrmsprop_jit_fused, "compiled", _DENSE16M),
     Mode("jrmsprop/jit_xla", jrmsprop_jit_xla, "compiled", _DENSE16M),
     Mode("jrmsprop/jit_packed", jrmsprop_jit_packed, "compiled", _MULTI_LEAF),
+    Mode("jrmsprop/jit_packed_params", jrmsprop_jit_packed_params, "compiled", _MULTI_LEAF),
+    Mode(
+        "jrmsprop/jit_packed_fused", jrmsprop_jit_packed_fused, "compiled", ("dense16m_512leaves",)
+    ),
     Mode("jrmsprop/eager_update", jrmsprop_eager, "eager"),
     Mode("jrmsprop/apply_gradients", jrmsprop_apply_gradients, "compiled"),
     Mode("optax/jit_donated", optax_jit, "compiled"),

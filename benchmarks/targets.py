@@ -119,6 +119,14 @@ TARGETS: tuple[Target, ...] = (
     Target("packed_compile_vs_optax", "packed-slot first call / optax's first call",
            first_call("jrmsprop/jit_packed"), first_call("optax/jit_donated"), "<=", 1.0,
            shapes=_MULTI_LEAF),
+    Target("packed_params_vs_flat", "packed-parameter step / the same parameters as one flat "
+           "leaf", median("jrmsprop/jit_packed_params"), median("jrmsprop/jit_flat"), "<=", 1.3,
+           shapes=_MULTI_LEAF),
+    Target("packed_params_compile_vs_optax", "packed-parameter first call / optax's first call",
+           first_call("jrmsprop/jit_packed_params"), first_call("optax/jit_donated"), "<=", 1.0,
+           shapes=_MULTI_LEAF),
+    Target("packed_fused_vs_limit", "fused CPU kernel on packed parameters / bandwidth limit",
+           median("jrmsprop/jit_packed_fused"), LIMIT, "<=", 1.2, shapes=("dense16m_512leaves",)),
     # the embedding
     Target("sparse_vs_dense", "dense jit step / sparse jit step (speed-up)",
            median("jrmsprop/dense_jit"), median(_SPARSE), ">=", 50.0, kind="embedding",

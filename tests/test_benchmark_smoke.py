@@ -20,7 +20,14 @@ from jrmsprop import __main__ as cli
 
 harness = cli.load_benchmark()  # the checkout's benchmarks.harness (tests run from a checkout)
 
-from benchmarks import compile_probe, measure, modes, targets, workloads  # noqa: E402
+from benchmarks import (  # noqa: E402
+    compile_probe,
+    measure,
+    modes,
+    packed_params_probe,
+    targets,
+    workloads,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -120,10 +127,12 @@ def test_quick_run_many_leaves_embedding_and_memory(tmp_path):
     for wl in (by_name["dense16m_512leaves/centered_momentum"], by_name["small4096x256/plain"]):
         assert "median_s" in wl["results"]["jrmsprop/jit_flat"]
         assert "median_s" in wl["results"]["optax/jit_donated"]
+        assert "median_s" in wl["results"]["jrmsprop/jit_packed_params"]
     statuses = {(t["id"], t["workload"]): t for t in report["targets"]}
     for shape in ("dense16m_512leaves/centered_momentum", "small4096x256/plain"):
         assert statuses[("compile_vs_optax", shape)]["status"] != "SKIP"
         assert statuses[("leaves_vs_flat", shape)]["status"] != "SKIP"
+        assert statuses[("packed_params_vs_flat", shape)]["status"] != "SKIP"
     # Memory, in subprocesses: the non-donated method check must see params + rms extra.
     memory = {(m["case"], m["variant"]): m for m in report["memory"]}
     assert set(memory) == {(c, "plain") for c, v in measure.MEMORY_CASES if v == "plain"}
@@ -187,6 +196,11 @@ def test_modes_per_workload():
     assert "jrmsprop/jit_packed" not in rows["dense16m_1leaf"]
     assert "jrmsprop/jit_packed" in rows["small4096x256"]
     assert "jrmsprop/jit_fused" not in rows["small4096x256"]
+    assert "jrmsprop/jit_packed_params" in rows["small4096x256"]
+    assert "jrmsprop/jit_packed_params" in rows["dense16m_512leaves"]
+    assert "jrmsprop/jit_packed_params" not in rows["dense16m_1leaf"]
+    assert "jrmsprop/jit_packed_fused" in rows["dense16m_512leaves"]
+    assert "jrmsprop/jit_packed_fused" not in rows["small4096x256"]
     assert rows["embedding1m"][:2] == ["jrmsprop/sparse_jit", "jrmsprop/dense_jit"]
     assert all(len(set(r)) == len(r) for r in rows.values())
 
@@ -251,9 +265,16 @@ def test_targets_table_many_leaves_compile_and_options():
         "jrmsprop/jit_packed": 0.027,  # 1.35x flat: MISS
         "jrmsprop/jit_fused": 0.011,  # 1.1x limit: PASS; 0.46x the XLA step: PASS
         "jrmsprop/jit_xla": 0.024,
+        "jrmsprop/jit_packed_params": 0.022,  # 1.1x flat: PASS
+        "jrmsprop/jit_packed_fused": 0.013,  # 1.3x limit: MISS
         "optax/jit_donated": 0.024,
     }
-    first = {"jrmsprop/jit_donated": 4.0, "optax/jit_donated": 5.0, "jrmsprop/jit_packed": 6.0}
+    first = {
+        "jrmsprop/jit_donated": 4.0,
+        "optax/jit_donated": 5.0,
+        "jrmsprop/jit_packed": 6.0,
+        "jrmsprop/jit_packed_params": 0.5,
+    }
     record = _record("dense16m_512leaves", times, first)
     got = {t["id"]: (t["status"], t["value"]) for t in targets.evaluate([record], 0.05)}
     assert got["jit_vs_limit"] == ("MISS", pytest.approx(2.4))
@@ -263,6 +284,9 @@ def test_targets_table_many_leaves_compile_and_options():
     assert got["packed_compile_vs_optax"] == ("MISS", pytest.approx(1.2))
     assert got["fused_vs_xla"] == ("PASS", pytest.approx(0.011 / 0.024))
     assert got["fused_vs_limit"] == ("PASS", pytest.approx(1.1))
+    assert got["packed_params_vs_flat"] == ("PASS", pytest.approx(1.1))
+    assert got["packed_params_compile_vs_optax"] == ("PASS", pytest.approx(0.1))
+    assert got["packed_fused_vs_limit"] == ("MISS", pytest.approx(1.3))
     assert "small_vs_torch" not in got  # only on the 4096-leaf workload
 
 
@@ -410,3 +434,17 @@ def test_compile_probe_reports_both_optimizers(capsys):
     for argv in (["bogus"], ["--leaves", "0"]):
         with pytest.raises(SystemExit):
             compile_probe.main(argv)
+
+
+def test_packed_params_probe_times_both_layouts(capsys):
+    """The whole-training-step probe runs both models both ways; bad arguments are refused."""
+    for model in packed_params_probe.MODELS:
+        for packed in (False, True):
+            compile_s, step_s = packed_params_probe.measure(model, 4, packed, steps=2)
+            assert compile_s > 0 and step_s > 0
+    assert packed_params_probe.main(["--model", "small", "--leaves", "3", "--steps", "1"]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    assert len(rows) == 2 and rows[1].split()[:2] == ["small", "3"]
+    for argv in (["--model", "bogus"], ["--leaves", "1"], ["--steps", "0"]):
+        with pytest.raises(SystemExit):
+            packed_params_probe.main(argv)
