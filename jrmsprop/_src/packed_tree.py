@@ -211,8 +211,8 @@ def pack(tree: Any, like: PackedTree | None = None) -> Any:
     ``jrmsprop.compat.state_from_keras2`` or ``rmsprop(...).init(params)`` becomes the state of
     the packed parameters. Each such subtree must have one dtype per group of ``like``.
 
-    Leaves are concatenated, so sharded parameters are gathered: keep sharded models per-leaf.
-    ``IndexedSlices`` (sparse) gradients cannot be packed.
+    Leaves are concatenated, so per-leaf shardings are not kept (a packed buffer can be sharded
+    itself, e.g. split over a data axis). ``IndexedSlices`` (sparse) gradients cannot be packed.
 
     Args:
       tree: a tree of floating-point (or complex) arrays, or ``jax.ShapeDtypeStruct`` leaves
