@@ -50,6 +50,7 @@ EXPECTED_OUTPUT = {
     "save_and_restore": "RMSprop: resumed at step 120, variables and optimizer weights identical",
     "data_parallel": "sharded jit  vs single device after 200 steps",
     "flax_and_equinox": "Equinox: train MSE",
+    "many_small_leaves": "state round trip: identical",
 }
 
 
