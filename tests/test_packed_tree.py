@@ -135,7 +135,7 @@ def test_matches_the_numpy_reference() -> None:
 
 
 @pytest.mark.slow
-def test_mixed_float64_bfloat16_float32_and_complex(x64) -> None:
+def test_mixed_float64_bfloat16_float32(x64) -> None:
     rng = np.random.default_rng(1)
     params = {
         "f64": jnp.asarray(rng.standard_normal((2, 3))),
