@@ -290,3 +290,13 @@ def run(
         params = ref.apply(g, params)
         trajectory.append(params)
     return trajectory
+
+
+def assert_same_trajectory(
+    got: Sequence[Sequence[Any]], want: Sequence[Sequence[np.ndarray]]
+) -> None:
+    """Assert bit-for-bit equality of two parameter trajectories (as ``run`` returns them)."""
+    assert len(got) == len(want), f"{len(got)} steps, expected {len(want)}"
+    for t, (got_t, want_t) in enumerate(zip(got, want, strict=True)):
+        for i, (g, w) in enumerate(zip(got_t, want_t, strict=True)):
+            np.testing.assert_array_equal(np.asarray(g), w, err_msg=f"step {t + 1}, leaf {i}")
