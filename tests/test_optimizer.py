@@ -13,13 +13,14 @@ import numpy as np
 import optax
 import pytest
 
-from jrmsprop._src import clipping
+from jrmsprop._src import clipping, step_inputs
 from jrmsprop._src import optimizer as optimizer_lib
 from jrmsprop._src.minimize import compute_gradients
 from jrmsprop._src.optimizer import RMSprop
 from jrmsprop._src.sparse import IndexedSlices, apply_updates
 from jrmsprop._src.transform import RMSpropState, rmsprop
 from jrmsprop._src.variable import Variable
+from tests.numpy_reference import Reference
 
 SHAPES = [(4, 3), (3,), (2, 2, 2)]
 
@@ -305,6 +306,33 @@ def test_gradient_aliasing_a_donated_buffer():
     opt = RMSprop(0.1)
     opt.apply_gradients([(v.value, v)])  # loss p²/2: the gradient is p itself
     np.testing.assert_allclose(v.numpy(), [9.683772], rtol=1e-7)
+
+
+def test_gradient_aliasing_another_variable_and_a_shared_gradient():
+    v, w, u = Variable(jnp.array([10.0])), Variable(jnp.array([4.0])), Variable(jnp.array([2.0]))
+    opt = RMSprop(0.1, momentum=0.5)
+    opt.apply_gradients([(jnp.ones(1), v), (jnp.ones(1), w), (jnp.ones(1), u)])  # build slots
+    g = jnp.array([3.0])
+    # v's gradient is w's buffer (donated in the same call); w and u share one gradient array.
+    opt.apply_gradients([(w.value, v), (g, w), (g, u)])
+    ref = Reference("keras2", learning_rate=0.1, momentum=0.5)
+    start = [np.float32([10.0]), np.float32([4.0]), np.float32([2.0])]
+    want = ref.apply([np.ones(1, np.float32)] * 3, start)
+    want = ref.apply([want[1], np.float32([3.0]), np.float32([3.0])], want)
+    for var, expected in zip((v, w, u), want, strict=True):
+        np.testing.assert_array_equal(var.numpy(), expected)
+    assert float(g[0]) == 3.0  # a gradient is never donated
+
+
+def test_distinct_donations_copies_repeated_buffers():
+    a, b = jnp.ones(2), jnp.zeros(2)
+    groups, others = step_inputs.distinct_donations([[a, b], None, [a]], ({"g": b, "k": 1},))
+    assert groups[0][0] is a and groups[0][1] is b and groups[1] is None
+    assert groups[2][0] is not a and others[0]["g"] is not b and others[0]["k"] == 1
+    np.testing.assert_array_equal(groups[2][0], a)
+    np.testing.assert_array_equal(others[0]["g"], b)
+    groups, others = step_inputs.distinct_donations([[a], [b]], (jnp.ones(2),))
+    assert groups[0][0] is a and groups[1][0] is b  # nothing repeated: no copies
 
 
 # ---- None gradients, validation ---------------------------------------------------------------

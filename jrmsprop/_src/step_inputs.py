@@ -13,6 +13,7 @@ that appears a second time (a gradient that *is* its parameter: ``loss = p**2 / 
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -73,12 +74,17 @@ def as_gradients(pairs: Sequence[tuple[Any, Variable]]) -> tuple[Any, ...]:
     """Each pair's gradient for its variable: a JAX array of the variable's shape and dtype as
     it is, anything else through :func:`jrmsprop._src.variable.as_gradient` (which converts
     arrays and sparse gradients, and raises an error naming the variable for a bad one)."""
-    return tuple(
-        g
-        if isinstance(g, jax.Array) and g.shape == v.shape and g.dtype == v.dtype
-        else as_gradient(g, v)
-        for g, v in pairs
-    )
+    # Fast path (this runs once per variable and step): a gradient of the same concrete array
+    # type as the variable's own value is a jax.Array; an exact type test avoids the abstract
+    # base class check of ``isinstance(g, jax.Array)``.
+    out = []
+    for g, v in pairs:
+        value = v._value
+        if type(g) is type(value) and g.shape == value.shape and g.dtype == value.dtype:
+            out.append(g)
+        else:
+            out.append(as_gradient(g, v))
+    return tuple(out)
 
 
 def warn_missing(names: Sequence[str], stacklevel: int) -> None:
@@ -111,7 +117,12 @@ def distinct_donations(
       ``(donated, others)``, each group as a tuple, with a copy in place of every array that
       already appeared in an earlier (donated) position.
     """
-    seen: set[int] = set()
+    present = [group for group in donated if group is not None]
+    seen: set[int] = set(map(id, itertools.chain.from_iterable(present)))
+    if len(seen) == sum(map(len, present)) and seen.isdisjoint(map(id, jax.tree.leaves(others))):
+        # The usual case, checked at C speed: every buffer appears once.
+        return [None if group is None else tuple(group) for group in donated], others
+    seen = set()
     groups = []
     for group in donated:
         if group is None:
