@@ -271,6 +271,10 @@ def test_changing_hyperparameters_does_not_recompile(compiles):
         opt.clipnorm = 1.0 + step
         opt.apply_gradients([(jnp.ones((3, 2)), v), (jnp.ones(2), w)])
     assert compiles() == 1
+    for value in (jnp.asarray(0.05), jnp.float32(0.04), np.float32(0.03)):  # weak, strong, NumPy
+        lr["value"] = value
+        opt.apply_gradients([(jnp.ones((3, 2)), v), (jnp.ones(2), w)])
+    assert jnp.asarray(0.05).weak_type and compiles() == 1
     opt.learning_rate = 0.5  # replaces the callable by a float32 Variable: same dtype, no trace
     opt.apply_gradients([(jnp.ones((3, 2)), v), (jnp.ones(2), w)])
     assert compiles() == 1

@@ -152,7 +152,7 @@ def as_jit_scalar(value: Any) -> Any:
         array = value if isinstance(value, jax.Array) else np.asarray(value)
         if not jnp.issubdtype(array.dtype, jnp.floating):
             return array.astype(np.float32)
-        if isinstance(array, jax.Array):
-            return array.astype(array.dtype)  # drops weak typing
+        if isinstance(array, jax.Array):  # weak typing dropped (a dispatch only when needed)
+            return array.astype(array.dtype) if array.weak_type else array
         return np.asarray(array, jax.dtypes.canonicalize_dtype(array.dtype))
     return np.asarray(value, jax.dtypes.canonicalize_dtype(np.float64))

@@ -387,7 +387,8 @@ def as_gradient(grad: Any, var: Variable) -> Any:
         return array if is_jax else jnp.array(array, dtype=var.dtype)
 
     if isinstance(grad, IndexedSlices):
-        result = IndexedSlices(values(grad.values), jnp.asarray(grad.indices), grad.dense_shape)
+        indices = grad.indices if isinstance(grad.indices, jax.Array) else jnp.asarray(grad.indices)
+        result = IndexedSlices(values(grad.values), indices, grad.dense_shape)
         shape = tuple(result.dense_shape)
     elif all(hasattr(grad, a) for a in ("values", "indices", "dense_shape")):
         # tf.IndexedSlices and lookalikes: TF ignores dense_shape; the variable's shape rules.
