@@ -219,8 +219,8 @@ class RMSprop(OptimizerVariables):
 
     def _unbuilt(self, var_list: list[Variable]) -> list[Variable]:
         """The variables of ``var_list`` that lack a slot, after checking their dtypes."""
-        needed, slots_of, none = frozenset(self._needed_slots()), self._slots.get, {}
-        missing = [v for v in var_list if not slots_of(v, none).keys() >= needed]
+        needed = frozenset(self._needed_slots())
+        missing = [v for v in var_list if not self._slots.get(v, {}).keys() >= needed]
         for var in missing:
             if dtype_kind(var.dtype) not in "fc":
                 raise TypeError(
