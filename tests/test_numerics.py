@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from numpy_reference import Reference, assert_same_trajectory, run
 
 import jrmsprop
 from jrmsprop import compat
@@ -252,3 +253,71 @@ def test_injected_weight_decay_is_the_same_in_every_calling_style(jit):
     assert not np.array_equal(np.asarray(u_with), np.asarray(ref))  # the decay is really there
     with pytest.raises(Exception, match="weight decay needs"):
         jax.block_until_ready(update(g, decayed.init(p)))
+
+
+@pytest.mark.parametrize("epsilon", [0.0, 1e-7])
+@pytest.mark.parametrize("style", ["jit", "inject_hyperparams"])
+def test_division_by_the_root_stays_a_division(style, epsilon):
+    """Without momentum ε is added outside the root, ``lr·g / (sqrt(v) + ε)``. A non-zero
+    constant ε keeps the divisor from being a bare square root, so the update leaves out the
+    guard of :func:`exact_sqrt`; with ε = 0 XLA folds the add away and would rewrite the division
+    into ``g·rsqrt(v)`` (different bits in about 40% of float32 elements) unless the guard stays.
+    Bit for bit against the NumPy reference, ε concrete (``jit``) and traced."""
+    rng = np.random.default_rng(7)
+    p0 = [rng.standard_normal(4096).astype(np.float32)]
+    grads = [[rng.standard_normal(4096).astype(np.float32)] for _ in range(3)]
+    want = run(Reference(learning_rate=0.01, epsilon=epsilon), p0, grads)
+    if style == "jit":
+        tx = jrmsprop.rmsprop(0.01, epsilon=epsilon)
+    else:
+        tx = optax.inject_hyperparams(jrmsprop.rmsprop)(learning_rate=0.01, epsilon=epsilon)
+
+    @jax.jit
+    def step(p, s, g):
+        u, s = tx.update(g, s, p)
+        return optax.apply_updates(p, u), s
+
+    params, state, got = [jnp.asarray(p) for p in p0], tx.init([jnp.asarray(p0[0])]), []
+    for g in grads:
+        params, state = step(params, state, [jnp.asarray(g[0])])
+        got.append(params)
+    assert_same_trajectory(got, want)
+
+
+@pytest.mark.parametrize("centered", [False, True])
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+@pytest.mark.parametrize("framework", ["keras2", "keras3"])
+def test_non_finite_values_match_the_reference(framework, momentum, centered):
+    """Overflowing, infinite and NaN gradients, and the infinite slots they leave, give the
+    reference's values (NaN where it has NaN): the guards against fused multiply-adds keep
+    the result for every input, not only for finite ones. Jitted, bit for bit."""
+    grads = [
+        np.array([1e20, -1e20, np.inf, -np.inf, np.nan, 1.0, 0.0, 3e-15], np.float32),
+        np.array([0.5, -2.0, 1.0, 0.25, 1.0, -np.inf, 1e20, -0.0], np.float32),
+        np.array([1.0, 1.0, -1.0, 1.0, 0.0, 1.0, -1.0, 2.0], np.float32),
+    ]
+    p0 = np.linspace(-1, 1, 8).astype(np.float32)
+    kwargs = dict(learning_rate=0.01, rho=0.9, momentum=momentum, centered=centered)
+    ref = Reference.from_kwargs(framework, kwargs)
+    tx = jrmsprop.rmsprop(**kwargs) if framework == "keras2" else compat.keras3(**kwargs)
+
+    @jax.jit
+    def step(p, s, g):
+        u, s = tx.update(g, s, p)
+        return optax.apply_updates(p, u), s
+
+    p, state, want = jnp.asarray(p0), tx.init(jnp.asarray(p0)), [p0]
+    for t, g in enumerate(grads):
+        p, state = step(p, state, jnp.asarray(g))
+        with np.errstate(all="ignore"):
+            want = ref.apply([g], want)
+        np.testing.assert_array_equal(np.asarray(p), want[0], err_msg=f"step {t + 1}")
+        for name in ("rms", "mg", "momentum"):
+            slot = getattr(state, name)
+            if slot is not None:
+                np.testing.assert_array_equal(
+                    np.asarray(slot), ref.slots[(name, 0)], err_msg=f"{name}, step {t + 1}"
+                )
+        if t == 0:  # g² overflowed: the slot holds infinities, not only NaN
+            assert np.isinf(np.asarray(state.rms)).any()
+    assert np.isnan(np.asarray(p)).any() and np.isfinite(np.asarray(p)).any()

@@ -175,7 +175,7 @@ def sparse_step(
     param_rows = None if param is None else _gather(param, rows)
     if mom is not None:
         # Lazy rows: only the named rows of every slot (and of the parameter) change.
-        delta, rms_rows, mom_rows, mg_rows = arithmetic.rmsprop_step(
+        update, rms_rows, mom_rows, mg_rows = arithmetic.rmsprop_step(
             values,
             param_rows,
             _gather(rms, rows),
@@ -184,6 +184,7 @@ def sparse_step(
             sc,
             variant,
             dtype,
+            negate=True,
         )
         new_rms = _scatter(rms, rows, rms_rows)
         new_mom = _scatter(mom, rows, mom_rows)
@@ -203,7 +204,7 @@ def sparse_step(
 
         full_rms = decay_and_add(rms, rms_inc)
         full_mg = None if mg is None else decay_and_add(mg, mg_inc)
-        delta, _ = arithmetic.step_from_moments(
+        update, _ = arithmetic.step_from_moments(
             g,
             param_rows,
             _gather(full_rms, rows),
@@ -211,12 +212,12 @@ def sparse_step(
             None,
             sc,
             variant,
+            negate=True,
         )
         new_rms = full_rms.astype(rms.dtype)
         new_mg = None if full_mg is None else full_mg.astype(mg.dtype)
         new_mom = None
-    update = IndexedSlices((-delta).astype(out_dtype), rows, grad.dense_shape)
-    return update, new_rms, new_mom, new_mg
+    return IndexedSlices(update.astype(out_dtype), rows, grad.dense_shape), new_rms, new_mom, new_mg
 
 
 def densify(tree: Any) -> Any:

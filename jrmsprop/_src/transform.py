@@ -71,6 +71,7 @@ class _Config(NamedTuple):
     momentum_slot: bool | None  # None: momentum is an array; decided from its value at init
     use_weight_decay: bool | None  # None: a traced value; applied when params are given
     slot_dtype: Any  # None: each parameter's (float32 for float16 parameters)
+    epsilon_nonzero: bool = False  # ε is a number that is not 0 in float32 (Rule.variant)
 
 
 def default_slot_dtype(param_dtype: Any, slot_dtype: Any = None) -> jnp.dtype:
@@ -282,12 +283,12 @@ def _leaf_step(
         param = None  # read for its dtype only: p never enters the arithmetic
 
     def step(mom_slot, has_momentum):
-        variant = rule.variant(has_momentum)
+        variant = rule.variant(has_momentum, config.epsilon_nonzero)
         if is_sparse:
             return sparse.sparse_step(g, param, rms, mom_slot, mg, sc, variant, dtype, out_dtype)
         if jnp.iscomplexobj(g) and rule.complex_as_real:  # PyTorch: two real parameters each
             rdtype = arithmetic.real_dtype(dtype)
-            delta, rms2, mom2, mg2 = arithmetic.rmsprop_step(
+            update, rms2, mom2, mg2 = arithmetic.rmsprop_step(
                 _as_real(g),
                 _as_real(param),
                 _as_real(rms),
@@ -296,18 +297,19 @@ def _leaf_step(
                 sc,
                 variant,
                 rdtype,
+                negate=True,
             )
-            delta = _as_complex(delta.astype(rdtype), g.astype(dtype))
+            update = _as_complex(update.astype(rdtype), g.astype(dtype))
             return (
-                (-delta).astype(out_dtype),
+                update.astype(out_dtype),
                 _as_complex(rms2, rms),
                 _as_complex(mom2, mom_slot),
                 _as_complex(mg2, mg),
             )
-        delta, rms2, mom2, mg2 = arithmetic.rmsprop_step(
-            g, param, rms, mom_slot, mg, sc, variant, dtype
+        update, rms2, mom2, mg2 = arithmetic.rmsprop_step(
+            g, param, rms, mom_slot, mg, sc, variant, dtype, negate=True
         )
-        return (-delta).astype(out_dtype), rms2, mom2, mg2
+        return update.astype(out_dtype), rms2, mom2, mg2
 
     # The momentum was traced at init: follow the formula of the value it had then.
     def without_momentum():
@@ -327,7 +329,7 @@ def _leaf_step(
     def applied(update, *slots):
         return (sparse.apply_updates(param_in, update), *slots)
 
-    variant = rule.variant(mom is not None)
+    variant = rule.variant(mom is not None, config.epsilon_nonzero)
     if (
         apply == "fused"
         and cpu_kernel.available()
@@ -456,6 +458,9 @@ def _tree_update(
 _update = jax.jit(_tree_update, static_argnames=("config", "check_momentum", "apply"))
 
 
+_FLOAT32_TINY = float(np.finfo(np.float32).tiny)
+
+
 def _uses_weight_decay(weight_decay: Any, concrete: float | None) -> bool | None:
     """Whether ``p`` enters the update: not for None or a concrete 0, always for a schedule or a
     non-zero number, and for a traced value (``optax.inject_hyperparams`` under ``jit``) exactly
@@ -543,6 +548,9 @@ def build(
         momentum_slot=momentum_slot,
         use_weight_decay=_uses_weight_decay(weight_decay, concrete["weight_decay"]),
         slot_dtype=slot_dtype,
+        # A normal float32 number stays non-zero in every compute dtype (even with denormals
+        # flushed); a smaller or traced ε keeps the guard of the square root.
+        epsilon_nonzero=is_number(epsilon) and abs(concrete["epsilon"]) >= _FLOAT32_TINY,
     )
     dynamic = tuple(
         None if schedule is not None else value
