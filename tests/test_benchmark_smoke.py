@@ -431,6 +431,10 @@ def test_compile_probe_reports_both_optimizers(capsys):
     rows = capsys.readouterr().out.splitlines()
     assert rows[0].startswith("2 leaves") and rows[2].split()[0] == "plain"
     assert len(rows[2].split()) == 6
+    assert compile_probe.main(["--leaves", "2", "--repeats", "2", "--samples", "plain"]) == 0
+    samples = [r.split() for r in capsys.readouterr().out.splitlines() if r.startswith("  ")]
+    assert [r[1] for r in samples] == ["jrmsprop", "optax"] * 2  # alternating, in run order
+    assert all(r[-1].endswith("k") for r in samples)  # with the page faults each took
     for argv in (["bogus"], ["--leaves", "0"]):
         with pytest.raises(SystemExit):
             compile_probe.main(argv)

@@ -10,8 +10,13 @@ results agree to the last bit where the frameworks' kernels allow it:
 * ``lr * g`` is formed before the division (TF ``lr_t * grad / denom``);
 * ``x / sqrt(y)`` is protected against XLA's rewrite into ``x * rsqrt(y)`` (which rounds
   differently in about 40% of float32 elements), see :func:`exact_sqrt`;
-* every product that feeds a sum is rounded on its own (:func:`rounded`), as the frameworks'
-  separate multiply and add kernels do, instead of being contracted into a fused multiply-add.
+* every product that feeds a sum is rounded on its own (:func:`rounded`,
+  :func:`sum_of_products`), as the frameworks' separate multiply and add kernels do, instead of
+  being contracted into a fused multiply-add.
+
+These guards are operations in every leaf's loop, and XLA:CPU's compile time grows faster than
+linearly in a program's operation count (its fusion pass builds a reachability map over all
+instructions), so they are kept few: one ``is_finite(g)`` per leaf serves all of them.
 """
 
 from __future__ import annotations
