@@ -11,6 +11,7 @@ Nothing here asserts timings: the numbers are printed and written to JSON for pe
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import os
@@ -41,6 +42,17 @@ __all__ = ["SCHEMA", "build_parser", "format_report", "main", "run_benchmark", "
 SCHEMA = "jrmsprop-bench/2"
 
 Log = Callable[[str], None]
+
+#: The modes whose first call a target compares (compile time): on a workload of many leaves each
+#: is compiled a second time after the timed rounds, and its ``first_call_s`` is the faster of
+#: the two (``measure.first_calls_again``).
+RECOMPILED = frozenset(
+    mode
+    for target in targets.TARGETS
+    for ref in (target.num, target.den)
+    if ref is not None and ref.field == "first_call_s"
+    for mode in ref.modes
+)
 
 
 def _sparse_traffic(wl: Workload, bandwidth_bps: float) -> dict[str, Any]:
@@ -125,6 +137,7 @@ def run_workload(
     for group_name in ("compiled", "sparse", "eager"):
         group: dict[str, Callable[[], Any]] = {}
         members = [m for m in modes if m.group == group_name]
+        by_row = {m.row: m for m in members}
         for mode in members:
             try:
                 group[mode.row] = _build(mode, wl, peers)
@@ -133,13 +146,24 @@ def run_workload(
         eager = group_name == "eager"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            seed = zlib.crc32(f"{wl.name}/{group_name}".encode())
             timings, errors = measure.measure_interleaved(
                 group,
                 repeats if eager else 3 * repeats,
                 budget_s,
                 settle_s=measure.SETTLE_S if eager else 0.0,
-                seed=zlib.crc32(f"{wl.name}/{group_name}".encode()),
+                seed=seed,
             )
+            if len(wl.leaf_shapes) > 1:  # where the compile-time targets apply
+                again = {m: by_row[m] for m in measure.first_order(list(group), seed)[::-1]}
+                measure.first_calls_again(
+                    {
+                        row: functools.partial(_build, mode, wl, peers)
+                        for row, mode in again.items()
+                        if row in RECOMPILED and row in timings
+                    },
+                    timings,
+                )
         for mode in members:
             try:
                 if mode.row in errors:
@@ -202,7 +226,10 @@ def run_benchmark(args: argparse.Namespace, log: Log = print) -> dict[str, Any]:
                 "the jrmsprop and optax modes of a workload are sampled in shuffled rounds "
                 "(compiled dense steps and sparse steps with 3x --repeats, eager updates "
                 "with --repeats); "
-                f"every timed eager step starts after a {measure.SETTLE_S * 1e3:g} ms pause"
+                f"every timed eager step starts after a {measure.SETTLE_S * 1e3:g} ms pause; "
+                "on many-leaf workloads the modes that a compile-time target compares make a "
+                "second first call (fresh step, caches cleared, reverse order) and report the "
+                "faster (first_calls_s has both)"
             ),
         },
         "bandwidth": [],
