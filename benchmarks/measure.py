@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,16 +32,12 @@ class Timing:
     """Median-of-samples timing of one mode on one workload."""
 
     samples: list[float]
-    first_call_s: float  # the fastest of ``first_calls_s``
-    first_calls_s: list[float] = field(default_factory=list)  # every first call, in order
+    first_calls_s: list[float]  # every first call (compilation included), in order
 
-    def __post_init__(self) -> None:
-        if not self.first_calls_s:
-            self.first_calls_s = [self.first_call_s]
-
-    def add_first_call(self, seconds: float) -> None:
-        self.first_calls_s.append(seconds)
-        self.first_call_s = min(self.first_calls_s)
+    @property
+    def first_call_s(self) -> float:
+        """The fastest first call."""
+        return min(self.first_calls_s)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -102,7 +98,7 @@ def measure(
             samples.append(time.perf_counter() - t)
             if time.perf_counter() - start > budget_s and len(samples) >= min(3, repeats):
                 break
-    return Timing(samples, first)
+    return Timing(samples, [first])
 
 
 #: Pause before every timed step of the eager group. JAX frees buffers asynchronously: without a
@@ -154,7 +150,7 @@ def measure_interleaved(
                 samples[mode].append(time.perf_counter() - t)
             if time.perf_counter() - start > budget_s * max(len(order), 1) and i + 1 >= 3:
                 break
-    return {m: Timing(samples[m], firsts[m]) for m in samples}, errors
+    return {m: Timing(samples[m], [firsts[m]]) for m in samples}, errors
 
 
 # --------------------------------------------------------------------------------------------
@@ -176,20 +172,27 @@ def first_calls_again(
 
     Each mode's step is built afresh (a new ``jax.jit``) after ``jax.clear_caches()``, so
     nothing compiled before is reused; the time is added to the mode's :class:`Timing`, whose
-    ``first_call_s`` becomes the faster of its first calls. One first call of a program that
-    takes seconds to compile scatters far more than a step does (a large compilation depends on
-    how much memory the process has to fault in), so the compile-time targets compare the best
-    of two, taken in opposite orders.
+    ``first_call_s`` is the faster of its first calls. A mode whose rebuild or call raises keeps
+    its one first call (it was measured already; a failing mode must not end the run).
+
+    One first call of a program that takes seconds to compile scatters far more than a step
+    does (a large compilation depends on how much memory the process has to fault in), so the
+    compile-time targets compare the best of two, taken in opposite orders.
     """
     import jax
 
+    if not builders:
+        return
     jax.clear_caches()
     with _GCPaused():
         for mode, build in builders.items():
-            step = build()
-            t0 = time.perf_counter()
-            block(step())
-            timings[mode].add_first_call(time.perf_counter() - t0)
+            try:
+                step = build()
+                t0 = time.perf_counter()
+                block(step())
+            except Exception:  # noqa: BLE001 - see the docstring
+                continue
+            timings[mode].first_calls_s.append(time.perf_counter() - t0)
             del step
 
 
