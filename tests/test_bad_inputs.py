@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -450,6 +451,38 @@ def test_malformed_state_raises_naming_the_slot_and_path(bad_state, error, words
     _assert_unchanged(bad_state, snapshot)
     with pytest.raises(error):  # the same under jit
         jax.jit(tx.update)(GOOD_GRADS, bad_state, PARAMS)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        pytest.param(lambda tx, p, s: tx.update(tuple(p), s, p), id="update"),
+        pytest.param(lambda tx, p, s: jax.jit(tx.update)(tuple(p), s, p), id="jit-update"),
+        pytest.param(lambda tx, p, s: jrmsprop.apply_updates(p, tuple(p)), id="apply_updates"),
+        pytest.param(
+            lambda tx, p, s: jrmsprop.packed(tx).update(tuple(p), jrmsprop.packed(tx).init(p), p),
+            id="packed",
+        ),
+        pytest.param(
+            lambda tx, p, s: jrmsprop.RMSprop().apply_gradients(
+                [(None, jrmsprop.Variable(x)) for x in p]
+            ),
+            id="wrapper-no-gradients",
+        ),
+    ],
+)
+def test_structure_errors_stay_short_for_big_trees(call):
+    """A tree of 4096 leaves in the wrong container: the message names the argument and the
+    number of leaves, and abbreviates the structures (not hundreds of kilobytes)."""
+    params = [jnp.zeros(2)] * 4096
+    tx = jrmsprop.rmsprop()
+    with pytest.raises(ValueError) as info, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the wrapper's "no gradient" warning
+        call(tx, params, tx.init(params))
+    message = str(info.value)
+    assert len(message) < 2000, len(message)
+    assert "characters left out" in message
+    assert "4096 leaves" in message or "No gradients provided" in message
 
 
 def test_weight_decay_without_params_raises_and_retry_works():

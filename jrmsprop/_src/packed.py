@@ -26,6 +26,7 @@ import optax
 
 from jrmsprop._src import sparse
 from jrmsprop._src.transform import RMSpropState
+from jrmsprop._src.validation import abbreviated, tree_description
 
 
 class PackedLayout:
@@ -182,7 +183,7 @@ def _flatten(layout: PackedLayout, tree: Any, what: str, who: str = "packed") ->
     except (ValueError, TypeError) as e:
         raise ValueError(
             f"{who}: `{what}` do not have the tree structure of the packed state "
-            f"(expected {layout.treedef}): {e}"
+            f"(expected {tree_description(layout.treedef)}): {abbreviated(e)}"
         ) from e
 
 
@@ -407,8 +408,9 @@ def unpack_state(state: PackedState, params: Any) -> Any:
     layout = PackedLayout.of(params)
     if layout != state.layout:
         raise ValueError(
-            f"unpack_state: `params` ({layout}, {layout.treedef}) do not match the packed "
-            f"state's layout ({state.layout}, {state.layout.treedef})"
+            f"unpack_state: `params` ({layout}, {tree_description(layout.treedef)}) do not "
+            f"match the packed state's layout ({state.layout}, "
+            f"{tree_description(state.layout.treedef)})"
         )
 
     offsets = _offsets(layout)

@@ -27,6 +27,7 @@ import numpy as np
 
 from jrmsprop._src import sparse
 from jrmsprop._src.packed import PackedLayout, _offsets, _pack, _pack_leaves, _unpack_leaves
+from jrmsprop._src.validation import tree_description
 
 
 class PackedTree:
@@ -291,7 +292,7 @@ def _pack_like(tree: Any, layout: PackedLayout) -> Any:
     if not found and not any(_is_packed(x) for x in jax.tree.leaves(tree, is_leaf=_is_packed)):
         raise ValueError(
             f"pack: no subtree of `tree` has the structure and shapes of `like` ({layout}, "
-            f"{layout.treedef}), so nothing was packed"
+            f"{tree_description(layout.treedef)}), so nothing was packed"
         )
     return out
 

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jrmsprop._src import arithmetic
+from jrmsprop._src import arithmetic, validation
 
 
 @jax.tree_util.register_pytree_node_class
@@ -274,7 +274,8 @@ def apply_updates(params: Any, updates: Any) -> Any:
         update_leaves = treedef.flatten_up_to(updates)
     except (ValueError, TypeError) as e:
         raise ValueError(
-            f"apply_updates: `updates` do not have the structure of `params`: {e}"
+            f"apply_updates: `updates` do not have the structure of `params` "
+            f"({validation.tree_description(treedef)}): {validation.abbreviated(e)}"
         ) from e
     new_leaves = [
         _apply_one(p, u) for p, u in zip(treedef.flatten_up_to(params), update_leaves, strict=True)

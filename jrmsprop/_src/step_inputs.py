@@ -21,6 +21,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jrmsprop._src.validation import abbreviated
 from jrmsprop._src.variable import Variable, as_gradient
 
 __all__ = ["as_gradients", "distinct_donations", "split_pairs", "warn_missing"]
@@ -59,8 +60,9 @@ def split_pairs(
     kept = [(g, v) for g, v in pairs if g is not None]
     if pairs and not kept:
         raise ValueError(
-            f"No gradients provided for any variable: {[v.name for _, v in pairs]}. "
-            f"Provided `grads_and_vars` is {pairs}."
+            f"No gradients provided for any variable: "
+            f"{abbreviated([v.name for _, v in pairs])}. "
+            f"Provided `grads_and_vars` is {abbreviated(pairs)}."
         )
     if len({v for _, v in kept}) != len(kept):
         raise ValueError(

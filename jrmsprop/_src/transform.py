@@ -139,7 +139,7 @@ def _flatten_as(treedef: Any, tree: Any, what: str) -> list[Any]:
     except (ValueError, TypeError) as e:
         raise ValueError(
             f"rmsprop: `{what}` do not have the tree structure of the optimizer state "
-            f"(expected {treedef}): {e}"
+            f"(expected {validation.tree_description(treedef)}): {validation.abbreviated(e)}"
         ) from e
 
 

@@ -30,6 +30,25 @@ RANGES: dict[str, tuple[float, float | None]] = {
 }
 
 
+def abbreviated(value: Any, limit: int = 400) -> str:
+    """``str(value)``, its middle cut out when it is longer than ``limit`` characters.
+
+    Error messages quote tree structures and JAX's own messages, which list every leaf: for a
+    model with thousands of leaves that is hundreds of kilobytes. The start and the end are what
+    tell the structures apart.
+    """
+    text = str(value)
+    if len(text) <= limit:
+        return text
+    half = limit // 2
+    return f"{text[:half]} ... [{len(text) - 2 * half} characters left out] ... {text[-half:]}"
+
+
+def tree_description(treedef: Any) -> str:
+    """A tree structure for an error message: abbreviated, with its number of leaves."""
+    return f"{abbreviated(treedef)} with {treedef.num_leaves} leaves"
+
+
 def _describe(low: float, high: float | None) -> str:
     return f"in [{low:g}, {high:g}]" if high is not None else f"finite and >= {low:g}"
 
