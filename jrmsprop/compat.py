@@ -317,6 +317,11 @@ def state_from_keras2(
     Returns:
       An :class:`jrmsprop.RMSpropState` that continues exactly where Keras stopped.
     """
+    if isinstance(weights, (str, bytes, Mapping)) or not isinstance(weights, Sequence):
+        raise TypeError(
+            "state_from_keras2: `weights` must be a list of arrays (the optimizer's "
+            f"get_weights()), got {type(weights).__name__}"
+        )
     n = len(jax.tree.leaves(params))
     blocks = 1 + int(momentum) + int(centered)
     if len(weights) != 1 + blocks * n:
@@ -330,6 +335,34 @@ def state_from_keras2(
     mom = _build_slot(params, chunks[1], "state_from_keras2: momentum") if momentum else None
     mg = _build_slot(params, chunks[-1], "state_from_keras2: mg") if centered else None
     return RMSpropState(_count(weights[0], "state_from_keras2"), rms, mom, mg)
+
+
+def _torch_state_dict_parts(state_dict: Any) -> tuple[list[Mapping[str, Any]], Mapping[Any, Any]]:
+    """``(param_groups, state)`` of a torch optimizer ``state_dict()``, checked for shape."""
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(
+            "state_from_torch: `state_dict` must be a torch optimizer's state_dict() (a mapping), "
+            f"got {type(state_dict).__name__}"
+        )
+    if not {"state", "param_groups"} <= set(state_dict):
+        got = sorted(map(str, state_dict))
+        raise ValueError(
+            "state_from_torch: `state_dict` must be a torch optimizer's state_dict(), a mapping "
+            f"with 'state' and 'param_groups'; got {got}"
+        )
+    groups, per_param = state_dict["param_groups"], state_dict["state"]
+    if not isinstance(per_param, Mapping):
+        raise ValueError(
+            f"state_from_torch: `state_dict['state']` must be a mapping, got {type(per_param)}"
+        )
+    if not isinstance(groups, Sequence) or not all(
+        isinstance(g, Mapping) and "params" in g for g in groups
+    ):
+        raise ValueError(
+            "state_from_torch: `state_dict['param_groups']` must be a list of dicts, each with "
+            "a 'params' list"
+        )
+    return list(groups), per_param
 
 
 def state_from_torch(state_dict: Mapping[str, Any], params: Any) -> RMSpropState:
@@ -353,7 +386,7 @@ def state_from_torch(state_dict: Mapping[str, Any], params: Any) -> RMSpropState
       >>> compat.state_from_torch(sd, [jnp.zeros(2)]).count
       Array(3, dtype=int32)
     """
-    groups = state_dict["param_groups"]
+    groups, per_param = _torch_state_dict_parts(state_dict)
     order = [i for group in groups for i in group["params"]]
     flags = {(float(g.get("momentum", 0)) > 0, bool(g.get("centered", False))) for g in groups}
     if len(flags) != 1:
@@ -370,7 +403,17 @@ def state_from_torch(state_dict: Mapping[str, Any], params: Any) -> RMSpropState
             f"state_from_torch: the state_dict has {len(order)} parameters, `params` has "
             f"{len(leaves)}"
         )
-    per_param = state_dict["state"]
+    for i in order:
+        entry = per_param.get(i)
+        needed = ("step", "square_avg")
+        needed += ("momentum_buffer",) if has_momentum else ()
+        needed += ("grad_avg",) if centered else ()
+        missing = [k for k in needed if entry is not None and k not in entry]
+        if missing:
+            raise ValueError(
+                f"state_from_torch: `state_dict['state'][{i!r}]` lacks {missing} (an RMSprop "
+                f"state with momentum={has_momentum}, centered={centered} has {list(needed)})"
+            )
     steps = {float(_to_numpy(per_param[i]["step"])) for i in order if i in per_param}
     if len(steps) > 1:
         raise ValueError(f"state_from_torch: parameters were stepped unequally ({sorted(steps)})")

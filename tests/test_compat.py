@@ -142,6 +142,9 @@ def test_state_from_keras2_continues_like_an_uninterrupted_run():
         compat.state_from_keras2(
             [weights[0], np.ones(5)] + weights[2:], p, momentum=True, centered=True
         )
+    for not_a_list in (None, "weights", {"iter": weights[0]}, np.ones((7, 3))):
+        with pytest.raises(TypeError, match="`weights` must be a list of arrays"):
+            compat.state_from_keras2(not_a_list, p, momentum=True, centered=True)
 
 
 def test_state_from_torch_builds_count_and_slots():
@@ -173,3 +176,31 @@ def test_state_from_torch_builds_count_and_slots():
     )
     with pytest.raises(ValueError, match="unequally"):
         compat.state_from_torch(sd, params)
+
+
+@pytest.mark.parametrize(
+    "state_dict, error, words",
+    [
+        ([], TypeError, "a mapping"),
+        ({"state": {}}, ValueError, "'state' and 'param_groups'"),
+        ({"state": [], "param_groups": []}, ValueError, r"`state_dict\['state'\]` must be"),
+        ({"state": {}, "param_groups": [{"lr": 1}]}, ValueError, "'params' list"),
+        (
+            {"state": {0: {"step": np.float32(1)}}, "param_groups": [{"params": [0]}]},
+            ValueError,
+            r"`state_dict\['state'\]\[0\]` lacks \['square_avg'\]",
+        ),
+        (
+            {
+                "state": {0: {"step": np.float32(1), "square_avg": np.ones(3, np.float32)}},
+                "param_groups": [{"params": [0], "momentum": 0.9}],
+            },
+            ValueError,
+            r"lacks \['momentum_buffer'\]",
+        ),
+    ],
+)
+def test_state_from_torch_refuses_malformed_state_dicts(state_dict, error, words):
+    """Not a raw KeyError: the message names the part of ``state_dict`` that is wrong."""
+    with pytest.raises(error, match=words):
+        compat.state_from_torch(state_dict, [jnp.zeros(3)])

@@ -114,6 +114,9 @@ def test_indexed_slices_is_a_pytree_and_densifies_with_duplicates():
         (np.ones((2, 3)), np.array([[0, 1]]), (4, 3), ValueError),
         (np.ones((2, 3)), np.array([0.0, 1.0]), (4, 3), TypeError),
         (np.ones((2, 2)), np.array([0, 1]), (4, 3), ValueError),
+        (np.ones((1, 3)), np.array([0]), (-2, 3), ValueError),  # negative dense_shape
+        (np.ones((1, 3)), np.array([0]), (2.5, 3), TypeError),  # not integers (not truncated)
+        (np.ones((1, 3)), np.array([0]), "ab", TypeError),
     ],
 )
 def test_indexed_slices_validation(values, indices, shape, error):

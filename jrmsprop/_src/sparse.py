@@ -116,13 +116,21 @@ class IndexedSlices:
 
 def _as_shape(dense_shape: Any) -> tuple[int, ...]:
     try:
-        shape = tuple(int(d) for d in np.asarray(dense_shape).reshape(-1))
-    except (TypeError, jax.errors.ConcretizationTypeError) as e:
+        array = np.asarray(dense_shape)
+        shape = tuple(int(d) for d in array.reshape(-1))
+    except (TypeError, ValueError, jax.errors.ConcretizationTypeError) as e:
         raise TypeError(
             f"IndexedSlices: `dense_shape` must be static (a tuple of ints), got {dense_shape!r}"
         ) from e
+    if shape and array.dtype.kind not in "iu":
+        raise TypeError(
+            f"IndexedSlices: `dense_shape` must be a tuple of ints, got {dense_shape!r} "
+            f"(dtype {array.dtype})"
+        )
     if not shape:
         raise ValueError("IndexedSlices: `dense_shape` must have at least one dimension")
+    if min(shape) < 0:
+        raise ValueError(f"IndexedSlices: `dense_shape` must not be negative, got {shape}")
     return shape
 
 
