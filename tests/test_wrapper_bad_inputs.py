@@ -388,3 +388,28 @@ def test_round_trip_continues_bit_for_bit(how, learning_rate):
         )
     with pytest.raises(ValueError, match="iterations"):
         opt2.iterations.assign(-1)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, words",
+    [
+        (dict(initial_value=None), TypeError, "`initial_value`"),
+        (dict(initial_value="abc"), TypeError, "`initial_value`"),
+        (dict(initial_value=[[1.0], [2.0, 3.0]]), TypeError, "`initial_value`"),
+        (dict(initial_value=1.0, dtype="floaty"), TypeError, "`dtype`"),
+        (dict(initial_value=1.0, trainable="no"), TypeError, "`trainable`"),
+        (dict(initial_value=1.0, trainable=1), TypeError, "`trainable`"),
+        (dict(initial_value=1.0, name=3), TypeError, "`name`"),
+        (dict(initial_value=1.0, aggregation="max"), ValueError, "`aggregation`"),
+    ],
+)
+def test_variable_constructor_refuses(kwargs, error, words):
+    with pytest.raises(error, match=words):
+        Variable(**kwargs)
+
+
+def test_variable_trainable_none_follows_tf():
+    """TF: ``trainable=None`` is True, except for a variable synchronised on read."""
+    assert Variable(1.0, trainable=None).trainable is True
+    assert Variable(1.0, trainable=None, synchronization="on_read").trainable is False
+    assert Variable(1.0, trainable=np.bool_(False)).trainable is False

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jrmsprop._src.sparse import IndexedSlices
+from jrmsprop._src.validation import check_bool
 
 __all__ = ["Variable", "as_gradient"]
 
@@ -120,7 +121,8 @@ class Variable:
       name: the variable's name (default ``"Variable"``); the optimizer names slots after it.
       dtype: the dtype to store (default: float32 for Python floats, int32 for Python ints, an
         array's own dtype otherwise; 64-bit types are narrowed unless JAX's x64 mode is on).
-      trainable: recorded for Keras compatibility (JAX does not consult it).
+      trainable: ``True`` or ``False``, recorded for Keras compatibility (JAX does not consult
+        it); ``None`` means True unless ``synchronization`` is ``"on_read"``, as in TF.
       synchronization: Keras/TF ``VariableSynchronization`` value (``"auto"``, ``"none"``,
         ``"on_write"``, ``"on_read"``, or the enum); recorded only -- a single-process JAX
         program has no replicas to synchronise.
@@ -153,7 +155,7 @@ class Variable:
         initial_value: Any,
         name: str | None = None,
         dtype: Any = None,
-        trainable: bool = True,
+        trainable: bool | None = True,
         *,
         synchronization: Any = "auto",
         aggregation: Any = "none",
@@ -162,10 +164,27 @@ class Variable:
             initial_value = initial_value()
         if name is not None and not isinstance(name, str):
             raise TypeError(f"Variable: `name` must be a string, got {name!r}")
-        self._value = as_array(initial_value, dtype)
+        if dtype is not None:
+            try:
+                dtype = np.dtype(dtype)
+            except TypeError as e:
+                raise TypeError(f"Variable: `dtype` must be a dtype, got {dtype!r}") from e
+        try:
+            value = as_array(initial_value, dtype)
+        except (TypeError, ValueError) as e:
+            raise TypeError(
+                f"Variable: `initial_value` must be a number or an array of numbers, got "
+                f"{type(initial_value).__name__} ({e})"
+            ) from e
+        synchronization = enum_name("synchronization", synchronization, SYNCHRONIZATIONS)
+        if trainable is None:  # TF: trainable unless synchronised on read
+            trainable = synchronization != "on_read"
+        else:
+            trainable = check_bool("trainable", trainable)
+        self._value = value
         self._name = name if name is not None else "Variable"
         self._trainable = bool(trainable)
-        self._synchronization = enum_name("synchronization", synchronization, SYNCHRONIZATIONS)
+        self._synchronization = synchronization
         self._aggregation = enum_name("aggregation", aggregation, AGGREGATIONS)
 
     # -- reading ---------------------------------------------------------------------------------
