@@ -353,7 +353,8 @@ def _torch_state_dict_parts(state_dict: Any) -> tuple[list[Mapping[str, Any]], M
     groups, per_param = state_dict["param_groups"], state_dict["state"]
     if not isinstance(per_param, Mapping):
         raise ValueError(
-            f"state_from_torch: `state_dict['state']` must be a mapping, got {type(per_param)}"
+            "state_from_torch: `state_dict['state']` must be a mapping, got "
+            f"{type(per_param).__name__}"
         )
     if not isinstance(groups, Sequence) or not all(
         isinstance(g, Mapping) and "params" in g for g in groups
@@ -403,12 +404,11 @@ def state_from_torch(state_dict: Mapping[str, Any], params: Any) -> RMSpropState
             f"state_from_torch: the state_dict has {len(order)} parameters, `params` has "
             f"{len(leaves)}"
         )
+    needed = ("step", "square_avg")
+    needed += ("momentum_buffer",) if has_momentum else ()
+    needed += ("grad_avg",) if centered else ()
     for i in order:
-        entry = per_param.get(i)
-        needed = ("step", "square_avg")
-        needed += ("momentum_buffer",) if has_momentum else ()
-        needed += ("grad_avg",) if centered else ()
-        missing = [k for k in needed if entry is not None and k not in entry]
+        missing = [k for k in needed if i in per_param and k not in per_param[i]]
         if missing:
             raise ValueError(
                 f"state_from_torch: `state_dict['state'][{i!r}]` lacks {missing} (an RMSprop "

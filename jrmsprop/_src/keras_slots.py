@@ -181,20 +181,18 @@ class OptimizerVariables:
         agg = enum_name("aggregation", aggregation, AGGREGATIONS)
         if trainable is not None:
             check_bool("trainable", trainable)
-        if sync == "on_read":
-            if trainable:
-                raise ValueError(
-                    "Synchronization value can be set to VariableSynchronization.ON_READ only "
-                    "for non-trainable variables. You have specified trainable=True and "
-                    "synchronization=VariableSynchronization.ON_READ."
-                )
-            trainable = False
+        if sync == "on_read" and trainable:
+            raise ValueError(
+                "Synchronization value can be set to VariableSynchronization.ON_READ only "
+                "for non-trainable variables. You have specified trainable=True and "
+                "synchronization=VariableSynchronization.ON_READ."
+            )
         value = _initial_value(initializer, shape, np.float32 if dtype is None else dtype)
         return Variable(
             value,
             name=f"{self._name}/{name}",
             dtype=value.dtype,
-            trainable=True if trainable is None else trainable,
+            trainable=trainable,  # None: Variable's rule (TF's: True unless on_read)
             synchronization=sync,
             aggregation=agg,
         )

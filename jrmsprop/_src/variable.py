@@ -183,7 +183,7 @@ class Variable:
             trainable = check_bool("trainable", trainable)
         self._value = value
         self._name = name if name is not None else "Variable"
-        self._trainable = bool(trainable)
+        self._trainable = trainable
         self._synchronization = synchronization
         self._aggregation = enum_name("aggregation", aggregation, AGGREGATIONS)
 
