@@ -447,3 +447,24 @@ def test_wrapper_keeps_the_sharding_of_variables_laid_out_over_devices():
         ref.apply_gradients([(jnp.ones(8) * 0.5, plain)])
     assert var.value.sharding == sharding
     np.testing.assert_array_equal(np.asarray(var.value), np.asarray(plain.value))
+
+
+def test_wrapper_takes_the_kernel_only_for_arrays_on_one_device(monkeypatch):
+    """The ``fused`` flag of the wrapper's step: off as soon as one array spans devices; with a
+    single CPU device it is on without looking at shardings."""
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    from jrmsprop._src import optimizer as optimizer_lib
+
+    devices = np.array(jax.devices()[:2])
+    if devices.size < 2:
+        pytest.skip("needs 2 devices")
+    sharded = jax.device_put(
+        jnp.arange(8, dtype=jnp.float32), NamedSharding(Mesh(devices, ("d",)), PartitionSpec("d"))
+    )
+    single = jnp.arange(8, dtype=jnp.float32)
+    assert optimizer_lib._cpu_device_count() == jax.device_count("cpu") > 1
+    assert optimizer_lib._each_on_one_device((single, single))
+    assert not optimizer_lib._each_on_one_device((single, sharded))
+    monkeypatch.setattr(optimizer_lib, "_cpu_device_count", lambda: 1)
+    assert optimizer_lib._each_on_one_device((single, single))
