@@ -408,7 +408,9 @@ def state_from_torch(state_dict: Mapping[str, Any], params: Any) -> RMSpropState
     needed += ("momentum_buffer",) if has_momentum else ()
     needed += ("grad_avg",) if centered else ()
     for i in order:
-        missing = [k for k in needed if i in per_param and k not in per_param[i]]
+        if i not in per_param:  # a parameter never stepped has no entry
+            continue
+        missing = [k for k in needed if k not in per_param[i]]
         if missing:
             raise ValueError(
                 f"state_from_torch: `state_dict['state'][{i!r}]` lacks {missing} (an RMSprop "

@@ -180,7 +180,7 @@ class OptimizerVariables:
         sync = enum_name("synchronization", synchronization, SYNCHRONIZATIONS)
         agg = enum_name("aggregation", aggregation, AGGREGATIONS)
         if trainable is not None:
-            check_bool("trainable", trainable)
+            trainable = check_bool("trainable", trainable)
         if sync == "on_read" and trainable:
             raise ValueError(
                 "Synchronization value can be set to VariableSynchronization.ON_READ only "
