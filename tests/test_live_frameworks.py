@@ -176,3 +176,17 @@ def test_live_parity(framework: str, index: int) -> None:
             assert framework == "tf1" and name == "momentum" and spec.kwargs["momentum"] == 0
             continue
         assert_close(theirs, ours[name], f"{what}: {name} slot")
+
+
+@pytest.mark.parametrize("synchronization", ["auto", "none", "on_write", "on_read"])
+@pytest.mark.parametrize("trainable", [None, True, False])
+def test_variable_trainable_follows_tf_variable(trainable: Any, synchronization: str) -> None:
+    """``Variable``'s ``trainable`` rule is ``tf.Variable``'s, default included."""
+    import tensorflow as tf
+
+    from jrmsprop import Variable
+
+    sync = getattr(tf.VariableSynchronization, synchronization.upper())
+    kwargs = {} if trainable is None else {"trainable": trainable}
+    expected = tf.Variable(1.0, synchronization=sync, **kwargs).trainable
+    assert Variable(1.0, synchronization=synchronization, **kwargs).trainable is expected

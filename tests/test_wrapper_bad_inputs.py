@@ -412,4 +412,9 @@ def test_variable_trainable_none_follows_tf():
     """TF: ``trainable=None`` is True, except for a variable synchronised on read."""
     assert Variable(1.0, trainable=None).trainable is True
     assert Variable(1.0, trainable=None, synchronization="on_read").trainable is False
+    # The default is None, as tf.Variable's: a variable synchronised on read is not trainable
+    # unless asked, and tf.Variable accepts asking (only add_weight refuses it).
+    assert Variable(1.0).trainable is True
+    assert Variable(1.0, synchronization="on_read").trainable is False
+    assert Variable(1.0, trainable=True, synchronization="on_read").trainable is True
     assert Variable(1.0, trainable=np.bool_(False)).trainable is False

@@ -122,7 +122,9 @@ class Variable:
       dtype: the dtype to store (default: float32 for Python floats, int32 for Python ints, an
         array's own dtype otherwise; 64-bit types are narrowed unless JAX's x64 mode is on).
       trainable: ``True`` or ``False``, recorded for Keras compatibility (JAX does not consult
-        it); ``None`` means True unless ``synchronization`` is ``"on_read"``, as in TF.
+        it). The default, ``None``, means True unless ``synchronization`` is ``"on_read"``, as
+        in ``tf.Variable`` (which, unlike ``add_weight``, also accepts an explicit True with
+        ``"on_read"``).
       synchronization: Keras/TF ``VariableSynchronization`` value (``"auto"``, ``"none"``,
         ``"on_write"``, ``"on_read"``, or the enum); recorded only -- a single-process JAX
         program has no replicas to synchronise.
@@ -155,7 +157,7 @@ class Variable:
         initial_value: Any,
         name: str | None = None,
         dtype: Any = None,
-        trainable: bool | None = True,
+        trainable: bool | None = None,
         *,
         synchronization: Any = "auto",
         aggregation: Any = "none",
