@@ -19,7 +19,8 @@ for bit; the others to float32 rounding), with ``t`` the number of updates alrea
     ``g = −g`` (maximize), ``g += wd·p`` (coupled L2), ``1 − α`` in double, ``sq = sq·α +
     ((1−α)·g)·g``, ``ga`` by ``lerp`` (``ga + (1−α)·(g − ga)``, or ``g − (g − ga)·α`` for
     ``α <= 0.5``), ``avg = √(sq − ga²) + ε`` (ε outside), ``buf = buf·μ + g/avg``,
-    ``p −= lr·buf`` (lr *outside* the buffer).
+    ``p −= lr·buf`` (lr *outside* the buffer), or without a buffer ``p −= (lr·g)/avg``
+    (``addcdiv``'s order).
 ``tf1`` (``tf.compat.v1.train.RMSPropOptimizer``)
     Always the fused kernels of ``keras2`` with a momentum slot, and ``rms`` starts at 1.
 
@@ -199,8 +200,8 @@ class Reference:
             if mom is not None:
                 mom = mom * mu + g / avg
                 step = lr * mom
-            else:
-                step = lr * (g / avg)
+            else:  # p.addcdiv_(g, avg, value=−lr): (−lr·g)/avg
+                step = (lr * g) / avg
         elif self.fused_kernel:  # keras2 with momentum, tf1
             rms = rms + (g * g - rms) * omr
             if mg is not None:

@@ -167,6 +167,63 @@ def test_eager_update_compiles_once():
     assert transform._update._cache_size() == size
 
 
+# Every preset whose update ends in a product or mixes constants: a caller's jit sees the
+# hyperparameters as constants and the parameter add in the same program, where XLA may
+# reassociate constant factors and LLVM contract a product into p + update.
+STYLE_PRESETS = {
+    "keras2": lambda: jrmsprop.rmsprop(0.1),
+    "keras2-momentum-centered-decay": lambda: jrmsprop.rmsprop(
+        0.1, momentum=0.9, centered=True, decay=0.01
+    ),
+    "keras3-wd": lambda: jrmsprop.compat.keras3(0.1, weight_decay=0.1),
+    "keras3-wd-momentum": lambda: jrmsprop.compat.keras3(0.1, weight_decay=0.1, momentum=0.9),
+    "torch": lambda: jrmsprop.compat.torch(lr=0.1),
+    "torch-momentum": lambda: jrmsprop.compat.torch(lr=0.1, momentum=0.9),
+    "torch-all": lambda: jrmsprop.compat.torch(
+        lr=0.1, momentum=0.9, centered=True, weight_decay=0.1, maximize=True
+    ),
+    "tf1-centered": lambda: jrmsprop.compat.tf1(0.1, momentum=0.9, centered=True),
+    "optax": lambda: jrmsprop.compat.optax_rmsprop(0.1, momentum=0.9),
+}
+
+
+@pytest.mark.parametrize("preset", list(STYLE_PRESETS))
+def test_every_preset_gives_the_same_bits_in_every_calling_style(preset):
+    """Eager update then apply, jit(update) then apply, jit(update + apply) and a lax.scan of
+    steps: bit for bit the same parameters and slots."""
+    tx = STYLE_PRESETS[preset]()
+    rng = np.random.default_rng(7)
+    params = {"w": jnp.asarray(rng.standard_normal(1024), jnp.float32)}
+    grads = [
+        {"w": jnp.asarray(rng.standard_normal(1024) * 10.0 ** rng.integers(-3, 3), jnp.float32)}
+        for _ in range(3)
+    ]
+
+    def step(p, s, g):
+        u, s = tx.update(g, s, p)
+        return optax.apply_updates(p, u), s
+
+    def split(p, s, g):
+        u, s = jax.jit(tx.update)(g, s, p)
+        return optax.apply_updates(p, u), s
+
+    def scanned(p, s, gs):
+        stacked = jax.tree.map(lambda *x: jnp.stack(x), *gs)
+        return jax.jit(
+            lambda p, s: jax.lax.scan(lambda c, g: (step(*c, g), None), (p, s), stacked)[0]
+        )(p, s)
+
+    results = {}
+    for name, fn in {"eager": step, "jit(update)": split, "jit(step)": jax.jit(step)}.items():
+        p, s = params, tx.init(params)
+        for g in grads:
+            p, s = fn(p, s, g)
+        results[name] = (p, s)
+    results["scan"] = scanned(params, tx.init(params), grads)
+    for name, result in results.items():
+        chex.assert_trees_all_equal(result, results["eager"], custom_message=name)
+
+
 def test_same_shaped_leaves_are_traced_once():
     """A tree of many leaves lowers one function per leaf signature (fast to compile), and the
     compiled program still updates every leaf."""

@@ -363,9 +363,9 @@ def step_from_moments(
 
     v     = rms − |mg|²   (centered)   or   rms
     denom = sqrt(v + ε)   (ε inside)   or   sqrt(v) + ε
-    step  = lr·g / denom  (lr inside the momentum buffer)   or   g / denom
+    step  = lr·g / denom  (lr inside the buffer, or no buffer)   or   g / denom
     mom   = μ·mom + step  (momentum slot)  ;  delta = mom   or   step
-    delta = lr·delta      (lr outside the buffer)
+    delta = lr·mom        (lr outside the buffer, PyTorch)
     p − delta is then rounded after p − (p·wd)·lr  (decoupled weight decay)
 
     Returns ``(delta, mom)``: the amount to *subtract* from the parameter and the new buffer;
@@ -396,7 +396,10 @@ def step_from_moments(
             denom = jnp.sqrt(variance) + eps
         else:
             denom = exact_sqrt(variance) + eps
-        numerator = lr.astype(cdtype) * g if variant.lr_in_momentum else g
+        # lr is a factor of the numerator where it is inside the buffer or there is no buffer
+        # (PyTorch's p.addcdiv_(g, avg, value=−lr) computes (−lr·g)/avg too).
+        lr_in_numerator = variant.lr_in_momentum or mom is None
+        numerator = lr.astype(cdtype) * g if lr_in_numerator else g
         step = numerator / denom.astype(cdtype)
     if mom is not None:
         # A non-finite g makes the step NaN, and so the sum, whatever the guard passes on.
@@ -405,13 +408,20 @@ def step_from_moments(
     else:
         mom_new = None
         delta = step
-    if not variant.lr_in_momentum:
-        delta = lr.astype(cdtype) * delta
+    if not variant.lr_in_momentum and mom is not None:
+        # PyTorch's p.add_(buf, alpha=−lr). Rounded on its own: a caller's p + update in the
+        # same jit would otherwise be contracted into a fused multiply-add, and the result
+        # would depend on the calling style. (PyTorch's own vectorised add is a fused
+        # multiply-add, which XLA offers no way to request: float32 rounding, not bit for bit.)
+        delta = rounded(lr.astype(cdtype) * delta, finite)
     if param is not None and variant.decoupled_weight_decay:
         # Keras 3: p ← p − (p·wd)·lr, then p ← p − step, each rounded. The caller adds
         # −delta to p; p − p_new is exact (Sterbenz) whenever p_new is within 2× of p.
         p = param.astype(cdtype)
-        decayed_p = p - rounded(p * sc.weight_decay.astype(cdtype) * lr.astype(cdtype))
+        # (p·wd)·lr, with p·wd rounded on its own: XLA rewrites (p·c1)·c2 into p·(c1·c2) when
+        # wd and lr are constants of the caller's jit, which rounds differently.
+        p_wd = rounded(p * sc.weight_decay.astype(cdtype), finite)
+        decayed_p = p - rounded(p_wd * lr.astype(cdtype))
         delta = p - (decayed_p - delta)
     if negate and not sign_on_lr:
         delta = -delta
