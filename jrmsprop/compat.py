@@ -242,6 +242,9 @@ _KERAS3 = Rule(
     fused_order=False,
     weight_decay="decoupled",
     one_minus_rho_in_double=True,
+    # Keras 3 keeps learning_rate in a float32 variable (``floatx``); ρ, μ, ε and weight_decay
+    # stay Python numbers, cast to the variable's dtype.
+    float32_hyperparameters=frozenset({"learning_rate"}),
 )
 _TORCH = Rule(
     framework="compat.torch",
@@ -252,6 +255,7 @@ _TORCH = Rule(
     weight_decay="coupled",
     one_minus_rho_in_double=True,
     complex_as_real=True,
+    scaled_gradient_squared=True,
 )
 _TF1 = Rule(
     framework="compat.tf1",

@@ -53,6 +53,22 @@ def test_torch_complex_parameters_are_two_real_ones(name, kwargs):
     assert np.max(np.abs(np.asarray(q) - data["plain/traj"][-1])) > 1e-3
 
 
+@pytest.mark.parametrize("centered", [False, True])
+def test_torch_squares_the_scaled_gradient_so_huge_gradients_do_not_overflow(centered):
+    """PyTorch's ``square_avg.addcmul_(g, g, value=1−α)`` forms ``((1−α)·g)·g``: a gradient of
+    1e20 gives ``square_avg`` 1e38 (finite) and a step of ``lr`` (torch 2.13: p 1 → 0.9,
+    square_avg 9.99999968e37), where ``(1−α)·(g·g)`` would overflow and leave p at 1."""
+    tx = compat.torch(lr=0.1, alpha=0.99, centered=centered)
+    p = jnp.ones(3, jnp.float32)
+    g = jnp.asarray([1e20, -1e20, 1.0], jnp.float32)
+    u, state = tx.update(g, tx.init(p), p)
+    rms = np.float32(np.float32(0.01) * np.float32(1e20)) * np.float32(1e20)
+    np.testing.assert_array_equal(state.rms[:2], [rms, rms])
+    assert np.isfinite(np.asarray(optax.apply_updates(p, u))).all()
+    if not centered:  # sqrt(1e38) is 1e19 exactly in float32 here: the step is lr·g/1e19
+        np.testing.assert_allclose(np.asarray(optax.apply_updates(p, u))[:2], [0.0, 2.0])
+
+
 def test_keras2_complex_uses_abs_squared_with_real_rms():
     """The documented Keras 2 deviation: |g|², a real rms slot (TF would square g itself)."""
     tx = jrmsprop.rmsprop(0.1)
@@ -94,6 +110,25 @@ def test_keras2_float64_rounds_hyperparameters_to_float32_like_tf(x64, name):
             u, state = tx.update(jnp.asarray(g), state, p)
             p = p + u
             np.testing.assert_array_equal(np.asarray(p), data[f"{name}/traj"][t])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        (dict(learning_rate=0.1), 0.6837739860773095),
+        (dict(learning_rate=0.1, momentum=0.9), 0.6837739860773095),
+        (dict(learning_rate=0.1, weight_decay=0.5), 0.6337739853322515),
+    ],
+)
+def test_keras3_float64_rounds_only_the_learning_rate_to_float32(x64, kwargs, expected):
+    """Keras 3 keeps ``learning_rate`` in a float32 variable, so a float64 variable sees
+    ``float64(float32(0.1))``; ρ, μ, ε and weight decay are Python numbers. Expected: Keras 3.15
+    (TensorFlow and JAX backends alike), one step from p = 1 with g = 0.3; the exact double lr
+    gives 0.6837739907894443 and 0.6337739907894443."""
+    tx = compat.keras3(**kwargs)
+    p = jnp.asarray(1.0, jnp.float64)
+    u, _ = tx.update(jnp.asarray(0.3, jnp.float64), tx.init(p), p)
+    assert float(p + u) == expected
 
 
 def test_float32_params_with_bfloat16_gradients_get_float32_updates():

@@ -68,6 +68,9 @@ class Rule(NamedTuple):
       initial_rms: the starting value of the ``rms`` slot (TF1: 1.0).
       complex_as_real: a complex parameter is two real ones (PyTorch's ``view_as_real``: one
         running average per component) instead of one complex value with ``|g|²``.
+      scaled_gradient_squared: the ``rms`` increment is ``((1−ρ)·g)·g`` (PyTorch's
+        ``addcmul_(g, g, value=1−α)``; no overflow before ``|g|`` reaches ``sqrt(max/(1−ρ))``)
+        instead of ``(1−ρ)·(g·g)``.
     """
 
     framework: str = "rmsprop"
@@ -82,6 +85,7 @@ class Rule(NamedTuple):
     float32_hyperparameters: frozenset[str] = frozenset()
     initial_rms: float = 0.0
     complex_as_real: bool = False
+    scaled_gradient_squared: bool = False
 
     def user_name(self, name: str) -> str:
         """The argument's name as the framework (and so the user) writes it."""
@@ -100,6 +104,7 @@ class Rule(NamedTuple):
             decoupled_weight_decay=self.weight_decay == "decoupled",
             maximize=self.maximize,
             epsilon_nonzero=epsilon_nonzero,
+            scaled_gradient_squared=self.scaled_gradient_squared,
         )
 
 
@@ -113,6 +118,7 @@ class Variant(NamedTuple):
     maximize: bool
     sparse_fused_order: bool = False  # the order of TF's SparseApplyRMSProp kernels (lazy rows)
     epsilon_nonzero: bool = False  # ε is a constant that is not 0 in float32 (see Rule.variant)
+    scaled_gradient_squared: bool = False  # rms gains ((1−ρ)·g)·g (see Rule)
 
 
 def compute_dtype(*dtypes: Any) -> jnp.dtype:
@@ -306,11 +312,15 @@ def decayed(x: jax.Array, rho: jax.Array, dtype: Any, guard: bool = True) -> jax
 
 
 def moment_increments(
-    g: jax.Array, sc: Scalars, centered: bool, guard: bool = True
+    g: jax.Array, sc: Scalars, centered: bool, guard: bool = True, scaled: bool = False
 ) -> tuple[jax.Array, jax.Array | None]:
     """``((1−ρ)·|g|², (1−ρ)·g)``: what the moving averages gain from ``g`` (op-by-op order);
-    the second is None when not ``centered``. ``guard``: as for :func:`decayed`."""
-    rms_inc = sc.one_minus_rho * _factor_sq(g)
+    the second is None when not ``centered``. ``guard``: as for :func:`decayed`. ``scaled``:
+    the first is ``((1−ρ)·g)·g`` (real ``g``, PyTorch's order)."""
+    if scaled:
+        rms_inc = (sc.one_minus_rho.astype(g.dtype) * g) * g
+    else:
+        rms_inc = sc.one_minus_rho * _factor_sq(g)
     mg_inc = sc.one_minus_rho.astype(g.dtype) * g if centered else None
     if not guard:
         return rms_inc, mg_inc
@@ -341,7 +351,9 @@ def update_moments(
         mg_old = mg.astype(g.dtype)
         mg_inc = rounded((g - mg_old) * sc.one_minus_rho.astype(g.dtype), finite)
         return rms_new, mg_old + mg_inc
-    rms_inc, mg_inc = moment_increments(g, sc, centered=mg is not None, guard=False)
+    rms_inc, mg_inc = moment_increments(
+        g, sc, centered=mg is not None, guard=False, scaled=variant.scaled_gradient_squared
+    )
     rms_new = sum_of_products(decayed(rms, sc.rho, rdtype, guard=False), rms_inc, finite)
     if mg is None:
         return rms_new, None
