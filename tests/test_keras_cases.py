@@ -661,3 +661,88 @@ def test_live_float64_trajectory(tf_modules, x64, name):
     _, variables, ours = _run_jrmsprop(config, init, grads, sparse=False)
     assert variables[0].dtype == np.float64
     _assert_trajectories(ours, theirs, rtol=1e-14, exact=True)
+
+
+def _live_steps(tf, tf_keras, config, steps=4, grad=(0.3, -0.1, 0.2, 0.004), before=None):
+    """``steps`` steps of tf_keras's and jrmsprop's RMSprop on the same vector; ``before(opt,
+    step)`` runs on both before each step. Returns (tf_opt, tf_var, opt, var)."""
+    init = np.array([1.0, -2.0, 3.0, 0.5], np.float32)
+    tf_opt, tf_var = tf_keras.optimizers.legacy.RMSprop(**config()), tf.Variable(init)
+    opt, var = RMSprop(**config()), Variable(init)
+    for step in range(steps):
+        if before is not None:
+            before(tf_opt, step)
+            before(opt, step)
+        tf_opt.apply_gradients([(tf.constant(grad, tf.float32), tf_var)])
+        opt.apply_gradients([(jnp.asarray(grad, jnp.float32), var)])
+    return tf_opt, tf_var, opt, var
+
+
+@pytest.mark.frameworks
+@pytest.mark.parametrize(
+    "config",
+    [
+        lambda: dict(learning_rate=lambda v=0.05: v),
+        lambda: dict(
+            learning_rate=__import__("functools").partial(lambda b, factor=1.0: b * factor, 0.05)
+        ),
+        lambda: dict(learning_rate=0.05, rho=lambda r=0.8: r, momentum=lambda m=0.0: m),
+    ],
+    ids=["lambda-default", "partial-default", "rho-momentum-default"],
+)
+def test_live_callables_with_default_arguments(tf_modules, config):
+    """tf_keras calls a callable hyperparameter with no arguments, defaulted parameters or not."""
+    tf, tf_keras = tf_modules
+    tf_opt, tf_var, opt, var = _live_steps(tf, tf_keras, config)
+    np.testing.assert_array_equal(var.numpy(), tf_var.numpy())
+    assert [w.name for w in opt.weights] == [w.name.split(":")[0] for w in tf_opt.weights]
+    ours, theirs = opt.get_config(), tf_opt.get_config()
+    assert list(ours) == list(theirs)
+    for key, value in theirs.items():
+        if isinstance(value, (float, np.floating)):
+            assert ours[key] == pytest.approx(float(value), rel=1e-7), key
+        else:
+            assert ours[key] == value, key
+
+
+@pytest.mark.frameworks
+@pytest.mark.parametrize("initial", [0.0, 0.1])
+def test_live_decay_set_after_construction(tf_modules, initial):
+    """tf_keras trains with, and reports, the constructor's decay (``_initial_decay``);
+    ``opt.decay = x`` and ``opt.decay.assign(x)`` only change the hyper Variable."""
+    tf, tf_keras = tf_modules
+
+    def before(opt, step):
+        if step == 1:
+            opt.decay = 0.5
+        if step == 2:
+            opt.decay.assign(0.25)
+
+    tf_opt, tf_var, opt, var = _live_steps(
+        tf, tf_keras, lambda: dict(learning_rate=0.1, decay=initial), before=before
+    )
+    np.testing.assert_array_equal(var.numpy(), tf_var.numpy())
+    assert float(opt.decay) == float(tf_opt.decay.numpy()) == 0.25
+    assert opt.get_config()["decay"] == tf_opt.get_config()["decay"] == initial
+
+
+@pytest.mark.frameworks
+@pytest.mark.parametrize("value", [0.0, 0.5])
+@pytest.mark.parametrize("kind", ["tf.Variable", "jrmsprop.Variable"])
+def test_live_variable_momentum_slot(tf_modules, value, kind):
+    """A ``tf.Variable`` momentum is not a ``tf.Tensor``: tf_keras makes a momentum slot only when
+    its value is > 0. A jrmsprop.Variable follows the same rule."""
+    tf, tf_keras = tf_modules
+    init = np.array([1.0, -2.0, 3.0, 0.5], np.float32)
+    grad = (0.3, -0.1, 0.2, 0.004)
+    tf_opt = tf_keras.optimizers.legacy.RMSprop(0.1, momentum=tf.Variable(value))
+    momentum = tf.Variable(value) if kind == "tf.Variable" else Variable(value)
+    opt = RMSprop(0.1, momentum=momentum)
+    tf_var, var = tf.Variable(init), Variable(init)
+    for _ in range(3):
+        tf_opt.apply_gradients([(tf.constant(grad, tf.float32), tf_var)])
+        opt.apply_gradients([(jnp.asarray(grad, jnp.float32), var)])
+    np.testing.assert_array_equal(var.numpy(), tf_var.numpy())
+    assert [w.name for w in opt.weights] == [w.name.split(":")[0] for w in tf_opt.weights]
+    assert ("momentum" in opt.get_slot_names()) == (value > 0)
+    opt.set_weights(tf_opt.get_weights())

@@ -881,3 +881,92 @@ def test_transformation_keeps_momentum_slot_for_callable_momentum():
     opt = RMSprop(0.1, momentum=lambda: 0.0)
     state = opt.transformation.init((jnp.ones(2),))
     assert state.momentum is not None
+
+
+# ---- Keras rules: zero-argument callables, the fixed decay, Variable momentum ----------------
+
+
+def test_is_step_schedule_needs_a_required_positional_argument():
+    import functools
+
+    from jrmsprop._src.keras_config import is_step_schedule
+
+    assert is_step_schedule(optax.constant_schedule(0.1))
+    assert is_step_schedule(lambda count: 0.1)
+    assert is_step_schedule(lambda count, scale=1.0: 0.1 * scale)
+    assert is_step_schedule(functools.partial(lambda base, count: base, 0.1))
+    # callable without arguments: Keras's zero-argument callables
+    assert not is_step_schedule(lambda: 0.1)
+    assert not is_step_schedule(lambda v=0.05: v)
+    assert not is_step_schedule(lambda *args: 0.1)
+    assert not is_step_schedule(functools.partial(lambda base, factor=1.0: base * factor, 0.05))
+    assert not is_step_schedule(Variable(0.1))
+
+
+def _three_steps(opt, grad=(0.3, -0.1, 0.2, 0.4)):
+    v = Variable(np.array([1.0, -2.0, 3.0, 0.5], np.float32))
+    for _ in range(3):
+        opt.apply_gradients([(jnp.asarray(grad, jnp.float32), v)])
+    return v.numpy()
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: lambda v=0.05: v,
+        lambda: __import__("functools").partial(lambda base, factor=1.0: base * factor, 0.05),
+    ],
+    ids=["default-arg lambda", "partial with defaults"],
+)
+def test_callable_with_default_arguments_is_called_without_arguments(make):
+    """Keras calls a (non-schedule) callable with no arguments, so ``lambda v=0.05: v`` is the
+    constant 0.05 (it used to be called with the step: lr 0, 1, 2, ...)."""
+    calls = []
+
+    def rho(r=0.8):
+        calls.append(r)
+        return r
+
+    opt = RMSprop(learning_rate=make(), rho=rho, momentum=lambda m=0.0: m)
+    expected = _three_steps(RMSprop(0.05, rho=0.8, momentum=lambda: 0.0))
+    np.testing.assert_array_equal(_three_steps(opt), expected)
+    assert calls == [0.8] * 3
+    config = opt.get_config()  # Keras: a callable is serialised by calling it
+    assert (config["learning_rate"], config["rho"], config["momentum"]) == (0.05, 0.8, 0.0)
+    assert opt.get_slot_names() == ["rms", "momentum"]  # a callable momentum keeps its slot
+
+
+def test_decay_is_fixed_at_construction():
+    """Keras: the steps and get_config use ``_initial_decay``; ``opt.decay`` is a float32
+    Variable that can be read, set and assigned without effect on training."""
+    reference = _three_steps(RMSprop(0.1, decay=0.1))
+    opt = RMSprop(0.1, decay=0.1)
+    assert isinstance(opt.decay, Variable) and opt.decay.dtype == np.float32
+    decay_variable = opt.decay
+    opt.decay = 0.5
+    assert opt.decay is decay_variable and float(opt.decay) == 0.5
+    opt.decay.assign(0.7)
+    assert float(opt.decay) == pytest.approx(0.7)
+    np.testing.assert_array_equal(_three_steps(opt), reference)
+    assert opt.get_config()["decay"] == 0.1
+    with pytest.raises(ValueError, match="decay"):
+        opt.decay.assign(-1.0)
+    # no decay at construction: setting one later does not start decaying either
+    opt = RMSprop(0.1)
+    opt.decay = 0.5
+    np.testing.assert_array_equal(_three_steps(opt), _three_steps(RMSprop(0.1)))
+    assert opt.get_config()["decay"] == 0.0
+    assert RMSprop.from_config(opt.get_config()).get_config() == opt.get_config()
+
+
+@pytest.mark.parametrize("value, slot", [(0.0, False), (0.5, True)])
+def test_variable_momentum_gets_a_slot_by_its_value(value, slot):
+    """Keras: ``isinstance(momentum, tf.Tensor) or callable(momentum) or momentum > 0``; a
+    Variable is not a tensor there, so a Variable momentum of 0 keeps ε outside the root."""
+    opt = RMSprop(0.1, momentum=Variable(value))
+    reference = RMSprop(0.1, momentum=value)
+    np.testing.assert_array_equal(_three_steps(opt), _three_steps(reference))
+    assert opt.get_slot_names() == reference.get_slot_names()
+    assert ("momentum" in opt.get_slot_names()) == slot
+    # an array momentum is a tensor: a slot whatever its value (Keras's tf.Tensor)
+    assert RMSprop(0.1, momentum=jnp.asarray(0.0))._momentum

@@ -223,7 +223,6 @@ EVALUATED = [
     ("rho", lambda: 1.5, ValueError),
     ("momentum", lambda: INF, ValueError),
     ("epsilon", lambda: -1e-7, ValueError),
-    ("decay", lambda: True, TypeError),
 ]
 
 
@@ -238,6 +237,60 @@ def test_bad_evaluated_value_changes_nothing(arg, value, error):
         opt.apply_gradients([(jnp.ones((3, 2)), a), (jnp.ones(2), new)])
     after = _snapshot(opt, a, b, new, config=False)
     _assert_unchanged(before, after)
+
+
+def test_bad_decay_callable_is_evaluated_from_the_constructor():
+    """``decay`` is fixed at construction (Keras's ``_initial_decay``): a bad callable given
+    there fails the step, naming it, and creates nothing; one set later is never evaluated."""
+    opt = RMSprop(0.1, decay=lambda: True)
+    v = Variable([1.0, 2.0])
+    with pytest.raises(TypeError, match="decay"):
+        opt.apply_gradients([(jnp.ones(2), v)])
+    assert opt.weights == [] and opt.get_slot_names() == []
+    opt = RMSprop(0.1)
+    opt.decay = lambda: True
+    opt.apply_gradients([(jnp.ones(2), v)])
+    assert int(opt.iterations) == 1
+
+
+@pytest.mark.parametrize(
+    "slot_kwargs, error, words",
+    [
+        (dict(shape=[7]), ValueError, r"'rms' of variable 'v' has shape \(7,\)"),
+        (dict(dtype="int32"), TypeError, "'rms' of variable 'v' has dtype int32"),
+        (dict(dtype="complex64"), TypeError, "'rms' of variable 'v' has dtype complex64"),
+    ],
+)
+@pytest.mark.parametrize("trained", [False, True])
+def test_bad_existing_slot_fails_the_step_and_changes_nothing(slot_kwargs, error, words, trained):
+    """A slot made by ``add_slot`` with the wrong shape or dtype: the step names it and creates
+    nothing (no ``iterations``, no other slot), on a fresh or a trained optimizer."""
+    v = Variable(np.ones(4, np.float32), name="v")
+    if trained:
+        opt, a, b = _trained()
+    else:
+        opt, a, b = RMSprop(0.1, momentum=0.9, centered=True), v, v
+    opt.add_slot(v, "rms", **slot_kwargs)
+    before = _snapshot(opt, a, b, v)
+    for action in (
+        lambda: opt.apply_gradients([(jnp.ones(4), v)]),
+        lambda: opt.minimize(lambda: jnp.sum(v.value**2), [v]),
+        lambda: opt.build([v]),
+    ):
+        with pytest.raises(error, match=words):
+            action()
+        _assert_unchanged(before, _snapshot(opt, a, b, v))
+    assert ("RMSprop/iter" in before["names"]) == trained
+
+
+def test_bad_existing_momentum_slot_is_named():
+    v = Variable(np.ones(3, np.float32), name="v")
+    opt = RMSprop(0.1, momentum=0.5)
+    opt.build([v])
+    opt._slots[v]["momentum"] = Variable(np.zeros(2, np.float32))  # a corrupted slot
+    with pytest.raises(ValueError, match="'momentum' of variable 'v' has shape"):
+        opt.apply_gradients([(jnp.ones(3), v)])
+    assert int(opt.iterations) == 0
 
 
 def test_bad_callable_on_a_fresh_optimizer_creates_nothing():

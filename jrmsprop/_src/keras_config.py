@@ -29,20 +29,37 @@ __all__ = [
 _SCHEDULE_KEYS = ("learning_rate", "rho", "momentum", "epsilon", "decay")
 
 
+def _is_keras_learning_rate_schedule(value: Any) -> bool:
+    """An instance of a Keras ``LearningRateSchedule`` (TF Keras, tf_keras or Keras 3), found by
+    its class hierarchy so that no framework is imported."""
+    return any(
+        cls.__name__ == "LearningRateSchedule"
+        and (cls.__module__ or "").split(".")[0] in ("keras", "tf_keras", "tensorflow")
+        for cls in type(value).__mro__
+    )
+
+
 def is_step_schedule(value: Any) -> bool:
-    """True for callables of the step (optax schedules, Keras ``LearningRateSchedule``)."""
+    """True for callables of the step: a Keras ``LearningRateSchedule``, or a callable that
+    requires a positional argument (an optax schedule ``f(count)``).
+
+    A callable that can be called without arguments (none, or all defaulted: ``lambda v=0.1:
+    v``, a ``functools.partial`` that binds the required ones) is Keras's zero-argument
+    callable: it is called with no arguments, never with the step (tf_keras's rule).
+    """
     if not callable(value) or isinstance(value, Variable):
         return False
+    if _is_keras_learning_rate_schedule(value):
+        return True
     try:
         signature = inspect.signature(value)
     except (TypeError, ValueError):
         return False
-    positional = (
-        inspect.Parameter.POSITIONAL_ONLY,
-        inspect.Parameter.POSITIONAL_OR_KEYWORD,
-        inspect.Parameter.VAR_POSITIONAL,
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return any(
+        p.kind in positional and p.default is inspect.Parameter.empty
+        for p in signature.parameters.values()
     )
-    return any(p.kind in positional for p in signature.parameters.values())
 
 
 def is_keras_schedule(value: Any) -> bool:

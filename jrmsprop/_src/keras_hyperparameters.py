@@ -4,17 +4,21 @@ TF 2.x Keras's ``OptimizerV2`` keeps its hyperparameters in a ``_hyper`` dict un
 own. :class:`KerasHyperparameters` reproduces them; the optimizer holds one and its
 ``learning_rate``, ``rho``, ... properties are plain delegations (:func:`optimizer_property`):
 
-* a number given for ``learning_rate``, ``rho`` or ``momentum`` is stored in a float32
+* a number given for ``learning_rate``, ``rho``, ``momentum`` or ``decay`` is stored in a float32
   :class:`jrmsprop.Variable` (``opt.learning_rate.assign(0.5)`` works, as in Keras); setting a
   number again assigns it to the Variable already there (Keras' ``backend.set_value``). The
   Python number is remembered while the Variable holds it, so ``get_config`` says ``0.1``, not
-  float32's ``0.10000000149``. Everything else (``epsilon``, ``decay``; arrays, tensors,
-  schedules and callables for any name) is stored as given.
+  float32's ``0.10000000149``. Everything else (``epsilon``; arrays, tensors, schedules and
+  callables for any name) is stored as given.
+* ``decay`` is fixed at construction (Keras's ``_initial_decay``): the steps and ``get_config``
+  use the constructor's value; ``opt.decay`` (its Variable) may be read, set and assigned, which
+  changes nothing else -- as in Keras.
 * ``epsilon`` of ``0`` or ``None`` means ``1e-7``, Keras's ``backend.epsilon()``.
 * every value is checked by the core's checks when it is given -- also ``assign`` on a
   hyperparameter Variable -- and a schedule's or callable's value whenever it is evaluated: a
   Keras ``LearningRateSchedule`` at ``iterations`` cast to float32 (as Keras casts it), another
-  step schedule (e.g. optax's) at ``iterations``, a callable of no arguments called.
+  step schedule (a callable that requires a positional argument, e.g. optax's) at
+  ``iterations``, a callable that can be called without arguments called so.
 * the clip thresholds ``clipvalue``, ``clipnorm`` and ``global_clipnorm`` are stored as given,
   ``None`` when unset, and checked together (``clipnorm`` and ``global_clipnorm`` exclude each
   other).
@@ -26,6 +30,7 @@ for whether a momentum slot exists (:func:`keeps_momentum_slot`).
 from __future__ import annotations
 
 import functools
+import sys
 from typing import Any
 
 import jax
@@ -48,7 +53,8 @@ __all__ = [
 
 CLIPS = ("clipvalue", "clipnorm", "global_clipnorm")
 _KEYWORDS = ("clipnorm", "clipvalue", "decay", "global_clipnorm", "lr")  # OptimizerV2's **kwargs
-_VARIABLE_HYPERS = ("learning_rate", "rho", "momentum")  # Keras: numbers become float32 Variables
+_VARIABLE_HYPERS = ("learning_rate", "rho", "momentum", "decay")  # Keras: float32 Variables
+_FIXED_HYPERS = ("decay",)  # Keras: steps and get_config use `_initial_decay`, the constructor's
 _CONFIG_ORDER = ("learning_rate", "decay", "rho", "momentum", "epsilon")  # Keras 2's get_config
 _KERAS_EPSILON = 1e-7  # tf.keras.backend.epsilon()
 
@@ -81,19 +87,35 @@ def check_keywords(kwargs: dict[str, Any]) -> None:
 
 
 def is_tensor(value: Any) -> bool:
-    """A JAX array, Variable or TF tensor (Keras: a tensor momentum always gets a slot)."""
+    """A JAX array, Variable or TF tensor/variable: stored as given, never copied to a number."""
     if isinstance(value, (jax.Array, Variable)):
         return True
     module = type(value).__module__ or ""
     return module.startswith("tensorflow") and hasattr(value, "dtype")
 
 
-def keeps_momentum_slot(momentum: Any) -> bool:
-    """Keras's rule: a momentum slot exists for a tensor or callable momentum, or a number > 0.
+def _is_variable(value: Any) -> bool:
+    """A :class:`jrmsprop.Variable` or a ``tf.Variable`` (which, in TF, is not a ``tf.Tensor``)."""
+    if isinstance(value, Variable):
+        return True
+    tf = sys.modules.get("tensorflow")
+    return (
+        tf is not None
+        and isinstance(value, getattr(tf, "Variable", ()))
+        and not isinstance(value, getattr(tf, "Tensor", ()))
+    )
 
-    The optimizer decides it once, at construction: later changes of ``momentum`` do not add or
-    remove the slot (and with the slot, ε sits inside the square root).
+
+def keeps_momentum_slot(momentum: Any) -> bool:
+    """Keras's rule: ``isinstance(momentum, tf.Tensor) or callable(momentum) or momentum > 0``.
+
+    A JAX array or TF tensor is a tensor (a slot whatever its value). A ``tf.Variable`` is not a
+    ``tf.Tensor``, so it gets a slot only when its value is > 0; a :class:`jrmsprop.Variable`
+    follows the same rule. The optimizer decides it once, at construction: later changes of
+    ``momentum`` do not add or remove the slot (and with the slot, ε sits inside the square root).
     """
+    if _is_variable(momentum):
+        return bool(concrete_scalar("momentum", np.asarray(momentum)) > 0)
     return bool(is_tensor(momentum) or callable(momentum) or concrete_scalar("momentum", momentum))
 
 
@@ -125,6 +147,10 @@ class KerasHyperparameters:
         self._clip = dict(clip)
         for name, value in values.items():
             self.set(name, value)
+        # Keras's `_initial_decay`: what the steps and get_config use, whatever is set later.
+        self._initial = {
+            name: check(name, values[name]) for name in _FIXED_HYPERS if name in values
+        }
 
     def get(self, name: str) -> Any:
         """What is stored for a hyperparameter or clip threshold (a Variable for numbers given
@@ -154,9 +180,16 @@ class KerasHyperparameters:
             self._values[name] = variable
             self._sources[name] = number
 
+    def _used(self, name: str) -> Any:
+        """What the steps and the config use for ``name``: the constructor's value for ``decay``
+        (Keras's ``_initial_decay``), else what is stored now."""
+        return self._initial[name] if name in self._initial else self._values[name]
+
     def current(self, name: str, step: Any) -> Any:
-        """A hyperparameter's current value (schedules at ``step``, callables called), checked."""
-        value = self._values[name]
+        """A hyperparameter's value for a step (schedules at ``step``, callables called), checked.
+
+        For ``decay`` it is the constructor's value (see :meth:`_used`)."""
+        value = self._used(name)
         if isinstance(value, Variable):
             return value.value
         if not callable(value):
@@ -188,10 +221,10 @@ class KerasHyperparameters:
         """Like :meth:`step_values`, for an optax transformation: step schedules are passed
         through (the transformation evaluates them), everything else is its value now."""
         values = {
-            name: value
-            if keras_config.is_step_schedule(value)
+            name: self._used(name)
+            if keras_config.is_step_schedule(self._used(name))
             else as_jit_scalar(self.current(name, 0))
-            for name, value in self._values.items()
+            for name in self._values
         }
         return values, self._clip_values()
 
@@ -205,7 +238,10 @@ class KerasHyperparameters:
             if self._clip[key] is not None
         }
         for key in _CONFIG_ORDER:
-            config[key] = serialize(key, self._values[key], self._sources.get(key))
+            if key in self._initial:  # Keras: get_config's "decay" is `_initial_decay`
+                config[key] = serialize(key, self._initial[key])
+            else:
+                config[key] = serialize(key, self._values[key], self._sources.get(key))
         return config
 
 

@@ -101,6 +101,9 @@ class OptimizerVariables:
         self._slots: dict[Variable, dict[str, Variable]] = {}
         self._slot_names: list[str] = []
         self._iterations: Variable | None = None
+        # Slots made since a step last checked them (by add_slot, the user's or the optimizer's):
+        # the step checks each once, instead of every slot of every variable on every call.
+        self._unchecked_slots: set[tuple[Variable, str]] = set()
 
     @property
     def iterations(self) -> Variable:
@@ -240,6 +243,7 @@ class OptimizerVariables:
             if slot_name not in self._slot_names:
                 self._slot_names.append(slot_name)
             self._slots.setdefault(var, {})[slot_name] = weight
+            self._unchecked_slots.add((var, slot_name))
             self._weights.append(weight)
         return weight
 

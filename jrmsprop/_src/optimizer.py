@@ -115,13 +115,15 @@ class RMSprop(OptimizerVariables):
     (without a momentum slot ``p ← p − lr·g / (√r + ε)``; ``centered`` uses ``r − m_g²``).
 
     Args:
-      learning_rate: a number ``>= 0``, a scalar array, a schedule (a callable of the step, e.g.
-        an optax schedule or a Keras ``LearningRateSchedule``; evaluated at ``iterations`` before
-        the increment) or a callable of no arguments (called at every step).
+      learning_rate: a number ``>= 0``, a scalar array, a schedule (a callable that requires
+        one positional argument, the step, e.g. an optax schedule, or a Keras
+        ``LearningRateSchedule``; evaluated at ``iterations`` before the increment) or a callable
+        that can be called without arguments (called so at every step, as Keras does).
       rho: discounting factor of the moving averages, in ``[0, 1]`` (same kinds of values).
       momentum: heavy-ball momentum in ``[0, 1]`` (same kinds). Keras rule: a momentum slot
-        exists when momentum is a callable, an array/tensor, or a number > 0; then ε sits inside
-        the square root, otherwise outside.
+        exists when momentum is a callable, an array/tensor, or a number > 0 (a ``tf.Variable``
+        or :class:`jrmsprop.Variable` counts by its value); then ε sits inside the square root,
+        otherwise outside.
       epsilon: ε ``>= 0`` (a number, array or callable). ``0``/``None`` mean ``1e-7``, as in Keras.
       centered: ``True`` keeps the ``mg`` slot and normalises by the variance estimate.
       name: prefix of the optimizer's variable names.
@@ -129,7 +131,7 @@ class RMSprop(OptimizerVariables):
         applied in that order; finite, ``>= 0``; ``clipnorm`` and ``global_clipnorm`` exclude
         each other), ``decay`` (inverse-time decay: ``lr / (1 + decay·iterations)``) and ``lr``
         (deprecated alias of ``learning_rate``, which it overrides). Any other keyword is a
-        ``TypeError``.
+        ``TypeError``. ``decay`` is fixed at construction, as Keras's ``_initial_decay``.
 
     Every value is checked when it is given (constructor, setters, ``assign`` on the
     hyperparameter Variables), a schedule's or callable's value whenever it is evaluated: a bad
@@ -200,7 +202,12 @@ class RMSprop(OptimizerVariables):
         "momentum",
         "Momentum (whether a momentum slot exists was fixed at construction, as in Keras).",
     )
-    decay = optimizer_property("decay", "Inverse-time decay of the learning rate.")
+    decay = optimizer_property(
+        "decay",
+        "Inverse-time decay of the learning rate (a float32 Variable for numbers). As in Keras, "
+        "the steps and ``get_config`` use the constructor's ``decay``: setting or assigning this "
+        "changes neither.",
+    )
     epsilon = optimizer_property("epsilon", "ε (``0`` or ``None`` mean ``1e-7``).")
     clipnorm = optimizer_property(
         "clipnorm", "``float`` or ``None``. If set, clips each gradient to this maximum norm."
@@ -236,16 +243,43 @@ class RMSprop(OptimizerVariables):
         )
 
     def _unbuilt(self, var_list: list[Variable]) -> list[Variable]:
-        """The variables of ``var_list`` that lack a slot, after checking their dtypes."""
-        needed = frozenset(self._needed_slots())
-        missing = [v for v in var_list if not self._slots.get(v, {}).keys() >= needed]
+        """The variables of ``var_list`` that lack a slot, after checking their dtypes and the
+        shapes and dtypes of the slots made since the last check (e.g. by :meth:`add_slot`)."""
+        needed = self._needed_slots()
+        needed_set = frozenset(needed)
+        missing = [v for v in var_list if not self._slots.get(v, {}).keys() >= needed_set]
         for var in missing:
             if dtype_kind(var.dtype) not in "fc":
                 raise TypeError(
                     f"RMSprop: variable {var.name!r} has dtype {var.dtype}; only floating-point "
                     "(or complex) variables can be trained"
                 )
+        if self._unchecked_slots:  # slots made since the last step: checked once, in order
+            checked = set()
+            for var in var_list:
+                for name in needed:
+                    if (var, name) in self._unchecked_slots:
+                        self._check_slot(var, name, self._slots[var][name])
+                        checked.add((var, name))
+            self._unchecked_slots -= checked
         return missing
+
+    @staticmethod
+    def _check_slot(var: Variable, name: str, slot: Variable) -> None:
+        """A slot the step will use: the variable's shape, a floating-point dtype (``rms``
+        real; ``momentum`` and ``mg`` complex too for a complex variable)."""
+        if slot.shape != var.shape:
+            raise ValueError(
+                f"RMSprop: slot {name!r} of variable {var.name!r} has shape {slot.shape}, but "
+                f"the variable has shape {var.shape}"
+            )
+        kinds = "fc" if name != "rms" and dtype_kind(var.dtype) == "c" else "f"
+        if dtype_kind(slot.dtype) not in kinds:
+            wanted = "a floating-point or complex" if kinds == "fc" else "a real floating-point"
+            raise TypeError(
+                f"RMSprop: slot {name!r} of variable {var.name!r} has dtype {slot.dtype}; it "
+                f"must have {wanted} dtype"
+            )
 
     def _create_slots(self, var_list: list[Variable]) -> None:
         """Keras's order: every ``rms``, then every ``momentum``, then every ``mg``."""
