@@ -110,8 +110,13 @@ BAD_VALUES: list[tuple[str, Any, type[Exception]]] = [
     ("vector", np.array([0.1, 0.2]), ValueError),
 ]
 ABOVE_ONE = ("1.5", 1.5, ValueError)
-# None is a valid value of these: "no weight decay", "no momentum (optax)".
-NONE_IS_VALID = {("keras3", "weight_decay"), ("optax_rmsprop", "momentum")}
+# None is a valid value of these: "no weight decay", "no momentum (optax)", Keras 2's ε default.
+NONE_IS_VALID = {
+    ("keras3", "weight_decay"),
+    ("optax_rmsprop", "momentum"),
+    ("rmsprop", "epsilon"),
+    ("keras2", "epsilon"),
+}
 
 
 def _cases() -> list[Any]:

@@ -356,3 +356,23 @@ def test_non_finite_values_match_the_reference(framework, momentum, centered):
         if t == 0:  # g² overflowed: the slot holds infinities, not only NaN
             assert np.isinf(np.asarray(state.rms)).any()
     assert np.isnan(np.asarray(p)).any() and np.isfinite(np.asarray(p)).any()
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+@pytest.mark.parametrize("epsilon", [0, 0.0, np.float32(0), None])
+def test_keras2_epsilon_zero_or_none_means_keras_default(momentum, epsilon):
+    """Keras 2 stores ``epsilon or backend.epsilon()``: ε = 0 or None trains with 1e-7, in
+    ``rmsprop``, ``compat.keras2`` and the wrapper alike. tf_keras 2.21, lr 0.1, p 1, g 1e-4, one
+    step: 0.68476915 without momentum, 0.9685342 with (ε = 0 itself gives 0.68377227)."""
+    expected = {0.0: np.float32(0.68476915), 0.9: np.float32(0.9685342)}[momentum]
+    g, p = jnp.asarray(1e-4, jnp.float32), jnp.asarray(1.0, jnp.float32)
+    for tx in (
+        jrmsprop.rmsprop(0.1, momentum=momentum, epsilon=epsilon),
+        compat.keras2(0.1, momentum=momentum, epsilon=epsilon),
+    ):
+        u, _ = tx.update(g, tx.init(p), p)
+        assert np.float32(p + u) == expected
+    opt = jrmsprop.RMSprop(0.1, momentum=momentum, epsilon=epsilon)
+    v = jrmsprop.Variable(1.0)
+    opt.apply_gradients([(g, v)])
+    assert np.float32(v.numpy()) == expected

@@ -522,10 +522,7 @@ def build(
             raise TypeError(f"`slot_dtype` must be a floating dtype, got {slot_kind.name}")
         slot_dtype = slot_kind
 
-    def is_number(value: Any) -> bool:
-        return isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(
-            value, bool
-        )
+    is_number = _is_python_number
 
     # Is there a momentum slot? Decided by what the user wrote: a Python number by its value, a
     # schedule always (as Keras does for a callable), an array by its value at init.
@@ -609,6 +606,14 @@ KERAS2 = arithmetic.Rule(
 )
 
 
+_KERAS_EPSILON = 1e-7  # tf.keras.backend.epsilon()
+
+
+def _is_python_number(value: Any) -> bool:
+    """A Python or NumPy scalar number (not a bool, array or schedule)."""
+    return isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool)
+
+
 def rmsprop(
     learning_rate: ScalarOrSchedule = 0.001,
     rho: ScalarOrSchedule = 0.9,
@@ -667,7 +672,9 @@ def rmsprop(
       learning_rate: step size ``lr`` (finite number >= 0, 0-d array, or schedule of the step).
       rho: discounting factor of the moving averages, in ``[0, 1]``.
       momentum: heavy-ball momentum ``μ`` in ``[0, 1]``.
-      epsilon: ``ε`` against division by zero (finite, ``>= 0``).
+      epsilon: ``ε`` against division by zero (finite, ``>= 0``). As Keras's ``epsilon or
+        backend.epsilon()``, a number ``0`` or ``None`` means ``1e-7``; an array (e.g. under
+        ``optax.inject_hyperparams``) or a schedule is used as it is.
       centered: normalise by the estimated variance (keeps the ``mg`` slot).
       decay: Keras's inverse-time learning-rate decay, ``lr / (1 + decay·t)`` (finite, ``>= 0``).
       slot_dtype: dtype of the slots (default: as described under Numerics).
@@ -691,6 +698,8 @@ def rmsprop(
       Hinton, *Neural Networks for Machine Learning*, lecture 6e (2012);
       ``tf.keras.optimizers.RMSprop`` (TensorFlow 2.0–2.10; ``tf_keras.optimizers.legacy``).
     """
+    if epsilon is None or (_is_python_number(epsilon) and epsilon == 0):
+        epsilon = _KERAS_EPSILON  # Keras 2: ``self.epsilon = epsilon or backend.epsilon()``
     return build(
         KERAS2,
         learning_rate=learning_rate,
