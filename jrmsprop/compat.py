@@ -17,13 +17,8 @@ preset        framework                  ε           lr and mom.   weight decay
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping, Sequence
 from typing import Any
 
-import jax
-import jax.numpy as jnp
-import numpy as np
 import optax
 
 from jrmsprop._src import validation
@@ -33,8 +28,10 @@ from jrmsprop._src.saved_state import (
     load_keras2_h5,
     load_keras3_archive,
     saved_optimizer_config,
+    state_from_keras2,
+    state_from_torch,
 )
-from jrmsprop._src.transform import RMSpropState, ScalarOrSchedule, build, rmsprop
+from jrmsprop._src.transform import ScalarOrSchedule, build, rmsprop
 
 __all__ = (
     "keras2",
@@ -277,169 +274,3 @@ tf_keras_legacy = keras2
 
 tf_keras_2_11 = keras3
 """TF >= 2.11's default ``tf.keras.optimizers.RMSprop`` (Keras 3 arithmetic): :func:`keras3`."""
-
-
-def _to_numpy(x: Any) -> np.ndarray:
-    if hasattr(x, "detach"):  # a torch.Tensor, without importing torch
-        x = x.detach().cpu().numpy()
-    return np.asarray(x)
-
-
-def _build_slot(params: Any, arrays: Sequence[Any], what: str) -> Any:
-    leaves, treedef = jax.tree.flatten(params)
-    if len(arrays) != len(leaves):
-        raise ValueError(f"{what}: expected {len(leaves)} arrays, got {len(arrays)}")
-    out = []
-    for i, (p, a) in enumerate(zip(leaves, arrays, strict=True)):
-        a = _to_numpy(a)
-        p = jnp.asarray(p)
-        if a.shape != p.shape:
-            raise ValueError(f"{what}[{i}]: shape {a.shape} does not match the parameter {p.shape}")
-        out.append(jnp.asarray(a, dtype=p.dtype if not np.iscomplexobj(a) else a.dtype))
-    return treedef.unflatten(out)
-
-
-def _count(step: Any, what: str) -> jax.Array:
-    value = float(np.asarray(_to_numpy(step)).reshape(()))
-    if value < 0 or value != int(value):
-        raise ValueError(f"{what}: the step must be a non-negative integer, got {value}")
-    return jnp.asarray(min(int(value), np.iinfo(np.int32).max), jnp.int32)
-
-
-def state_from_keras2(
-    weights: Sequence[Any], params: Any, *, momentum: bool, centered: bool
-) -> RMSpropState:
-    """Builds the functional state from a TF 2.x Keras optimizer's ``get_weights()``.
-
-    Args:
-      weights: ``[iterations, rms(v0), …, momentum(v0), …, mg(v0), …]`` as NumPy arrays (the
-        momentum block only with a momentum slot, the mg block only when centered).
-      params: the parameters, a pytree whose leaves are in the Keras variable order.
-      momentum: whether the Keras optimizer had a momentum slot.
-      centered: whether it was centered.
-
-    Returns:
-      An :class:`jrmsprop.RMSpropState` that continues exactly where Keras stopped.
-    """
-    if isinstance(weights, (str, bytes, Mapping)) or not isinstance(weights, Sequence):
-        raise TypeError(
-            "state_from_keras2: `weights` must be a list of arrays (the optimizer's "
-            f"get_weights()), got {type(weights).__name__}"
-        )
-    n = len(jax.tree.leaves(params))
-    blocks = 1 + int(momentum) + int(centered)
-    if len(weights) != 1 + blocks * n:
-        raise ValueError(
-            f"state_from_keras2: `weights` must hold 1 + {blocks}·{n} = {1 + blocks * n} arrays "
-            f"(iterations, then rms{', momentum' if momentum else ''}{', mg' if centered else ''}"
-            f" for each of {n} variables), got {len(weights)}"
-        )
-    chunks = [weights[1 + k * n : 1 + (k + 1) * n] for k in range(blocks)]
-    rms = _build_slot(params, chunks[0], "state_from_keras2: rms")
-    mom = _build_slot(params, chunks[1], "state_from_keras2: momentum") if momentum else None
-    mg = _build_slot(params, chunks[-1], "state_from_keras2: mg") if centered else None
-    return RMSpropState(_count(weights[0], "state_from_keras2"), rms, mom, mg)
-
-
-def _torch_state_dict_parts(state_dict: Any) -> tuple[list[Mapping[str, Any]], Mapping[Any, Any]]:
-    """``(param_groups, state)`` of a torch optimizer ``state_dict()``, checked for shape."""
-    if not isinstance(state_dict, Mapping):
-        raise TypeError(
-            "state_from_torch: `state_dict` must be a torch optimizer's state_dict() (a mapping), "
-            f"got {type(state_dict).__name__}"
-        )
-    if not {"state", "param_groups"} <= set(state_dict):
-        got = sorted(map(str, state_dict))
-        raise ValueError(
-            "state_from_torch: `state_dict` must be a torch optimizer's state_dict(), a mapping "
-            f"with 'state' and 'param_groups'; got {got}"
-        )
-    groups, per_param = state_dict["param_groups"], state_dict["state"]
-    if not isinstance(per_param, Mapping):
-        raise ValueError(
-            "state_from_torch: `state_dict['state']` must be a mapping, got "
-            f"{type(per_param).__name__}"
-        )
-    if not isinstance(groups, Sequence) or not all(
-        isinstance(g, Mapping) and "params" in g for g in groups
-    ):
-        raise ValueError(
-            "state_from_torch: `state_dict['param_groups']` must be a list of dicts, each with "
-            "a 'params' list"
-        )
-    return list(groups), per_param
-
-
-def state_from_torch(state_dict: Mapping[str, Any], params: Any) -> RMSpropState:
-    """Builds the functional state from ``torch.optim.RMSprop.state_dict()``.
-
-    Args:
-      state_dict: the optimizer's ``state_dict()`` (tensors or NumPy arrays). One param group,
-        or several whose hyperparameters agree.
-      params: the JAX parameters, a pytree whose leaves are in the order of the torch
-        optimizer's parameter list.
-
-    Returns:
-      An :class:`jrmsprop.RMSpropState` for :func:`torch` with the same hyperparameters;
-      parameters the torch optimizer never stepped get fresh (zero) slots.
-
-    Example:
-      >>> import numpy as np, jax.numpy as jnp
-      >>> from jrmsprop import compat
-      >>> sd = {"state": {0: {"step": np.float32(3), "square_avg": np.ones(2, np.float32)}},
-      ...       "param_groups": [{"params": [0], "momentum": 0, "centered": False}]}
-      >>> compat.state_from_torch(sd, [jnp.zeros(2)]).count
-      Array(3, dtype=int32)
-    """
-    groups, per_param = _torch_state_dict_parts(state_dict)
-    order = [i for group in groups for i in group["params"]]
-    flags = {(float(g.get("momentum", 0)) > 0, bool(g.get("centered", False))) for g in groups}
-    if len(flags) != 1:
-        raise ValueError(
-            "state_from_torch: param groups differ in momentum/centered: "
-            + json.dumps(
-                [{k: v for k, v in g.items() if k != "params"} for g in groups], default=str
-            )
-        )
-    ((has_momentum, centered),) = flags
-    leaves = jax.tree.leaves(params)
-    if len(order) != len(leaves):
-        raise ValueError(
-            f"state_from_torch: the state_dict has {len(order)} parameters, `params` has "
-            f"{len(leaves)}"
-        )
-    needed = ("step", "square_avg")
-    needed += ("momentum_buffer",) if has_momentum else ()
-    needed += ("grad_avg",) if centered else ()
-    for i in order:
-        if i not in per_param:  # a parameter never stepped has no entry
-            continue
-        missing = [k for k in needed if k not in per_param[i]]
-        if missing:
-            raise ValueError(
-                f"state_from_torch: `state_dict['state'][{i!r}]` lacks {missing} (an RMSprop "
-                f"state with momentum={has_momentum}, centered={centered} has {list(needed)})"
-            )
-    steps = {float(_to_numpy(per_param[i]["step"])) for i in order if i in per_param}
-    if len(steps) > 1:
-        raise ValueError(f"state_from_torch: parameters were stepped unequally ({sorted(steps)})")
-    step = steps.pop() if steps else 0.0
-
-    def slot(name: str) -> list[Any]:
-        return [
-            per_param[i][name] if i in per_param else np.zeros(np.shape(p), np.asarray(p).dtype)
-            for i, p in zip(order, leaves, strict=True)
-        ]
-
-    return RMSpropState(
-        count=_count(step, "state_from_torch"),
-        rms=_build_slot(params, slot("square_avg"), "state_from_torch: square_avg"),
-        momentum=(
-            _build_slot(params, slot("momentum_buffer"), "state_from_torch: momentum_buffer")
-            if has_momentum
-            else None
-        ),
-        mg=_build_slot(params, slot("grad_avg"), "state_from_torch: grad_avg")
-        if centered
-        else None,
-    )

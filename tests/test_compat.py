@@ -204,3 +204,208 @@ def test_state_from_torch_refuses_malformed_state_dicts(state_dict, error, words
     """Not a raw KeyError: the message names the part of ``state_dict`` that is wrong."""
     with pytest.raises(error, match=words):
         compat.state_from_torch(state_dict, [jnp.zeros(3)])
+
+
+# ---- loaders: state_from_torch / state_from_keras2 (jrmsprop._src.saved_state) ----------------
+
+from jrmsprop._src import saved_state  # noqa: E402
+
+
+def _bits(a, b, what):
+    a, b = np.asarray(a), np.asarray(b)
+    assert (a.dtype, a.shape) == (b.dtype, b.shape), (what, a.dtype, b.dtype, a.shape, b.shape)
+    assert a.tobytes() == b.tobytes(), what
+
+
+def _same_state(a, b):
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for (path, x), y in zip(
+        jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b), strict=True
+    ):
+        _bits(x, y, jax.tree_util.keystr(path))
+
+
+def test_compat_exports_the_saved_state_loaders():
+    """compat.state_from_* are the fixed loaders (compat.py must import them from saved_state)."""
+    assert compat.state_from_torch is saved_state.state_from_torch
+    assert compat.state_from_keras2 is saved_state.state_from_keras2
+
+
+def _torch_sd(int_keys=True):
+    rng = np.random.default_rng(3)
+    state = {
+        i: {
+            "step": np.float32(7),
+            "square_avg": rng.random(n).astype(np.float32),
+            "momentum_buffer": rng.standard_normal(n).astype(np.float32),
+        }
+        for i, n in ((0, 3), (1, 2))
+    }
+    groups = [{"params": [0, 1], "lr": 0.01, "momentum": 0.9, "centered": False}]
+    return {
+        "state": state if int_keys else {str(k): v for k, v in state.items()},
+        "param_groups": groups,
+    }
+
+
+def test_state_from_torch_accepts_decimal_string_keys_and_never_drops_state():
+    params = [jnp.ones(3), jnp.full(2, 0.5)]
+    want = saved_state.state_from_torch(_torch_sd(), params)
+    got = saved_state.state_from_torch(_torch_sd(int_keys=False), params)  # as after JSON
+    assert int(got.count) == 7
+    _same_state(want, got)
+    tx = compat.torch(lr=0.01, momentum=0.9)
+    grads = [jnp.full(3, 0.25), jnp.full(2, -1.0)]
+    _same_state(tx.update(grads, want, params), tx.update(grads, got, params))
+    sd = _torch_sd()
+    sd["state"] = {5: sd["state"][0], 6: sd["state"][1]}  # none matches a listed parameter
+    with pytest.raises(ValueError, match=r"entries for parameters \[5, 6\].*would be lost"):
+        saved_state.state_from_torch(sd, params)
+    sd = _torch_sd()
+    sd["state"][2] = sd["state"][1]
+    with pytest.raises(ValueError, match=r"entries for parameters \[2\]"):
+        saved_state.state_from_torch(sd, params)
+    sd = _torch_sd()
+    sd["state"]["1"] = sd["state"][1]
+    with pytest.raises(ValueError, match="two entries for parameter 1"):
+        saved_state.state_from_torch(sd, params)
+    sd = _torch_sd()
+    sd["state"]["first"] = sd["state"].pop(0)
+    with pytest.raises(ValueError, match=r"key 'first'.* must be a parameter index"):
+        saved_state.state_from_torch(sd, params)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16, jnp.complex64])
+def test_loaded_states_have_init_structure_and_dtypes(dtype):
+    params = [jnp.ones(3, dtype), jnp.ones((2, 2), dtype)]
+    rng = np.random.default_rng(4)
+    saved = [rng.random(np.shape(p)).astype(np.float32) for p in params]
+    # keras2 / keras3 / rmsprop: real rms (also for complex parameters), momentum and mg complex
+    keras_rms = [s.astype(np.complex64) if dtype == jnp.complex64 else s for s in saved]
+    weights = [np.int64(3)] + keras_rms + saved + [0.5 * s for s in saved]
+    state = saved_state.state_from_keras2(weights, params, momentum=True, centered=True)
+    tx = jrmsprop.rmsprop(0.01, momentum=0.9, centered=True)
+    init = tx.init(params)
+    assert jax.tree.structure(state) == jax.tree.structure(init)
+    for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(init), strict=True):
+        assert (a.dtype, a.shape) == (b.dtype, b.shape)
+    # the values are the saved ones, converted exactly, and the next step is init's step
+    for got, s in zip(state.rms, saved, strict=True):
+        _bits(got, np.asarray(jnp.asarray(s, init.rms[0].dtype)), "rms")
+    same = init._replace(
+        count=jnp.int32(3),
+        rms=[jnp.asarray(s, r.dtype) for s, r in zip(saved, init.rms, strict=True)],
+        momentum=[jnp.asarray(s, m.dtype) for s, m in zip(saved, init.momentum, strict=True)],
+        mg=[jnp.asarray(0.5 * s, m.dtype) for s, m in zip(saved, init.mg, strict=True)],
+    )
+    grads = [jnp.full(np.shape(p), 0.5, dtype) for p in params]
+    _same_state(tx.update(grads, state, params), tx.update(grads, same, params))
+    # torch: every slot in the dtype compat.torch's init gives
+    sd = {
+        "state": {
+            i: {"step": np.float32(3), "square_avg": s, "momentum_buffer": s, "grad_avg": s}
+            for i, s in enumerate(saved)
+        },
+        "param_groups": [{"params": [0, 1], "momentum": 0.9, "centered": True}],
+    }
+    state = saved_state.state_from_torch(sd, params)
+    init = compat.torch(lr=0.01, momentum=0.9, centered=True).init(params)
+    assert jax.tree.structure(state) == jax.tree.structure(init)
+    for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(init), strict=True):
+        assert (a.dtype, a.shape) == (b.dtype, b.shape)
+
+
+def test_complex_rms_with_an_imaginary_part_is_refused():
+    params = [jnp.ones(2, jnp.complex64)]
+    rms = np.array([1 + 0j, 2 + 1e-3j], np.complex64)
+    with pytest.raises(ValueError, match=r"rms\[0\]: complex values with a non-zero imaginary"):
+        saved_state.state_from_keras2([1, rms], params, momentum=False, centered=False)
+
+
+def _sd(step=1, momentum=0, params=(0,), centered=False):
+    return {
+        "state": {0: {"step": step, "square_avg": np.ones(2, np.float32)}},
+        "param_groups": [{"params": list(params), "momentum": momentum, "centered": centered}],
+    }
+
+
+@pytest.mark.parametrize(
+    "call, error, words",
+    [
+        (
+            lambda p: saved_state.state_from_keras2(
+                [np.nan, np.ones(2)], p, momentum=False, centered=False
+            ),
+            ValueError,
+            r"`weights\[0\]` \(iterations\) must be a non-negative integer, got nan",
+        ),
+        (
+            lambda p: saved_state.state_from_keras2(
+                [np.inf, np.ones(2)], p, momentum=False, centered=False
+            ),
+            ValueError,
+            r"`weights\[0\]` \(iterations\) must be a non-negative integer, got inf",
+        ),
+        (
+            lambda p: saved_state.state_from_keras2(
+                [np.ones(3), np.ones(2)], p, momentum=False, centered=False
+            ),
+            ValueError,
+            r"`weights\[0\]` \(iterations\) must be a number",
+        ),
+        (
+            lambda p: saved_state.state_from_keras2(
+                [1, np.ones(2)], p, momentum="yes", centered=False
+            ),
+            TypeError,
+            "`momentum` must be True or False, got 'yes'",
+        ),
+        (
+            lambda p: saved_state.state_from_keras2(
+                [1, np.ones(2)], p, momentum=False, centered=None
+            ),
+            TypeError,
+            "`centered` must be True or False, got None",
+        ),
+        (
+            lambda p: saved_state.state_from_torch(_sd(momentum=None), p),
+            ValueError,
+            r"`state_dict\['param_groups'\]\[0\]\['momentum'\]` must be a non-negative",
+        ),
+        (
+            lambda p: saved_state.state_from_torch(_sd(centered="no"), p),
+            ValueError,
+            r"\['centered'\]` must be True or False",
+        ),
+        (
+            lambda p: saved_state.state_from_torch(_sd(step=np.nan), p),
+            ValueError,
+            r"`state_dict\['state'\]\[0\]\['step'\]` must be a non-negative integer",
+        ),
+        (
+            lambda p: saved_state.state_from_torch(_sd(step=np.inf), p),
+            ValueError,
+            r"\['step'\]` must be a non-negative integer, got inf",
+        ),
+        (
+            lambda p: saved_state.state_from_torch(_sd(params=(0, 0)), p + p),
+            ValueError,
+            r"indices \[0\] appear more than once",
+        ),
+        (
+            lambda p: saved_state.state_from_torch(_sd(), [jnp.ones(2, jnp.int32)]),
+            TypeError,
+            r"parameter at \[0\] has dtype int32; RMSprop needs floating-point",
+        ),
+        (
+            lambda p: saved_state.state_from_keras2(
+                [1, np.ones(2)], [jnp.ones(2, jnp.int32)], momentum=False, centered=False
+            ),
+            TypeError,
+            r"parameter at \[0\] has dtype int32",
+        ),
+    ],
+)
+def test_loaders_refuse_bad_values_naming_the_argument(call, error, words):
+    with pytest.raises(error, match=words):
+        call([jnp.ones(2)])

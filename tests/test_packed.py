@@ -502,3 +502,109 @@ def test_bad_inputs_name_the_argument() -> None:
     # a failed call changes nothing: the state still works
     u, _ = ptx.update(ok, state)
     assert u["a"].shape == (3,)
+
+
+# ---- flax nnx.Optimizer: init on nnx.Param-wrapped leaves, update on bare arrays ----------------
+
+
+def test_nnx_optimizer_training_is_bit_identical_to_plain_rmsprop() -> None:
+    nnx = pytest.importorskip("flax.nnx")
+    x = jnp.asarray(np.random.default_rng(1).standard_normal((8, 3), dtype=np.float32))
+    y = jnp.asarray(np.random.default_rng(2).standard_normal((8, 2), dtype=np.float32))
+
+    def loss(m):
+        return jnp.mean((m(x) - y) ** 2)
+
+    def train(tx, jit: bool) -> list:
+        model = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
+        opt = nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+        def step(model, opt):
+            opt.update(model, nnx.grad(loss)(model))
+
+        step = nnx.jit(step) if jit else step
+        for _ in range(4):
+            step(model, opt)
+        return [np.asarray(v) for v in jax.tree.leaves(nnx.state(model, nnx.Param))], opt
+
+    for jit in (False, True):
+        plain, _ = train(jrmsprop.rmsprop(0.01, momentum=0.9, centered=True), jit)
+        got, opt = train(packed(jrmsprop.rmsprop(0.01, momentum=0.9, centered=True)), jit)
+        for a, b in zip(plain, got, strict=True):
+            _same_bits(a, b, f"nnx params (jit={jit})")
+        assert int(nnx.as_pure(opt.opt_state).inner.count) == 4
+
+
+def test_wrapper_nodes_are_matched_but_other_mismatches_refused() -> None:
+    nnx = pytest.importorskip("flax.nnx")
+    model = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
+    wrapped = nnx.state(model, nnx.Param)
+    bare = nnx.as_pure(wrapped)
+    grads = jax.tree.map(lambda p: jnp.full_like(p, 0.5), bare)
+    tx, ptx = jrmsprop.rmsprop(0.1, momentum=0.5), packed(jrmsprop.rmsprop(0.1, momentum=0.5))
+    want, s = tx.update(grads, tx.init(bare), bare)
+    state = ptx.init(wrapped)
+    # bare grads and params against the wrapped layout: the updates have the grads' structure
+    got, pstate = ptx.update(grads, state, bare)
+    assert jax.tree.structure(got) == jax.tree.structure(grads)
+    _same_trees(want, got, "updates")
+    _same_trees(s, unpack_state(pstate, bare), "state (bare params)")
+    # wrapped grads give wrapped updates
+    wrapped_grads = jax.tree.map(lambda p: jnp.full_like(p, 0.5), wrapped)
+    got_wrapped, _ = ptx.update(wrapped_grads, state, wrapped)
+    assert jax.tree.structure(got_wrapped) == jax.tree.structure(wrapped_grads)
+    for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got_wrapped), strict=True):
+        _same_bits(a, b, "wrapped updates")
+    # genuinely different trees are still refused, whatever their shapes
+    state = ptx.init({"a": jnp.zeros(2), "b": jnp.zeros(2)})
+    with pytest.raises(ValueError, match="`updates` do not have the tree structure"):
+        ptx.update({"b": jnp.ones(2), "c": jnp.ones(2)}, state)
+    with pytest.raises(ValueError, match="`updates` do not have the tree structure"):
+        ptx.update([jnp.ones(2), jnp.ones(2)], state)
+    state = ptx.init(jnp.zeros(2))
+    with pytest.raises(ValueError, match="`updates` do not have the tree structure"):
+        ptx.update([jnp.ones(2)], state)
+
+
+# ---- flax.serialization ------------------------------------------------------------------------
+
+
+def test_flax_serialization_round_trip_continues_bit_identically() -> None:
+    serialization = pytest.importorskip("flax.serialization")
+    params = _params()
+    ptx = packed(jrmsprop.rmsprop(0.01, momentum=0.9, centered=True))
+    state = ptx.init(params)
+    for k in range(2):
+        _, state = ptx.update(_grads(params, k), state, params)
+    as_dict = serialization.to_state_dict(state)
+    assert set(as_dict) == {"inner"} and set(as_dict["inner"]["rms"]) == {"bfloat16", "float32"}
+    restored = serialization.from_bytes(ptx.init(params), serialization.to_bytes(state))
+    assert isinstance(restored, PackedState) and restored.layout == state.layout
+    _same_trees(state, restored, "restored state")
+    want, _ = ptx.update(_grads(params, 5), state, params)
+    got, _ = ptx.update(_grads(params, 5), restored, params)
+    _same_trees(want, got, "updates after restoring")
+
+
+def test_flax_imported_after_jrmsprop_still_registers() -> None:
+    pytest.importorskip("flax")
+    import subprocess
+    import sys
+
+    code = (
+        "import jax.numpy as jnp, jrmsprop\n"
+        "import flax.serialization as s\n"
+        "tx = jrmsprop.packed(jrmsprop.rmsprop(0.1))\n"
+        "state = tx.init({'a': jnp.ones(2)})\n"
+        "print(sorted(s.to_state_dict(state)['inner']['rms']))\n"
+        "print(type(s.from_bytes(state, s.to_bytes(state))).__name__)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert out.stdout.split() == ["['float32']", "PackedState"], out.stderr

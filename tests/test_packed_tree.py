@@ -459,3 +459,27 @@ def test_sharded_jit_buffer_split_over_devices() -> None:
     assert not np.allclose(p1.unpack()["w"], params["w"], atol=1e-3)
     assert p1.buffers["float32"].sharding.is_equivalent_to(split, 1)
     assert len(p1.buffers["float32"].addressable_shards[0].data) == 8
+
+
+def test_flax_serialization_round_trip_of_packed_params_and_state() -> None:
+    serialization = pytest.importorskip("flax.serialization")
+    params = jrmsprop.pack({"w": jnp.arange(6.0).reshape(2, 3), "h": jnp.ones(2, jnp.bfloat16)})
+    tx = jrmsprop.rmsprop(0.1, momentum=0.5)
+    state = tx.init(params)
+    grads = jax.tree.map(lambda b: jnp.full_like(b, 0.25), params)
+    _, state = tx.update(grads, state, params)
+    assert serialization.to_state_dict(params).keys() == {"bfloat16", "float32"}
+    restored_params = serialization.from_bytes(params, serialization.to_bytes(params))
+    restored_state = serialization.from_bytes(tx.init(params), serialization.to_bytes(state))
+    assert restored_params.layout == params.layout
+    for a, b in zip(
+        jax.tree.leaves((params, state)),
+        jax.tree.leaves((restored_params, restored_state)),
+        strict=True,
+    ):
+        assert np.asarray(a).dtype == np.asarray(b).dtype
+        assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
+    want, _ = tx.update(grads, state, params)
+    got, _ = tx.update(grads, restored_state, restored_params)
+    for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
+        assert np.asarray(a).tobytes() == np.asarray(b).tobytes()

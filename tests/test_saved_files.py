@@ -383,4 +383,6 @@ def test_module_exports() -> None:
         "load_keras2_h5",
         "load_keras3_archive",
         "saved_optimizer_config",
+        "state_from_keras2",
+        "state_from_torch",
     }

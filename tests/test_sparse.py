@@ -155,3 +155,31 @@ def test_sparse_momentum_path_touches_only_named_rows_in_place_under_donation():
     full_copies = [line for line in text.splitlines() if "copy(" in line and "f32[1000,8]" in line]
     assert not full_copies, full_copies
     assert "scatter" in text
+
+
+def test_apply_updates_wrong_shape_names_the_leaf():
+    params = {"a": jnp.ones(2), "layers": [jnp.ones(3), jnp.ones((2, 2))]}
+    ok = {"a": jnp.full(2, 0.5), "layers": [jnp.full(3, -1.0), jnp.full((2, 2), 2.0)]}
+    for bad, where, shape in [
+        ({**ok, "layers": [jnp.ones(4), ok["layers"][1]]}, r"\['layers'\]\[0\]", r"\(4,\)"),
+        # optax would broadcast the parameter up to (3, 2, 2); the parameter keeps its shape
+        (
+            {**ok, "layers": [ok["layers"][0], jnp.ones((3, 2, 2))]},
+            r"\[.layers.\]\[1\]",
+            r"\(3, 2, 2\)",
+        ),
+    ]:
+        with pytest.raises(ValueError, match=rf"update at {where} has shape {shape}"):
+            jrmsprop.apply_updates(params, bad)
+        with pytest.raises(ValueError, match=rf"update at {where}"):
+            jax.jit(jrmsprop.apply_updates)(params, bad)
+    with pytest.raises(ValueError, match=r"IndexedSlices update at <root> has dense_shape"):
+        jrmsprop.apply_updates(
+            jnp.ones((4, 3)), jrmsprop.IndexedSlices(jnp.ones((1, 3)), jnp.array([0]), (5, 3))
+        )
+    # same shapes and broadcasts that keep the parameter's shape: exactly optax's result
+    for updates in (ok, {**ok, "a": jnp.float32(0.25), "layers": [jnp.ones(1), jnp.ones((1, 2))]}):
+        got, want = jrmsprop.apply_updates(params, updates), optax.apply_updates(params, updates)
+        assert jax.tree.structure(got) == jax.tree.structure(want)
+        for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+            assert x.shape == y.shape and np.asarray(x).tobytes() == np.asarray(y).tobytes()

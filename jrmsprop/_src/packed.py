@@ -17,6 +17,8 @@ the ordinary per-leaf :class:`jrmsprop.RMSpropState` (for ``get_weights``-style 
 from __future__ import annotations
 
 import functools
+import sys
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -124,6 +126,33 @@ def _path_str(path: tuple[Any, ...]) -> str:
     return jax.tree_util.keystr(path) or "<root>"
 
 
+# flax.serialization (to_state_dict, to_bytes, ...) handles NamedTuples such as RMSpropState
+# but needs a registration for other node types. jrmsprop does not depend on flax: the types
+# below are registered when flax is already imported (at import of jrmsprop, else when the
+# first PackedState / PackedTree is built after flax's import).
+_FLAX_PENDING: dict[type, tuple[Callable[..., Any], Callable[..., Any]]] = {}
+
+
+def _register_with_flax(
+    cls: type | None = None,
+    to_state_dict: Callable[..., Any] | None = None,
+    from_state_dict: Callable[..., Any] | None = None,
+) -> None:
+    if cls is not None:
+        _FLAX_PENDING[cls] = (to_state_dict, from_state_dict)  # type: ignore[assignment]
+    serialization = sys.modules.get("flax.serialization")
+    if serialization is None or not hasattr(serialization, "register_serialization_state"):
+        return
+    for ty, (to_fn, from_fn) in list(_FLAX_PENDING.items()):
+        if not serialization.is_serializable(ty):
+            serialization.register_serialization_state(ty, to_fn, from_fn)
+        del _FLAX_PENDING[ty]
+
+
+def _flax() -> Any:
+    return sys.modules["flax.serialization"]
+
+
 class PackedState:
     """State of :func:`packed`: the wrapped transformation's state over packed buffers.
 
@@ -147,6 +176,8 @@ class PackedState:
         self.inner = inner
         self.offsets = tuple(offsets)
         self.layout = layout
+        if _FLAX_PENDING:
+            _register_with_flax()
 
     def __repr__(self) -> str:
         return f"PackedState(inner={self.inner!r}, layout={self.layout!r})"
@@ -172,18 +203,94 @@ jax.tree_util.register_pytree_with_keys(
 )
 
 
+# The state dict holds the wrapped state only: the offsets and the layout are the target's
+# (``from_state_dict(tx.init(params), ...)``), as they follow from the parameters alone.
+_register_with_flax(
+    PackedState,
+    lambda s: {"inner": _flax().to_state_dict(s.inner)},
+    lambda target, state: PackedState(
+        _flax().from_state_dict(target.inner, state["inner"], name="inner"),
+        target.offsets,
+        target.layout,
+    ),
+)
+
+
 def _offsets(layout: PackedLayout) -> tuple[jax.Array, ...]:
     """The leaves' offsets as int32 device scalars (one transfer for all of them)."""
     return tuple(jax.device_put([np.int32(offset) for _, offset, _ in layout.leaves]))
 
 
-def _flatten(layout: PackedLayout, tree: Any, what: str, who: str = "packed") -> list[Any]:
-    try:
-        return layout.treedef.flatten_up_to(tree)
+def _is_wrapper(node_type: type) -> bool:
+    """A custom pytree node that only wraps one value (e.g. flax ``nnx.Param``)."""
+    return not issubclass(node_type, (list, tuple, dict)) and node_type is not type(None)
+
+
+@functools.lru_cache(maxsize=256)
+def _same_modulo_wrappers(a: Any, b: Any) -> bool:
+    """Whether two treedefs are equal once single-child wrapper nodes are skipped.
+
+    flax's ``nnx.Optimizer`` calls ``init`` on parameters whose leaves are wrapped in
+    ``nnx.Param`` nodes (one child each) and ``update`` on the bare arrays: the two trees have the
+    same containers, keys and leaves, and differ only by those wrappers. Lists, tuples
+    (namedtuples), dicts and None are containers, never wrappers: ``[x]`` does not match ``x``.
+    """
+    if a == b:
+        return True
+    a_leaf = a.num_nodes == 1 and a.num_leaves == 1
+    b_leaf = b.num_nodes == 1 and b.num_leaves == 1
+    if a_leaf and b_leaf:
+        return True
+    a_data = None if a_leaf else a.node_data()
+    b_data = None if b_leaf else b.node_data()
+    if a_data is not None and b_data is not None and a_data == b_data:
+        a_children, b_children = a.children(), b.children()
+        if len(a_children) == len(b_children):
+            return all(
+                _same_modulo_wrappers(x, y) for x, y in zip(a_children, b_children, strict=True)
+            )
+    if a_data is not None and _is_wrapper(a_data[0]) and len(a.children()) == 1:
+        if _same_modulo_wrappers(a.children()[0], b):
+            return True
+    if b_data is not None and _is_wrapper(b_data[0]) and len(b.children()) == 1:
+        return _same_modulo_wrappers(a, b.children()[0])
+    return False
+
+
+def _compatible(a: PackedLayout, b: PackedLayout) -> bool:
+    """The same layout, up to wrapper nodes in the tree structure (see above)."""
+    return a == b or (
+        (a.groups, a.sizes, a.leaves) == (b.groups, b.sizes, b.leaves)
+        and _same_modulo_wrappers(a.treedef, b.treedef)
+    )
+
+
+def _flatten(
+    layout: PackedLayout, tree: Any, what: str, who: str = "packed"
+) -> tuple[list[Any], Any]:
+    """``tree``'s leaves in the layout's order, and the treedef to rebuild ``tree`` with.
+
+    ``tree`` may differ from the layout's structure by wrapper nodes only (flax ``nnx.Param``
+    around the leaves on one side, as ``nnx.Optimizer`` does); anything else is refused.
+    """
+    leaves, treedef = jax.tree.flatten(tree)
+    if treedef == layout.treedef or (
+        len(leaves) == len(layout.leaves) and _same_modulo_wrappers(layout.treedef, treedef)
+    ):
+        return leaves, treedef
+    try:  # e.g. a None or IndexedSlices where a leaf is: refused, by leaf, in _check_leaves
+        leaves = layout.treedef.flatten_up_to(tree)
+        for leaf in leaves:
+            if not (leaf is None or isinstance(leaf, sparse.IndexedSlices)):
+                sub = jax.tree.structure(leaf)
+                if not (sub.num_nodes == 1 and sub.num_leaves == 1):
+                    raise ValueError(f"a subtree {sub} where a leaf is")
+        return leaves, layout.treedef
     except (ValueError, TypeError) as e:
         raise ValueError(
             f"{who}: `{what}` do not have the tree structure of the packed state "
-            f"(expected {tree_description(layout.treedef)}): {abbreviated(e)}"
+            f"(expected {tree_description(layout.treedef)}; wrapper nodes such as flax "
+            f"nnx.Param around the leaves aside): {abbreviated(e)}"
         ) from e
 
 
@@ -262,11 +369,23 @@ def _unpack_leaves(
 def _pack(
     layout: PackedLayout, tree: Any, what: str, same_dtype: bool, who: str = "packed"
 ) -> dict[str, jax.Array]:
-    return _pack_leaves(_flatten(layout, tree, what, who), layout, what, same_dtype, who)
+    return _pack_with_treedef(layout, tree, what, same_dtype, who)[0]
+
+
+def _pack_with_treedef(
+    layout: PackedLayout, tree: Any, what: str, same_dtype: bool, who: str = "packed"
+) -> tuple[dict[str, jax.Array], Any]:
+    leaves, treedef = _flatten(layout, tree, what, who)
+    return _pack_leaves(leaves, layout, what, same_dtype, who), treedef
 
 
 def _unpack(
-    layout: PackedLayout, flat: Any, offsets: tuple[Any, ...], what: str, who: str = "packed"
+    layout: PackedLayout,
+    flat: Any,
+    offsets: tuple[Any, ...],
+    what: str,
+    who: str = "packed",
+    treedef: Any = None,
 ) -> Any:
     if not isinstance(flat, dict) or set(flat) != set(layout.groups):
         raise ValueError(
@@ -279,7 +398,8 @@ def _unpack(
                 f"{who}: `{what}[{name!r}]` has shape {tuple(jnp.shape(flat[name]))}; the "
                 f"layout expects ({size},)"
             )
-    return layout.treedef.unflatten(_unpack_leaves(flat, tuple(offsets), layout))
+    treedef = layout.treedef if treedef is None else treedef
+    return treedef.unflatten(_unpack_leaves(flat, tuple(offsets), layout))
 
 
 def packed(
@@ -361,11 +481,15 @@ def packed(
                 f"{type(state).__name__} (convert a per-leaf state with jrmsprop.pack_state)"
             )
         layout = state.layout
-        grads = _pack(layout, updates, "updates", same_dtype=False)
+        grads, treedef = _pack_with_treedef(layout, updates, "updates", same_dtype=False)
         flat_params = None if params is None else _pack(layout, params, "params", True)
         flat_updates, inner = inner_update(grads, state.inner, flat_params, **extra_args)
         out = _unpack(
-            layout, flat_updates, state.offsets, "updates returned by the wrapped transformation"
+            layout,
+            flat_updates,
+            state.offsets,
+            "updates returned by the wrapped transformation",
+            treedef=treedef,
         )
         return out, PackedState(inner, state.offsets, layout)
 
@@ -406,7 +530,7 @@ def unpack_state(state: PackedState, params: Any) -> Any:
     if not isinstance(state, PackedState):
         raise TypeError(f"unpack_state: `state` must be a PackedState, got {type(state).__name__}")
     layout = PackedLayout.of(params)
-    if layout != state.layout:
+    if not _compatible(layout, state.layout):
         raise ValueError(
             f"unpack_state: `params` ({layout}, {tree_description(layout.treedef)}) do not "
             f"match the packed state's layout ({state.layout}, "
@@ -414,13 +538,16 @@ def unpack_state(state: PackedState, params: Any) -> Any:
         )
 
     offsets = _offsets(layout)
+    treedef = layout.treedef  # the tree of `params` (wrapper nodes may differ from the state's)
 
     def unpack(s: Any) -> Any:
         if not _is_rmsprop_state(s):
             return s
         return s._replace(
             **{
-                name: _unpack(layout, getattr(s, name), offsets, f"state.{name}")
+                name: _unpack(
+                    state.layout, getattr(s, name), offsets, f"state.{name}", treedef=treedef
+                )
                 for name in _SLOTS
                 if getattr(s, name) is not None
             }

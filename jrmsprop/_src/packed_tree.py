@@ -26,7 +26,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from jrmsprop._src import sparse
-from jrmsprop._src.packed import PackedLayout, _offsets, _pack, _pack_leaves, _unpack_leaves
+from jrmsprop._src.packed import (
+    _FLAX_PENDING,
+    PackedLayout,
+    _flax,
+    _offsets,
+    _pack,
+    _pack_leaves,
+    _register_with_flax,
+    _unpack_leaves,
+)
 from jrmsprop._src.validation import tree_description
 
 
@@ -51,6 +60,8 @@ class PackedTree:
     def __init__(self, buffers: dict[str, Any], layout: PackedLayout):
         self.buffers = buffers
         self.layout = layout
+        if _FLAX_PENDING:
+            _register_with_flax()
 
     def unpack(self) -> Any:
         """The original tree: each leaf cut out of its buffer and reshaped (see :func:`unpack`)."""
@@ -83,6 +94,20 @@ jax.tree_util.register_pytree_with_keys(
     ),
     lambda layout, children: PackedTree(dict(zip(layout.groups, children, strict=True)), layout),
     flatten_func=lambda t: (tuple(t.buffers[name] for name in t.layout.groups), t.layout),
+)
+
+
+# flax.serialization: the buffers by dtype name; the layout is the target's.
+_register_with_flax(
+    PackedTree,
+    lambda t: {name: _flax().to_state_dict(t.buffers[name]) for name in t.layout.groups},
+    lambda target, state: PackedTree(
+        {
+            name: _flax().from_state_dict(target.buffers[name], state[name], name=name)
+            for name in target.layout.groups
+        },
+        target.layout,
+    ),
 )
 
 

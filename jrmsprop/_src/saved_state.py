@@ -21,22 +21,28 @@ from __future__ import annotations
 
 import io
 import json
+import math
+import numbers
 import os
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from jrmsprop._src.transform import RMSpropState
+from jrmsprop._src import arithmetic
+from jrmsprop._src.transform import RMSpropState, default_slot_dtype
 
 __all__ = [
     "keras2_h5_weights",
     "load_keras2_h5",
     "load_keras3_archive",
     "saved_optimizer_config",
+    "state_from_keras2",
+    "state_from_torch",
 ]
 
 _KERAS2_SLOTS = ("rms", "momentum", "mg")
@@ -296,8 +302,6 @@ def load_keras2_h5(path: str | os.PathLike, params: Any) -> RMSpropState:
       tx = jrmsprop.rmsprop(learning_rate=0.01, momentum=0.9)
       updates, state = tx.update(grads, state, params)
     """
-    from jrmsprop.compat import state_from_keras2  # compat imports the core; avoid a cycle
-
     fn = "load_keras2_h5"
     names, values, opt_config, p = _keras2_h5(path, fn)
     weights, var_names, momentum, centered = _split_keras2(names, values, opt_config, p, fn)
@@ -399,8 +403,6 @@ def load_keras3_archive(path: str | os.PathLike, params: Any) -> RMSpropState:
       tx = jrmsprop.compat.keras3(0.01, momentum=0.9, centered=True)
       updates, state = tx.update(grads, state, params)
     """
-    from jrmsprop.compat import state_from_keras2  # the same [count, slots...] block layout
-
     fn = "load_keras3_archive"
     _, opt, weights_file, p = _keras3_archive(path, fn)
     where = f"{fn}: {str(p)!r}"
@@ -438,7 +440,8 @@ def load_keras3_archive(path: str | os.PathLike, params: Any) -> RMSpropState:
                     f"{where}: slot block {k} variable {i} has shape {b.shape}, "
                     f"velocity {i} has {a.shape}"
                 )
-    # Keras 3 keeps Keras 2's layout (every velocity, every momentum, every average_gradient).
+    # Keras 3 keeps Keras 2's layout (every velocity, every momentum, every average_gradient),
+    # and the same slot dtypes: state_from_keras2 builds its state.
     weights = [values[0], *(v for block in slots for v in block)]
     return state_from_keras2(weights, params, momentum=momentum, centered=centered)
 
@@ -468,3 +471,283 @@ def saved_optimizer_config(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(opt, dict):
         raise ValueError(f"{fn}: {str(p)!r} holds no optimizer config (no 'training_config')")
     return {"class_name": opt.get("class_name"), "config": opt.get("config") or {}}
+
+
+# ---- states from get_weights() lists and torch state_dicts ------------------------------------
+
+
+def _to_numpy(x: Any) -> np.ndarray:
+    if hasattr(x, "detach"):  # a torch.Tensor, without importing torch
+        x = x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def _slot_dtype(param_dtype: Any, real: bool, complex_as_real: bool) -> jnp.dtype:
+    """The dtype ``init`` gives this slot (see ``transform._init``): float32 for float16
+    parameters; ``rms`` of a complex parameter real unless PyTorch's rule (complex as real)."""
+    dtype = default_slot_dtype(param_dtype)
+    if jnp.issubdtype(param_dtype, jnp.complexfloating) and (not real or complex_as_real):
+        return jnp.dtype(jnp.promote_types(dtype, jnp.complex64))
+    return jnp.dtype(arithmetic.real_dtype(dtype)) if real else dtype
+
+
+def _build_slot(
+    params: Any, arrays: Sequence[Any], what: str, real: bool, complex_as_real: bool
+) -> Any:
+    """One slot, leaf by leaf in ``init``'s dtype (saved values converted, never dropped)."""
+    paths_and_leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+    if len(arrays) != len(paths_and_leaves):
+        raise ValueError(f"{what}: expected {len(paths_and_leaves)} arrays, got {len(arrays)}")
+    out = []
+    for i, ((path, p), a) in enumerate(zip(paths_and_leaves, arrays, strict=True)):
+        a = _to_numpy(a)
+        p_shape, p_dtype = tuple(np.shape(p)), jnp.dtype(jnp.result_type(p))
+        if not jnp.issubdtype(p_dtype, jnp.inexact):
+            raise TypeError(
+                f"{what}: the parameter at {jax.tree_util.keystr(path) or '<root>'} has dtype "
+                f"{p_dtype.name}; RMSprop needs floating-point (or complex) parameters (init "
+                "refuses it too)"
+            )
+        if a.shape != p_shape:
+            raise ValueError(f"{what}[{i}]: shape {a.shape} does not match the parameter {p_shape}")
+        if a.dtype.kind not in "biufc":
+            raise TypeError(f"{what}[{i}]: holds {a.dtype} data, not numbers")
+        dtype = _slot_dtype(p_dtype, real, complex_as_real)
+        if a.dtype.kind == "c" and not jnp.issubdtype(dtype, jnp.complexfloating):
+            if np.any(a.imag != 0):
+                raise ValueError(
+                    f"{what}[{i}]: complex values with a non-zero imaginary part, but this slot "
+                    f"is real ({dtype.name}) for a {p_dtype.name} parameter"
+                )
+            a = a.real
+        out.append(jnp.asarray(a, dtype=dtype))
+    return treedef.unflatten(out)
+
+
+def _count(step: Any, what: str) -> jax.Array:
+    try:
+        array = np.asarray(_to_numpy(step))
+        value = float(array.reshape(()))
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be a number (a scalar), got {step!r}") from None
+    if not math.isfinite(value) or value < 0 or value != int(value):
+        raise ValueError(f"{what} must be a non-negative integer, got {value}")
+    return jnp.asarray(min(int(value), np.iinfo(np.int32).max), jnp.int32)
+
+
+def state_from_keras2(
+    weights: Sequence[Any], params: Any, *, momentum: bool, centered: bool
+) -> RMSpropState:
+    """Builds the functional state from a TF 2.x Keras optimizer's ``get_weights()``.
+
+    Args:
+      weights: ``[iterations, rms(v0), …, momentum(v0), …, mg(v0), …]`` as NumPy arrays (the
+        momentum block only with a momentum slot, the mg block only when centered).
+      params: the parameters, a pytree whose leaves are in the Keras variable order.
+      momentum: whether the Keras optimizer had a momentum slot.
+      centered: whether it was centered.
+
+    Returns:
+      An :class:`jrmsprop.RMSpropState` that continues exactly where Keras stopped, with the
+      structure and dtypes ``init`` gives (float32 slots for float16 parameters, a real ``rms``
+      for complex ones).
+    """
+    fn = "state_from_keras2"
+    if isinstance(weights, (str, bytes, Mapping)) or not isinstance(weights, Sequence):
+        raise TypeError(
+            f"{fn}: `weights` must be a list of arrays (the optimizer's "
+            f"get_weights()), got {type(weights).__name__}"
+        )
+    for name, flag in (("momentum", momentum), ("centered", centered)):
+        if not isinstance(flag, (bool, np.bool_)):
+            raise TypeError(f"{fn}: `{name}` must be True or False, got {flag!r}")
+    momentum, centered = bool(momentum), bool(centered)
+    n = len(jax.tree.leaves(params))
+    blocks = 1 + int(momentum) + int(centered)
+    if len(weights) != 1 + blocks * n:
+        raise ValueError(
+            f"{fn}: `weights` must hold 1 + {blocks}·{n} = {1 + blocks * n} arrays "
+            f"(iterations, then rms{', momentum' if momentum else ''}{', mg' if centered else ''}"
+            f" for each of {n} variables), got {len(weights)}"
+        )
+    chunks = [weights[1 + k * n : 1 + (k + 1) * n] for k in range(blocks)]
+    count = _count(weights[0], f"{fn}: `weights[0]` (iterations)")
+    rms = _build_slot(params, chunks[0], f"{fn}: rms", True, False)
+    mom = _build_slot(params, chunks[1], f"{fn}: momentum", False, False) if momentum else None
+    mg = _build_slot(params, chunks[-1], f"{fn}: mg", False, False) if centered else None
+    return RMSpropState(count, rms, mom, mg)
+
+
+def _torch_state_dict_parts(state_dict: Any) -> tuple[list[Mapping[str, Any]], Mapping[Any, Any]]:
+    """``(param_groups, state)`` of a torch optimizer ``state_dict()``, checked for shape."""
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(
+            "state_from_torch: `state_dict` must be a torch optimizer's state_dict() (a mapping), "
+            f"got {type(state_dict).__name__}"
+        )
+    if not {"state", "param_groups"} <= set(state_dict):
+        got = sorted(map(str, state_dict))
+        raise ValueError(
+            "state_from_torch: `state_dict` must be a torch optimizer's state_dict(), a mapping "
+            f"with 'state' and 'param_groups'; got {got}"
+        )
+    groups, per_param = state_dict["param_groups"], state_dict["state"]
+    if not isinstance(per_param, Mapping):
+        raise ValueError(
+            "state_from_torch: `state_dict['state']` must be a mapping, got "
+            f"{type(per_param).__name__}"
+        )
+    if not isinstance(groups, Sequence) or not all(
+        isinstance(g, Mapping) and "params" in g for g in groups
+    ):
+        raise ValueError(
+            "state_from_torch: `state_dict['param_groups']` must be a list of dicts, each with "
+            "a 'params' list"
+        )
+    return list(groups), per_param
+
+
+def _torch_index(key: Any, what: str) -> int:
+    """A parameter index: an int, or its decimal string (a state_dict after JSON or YAML)."""
+    if isinstance(key, (bool, np.bool_)):
+        pass
+    elif isinstance(key, numbers.Integral):
+        return int(key)
+    elif isinstance(key, str) and key.strip().isdecimal():
+        return int(key)
+    raise ValueError(f"state_from_torch: {what} must be a parameter index (an int), got {key!r}")
+
+
+def _torch_flags(groups: list[Mapping[str, Any]]) -> tuple[bool, bool]:
+    flags = set()
+    for k, g in enumerate(groups):
+        m = g.get("momentum", 0)
+        if (
+            isinstance(m, (bool, np.bool_))
+            or not isinstance(m, numbers.Real)
+            or not math.isfinite(float(m))
+            or float(m) < 0
+        ):
+            raise ValueError(
+                f"state_from_torch: `state_dict['param_groups'][{k}]['momentum']` must be a "
+                f"non-negative number, got {m!r}"
+            )
+        c = g.get("centered", False)
+        if not isinstance(c, (bool, np.bool_)):
+            raise ValueError(
+                f"state_from_torch: `state_dict['param_groups'][{k}]['centered']` must be True "
+                f"or False, got {c!r}"
+            )
+        flags.add((float(m) > 0, bool(c)))
+    if len(flags) > 1:
+        raise ValueError(
+            "state_from_torch: param groups differ in momentum/centered: "
+            + json.dumps(
+                [{k: v for k, v in g.items() if k != "params"} for g in groups], default=str
+            )
+        )
+    return flags.pop() if flags else (False, False)
+
+
+def state_from_torch(state_dict: Mapping[str, Any], params: Any) -> RMSpropState:
+    """Builds the functional state from ``torch.optim.RMSprop.state_dict()``.
+
+    Args:
+      state_dict: the optimizer's ``state_dict()`` (tensors or NumPy arrays). One param group,
+        or several whose hyperparameters agree. Parameter indices may be ints or their decimal
+        strings (as after a JSON round trip).
+      params: the JAX parameters, a pytree whose leaves are in the order of the torch
+        optimizer's parameter list.
+
+    Returns:
+      An :class:`jrmsprop.RMSpropState` for :func:`jrmsprop.compat.torch` with the same
+      hyperparameters, with the structure and dtypes its ``init`` gives (float32 slots for
+      float16 parameters); parameters the torch optimizer never stepped get fresh (zero) slots.
+
+    Example:
+      >>> import numpy as np, jax.numpy as jnp
+      >>> from jrmsprop import compat
+      >>> sd = {"state": {0: {"step": np.float32(3), "square_avg": np.ones(2, np.float32)}},
+      ...       "param_groups": [{"params": [0], "momentum": 0, "centered": False}]}
+      >>> compat.state_from_torch(sd, [jnp.zeros(2)]).count
+      Array(3, dtype=int32)
+    """
+    groups, raw_state = _torch_state_dict_parts(state_dict)
+    order = []
+    for k, group in enumerate(groups):
+        if isinstance(group["params"], (str, bytes)) or not isinstance(group["params"], Sequence):
+            raise ValueError(
+                f"state_from_torch: `state_dict['param_groups'][{k}]['params']` must be a list "
+                f"of parameter indices, got {type(group['params']).__name__}"
+            )
+        for i in group["params"]:
+            order.append(_torch_index(i, f"`state_dict['param_groups'][{k}]['params']` entry"))
+    if len(set(order)) != len(order):
+        twice = sorted({i for i in order if order.count(i) > 1})
+        raise ValueError(
+            f"state_from_torch: parameter indices {twice} appear more than once in "
+            "`state_dict['param_groups']`"
+        )
+    per_param: dict[int, Any] = {}
+    for key, entry in raw_state.items():
+        i = _torch_index(key, f"`state_dict['state']` key {key!r}:")
+        if i in per_param:
+            raise ValueError(
+                f"state_from_torch: `state_dict['state']` has two entries for parameter {i} "
+                f"(keys {i!r} and {key!r})"
+            )
+        if not isinstance(entry, Mapping):
+            raise ValueError(
+                f"state_from_torch: `state_dict['state'][{key!r}]` must be a mapping, got "
+                f"{type(entry).__name__}"
+            )
+        per_param[i] = entry
+    unmatched = sorted(set(per_param) - set(order))
+    if unmatched:
+        raise ValueError(
+            f"state_from_torch: `state_dict['state']` has entries for parameters {unmatched}, "
+            f"which no param group lists (the groups list {order}); their state would be lost"
+        )
+    has_momentum, centered = _torch_flags(groups)
+    leaves = jax.tree.leaves(params)
+    if len(order) != len(leaves):
+        raise ValueError(
+            f"state_from_torch: the state_dict has {len(order)} parameters, `params` has "
+            f"{len(leaves)}"
+        )
+    needed = ("step", "square_avg")
+    needed += ("momentum_buffer",) if has_momentum else ()
+    needed += ("grad_avg",) if centered else ()
+    for i in order:
+        if i not in per_param:  # a parameter never stepped has no entry
+            continue
+        missing = [k for k in needed if k not in per_param[i]]
+        if missing:
+            raise ValueError(
+                f"state_from_torch: `state_dict['state'][{i!r}]` lacks {missing} (an RMSprop "
+                f"state with momentum={has_momentum}, centered={centered} has {list(needed)})"
+            )
+    steps = {}
+    for i in order:
+        if i in per_param:
+            what = f"state_from_torch: `state_dict['state'][{i!r}]['step']`"
+            steps.setdefault(int(_count(per_param[i]["step"], what)), i)
+    if len(steps) > 1:
+        raise ValueError(f"state_from_torch: parameters were stepped unequally ({sorted(steps)})")
+    step = next(iter(steps)) if steps else 0
+
+    def slot(name: str) -> list[Any]:
+        return [
+            per_param[i][name] if i in per_param else np.zeros(np.shape(p), np.float32)
+            for i, p in zip(order, leaves, strict=True)
+        ]
+
+    def build(name: str, real: bool) -> Any:
+        return _build_slot(params, slot(name), f"state_from_torch: {name}", real, True)
+
+    return RMSpropState(
+        count=jnp.asarray(step, jnp.int32),
+        rms=build("square_avg", True),
+        momentum=build("momentum_buffer", False) if has_momentum else None,
+        mg=build("grad_avg", False) if centered else None,
+    )

@@ -261,6 +261,11 @@ def apply_updates(params: Any, updates: Any) -> Any:
     the parameter unchanged) and, for an ``IndexedSlices`` update, adds its rows to the named
     rows of the parameter only (duplicates add up; out-of-range padding rows are dropped).
 
+    The result also keeps each parameter's shape: an update of another shape raises a
+    ``ValueError`` naming the leaf, unless it broadcasts to the parameter's shape (a scalar, say).
+    ``optax.apply_updates`` would broadcast the parameter up instead (a ``(2,)`` parameter plus a
+    ``(3, 2)`` update becomes ``(3, 2)``), which its own documentation rules out.
+
     Args:
       params: a pytree of parameters.
       updates: a pytree of the same structure whose leaves are arrays, ``IndexedSlices`` or None.
@@ -277,7 +282,7 @@ def apply_updates(params: Any, updates: Any) -> Any:
              [1., 1.],
              [0., 0.]], dtype=float32)
     """
-    treedef = jax.tree.structure(params)
+    paths_and_params, treedef = jax.tree_util.tree_flatten_with_path(params)
     try:
         update_leaves = treedef.flatten_up_to(updates)
     except (ValueError, TypeError) as e:
@@ -286,20 +291,32 @@ def apply_updates(params: Any, updates: Any) -> Any:
             f"({validation.tree_description(treedef)}): {validation.abbreviated(e)}"
         ) from e
     new_leaves = [
-        _apply_one(p, u) for p, u in zip(treedef.flatten_up_to(params), update_leaves, strict=True)
+        _apply_one(path, p, u) for (path, p), u in zip(paths_and_params, update_leaves, strict=True)
     ]
     return treedef.unflatten(new_leaves)
 
 
-def _apply_one(param: Any, update: Any) -> Any:
+def _apply_one(path: Any, param: Any, update: Any) -> Any:
     if update is None:
         return param
     param = jnp.asarray(param)
+    where = jax.tree_util.keystr(path) or "<root>"
     if isinstance(update, IndexedSlices):
         if tuple(update.dense_shape) != tuple(param.shape):
             raise ValueError(
-                f"apply_updates: IndexedSlices dense_shape {update.dense_shape} does not match "
-                f"the parameter shape {param.shape}"
+                f"apply_updates: the IndexedSlices update at {where} has dense_shape "
+                f"{tuple(update.dense_shape)}; the parameter there has shape {param.shape}"
             )
         return param.at[update.indices].add(update.values.astype(param.dtype), mode="drop")
+    shape = tuple(jnp.shape(update))
+    try:
+        fits = shape == param.shape or jnp.broadcast_shapes(param.shape, shape) == param.shape
+    except ValueError:
+        fits = False
+    if not fits:
+        raise ValueError(
+            f"apply_updates: the update at {where} has shape {shape}; the parameter there has "
+            f"shape {param.shape} (an update must have the parameter's shape, or broadcast to "
+            "it without changing it)"
+        )
     return jnp.asarray(param + update).astype(param.dtype)
