@@ -7,8 +7,14 @@ operation acts on the ``values`` as given (duplicate indices are *not* summed fi
 the norm of the values), and the indices pass through. ``None`` leaves pass through.
 
 Thresholds may be numbers or (traced) scalar arrays, so a compiled step can take them as inputs.
-Sums are reduced by XLA, whose summation order differs from TF's: norms agree with TF's to a few
-ulps, not always bit for bit.
+Every product and quotient is rounded as TF's separate kernels round it, in every calling style
+(eager, jitted, with constant thresholds inside a caller's ``jit``): squares are not contracted
+into fused multiply-adds with the sum, and ``(g·c) / max(n, c)`` stays a division (see
+:func:`clip_by_norm`). What remains is the order of the sums: XLA:CPU adds the elements of a
+(float32) reduction one after the other, TF's Eigen kernels do so only below one SIMD packet
+(x86 AVX builds: 8 elements) and then reduce packet-wise. So float32 results are bit-identical
+to TF for gradients of at most 7 elements and, for ``global_clipnorm``, at most 7 gradients;
+above that, norms agree to a few ulps, not always bit for bit.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
+from jax import lax
 
 from jrmsprop._src import arithmetic
 from jrmsprop._src.sparse import IndexedSlices
@@ -80,6 +87,17 @@ def _threshold(value: Any, dtype: Any) -> jax.Array:
     return jnp.asarray(value).astype(dtype)
 
 
+def _flat(x: jax.Array) -> jax.Array:
+    """``x`` as a vector, reshaped *before* the elementwise operations that feed a sum.
+
+    TF reduces over all dimensions as over one contiguous vector (its Eigen kernels add the
+    first elements one after the other). XLA:CPU reduces a multi-dimensional array row by row
+    for some shapes (``(2, 3)``: two row sums, then their sum), unless the operand is a vector
+    already; a reshape after the elementwise operations is moved back before the reduction.
+    """
+    return x.reshape(-1)
+
+
 def _map(fn, updates: Any) -> Any:
     return jax.tree.map(lambda leaf: None if leaf is None else fn(leaf), updates, is_leaf=_is_leaf)
 
@@ -118,7 +136,8 @@ def clip_by_norm(clip_norm: Any) -> optax.GradientTransformation:
     """Rescales each gradient whose L2 norm exceeds ``clip_norm`` (Keras ``clipnorm``).
 
     ``tf.clip_by_norm``, per leaf: ``s = Σ g²``; ``n = sqrt(s)`` if ``s > 0`` else ``s``;
-    ``g · c / max(n, c)``. A traced negative ``c`` counts as 0.
+    ``(g · c) / max(n, c)``, each product and the quotient rounded on its own, as TF's kernels
+    round them. A traced negative ``c`` counts as 0.
 
     Args:
       clip_norm: the largest allowed norm ``c >= 0`` (a finite number or a scalar array).
@@ -135,11 +154,23 @@ def clip_by_norm(clip_norm: Any) -> optax.GradientTransformation:
         g = _values(leaf)
         rdtype = arithmetic.real_dtype(g.dtype)
         c = jnp.maximum(jnp.asarray(clip_norm), 0).astype(rdtype)
-        l2sum = jnp.sum(arithmetic.abs_sq(g), keepdims=True)
+        # One is_finite(g) for both guards (a real g; complex is not TF's case).
+        finite = None if jnp.iscomplexobj(g) else lax.is_finite(g)
+        # Each g·g rounded before the sum (else LLVM contracts it into a fused multiply-add).
+        flat_finite = None if finite is None else _flat(finite)
+        l2sum = jnp.sum(arithmetic.abs_sq(_flat(g), flat_finite))
         positive = l2sum > 0
         l2sum_safe = jnp.where(positive, l2sum, jnp.ones_like(l2sum))
         l2norm = jnp.where(positive, jnp.sqrt(l2sum_safe), l2sum)
-        clipped = (g * c.astype(g.dtype)) / jnp.maximum(l2norm, c).astype(g.dtype)
+        divisor = jnp.broadcast_to(jnp.maximum(l2norm, c).astype(g.dtype), g.shape)
+        if finite is not None:
+            # XLA rewrites a division by a broadcast scalar into a multiplication by its
+            # reciprocal, (g·c)·(1/max(n, c)), which rounds differently from TF's division in
+            # about half of float32 elements. A per-element select is no broadcast. Where g is
+            # not finite the divisor is g itself: TF's result there is NaN (±inf·c or NaN over
+            # a norm that is inf or NaN), and so is (g·c)/g.
+            divisor = lax.select(finite, divisor, g)
+        clipped = (g * c.astype(g.dtype)) / divisor
         return _rebuild(leaf, clipped)
 
     def update_fn(updates, state, params=None):
@@ -161,7 +192,7 @@ def global_norm(updates: Any) -> jax.Array:
     if not leaves:
         raise ValueError("global_norm: no gradients")
     halves = [
-        jnp.sum(arithmetic.abs_sq(g) * jnp.asarray(0.5, arithmetic.real_dtype(g.dtype)))
+        jnp.sum(arithmetic.abs_sq(_flat(g)) * jnp.asarray(0.5, arithmetic.real_dtype(g.dtype)))
         for g in leaves
     ]
     dtype = halves[0].dtype
