@@ -523,3 +523,41 @@ def test_negative_count_does_not_produce_nan(make, count):
         return
     for leaf in jax.tree.leaves((updates, new_state)):
         assert np.all(np.isfinite(np.asarray(leaf))), (updates, new_state)
+
+
+@pytest.mark.parametrize("jit", [False, True])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: jrmsprop.rmsprop(0.1),
+        lambda: compat.torch(lr=0.1, weight_decay=0.5),
+        lambda: compat.keras3(0.1, weight_decay=0.5),
+    ],
+)
+@pytest.mark.parametrize("bad", [(), (4,), (1,)])
+def test_params_of_another_shape_are_refused_naming_the_leaf(make, bad, jit):
+    """``params`` must have the state's shapes: a scalar or a (1,) would otherwise broadcast
+    into the weight-decay term (wrong numbers, no error)."""
+    tx = make()
+    p = {"a": jnp.arange(3.0)}
+    state = tx.init(p)
+    update = jax.jit(tx.update) if jit else tx.update
+    with pytest.raises(ValueError, match=r"parameter at \['a'\] has shape .* state expects \(3,\)"):
+        update({"a": jnp.ones(3)}, state, {"a": jnp.ones(bad)})
+
+
+@pytest.mark.parametrize(
+    ("make", "prefix"),
+    [
+        (lambda: optax.inject_hyperparams(jrmsprop.rmsprop)(0.1, momentum=0.0), "rmsprop"),
+        (lambda: optax.inject_hyperparams(compat.torch)(lr=0.1, momentum=0.0), "compat.torch"),
+    ],
+)
+def test_injected_momentum_without_a_buffer_names_the_preset(make, prefix):
+    tx = make()
+    p = jnp.ones(3)
+    state = tx.init(p)
+    state.hyperparams["momentum"] = jnp.asarray(0.9)
+    words = rf"^{prefix}: `momentum` .*inject_hyperparams\({prefix}\)\(momentum=0.0\)"
+    with pytest.raises(ValueError, match=words):
+        tx.update(jnp.ones(3), state, p)

@@ -297,12 +297,18 @@ def test_division_by_the_root_stays_a_division(style, epsilon):
     constant ε keeps the divisor from being a bare square root, so the update leaves out the
     guard of :func:`exact_sqrt`; with ε = 0 XLA folds the add away and would rewrite the division
     into ``g·rsqrt(v)`` (different bits in about 40% of float32 elements) unless the guard stays.
-    Bit for bit against the NumPy reference, ε concrete (``jit``) and traced."""
+    Bit for bit against the NumPy reference, ε concrete (``jit``) and traced. A concrete ε = 0
+    means Keras's 1e-7 in ``rmsprop``, so that case runs PyTorch's rule (also ε outside the root;
+    its no-momentum step is ``(lr·g)/avg``, the same division)."""
     rng = np.random.default_rng(7)
     p0 = [rng.standard_normal(4096).astype(np.float32)]
     grads = [[rng.standard_normal(4096).astype(np.float32)] for _ in range(3)]
     want = run(Reference(learning_rate=0.01, epsilon=epsilon), p0, grads)
-    if style == "jit":
+    if style == "jit" and epsilon == 0.0:
+        kwargs = dict(lr=0.01, alpha=0.9, eps=0.0)
+        want = run(Reference.from_kwargs("torch", kwargs), p0, grads)
+        tx = compat.torch(**kwargs)
+    elif style == "jit":
         tx = jrmsprop.rmsprop(0.01, epsilon=epsilon)
     else:
         tx = optax.inject_hyperparams(jrmsprop.rmsprop)(learning_rate=0.01, epsilon=epsilon)

@@ -235,6 +235,11 @@ def _leaf_update(
     _check_float("gradient", path, g.dtype)
     if param is not None:
         _check_float("parameter", path, param.dtype)
+        if param.shape != rms.shape:  # read for weight decay, or the update applied to it
+            raise ValueError(
+                f"{rule.framework}: parameter at {_path_str(path)} has shape {param.shape} but "
+                f"the state expects {tuple(rms.shape)}"
+            )
     g_complex = jnp.issubdtype(g.dtype, jnp.complexfloating)
     real_target = next(
         (x for x in (param, mom, mg) if x is not None and not jnp.iscomplexobj(x)), None
@@ -355,16 +360,18 @@ _MUST_BE_ZERO = {
     "weight_decay": "`params` were not passed: weight decay needs them, call "
     "update(grads, state, params)",
     "momentum": "the optimizer state has no momentum buffer (it was created with momentum 0, "
-    "e.g. optax.inject_hyperparams(rmsprop)(momentum=0.0) then changed); create the optimizer "
-    "with a non-zero momentum to change it later",
+    "e.g. optax.inject_hyperparams({framework})({momentum}=0.0) then changed); create the "
+    "optimizer with a non-zero momentum to change it later",
 }
 
 
-def _check_zero(name: str, value: Any) -> None:
-    """Host-side check (see ``_update``): raises unless ``value`` is 0 (see ``_MUST_BE_ZERO``)."""
+def _check_zero(rule: arithmetic.Rule, name: str, value: Any) -> None:
+    """Host-side check (see ``_update``): raises unless ``value`` is 0 (see ``_MUST_BE_ZERO``),
+    naming the argument and the factory as the user wrote them."""
     value = np.asarray(value)
     if value != 0:
-        raise ValueError(f"rmsprop: `{name}` is {value} but {_MUST_BE_ZERO[name]}")
+        why = _MUST_BE_ZERO[name].format(framework=rule.framework, momentum=rule.user_name(name))
+        raise ValueError(f"{rule.framework}: `{rule.user_name(name)}` is {value} but {why}")
 
 
 def _tree_update(
@@ -411,12 +418,12 @@ def _tree_update(
     hp = arithmetic.Hyperparams(*values, step=count)
     if config.use_weight_decay is None and params is None and rms_leaves:
         jax.debug.callback(
-            functools.partial(_check_zero, "weight_decay"), hp.weight_decay
+            functools.partial(_check_zero, config.rule, "weight_decay"), hp.weight_decay
         )  # a traced weight decay
     momentum_on = state.momentum_on
     if check_momentum and (not has_momentum or momentum_on is not None):
         off = hp.momentum if momentum_on is None else jnp.where(momentum_on, 0, hp.momentum)
-        jax.debug.callback(functools.partial(_check_zero, "momentum"), off)
+        jax.debug.callback(functools.partial(_check_zero, config.rule, "momentum"), off)
 
     scalars: dict[Any, arithmetic.Scalars] = {}  # resolved once per real compute dtype
 
@@ -566,7 +573,7 @@ def build(
             if _is_traced(momentum) or _is_traced(state.momentum_on):
                 check_momentum = no_buffer or state.momentum_on is not None
             elif no_buffer or (state.momentum_on is not None and not bool(state.momentum_on)):
-                _check_zero("momentum", momentum)
+                _check_zero(rule, "momentum", momentum)
         update = _tree_update if _is_traced(getattr(state, "count", None)) else _update
         return update(
             updates,
