@@ -505,7 +505,10 @@ def build(
     ``(new_params, new_state)``: the update already added to the parameters, as
     :func:`jrmsprop.apply_updates` would; with ``fused=True`` eligible float32 leaves on CPU take
     the one-pass kernel (same bits, fewer bytes moved; worth it when the caller donates
-    ``params`` and ``state``, as the stateful wrapper does).
+    ``params`` and ``state``, as the stateful wrapper does). The kernel has no sharding rule:
+    under a ``jit`` over arrays sharded across devices XLA gathers its inputs onto every device
+    (same bits, replicated outputs), so pass ``fused=True`` for arrays on one device only, as
+    the wrapper does.
     """
     hyperparams = dict(
         learning_rate=learning_rate,
