@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from golden_io import GoldenCase, assert_close, replay, state_slots
+from golden_io import GoldenCase, assert_close, atol_for, replay, state_slots
 
 pytestmark = [
     pytest.mark.frameworks,
@@ -169,13 +169,24 @@ def test_live_parity(framework: str, index: int) -> None:
     case = _as_case(spec, p0, grads, result)
     traj, state = replay(case)
     what = f"{spec.name} {spec.kwargs} shapes={spec.shapes} sparse={spec.sparse}"
-    assert_close(case.traj, traj, f"{what}: params")
+    atol = atol_for(framework)
+    assert_close(case.traj, traj, f"{what}: params", atol=atol)
     ours = state_slots(state)
     for name, theirs in case.slots.items():
         if ours[name] is None:  # TF1's momentum slot with momentum=0 (unused state)
             assert framework == "tf1" and name == "momentum" and spec.kwargs["momentum"] == 0
             continue
-        assert_close(theirs, ours[name], f"{what}: {name} slot")
+        if framework == "torch":
+            # PyTorch's fused multiply-adds and inexact sqrt leave errors of the size of the
+            # terms a slot accumulates (g/avg, (1−α)·g), which can cancel to a much smaller
+            # value on one small leaf: the scale is the slot's over all leaves.
+            theirs, mine = (
+                [np.concatenate([np.ravel(x) for x in theirs])],
+                [np.concatenate([np.ravel(np.asarray(x)) for x in ours[name]])],
+            )
+            assert_close(theirs, mine, f"{what}: {name} slot (all leaves)", atol=atol)
+        else:
+            assert_close(theirs, ours[name], f"{what}: {name} slot")
 
 
 @pytest.mark.parametrize("synchronization", ["auto", "none", "on_write", "on_read"])
