@@ -51,6 +51,7 @@ from jrmsprop._src.validation import check_bool, check_hyperparameter
 __all__ = ("RMSprop",)
 
 _PACKAGE = "jrmsprop"
+_KERAS_EPSILON = 1e-7  # tf.keras.backend.epsilon()
 
 
 def _check_backend() -> None:
@@ -106,7 +107,9 @@ class RMSprop(keras.optimizers.Optimizer):
       rho: discounting factor of the moving averages, in ``[0, 1]``; default 0.9.
       momentum: heavy-ball momentum in ``[0, 1]``; a number (not a schedule), since it decides
         whether the momentum slot exists; default 0.0.
-      epsilon: ε against division by zero (``>= 0``); default 1e-7.
+      epsilon: ε against division by zero (``>= 0``); default 1e-7. As in TF 2.x
+        (``epsilon or backend.epsilon()``), ``None`` or ``0`` means 1e-7, which ``get_config``
+        then reports.
       centered: normalise by the estimated variance (adds the ``mg`` slot); default False.
       decay: TF 2.x's inverse-time learning-rate decay, ``lr / (1 + decay·t)`` (``>= 0``);
         default 0.0. (Keras 3 dropped this argument; it is kept here because TF 2.x recipes use
@@ -156,7 +159,9 @@ class RMSprop(keras.optimizers.Optimizer):
         hyper = {
             "rho": _static_float("rho", rho),
             "momentum": _static_float("momentum", momentum),
-            "epsilon": _static_float("epsilon", epsilon),
+            # TF 2.x: ``self.epsilon = epsilon or backend.epsilon()`` (None and 0 mean 1e-7)
+            "epsilon": (_KERAS_EPSILON if epsilon is None else _static_float("epsilon", epsilon))
+            or _KERAS_EPSILON,
             "decay": _static_float("decay", decay),
         }
         centered = check_bool("centered", centered)

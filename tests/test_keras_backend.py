@@ -396,7 +396,7 @@ def test_save_and_load_model_continues_identically(tmp_path, keras_promotion):
         (dict(learning_rate=-1.0), ValueError, "learning_rate"),
         (dict(learning_rate="fast"), TypeError, "learning_rate"),
         (dict(momentum=lambda: 0.9), TypeError, "momentum"),
-        (dict(epsilon=None), TypeError, "epsilon"),
+        (dict(epsilon="small"), TypeError, "epsilon"),
         (dict(weight_decay=-0.01), ValueError, "weight_decay"),
         (dict(clipnorm=float("nan")), ValueError, "clipnorm"),
     ],
@@ -436,3 +436,151 @@ def test_jrmsprop_import_does_not_need_keras():
     assert out.returncode == 0, out.stderr
     assert "ImportError:" in out.stdout
     assert "pip install 'jrmsprop[keras]'" in out.stdout
+
+
+def test_epsilon_none_or_zero_means_1e_7_as_in_tf2():
+    """TF 2.x: ``self.epsilon = epsilon or backend.epsilon()``; get_config reports 1e-7."""
+    for eps in (None, 0, 0.0):
+        opt = RMSprop(0.1, epsilon=eps)
+        assert opt.epsilon == 1e-7 and opt.get_config()["epsilon"] == 1e-7, eps
+        assert RMSprop.from_config(opt.get_config()).get_config() == opt.get_config()
+    # the step is that of epsilon=1e-7 (and of jrmsprop.rmsprop(epsilon=None))
+    w0, w1 = (
+        keras.Variable(np.array([1e-4], np.float32)),
+        keras.Variable(np.array([1e-4], np.float32)),
+    )
+    RMSprop(0.1, epsilon=None).apply_gradients([(jnp.asarray([1e-6], jnp.float32), w0)])
+    RMSprop(0.1, epsilon=1e-7).apply_gradients([(jnp.asarray([1e-6], jnp.float32), w1)])
+    np.testing.assert_array_equal(np.asarray(w0.value), np.asarray(w1.value))
+
+
+def test_epsilon_none_or_zero_config_matches_tf_keras():
+    tf_keras = pytest.importorskip("tf_keras")
+    for eps in (None, 0.0):
+        theirs = tf_keras.optimizers.legacy.RMSprop(0.1, epsilon=eps).get_config()["epsilon"]
+        assert RMSprop(0.1, epsilon=eps).get_config()["epsilon"] == theirs == 1e-7
+
+
+# ---- .keras / .h5 files written by Keras 3, read back by jrmsprop.compat ----------------------
+
+
+def _saved_model(tmp_path, opt, filename, seed=4):
+    x, y = _regression_data(seed=seed, n=16)
+    model = _tiny_model(seed=seed)
+    model.compile(optimizer=opt, loss="mse")
+    model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+    path = tmp_path / filename
+    model.save(path)
+    return model, path
+
+
+def _random_grads(model, seed, steps):
+    rng = np.random.default_rng(seed)
+    shapes = [tuple(v.shape) for v in model.trainable_variables]
+    return [[rng.normal(size=s).astype(np.float32) for s in shapes] for _ in range(steps)]
+
+
+def _continue_functional(tx, params, state, grads):
+    step = jax.jit(
+        lambda p, s, g: (lambda u, s2: (optax.apply_updates(p, u), s2))(*tx.update(g, s, p))
+    )
+    for g in grads:
+        params, state = step(params, state, [jnp.asarray(a) for a in g])
+    return params, state
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("momentum,centered", [(0.0, False), (0.9, True)])
+def test_jrmsprop_keras_archive_loads_for_jrmsprop_rmsprop(
+    tmp_path, keras_promotion, momentum, centered
+):
+    """A .keras archive of jrmsprop.keras.RMSprop is refused as Keras 3's RMSprop state, and with
+    ``jrmsprop_keras=True`` continues under jrmsprop.rmsprop(..., decay) as Keras does."""
+    from jrmsprop import compat
+
+    opt = RMSprop(0.01, momentum=momentum, centered=centered, decay=0.05)
+    model, path = _saved_model(tmp_path, opt, "jr.keras")
+    saved = compat.saved_optimizer_config(path)
+    assert saved["class_name"] == "RMSprop" and saved["registered_name"] == "jrmsprop>RMSprop"
+    params = [jnp.asarray(v.value) for v in model.trainable_variables]
+    with pytest.raises(ValueError, match=r"jrmsprop\.keras\.RMSprop.*jrmsprop_keras=True") as e:
+        compat.load_keras3_archive(path, params)
+    assert str(path) in str(e.value)
+    state = compat.load_keras3_archive(path, params, jrmsprop_keras=True)
+    assert int(state.count) == 4
+    c = saved["config"]
+    tx = jrmsprop.rmsprop(
+        c["learning_rate"], c["rho"], c["momentum"], c["epsilon"], c["centered"], decay=c["decay"]
+    )
+    grads = _random_grads(model, 7, 3)
+    params, state = _continue_functional(tx, params, state, grads)
+    for g in grads:
+        model.optimizer.apply_gradients(
+            zip([jnp.asarray(a) for a in g], model.trainable_variables, strict=True)
+        )
+    for ours, v in zip(params, model.trainable_variables, strict=True):
+        np.testing.assert_array_equal(np.asarray(ours), np.asarray(v.value))
+    np.testing.assert_array_equal(state.rms[0], np.asarray(model.optimizer._rms[0].value))
+
+
+@pytest.mark.slow
+def test_keras3_h5_of_jrmsprop_keras_is_refused_with_the_right_reason(tmp_path, keras_promotion):
+    from jrmsprop import compat
+
+    _, path = _saved_model(tmp_path, RMSprop(0.01, momentum=0.9), "jr.h5")
+    assert compat.saved_optimizer_config(path)["registered_name"] == "jrmsprop>RMSprop"
+    for call in (
+        lambda: compat.load_keras2_h5(path, [np.zeros(s) for s in [(3, 4), (4,), (4, 1), (1,)]]),
+        lambda: compat.keras2_h5_weights(path),
+    ):
+        with pytest.raises(ValueError, match=r"jrmsprop\.keras\.RMSprop") as e:
+            call()
+        assert "inside the root always" not in str(e.value)
+        assert "load_keras3_archive(path, params, jrmsprop_keras=True)" in str(e.value)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("jr", [False, True])
+def test_mixed_precision_archive_reads_the_inner_optimizer(tmp_path, keras_promotion, jr):
+    """mixed_float16: Keras wraps RMSprop in a LossScaleOptimizer; its state is the inner one."""
+    from jrmsprop import compat
+
+    before = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        opt = RMSprop(0.01, momentum=0.9) if jr else keras.optimizers.RMSprop(0.01, momentum=0.9)
+        model, path = _saved_model(tmp_path, opt, "mixed.keras")
+    finally:
+        keras.config.set_dtype_policy(before)
+    lso = model.optimizer
+    assert type(lso).__name__ == "LossScaleOptimizer"
+    params = [jnp.asarray(v.value) for v in model.trainable_variables]
+    state = compat.load_keras3_archive(path, params, jrmsprop_keras=jr)
+    inner = [np.asarray(v.value) for v in lso.inner_optimizer.variables]
+    assert int(state.count) == int(inner[0])
+    for ours, theirs in zip([*state.rms, *state.momentum], inner[2:], strict=True):
+        np.testing.assert_array_equal(ours, theirs)
+    c = compat.saved_optimizer_config(path)["config"]
+    if jr:
+        tx = jrmsprop.rmsprop(
+            c["learning_rate"],
+            c["rho"],
+            c["momentum"],
+            c["epsilon"],
+            c["centered"],
+            decay=c["decay"],
+        )
+    else:
+        tx = compat.keras3(c["learning_rate"], c["rho"], c["momentum"], c["epsilon"], c["centered"])
+    grads = _random_grads(model, 8, 3)
+    params, state = _continue_functional(tx, params, state, grads)
+    # Keras's own continuation: the wrapped optimizer's eager step on the unscaled gradients
+    # (the LossScaleOptimizer divides loss-scaled gradients by a power of 2, exactly; it is not
+    # called itself because its eager apply fails on JAX, and its stateless_apply is one XLA
+    # computation, which rounds Keras 3's RMSprop step differently from its eager step)
+    for g in grads:
+        lso.inner_optimizer.apply_gradients(
+            zip([jnp.asarray(a) for a in g], model.trainable_variables, strict=True)
+        )
+    for ours, v in zip(params, model.trainable_variables, strict=True):
+        np.testing.assert_array_equal(np.asarray(ours), np.asarray(v.value))

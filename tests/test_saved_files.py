@@ -386,3 +386,107 @@ def test_module_exports() -> None:
         "state_from_keras2",
         "state_from_torch",
     }
+
+
+# ---- damaged files, optimizer identity ---------------------------------------------------------
+
+
+def _rezip(src: Path, target: Path, edit) -> Path:
+    with zipfile.ZipFile(src) as zi, zipfile.ZipFile(target, "w") as zo:
+        for member in zi.namelist():
+            zo.writestr(member, edit(member, zi.read(member)))
+    return target
+
+
+def test_error_damaged_files_name_the_function_and_path(tmp_path: Path) -> None:
+    """A truncated .h5, a broken config.json, a model.weights.h5 that is not HDF5: a ValueError
+    naming the function and the file, the library's own error chained."""
+    truncated = tmp_path / "truncated.h5"
+    truncated.write_bytes((SAVED / "keras2_mom0.9_centered.h5").read_bytes()[:3000])
+    for fn in (
+        lambda: load_keras2_h5(truncated, _zeros()),
+        lambda: keras2_h5_weights(truncated),
+        lambda: saved_optimizer_config(truncated),
+    ):
+        with pytest.raises(ValueError, match=r"truncated\.h5'.*truncated or corrupt") as e:
+            fn()
+        assert str(e.value).split(":")[0] in (
+            "load_keras2_h5",
+            "keras2_h5_weights",
+            "saved_optimizer_config",
+        )
+        assert isinstance(e.value.__cause__, OSError)
+    src = SAVED / "keras3_mom0.9_centered.keras"
+    bad_config = _rezip(
+        src, tmp_path / "bad_config.keras", lambda n, d: b"{oops" if n == "config.json" else d
+    )
+    for fn, name in (
+        (lambda: load_keras3_archive(bad_config, _zeros()), "load_keras3_archive"),
+        (lambda: saved_optimizer_config(bad_config), "saved_optimizer_config"),
+    ):
+        with pytest.raises(
+            ValueError, match=rf"^{name}: .*bad_config\.keras': config\.json is not valid JSON"
+        ) as e:
+            fn()
+        assert isinstance(e.value.__cause__, json.JSONDecodeError)
+    bad_weights = _rezip(
+        src,
+        tmp_path / "bad_weights.keras",
+        lambda n, d: b"garbage" if n == "model.weights.h5" else d,
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"^load_keras3_archive: .*bad_weights\.keras': model\.weights\.h5 could not be read",
+    ) as e:
+        load_keras3_archive(bad_weights, _zeros())
+    assert isinstance(e.value.__cause__, OSError)
+
+
+def _with_optimizer_entry(tmp_path: Path, name: str, **entry) -> Path:
+    def edit(member: str, data: bytes) -> bytes:
+        if member != "config.json":
+            return data
+        config = json.loads(data)
+        config["compile_config"]["optimizer"].update(entry)
+        return json.dumps(config).encode()
+
+    return _rezip(SAVED / "keras3_mom0.9_centered.keras", tmp_path / name, edit)
+
+
+def test_saved_optimizer_config_reports_the_registered_name(tmp_path: Path) -> None:
+    for path in (SAVED / "keras3_plain.keras", SAVED / "keras2_mom0.9.h5"):
+        saved = saved_optimizer_config(path)
+        assert saved["class_name"] == "RMSprop" and saved["registered_name"] is None
+    jr = _with_optimizer_entry(
+        tmp_path, "jr.keras", module="jrmsprop.keras", registered_name="jrmsprop>RMSprop"
+    )
+    assert saved_optimizer_config(jr)["registered_name"] == "jrmsprop>RMSprop"
+
+
+def test_jrmsprop_keras_archive_is_not_read_as_keras3s_rmsprop(tmp_path: Path) -> None:
+    """The state of jrmsprop.keras.RMSprop (TF 2.x arithmetic) is never silently handed to
+    compat.keras3; ``jrmsprop_keras=True`` reads it and refuses Keras 3's own RMSprop."""
+    jr = _with_optimizer_entry(
+        tmp_path, "jr.keras", module="jrmsprop.keras", registered_name="jrmsprop>RMSprop"
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"jr\.keras' was saved with jrmsprop\.keras\.RMSprop .*jrmsprop_keras=True"
+        r".*jrmsprop\.rmsprop\(.*decay=c\['decay'\]\)",
+    ):
+        load_keras3_archive(jr, _zeros())
+    a = load_keras3_archive(jr, _zeros(), jrmsprop_keras=True)
+    b = load_keras3_archive(SAVED / "keras3_mom0.9_centered.keras", _zeros())
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(x, y)
+    with pytest.raises(
+        ValueError, match=r"Keras 3's own keras\.optimizers\.RMSprop.*compat\.keras3"
+    ):
+        load_keras3_archive(SAVED / "keras3_plain.keras", _zeros(), jrmsprop_keras=True)
+    custom = _with_optimizer_entry(
+        tmp_path, "custom.keras", module=None, registered_name="mypkg>RMSprop"
+    )
+    with pytest.raises(ValueError, match=r"custom optimizer registered as 'mypkg>RMSprop'"):
+        load_keras3_archive(custom, _zeros())
+    with pytest.raises(TypeError, match=r"`jrmsprop_keras` must be True or False"):
+        load_keras3_archive(jr, _zeros(), jrmsprop_keras="yes")

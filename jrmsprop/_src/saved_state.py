@@ -25,7 +25,9 @@ import math
 import numbers
 import os
 import zipfile
-from collections.abc import Mapping, Sequence
+import zlib
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +51,10 @@ _KERAS2_SLOTS = ("rms", "momentum", "mg")
 _KERAS2_COUNTERS = ("iter", "iterations")
 # Variable names that mark the TF >= 2.11 / Keras 3 optimizer (a different arithmetic).
 _NEW_OPTIMIZER_NAMES = ("iteration", "velocity", "average_gradient")
+# How Keras 3 registers jrmsprop.keras.RMSprop (TF 2.x arithmetic, not Keras 3's RMSprop).
+_JRMSPROP_KERAS = "jrmsprop>RMSprop"
+# What a damaged file makes h5py / zipfile / zlib raise (our own errors are ValueError/TypeError).
+_READ_ERRORS = (OSError, RuntimeError, KeyError, EOFError, zipfile.BadZipFile, zlib.error)
 
 
 # ---- file access ------------------------------------------------------------------------------
@@ -75,6 +81,30 @@ def _existing_file(path: Any, fn: str) -> Path:
     if not p.exists():
         raise FileNotFoundError(f"{fn}: no such file: {str(p)!r}")
     return p
+
+
+@contextmanager
+def _reading(where: str, what: str) -> Iterator[None]:
+    """Turns the raw error of a damaged file (h5py's OSError, zipfile's BadZipFile, ...) into a
+    ValueError naming the function and the file; the original is chained."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise
+    except _READ_ERRORS as e:
+        raise ValueError(
+            f"{where}: {what} could not be read (is the file truncated or corrupt?): "
+            f"{type(e).__name__}: {e}"
+        ) from e
+
+
+def _json_text(raw: bytes, where: str, name: str) -> Any:
+    try:
+        return json.loads(raw.decode("utf8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(
+            f"{where}: {name} is not valid JSON (is the file truncated or corrupt?): {e}"
+        ) from e
 
 
 def _is_zip(p: Path) -> bool:
@@ -131,7 +161,7 @@ def _keras2_h5(path: Any, fn: str) -> tuple[list[str], list[np.ndarray], dict | 
             else ""
         )
         raise ValueError(f"{fn}: {str(p)!r} is not an HDF5 file{hint}")
-    with h5py.File(p, "r") as f:
+    with _reading(f"{fn}: {str(p)!r}", "the HDF5 file"), h5py.File(p, "r") as f:
         training = _json_attr(f, "training_config")
         opt_config = training.get("optimizer_config") if isinstance(training, dict) else None
         group = f.get("optimizer_weights")
@@ -165,6 +195,18 @@ def _split_keras2(
         any(part in _NEW_OPTIMIZER_NAMES for ps in parts for part in ps)
         or config.get("is_legacy_optimizer") is False
     ):
+        if (
+            class_name == _JRMSPROP_KERAS
+            or (opt_config or {}).get("registered_name") == _JRMSPROP_KERAS
+        ):
+            raise ValueError(
+                f"{where} was written by Keras 3 with jrmsprop.keras.RMSprop (registered as "
+                f"{_JRMSPROP_KERAS!r}; variables {names[:3]}...), not by the TF 2.x (legacy) "
+                "RMSprop that load_keras2_h5 reads. Its arithmetic is TF 2.x's, but its state is "
+                "laid out the Keras 3 way: reload the model with keras.models.load_model after "
+                "`import jrmsprop.keras`, or save it as .keras and read it with "
+                "load_keras3_archive(path, params, jrmsprop_keras=True)"
+            )
         raise ValueError(
             f"{where} holds the state of the TF >= 2.11 / Keras 3 optimizer (variables "
             f"{names[:3]}...), whose RMSprop puts epsilon inside the root always; "
@@ -319,24 +361,26 @@ def _keras3_archive(path: Any, fn: str) -> tuple[dict, dict, bytes | Path, Path]
     where = f"{fn}: {str(p)!r}"
     if p.is_dir():  # model.save(..., zipped=False): the same files in a folder
         try:
-            config = json.loads((p / "config.json").read_text("utf8"))
+            raw = (p / "config.json").read_bytes()
         except FileNotFoundError:
             raise ValueError(
                 f"{where} is a folder without config.json, not a Keras 3 model"
             ) from None
+        config = _json_text(raw, where, "config.json")
         weights: bytes | Path = p / "model.weights.h5"
         if not weights.is_file():
             raise ValueError(f"{where} is a folder without model.weights.h5")
     elif _is_zip(p):
-        with zipfile.ZipFile(p) as z:
+        with _reading(where, "the zip archive"), zipfile.ZipFile(p) as z:
             members = set(z.namelist())
             missing = {"config.json", "model.weights.h5"} - members
             if missing:
                 raise ValueError(
                     f"{where} is a zip archive without {sorted(missing)}, not a Keras 3 .keras file"
                 )
-            config = json.loads(z.read("config.json").decode("utf8"))
+            raw = z.read("config.json")
             weights = z.read("model.weights.h5")
+        config = _json_text(raw, where, "config.json")
     else:
         h5py = _h5py()
         hint = (
@@ -358,10 +402,16 @@ def _keras3_archive(path: Any, fn: str) -> tuple[dict, dict, bytes | Path, Path]
 
 
 def _keras3_optimizer_vars(weights: bytes | Path, where: str) -> list[np.ndarray]:
+    """The optimizer's variables in order. Under a ``mixed_float16`` policy Keras 3 wraps the
+    optimizer in a ``LossScaleOptimizer``, whose own variables (loss scale, step counter) come
+    first in ``optimizer/vars``; the wrapped optimizer's variables are in
+    ``optimizer/inner_optimizer/vars``, in the usual order: those are read."""
     h5py = _h5py()
     source = io.BytesIO(weights) if isinstance(weights, bytes) else weights
-    with h5py.File(source, "r") as f:
-        group = f.get("optimizer/vars")
+    with _reading(where, "model.weights.h5"), h5py.File(source, "r") as f:
+        group = f.get("optimizer/inner_optimizer/vars")
+        if not isinstance(group, h5py.Group):
+            group = f.get("optimizer/vars")
         if not isinstance(group, h5py.Group):
             raise ValueError(
                 f"{where} holds no optimizer state (no 'optimizer/vars' in the weights)"
@@ -372,7 +422,25 @@ def _keras3_optimizer_vars(weights: bytes | Path, where: str) -> list[np.ndarray
         return [_read_dataset(group, k, where) for k in keys]
 
 
-def load_keras3_archive(path: str | os.PathLike, params: Any) -> RMSpropState:
+def _registered_name(opt: Mapping[str, Any]) -> str | None:
+    """The name Keras registered the optimizer class under (``"jrmsprop>RMSprop"``); ``None``
+    for Keras's own optimizers. Keras 3 writes it as ``registered_name`` in a ``.keras`` archive
+    and as the ``class_name`` itself in an ``.h5`` file."""
+    name = opt.get("registered_name")
+    if isinstance(name, str) and name:
+        return name
+    class_name = opt.get("class_name")
+    if isinstance(class_name, str) and ">" in class_name:
+        return class_name
+    module = opt.get("module")
+    if isinstance(module, str) and module.split(".")[0] == "jrmsprop":
+        return _JRMSPROP_KERAS
+    return None
+
+
+def load_keras3_archive(
+    path: str | os.PathLike, params: Any, *, jrmsprop_keras: bool = False
+) -> RMSpropState:
     """Reads the Keras 3 RMSprop state from a ``.keras`` file, for :func:`jrmsprop.compat.keras3`.
 
     The optimizer variables ``iteration``, ``velocity``, ``momentum`` and ``average_gradient``
@@ -386,13 +454,21 @@ def load_keras3_archive(path: str | os.PathLike, params: Any) -> RMSpropState:
         ``zipped=False``) of a model compiled with ``keras.optimizers.RMSprop``.
       params: the parameters, a pytree whose leaves (in ``jax.tree.leaves`` order) are the
         model's trainable variables in ``model.trainable_variables`` order, same shapes.
+      jrmsprop_keras: ``True`` to read an archive written with :class:`jrmsprop.keras.RMSprop`
+        (registered as ``"jrmsprop>RMSprop"``, TF 2.x arithmetic): the state is then for
+        :func:`jrmsprop.rmsprop` with the saved ``decay``, not for ``compat.keras3``. Each kind
+        of archive is refused under the other setting, so a state never meets the wrong
+        arithmetic silently.
 
     Returns:
-      The state, shaped like ``params``.
+      The state, shaped like ``params``. A model trained under the ``mixed_float16`` policy
+      (Keras wraps the optimizer in a ``LossScaleOptimizer``) gives the wrapped RMSprop's state;
+      the loss scale is not part of it.
 
     Raises:
       FileNotFoundError: ``path`` does not exist.
-      ValueError: not a ``.keras`` archive, no optimizer state, another optimizer's state, an
+      ValueError: not a ``.keras`` archive (or a damaged one), no optimizer state, another
+        optimizer's state (``jrmsprop.keras.RMSprop``'s without ``jrmsprop_keras=True``), an
         optimizer option jrmsprop does not reproduce (``use_ema``, gradient accumulation), or
         ``params`` with a different number of leaves or a different shape (the leaf is named).
       ImportError: h5py is not installed.
@@ -402,14 +478,47 @@ def load_keras3_archive(path: str | os.PathLike, params: Any) -> RMSpropState:
       state = load_keras3_archive("m.keras", params)
       tx = jrmsprop.compat.keras3(0.01, momentum=0.9, centered=True)
       updates, state = tx.update(grads, state, params)
+
+    An archive of a model compiled with ``jrmsprop.keras.RMSprop(0.01, momentum=0.9,
+    decay=1e-4)``::
+
+      state = load_keras3_archive("m.keras", params, jrmsprop_keras=True)
+      c = saved_optimizer_config("m.keras")["config"]
+      tx = jrmsprop.rmsprop(c["learning_rate"], c["rho"], c["momentum"], c["epsilon"],
+                            c["centered"], decay=c["decay"])
     """
     fn = "load_keras3_archive"
+    if not isinstance(jrmsprop_keras, (bool, np.bool_)):
+        raise TypeError(f"{fn}: `jrmsprop_keras` must be True or False, got {jrmsprop_keras!r}")
     _, opt, weights_file, p = _keras3_archive(path, fn)
     where = f"{fn}: {str(p)!r}"
     class_name = str(opt.get("class_name"))
     config = opt.get("config") or {}
+    registered = _registered_name(opt)
     if class_name.split(">")[-1] != "RMSprop":
         raise ValueError(f"{where} holds the state of a {class_name} optimizer, not RMSprop")
+    if registered == _JRMSPROP_KERAS and not jrmsprop_keras:
+        raise ValueError(
+            f"{where} was saved with jrmsprop.keras.RMSprop (registered as "
+            f"{_JRMSPROP_KERAS!r}), which has the TF 2.x arithmetic (epsilon outside the root "
+            "without momentum, lr inside the momentum buffer, `decay`), not Keras 3's RMSprop "
+            "that compat.keras3 reproduces. Read it with load_keras3_archive(path, params, "
+            "jrmsprop_keras=True) and continue with jrmsprop.rmsprop(c['learning_rate'], "
+            "c['rho'], c['momentum'], c['epsilon'], c['centered'], decay=c['decay']), "
+            "c = saved_optimizer_config(path)['config'] (or reload the model with "
+            "keras.models.load_model after `import jrmsprop.keras`)"
+        )
+    if registered is not None and registered != _JRMSPROP_KERAS:
+        raise ValueError(
+            f"{where} holds the state of a custom optimizer registered as {registered!r}, not "
+            "Keras 3's RMSprop; its arithmetic is unknown"
+        )
+    if jrmsprop_keras and registered != _JRMSPROP_KERAS:
+        raise ValueError(
+            f"{where} holds the state of Keras 3's own keras.optimizers.RMSprop, not of "
+            "jrmsprop.keras.RMSprop (jrmsprop_keras=True): read it without jrmsprop_keras and "
+            "continue with compat.keras3"
+        )
     for option in ("use_ema", "gradient_accumulation_steps"):
         if config.get(option):
             raise ValueError(
@@ -453,24 +562,32 @@ def saved_optimizer_config(path: str | os.PathLike) -> dict[str, Any]:
       path: a ``tf_keras`` ``.h5`` model file or a Keras 3 ``.keras`` archive.
 
     Returns:
-      ``{"class_name": ..., "config": {...}}`` as Keras wrote it (for RMSprop the config holds
-      ``learning_rate``, ``rho``, ``momentum``, ``epsilon``, ``centered``, ...; float32 values
-      appear as their exact doubles, e.g. ``0.009999999776482582``).
+      ``{"class_name": ..., "config": {...}, "registered_name": ...}`` as Keras wrote it (for
+      RMSprop the config holds ``learning_rate``, ``rho``, ``momentum``, ``epsilon``,
+      ``centered``, ...; float32 values appear as their exact doubles, e.g.
+      ``0.009999999776482582``). ``registered_name`` is ``"jrmsprop>RMSprop"`` for
+      :class:`jrmsprop.keras.RMSprop` (TF 2.x arithmetic, with ``decay``: continue with
+      :func:`jrmsprop.rmsprop`), another ``"package>Class"`` for a custom optimizer, and
+      ``None`` for Keras's own optimizers.
     """
     fn = "saved_optimizer_config"
     p = _existing_file(path, fn)
     if _is_zip(p) or p.is_dir():
         _, opt, _, _ = _keras3_archive(p, fn)
-        return {"class_name": opt.get("class_name"), "config": opt.get("config") or {}}
-    h5py = _h5py()
-    if not h5py.is_hdf5(p):
-        raise ValueError(f"{fn}: {str(p)!r} is neither an HDF5 file nor a .keras archive")
-    with h5py.File(p, "r") as f:
-        training = _json_attr(f, "training_config")
-    opt = training.get("optimizer_config") if isinstance(training, dict) else None
-    if not isinstance(opt, dict):
-        raise ValueError(f"{fn}: {str(p)!r} holds no optimizer config (no 'training_config')")
-    return {"class_name": opt.get("class_name"), "config": opt.get("config") or {}}
+    else:
+        h5py = _h5py()
+        if not h5py.is_hdf5(p):
+            raise ValueError(f"{fn}: {str(p)!r} is neither an HDF5 file nor a .keras archive")
+        with _reading(f"{fn}: {str(p)!r}", "the HDF5 file"), h5py.File(p, "r") as f:
+            training = _json_attr(f, "training_config")
+        opt = training.get("optimizer_config") if isinstance(training, dict) else None
+        if not isinstance(opt, dict):
+            raise ValueError(f"{fn}: {str(p)!r} holds no optimizer config (no 'training_config')")
+    return {
+        "class_name": opt.get("class_name"),
+        "config": opt.get("config") or {},
+        "registered_name": _registered_name(opt),
+    }
 
 
 # ---- states from get_weights() lists and torch state_dicts ------------------------------------
