@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -183,3 +184,35 @@ def test_apply_updates_wrong_shape_names_the_leaf():
         assert jax.tree.structure(got) == jax.tree.structure(want)
         for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
             assert x.shape == y.shape and np.asarray(x).tobytes() == np.asarray(y).tobytes()
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_traced_negative_index_is_the_same_row_as_its_positive_twin(momentum):
+    """Under jit a negative index counts from the end, so [-1, 3] on 4 rows is [3, 3]: its two
+    values are summed before squaring (not squared apart, or one lost in the scatter), and an
+    index still negative after that (-5) is out of range, dropped like 4."""
+    table = {"e": jnp.arange(12.0).reshape(4, 3)}
+    tx = jrmsprop.rmsprop(0.1, momentum=momentum)
+    state = tx.init(table)
+    step = jax.jit(
+        lambda i: tx.update({"e": jrmsprop.IndexedSlices(jnp.ones((2, 3)), i, (4, 3))}, state)
+    )
+
+    def run(indices):
+        updates, new = step(jnp.asarray(indices, jnp.int32))
+        return jrmsprop.apply_updates(table, updates), new
+
+    chex.assert_trees_all_equal(run([-1, 3]), run([3, 3]))
+    chex.assert_trees_all_equal(run([-5, 3]), run([4, 3]))
+    one_minus_rho = np.float32(1) - np.float32(0.9)  # TF's 1 − ρ, in float32
+    assert float(run([-1, 3])[1].rms["e"][3, 0]) == one_minus_rho * np.float32(2.0) ** 2
+
+
+def test_indices_and_values_may_be_python_lists():
+    g = jrmsprop.IndexedSlices([[1.0, 2.0]], [1], (3, 2))
+    dense = jrmsprop.IndexedSlices(np.asarray([[1.0, 2.0]], np.float32), np.asarray([1]), (3, 2))
+    tx = jrmsprop.rmsprop(0.1)
+    t = jnp.zeros((3, 2))
+    chex.assert_trees_all_equal(tx.update(g, tx.init(t))[0], tx.update(dense, tx.init(t))[0])
+    with pytest.raises(ValueError, match="indices"):
+        jrmsprop.IndexedSlices([[1.0, 2.0]], [3], (3, 2))

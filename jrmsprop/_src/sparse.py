@@ -50,6 +50,11 @@ class IndexedSlices:
     __slots__ = ("values", "indices", "dense_shape")
 
     def __init__(self, values: Any, indices: Any, dense_shape: Any):
+        # Python lists / tuples become NumPy arrays (checked below like any concrete indices).
+        if isinstance(values, (list, tuple)):
+            values = np.asarray(values)
+        if isinstance(indices, (list, tuple)):
+            indices = np.asarray(indices, dtype=np.int32 if len(indices) == 0 else None)
         self.values = values
         self.indices = indices
         self.dense_shape = _as_shape(dense_shape)
@@ -143,6 +148,11 @@ def deduplicate(grad: IndexedSlices) -> tuple[jax.Array, jax.Array]:
     n = grad.indices.shape[0]
     num_rows = grad.dense_shape[0]
     indices = grad.indices.astype(jnp.int32)
+    # A traced negative index counts from the end (NumPy's rule, as the scatters apply it): made
+    # non-negative first, so that -1 and num_rows - 1 are one row and are summed; an index still
+    # negative is out of range, like one >= num_rows (dropped).
+    indices = jnp.where(indices < 0, indices + num_rows, indices)
+    indices = jnp.where(indices < 0, num_rows, indices)
     unique, inverse = jnp.unique(
         indices, return_inverse=True, size=n, fill_value=jnp.int32(num_rows)
     )
