@@ -489,6 +489,19 @@ def _continue_functional(tx, params, state, grads):
     return params, state
 
 
+def _assert_continues_like(optimizer, model, tx, params, state, grads):
+    """``tx`` from the loaded state, and ``optimizer`` on the model's variables, on the same
+    gradients: bit for bit the same parameters. Returns the functional state."""
+    params, state = _continue_functional(tx, params, state, grads)
+    for g in grads:
+        optimizer.apply_gradients(
+            zip([jnp.asarray(a) for a in g], model.trainable_variables, strict=True)
+        )
+    for ours, v in zip(params, model.trainable_variables, strict=True):
+        np.testing.assert_array_equal(np.asarray(ours), np.asarray(v.value))
+    return state
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("momentum,centered", [(0.0, False), (0.9, True)])
 def test_jrmsprop_keras_archive_loads_for_jrmsprop_rmsprop(
@@ -512,14 +525,9 @@ def test_jrmsprop_keras_archive_loads_for_jrmsprop_rmsprop(
     tx = jrmsprop.rmsprop(
         c["learning_rate"], c["rho"], c["momentum"], c["epsilon"], c["centered"], decay=c["decay"]
     )
-    grads = _random_grads(model, 7, 3)
-    params, state = _continue_functional(tx, params, state, grads)
-    for g in grads:
-        model.optimizer.apply_gradients(
-            zip([jnp.asarray(a) for a in g], model.trainable_variables, strict=True)
-        )
-    for ours, v in zip(params, model.trainable_variables, strict=True):
-        np.testing.assert_array_equal(np.asarray(ours), np.asarray(v.value))
+    state = _assert_continues_like(
+        model.optimizer, model, tx, params, state, _random_grads(model, 7, 3)
+    )
     np.testing.assert_array_equal(state.rms[0], np.asarray(model.optimizer._rms[0].value))
 
 
@@ -572,15 +580,10 @@ def test_mixed_precision_archive_reads_the_inner_optimizer(tmp_path, keras_promo
         )
     else:
         tx = compat.keras3(c["learning_rate"], c["rho"], c["momentum"], c["epsilon"], c["centered"])
-    grads = _random_grads(model, 8, 3)
-    params, state = _continue_functional(tx, params, state, grads)
     # Keras's own continuation: the wrapped optimizer's eager step on the unscaled gradients
     # (the LossScaleOptimizer divides loss-scaled gradients by a power of 2, exactly; it is not
     # called itself because its eager apply fails on JAX, and its stateless_apply is one XLA
     # computation, which rounds Keras 3's RMSprop step differently from its eager step)
-    for g in grads:
-        lso.inner_optimizer.apply_gradients(
-            zip([jnp.asarray(a) for a in g], model.trainable_variables, strict=True)
-        )
-    for ours, v in zip(params, model.trainable_variables, strict=True):
-        np.testing.assert_array_equal(np.asarray(ours), np.asarray(v.value))
+    _assert_continues_like(
+        lso.inner_optimizer, model, tx, params, state, _random_grads(model, 8, 3)
+    )
