@@ -14,9 +14,11 @@ import argparse
 import functools
 import gc
 import json
+import math
 import os
 import statistics
 import sys
+import tempfile
 import time
 import warnings
 import zlib
@@ -200,10 +202,44 @@ def _peers(text: str) -> set[str]:
     return set(PEER_NAMES) if text == "all" else {p.strip() for p in text.split(",") if p.strip()}
 
 
+def _only(text: str | None) -> list[str]:
+    """The ``--only`` selectors: comma-separated, blanks dropped."""
+    return [s.strip() for s in (text or "").split(",") if s.strip()]
+
+
+def _json_path_error(path: str) -> str | None:
+    """Why the JSON report could not be written to ``path``, or None when it can.
+
+    Checked before the run (which can take many minutes) rather than found out when it ends: the
+    folder (or the nearest existing folder above it, which the report's folders would be created
+    in) must take a new file, and ``path`` must not be a folder or a read-only file.
+    """
+    path = os.path.abspath(path)
+    if os.path.isdir(path):
+        return f"{path} is a directory"
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        return f"{path} is not writable"
+    folder = os.path.dirname(path)
+    base = folder
+    while not os.path.exists(base):
+        base = os.path.dirname(base)
+    if not os.path.isdir(base):
+        return f"{base} is not a directory"
+    try:  # really try: os.access cannot tell (root, /proc, read-only file systems)
+        if base == folder:
+            with tempfile.NamedTemporaryFile(dir=folder, prefix=".jrmsprop-bench-"):
+                pass
+        else:
+            os.rmdir(tempfile.mkdtemp(dir=base, prefix=".jrmsprop-bench-"))
+    except OSError as e:
+        return f"cannot write to {folder}: {e.strerror or e}"
+    return None
+
+
 def run_benchmark(args: argparse.Namespace, log: Log = print) -> dict[str, Any]:
     """Runs everything ``args`` selects and returns the JSON-able report."""
     t_start = time.perf_counter()
-    only = [s for s in (args.only or "").split(",") if s]
+    only = _only(args.only)
     peers = Peers(_peers(args.peers), slow=args.slow)
     machine = measure.machine_info()
     report: dict[str, Any] = {
@@ -448,13 +484,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.argv = argv
     if args.repeats < 1:
         parser.error(f"--repeats must be >= 1, got {args.repeats}")
-    if args.budget <= 0:
-        parser.error(f"--budget must be > 0 seconds, got {args.budget}")
+    if not (math.isfinite(args.budget) and args.budget > 0):
+        parser.error(f"--budget must be > 0 seconds (and finite), got {args.budget}")
     unknown = _peers(args.peers) - set(PEER_NAMES)
     if unknown:
         parser.error(f"--peers: unknown peer(s) {sorted(unknown)}; known: {', '.join(PEER_NAMES)}")
-    if args.tolerance < 0:
-        parser.error(f"--tolerance must be >= 0, got {args.tolerance}")
+    if not (math.isfinite(args.tolerance) and args.tolerance >= 0):
+        parser.error(f"--tolerance must be >= 0 (and finite), got {args.tolerance}")
+    only = _only(args.only)
+    names = [wl.name for wl in build_workloads(args.quick, [], args.all_variants)]
+    unmatched = [s for s in only if s != "memory" and not any(s in name for name in names)]
+    if unmatched:
+        hint = "" if args.all_variants else " (add --all-variants for the other variants)"
+        parser.error(
+            f"--only: {', '.join(map(repr, unmatched))} "
+            f"{'matches' if len(unmatched) == 1 else 'match'} no workload; valid names "
+            f"(or any part of one): {', '.join(names)}, memory{hint}"
+        )
+    if "memory" in only and args.no_memory:
+        parser.error("--only memory selects the memory check, which --no-memory skips")
+    if args.json:
+        why = _json_path_error(args.json)
+        if why:
+            parser.error(f"--json {args.json}: {why}")
 
     def log(msg: str) -> None:
         if not args.quiet:
@@ -463,8 +515,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = run_benchmark(args, log)
     print(format_report(report))
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=1)
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+            with open(args.json, "w") as f:
+                json.dump(report, f, indent=1)
+        except OSError as e:  # checked up front, but the disk can fill or the folder go
+            print(f"jrmsprop bench: could not write --json {args.json}: {e}", file=sys.stderr)
+            return 1
         print(f"wrote {args.json}")
     return 0

@@ -403,6 +403,14 @@ def test_help_exits_cleanly(capsys):
         (["--budget", "0"], "--budget must be > 0 seconds"),
         (["--peers", "optax,mxnet"], "unknown peer(s) ['mxnet']"),
         (["--tolerance", "-1"], "--tolerance must be >= 0"),
+        (["--budget", "nan"], "--budget must be > 0 seconds (and finite), got nan"),
+        (["--budget", "inf"], "--budget must be > 0 seconds (and finite), got inf"),
+        (["--tolerance", "nan"], "--tolerance must be >= 0 (and finite), got nan"),
+        (["--tolerance", "inf"], "--tolerance must be >= 0 (and finite), got inf"),
+        (["--only", "nosuch"], "--only: 'nosuch' matches no workload; valid names"),
+        (["--only", "small,nosuch,zz"], "--only: 'nosuch', 'zz' match no workload"),
+        (["--only", "memory", "--no-memory"], "--only memory selects the memory check"),
+        (["--json", "/proc/jrmsprop-bench.json"], "--json /proc/jrmsprop-bench.json: cannot"),
     ],
 )
 def test_bad_options_name_the_option(argv, message, capsys):
@@ -410,6 +418,68 @@ def test_bad_options_name_the_option(argv, message, capsys):
         harness.main(argv)
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_only_error_lists_the_valid_names(capsys):
+    with pytest.raises(SystemExit) as exc:
+        harness.main(["--only", "nosuch"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    for name in ("dense16m_1leaf/plain", "small4096x256/plain", "embedding1m/momentum", "memory"):
+        assert name in err
+    # a variant only --all-variants plans is valid with it (checked, not run: --json is bad)
+    with pytest.raises(SystemExit):
+        harness.main(["--only", "small4096x256/centered", "--all-variants", "--json", "/proc/x"])
+    assert "--json" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("where", ["dir", "file_parent", "proc"])
+def test_unwritable_json_is_refused_before_the_run(where, tmp_path, monkeypatch, capsys):
+    """A --json that cannot be written fails at once (rc 2), not after the run, which is skipped."""
+    (tmp_path / "a_file").write_text("")
+    path = {
+        "dir": tmp_path,  # a folder, not a file
+        "file_parent": tmp_path / "a_file" / "bench.json",  # its "folder" is a file
+        "proc": Path("/proc/jrmsprop-bench.json"),  # the folder exists but takes no files
+    }[where]
+    if where == "proc" and not Path("/proc").is_dir():
+        pytest.skip("no /proc")
+    monkeypatch.setattr(harness, "run_benchmark", lambda *a: pytest.fail("ran the benchmark"))
+    with pytest.raises(SystemExit) as exc:
+        harness.main(["--quick", "--only", "small", "--json", str(path)])
+    assert exc.value.code == 2
+    assert f"--json {path}:" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]  # no probe files left
+
+
+def test_json_in_new_folders_is_accepted_and_not_created_early(tmp_path, monkeypatch):
+    out = tmp_path / "new" / "deeper" / "bench.json"
+    seen = []
+
+    def fake_run(args, log):
+        seen.append(out.parent.exists())
+        return {"fake": True}
+
+    monkeypatch.setattr(harness, "run_benchmark", fake_run)
+    monkeypatch.setattr(harness, "format_report", lambda report: "")
+    assert harness.main(["--quick", "--only", "small", "--json", str(out)]) == 0
+    assert seen == [False]  # checked, not made, before the run
+    assert json.loads(out.read_text()) == {"fake": True}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new"]
+
+
+def test_python_m_jrmsprop_bench_bad_json_is_a_clean_error(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "jrmsprop", "bench", "--json", "/proc/x.json", "--only", "small"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "--json /proc/x.json:" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_python_m_jrmsprop_bench_help_from_elsewhere(tmp_path):

@@ -263,11 +263,33 @@ def test_missing_extra_names_the_install_command(monkeypatch, capsys, tmp_path):
 
 @pytest.mark.parametrize(
     ("flags", "message"),
-    [(["--steps", "0"], "--steps"), (["--lr", "-1"], "--lr"), (["--lr", "nan"], "--lr")],
+    [
+        (["--steps", "0"], "--steps"),
+        (["--lr", "-1"], "--lr"),
+        (["--lr", "nan"], "--lr"),
+        (["--lr", "inf"], "--lr must be positive and finite, got inf"),
+        (["--lr=-inf"], "--lr must be positive and finite, got -inf"),
+        (["--seed", "-1"], "--seed must be >= 0, got -1"),
+    ],
 )
 def test_demo_rejects_bad_flags(flags, message, capsys):
     assert demo.main(flags) == 2
     assert message in capsys.readouterr().err
+
+
+def test_python_m_jrmsprop_demo_bad_flags_are_clean_errors(tmp_path):
+    for flags, message in ((["--lr", "inf"], "--lr"), (["--seed", "-1"], "--seed")):
+        proc = subprocess.run(
+            [sys.executable, "-m", "jrmsprop", "demo", *flags, "--out", str(tmp_path / "x.png")],
+            env=_subprocess_env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            stdin=subprocess.DEVNULL,
+        )
+        assert proc.returncode == 2, proc.stderr
+        assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "x.png").exists()
 
 
 def test_cli_dispatch_and_errors(monkeypatch, capsys):

@@ -22,6 +22,7 @@ import argparse
 import dataclasses
 import importlib
 import json
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -336,8 +337,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.steps < 1:
         print("jrmsprop demo: --steps must be at least 1", file=sys.stderr)
         return 2
-    if not args.lr > 0:
-        print("jrmsprop demo: --lr must be positive", file=sys.stderr)
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        print(f"jrmsprop demo: --lr must be positive and finite, got {args.lr}", file=sys.stderr)
+        return 2
+    if args.seed < 0:
+        print(f"jrmsprop demo: --seed must be >= 0, got {args.seed}", file=sys.stderr)
         return 2
     try:
         for module in ("matplotlib", "tqdm", "vega_datasets"):
