@@ -18,7 +18,6 @@ import math
 import os
 import statistics
 import sys
-import tempfile
 import time
 import warnings
 import zlib
@@ -38,6 +37,7 @@ from benchmarks.workloads import (
     Workload,
     build_workloads,
 )
+from jrmsprop._src.output_path import unwritable_reason
 
 __all__ = ["SCHEMA", "build_parser", "format_report", "main", "run_benchmark", "run_workload"]
 
@@ -205,35 +205,6 @@ def _peers(text: str) -> set[str]:
 def _only(text: str | None) -> list[str]:
     """The ``--only`` selectors: comma-separated, blanks dropped."""
     return [s.strip() for s in (text or "").split(",") if s.strip()]
-
-
-def _json_path_error(path: str) -> str | None:
-    """Why the JSON report could not be written to ``path``, or None when it can.
-
-    Checked before the run (which can take many minutes) rather than found out when it ends: the
-    folder (or the nearest existing folder above it, which the report's folders would be created
-    in) must take a new file, and ``path`` must not be a folder or a read-only file.
-    """
-    path = os.path.abspath(path)
-    if os.path.isdir(path):
-        return f"{path} is a directory"
-    if os.path.exists(path) and not os.access(path, os.W_OK):
-        return f"{path} is not writable"
-    folder = os.path.dirname(path)
-    base = folder
-    while not os.path.exists(base):
-        base = os.path.dirname(base)
-    if not os.path.isdir(base):
-        return f"{base} is not a directory"
-    try:  # really try: os.access cannot tell (root, /proc, read-only file systems)
-        if base == folder:
-            with tempfile.NamedTemporaryFile(dir=folder, prefix=".jrmsprop-bench-"):
-                pass
-        else:
-            os.rmdir(tempfile.mkdtemp(dir=base, prefix=".jrmsprop-bench-"))
-    except OSError as e:
-        return f"cannot write to {folder}: {e.strerror or e}"
-    return None
 
 
 def run_benchmark(args: argparse.Namespace, log: Log = print) -> dict[str, Any]:
@@ -504,7 +475,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "memory" in only and args.no_memory:
         parser.error("--only memory selects the memory check, which --no-memory skips")
     if args.json:
-        why = _json_path_error(args.json)
+        why = unwritable_reason(args.json)
         if why:
             parser.error(f"--json {args.json}: {why}")
 

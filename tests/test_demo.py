@@ -270,9 +270,12 @@ def test_missing_extra_names_the_install_command(monkeypatch, capsys, tmp_path):
         (["--lr", "inf"], "--lr must be positive and finite, got inf"),
         (["--lr=-inf"], "--lr must be positive and finite, got -inf"),
         (["--seed", "-1"], "--seed must be >= 0, got -1"),
+        (["--out", "/proc/jrmsprop-demo.png"], "--out /proc/jrmsprop-demo.png: cannot write"),
+        (["--out", "/"], "--out /: / is a directory"),
     ],
 )
 def test_demo_rejects_bad_flags(flags, message, capsys):
+    """Refused before training (an unwritable --out used to fail after it, with a traceback)."""
     assert demo.main(flags) == 2
     assert message in capsys.readouterr().err
 

@@ -35,6 +35,7 @@ import numpy as np
 import optax
 
 import jrmsprop
+from jrmsprop._src import output_path
 
 __all__ = ["Data", "Result", "Run", "init_params", "load_auto_mpg", "main", "mlp", "run"]
 
@@ -342,6 +343,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.seed < 0:
         print(f"jrmsprop demo: --seed must be >= 0, got {args.seed}", file=sys.stderr)
+        return 2
+    why = output_path.unwritable_reason(args.out)
+    if why is not None:
+        print(f"jrmsprop demo: --out {args.out}: {why}", file=sys.stderr)
         return 2
     try:
         for module in ("matplotlib", "tqdm", "vega_datasets"):
