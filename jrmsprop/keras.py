@@ -46,12 +46,11 @@ if (
 import jax.numpy as jnp
 
 import jrmsprop
-from jrmsprop._src.validation import check_bool, check_hyperparameter
+from jrmsprop._src.validation import KERAS_EPSILON, check_bool, check_hyperparameter
 
 __all__ = ("RMSprop",)
 
 _PACKAGE = "jrmsprop"
-_KERAS_EPSILON = 1e-7  # tf.keras.backend.epsilon()
 
 
 def _check_backend() -> None:
@@ -160,8 +159,8 @@ class RMSprop(keras.optimizers.Optimizer):
             "rho": _static_float("rho", rho),
             "momentum": _static_float("momentum", momentum),
             # TF 2.x: ``self.epsilon = epsilon or backend.epsilon()`` (None and 0 mean 1e-7)
-            "epsilon": (_KERAS_EPSILON if epsilon is None else _static_float("epsilon", epsilon))
-            or _KERAS_EPSILON,
+            "epsilon": (KERAS_EPSILON if epsilon is None else _static_float("epsilon", epsilon))
+            or KERAS_EPSILON,
             "decay": _static_float("decay", decay),
         }
         centered = check_bool("centered", centered)

@@ -38,7 +38,12 @@ import numpy as np
 
 from jrmsprop._src import keras_config
 from jrmsprop._src.clipping import check_clip_arguments
-from jrmsprop._src.validation import as_jit_scalar, check_hyperparameter, concrete_scalar
+from jrmsprop._src.validation import (
+    KERAS_EPSILON,
+    as_jit_scalar,
+    check_hyperparameter,
+    concrete_scalar,
+)
 from jrmsprop._src.variable import Variable
 
 __all__ = [
@@ -56,7 +61,6 @@ _KEYWORDS = ("clipnorm", "clipvalue", "decay", "global_clipnorm", "lr")  # Optim
 _VARIABLE_HYPERS = ("learning_rate", "rho", "momentum", "decay")  # Keras: float32 Variables
 _FIXED_HYPERS = ("decay",)  # Keras: steps and get_config use `_initial_decay`, the constructor's
 _CONFIG_ORDER = ("learning_rate", "decay", "rho", "momentum", "epsilon")  # Keras 2's get_config
-_KERAS_EPSILON = 1e-7  # tf.keras.backend.epsilon()
 
 
 def check(name: str, value: Any, kind: str | None = None) -> Any:
@@ -70,7 +74,7 @@ def check(name: str, value: Any, kind: str | None = None) -> Any:
     if name == "epsilon" and (
         value is None or (not callable(value) and concrete_scalar(name, value) == 0)
     ):
-        value = _KERAS_EPSILON
+        value = KERAS_EPSILON
     check_hyperparameter(name, value, kind)
     return value
 

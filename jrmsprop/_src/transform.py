@@ -616,9 +616,6 @@ KERAS2 = arithmetic.Rule(
 )
 
 
-_KERAS_EPSILON = 1e-7  # tf.keras.backend.epsilon()
-
-
 def _is_python_number(value: Any) -> bool:
     """A Python or NumPy scalar number (not a bool, array or schedule)."""
     return isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool)
@@ -709,7 +706,7 @@ def rmsprop(
       ``tf.keras.optimizers.RMSprop`` (TensorFlow 2.0–2.10; ``tf_keras.optimizers.legacy``).
     """
     if epsilon is None or (_is_python_number(epsilon) and epsilon == 0):
-        epsilon = _KERAS_EPSILON  # Keras 2: ``self.epsilon = epsilon or backend.epsilon()``
+        epsilon = validation.KERAS_EPSILON  # Keras 2: ``epsilon or backend.epsilon()``
     return build(
         KERAS2,
         learning_rate=learning_rate,

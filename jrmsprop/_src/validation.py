@@ -30,6 +30,11 @@ RANGES: dict[str, tuple[float, float | None]] = {
 }
 
 
+# tf.keras.backend.epsilon(): what Keras 2 stores for ``epsilon`` given as 0 or None
+# (``self.epsilon = epsilon or backend.epsilon()``).
+KERAS_EPSILON = 1e-7
+
+
 def abbreviated(value: Any, limit: int = 400) -> str:
     """``str(value)``, its middle cut out when it is longer than ``limit`` characters.
 
