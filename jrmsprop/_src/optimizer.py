@@ -29,13 +29,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jrmsprop._src import arithmetic, keras_config, step_inputs
+from jrmsprop._src import keras_config, step_inputs
 from jrmsprop._src import keras_hyperparameters as hyper_lib
 from jrmsprop._src import minimize as minimize_lib
 from jrmsprop._src.clipping import keras_clipping
 from jrmsprop._src.keras_hyperparameters import KerasHyperparameters, optimizer_property
 from jrmsprop._src.keras_slots import OptimizerVariables
-from jrmsprop._src.transform import KERAS2, RMSpropState, build, default_slot_dtype
+from jrmsprop._src.transform import KERAS2, RMSpropState, build, slot_dtype_of
 from jrmsprop._src.validation import check_bool
 from jrmsprop._src.variable import Variable, dtype_kind
 
@@ -286,10 +286,9 @@ class RMSprop(OptimizerVariables):
         _ = self.iterations
         for slot in self._needed_slots():
             for var in var_list:
-                dtype = default_slot_dtype(var.dtype)  # the core's rule (float16: float32)
-                self.add_slot(
-                    var, slot, dtype=arithmetic.real_dtype(dtype) if slot == "rms" else dtype
-                )
+                # the core's rule: float32 for float16, a real rms for a complex variable
+                dtype = slot_dtype_of(var.dtype, real=slot == "rms", complex_as_real=False)
+                self.add_slot(var, slot, dtype=dtype)
         known = set(self._var_order)
         self._var_order.extend(v for v in dict.fromkeys(var_list) if v not in known)
 

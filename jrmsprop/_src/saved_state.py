@@ -35,8 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jrmsprop._src import arithmetic
-from jrmsprop._src.transform import RMSpropState, default_slot_dtype
+from jrmsprop._src.transform import RMSpropState, slot_dtype_of
 
 __all__ = [
     "keras2_h5_weights",
@@ -599,15 +598,6 @@ def _to_numpy(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
-def _slot_dtype(param_dtype: Any, real: bool, complex_as_real: bool) -> jnp.dtype:
-    """The dtype ``init`` gives this slot (see ``transform._init``): float32 for float16
-    parameters; ``rms`` of a complex parameter real unless PyTorch's rule (complex as real)."""
-    dtype = default_slot_dtype(param_dtype)
-    if jnp.issubdtype(param_dtype, jnp.complexfloating) and (not real or complex_as_real):
-        return jnp.dtype(jnp.promote_types(dtype, jnp.complex64))
-    return jnp.dtype(arithmetic.real_dtype(dtype)) if real else dtype
-
-
 def _build_slot(
     params: Any, arrays: Sequence[Any], what: str, real: bool, complex_as_real: bool
 ) -> Any:
@@ -629,7 +619,7 @@ def _build_slot(
             raise ValueError(f"{what}[{i}]: shape {a.shape} does not match the parameter {p_shape}")
         if a.dtype.kind not in "biufc":
             raise TypeError(f"{what}[{i}]: holds {a.dtype} data, not numbers")
-        dtype = _slot_dtype(p_dtype, real, complex_as_real)
+        dtype = slot_dtype_of(p_dtype, real, complex_as_real)
         if a.dtype.kind == "c" and not jnp.issubdtype(dtype, jnp.complexfloating):
             if np.any(a.imag != 0):
                 raise ValueError(

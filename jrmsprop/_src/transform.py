@@ -87,6 +87,18 @@ def default_slot_dtype(param_dtype: Any, slot_dtype: Any = None) -> jnp.dtype:
     return jnp.dtype(jnp.float32) if param_dtype == jnp.float16 else param_dtype
 
 
+def slot_dtype_of(
+    param_dtype: Any, real: bool, complex_as_real: bool, slot_dtype: Any = None
+) -> jnp.dtype:
+    """The dtype ``init`` gives one slot of a parameter: :func:`default_slot_dtype`, made real
+    for ``rms`` (``real``), except that a complex parameter keeps complex slots where the rule
+    treats it as two real ones (PyTorch) and for ``momentum`` / ``mg``."""
+    dtype = default_slot_dtype(param_dtype, slot_dtype)
+    if jnp.issubdtype(param_dtype, jnp.complexfloating) and (not real or complex_as_real):
+        return jnp.dtype(jnp.promote_types(dtype, jnp.complex64))
+    return jnp.dtype(arithmetic.real_dtype(dtype)) if real else dtype
+
+
 def _path_str(path: tuple[Any, ...]) -> str:
     return jax.tree_util.keystr(path) or "<root>"
 
@@ -106,12 +118,7 @@ def _init(params: optax.Params, config: _Config, momentum: Any) -> RMSpropState:
         if not hasattr(p, "shape") or not hasattr(p, "dtype"):  # a Python number
             p = jnp.asarray(p)
         _check_float("parameter", path, p.dtype)
-        dtype = default_slot_dtype(p.dtype, config.slot_dtype)
-        is_complex = jnp.issubdtype(p.dtype, jnp.complexfloating)
-        if is_complex and (not real or rule.complex_as_real):
-            dtype = jnp.promote_types(dtype, jnp.complex64)
-        elif real:
-            dtype = arithmetic.real_dtype(dtype)
+        dtype = slot_dtype_of(p.dtype, real, rule.complex_as_real, config.slot_dtype)
         return jnp.full_like(p, value, dtype=dtype)
 
     def slots(value, real):
