@@ -834,11 +834,11 @@ def state_from_torch(state_dict: Mapping[str, Any], params: Any) -> RMSpropState
                 f"state_from_torch: `state_dict['state'][{i!r}]` lacks {missing} (an RMSprop "
                 f"state with momentum={has_momentum}, centered={centered} has {list(needed)})"
             )
-    steps = {}
-    for i in order:
-        if i in per_param:
-            what = f"state_from_torch: `state_dict['state'][{i!r}]['step']`"
-            steps.setdefault(int(_count(per_param[i]["step"], what)), i)
+    steps = {
+        int(_count(per_param[i]["step"], f"state_from_torch: `state_dict['state'][{i!r}]['step']`"))
+        for i in order
+        if i in per_param
+    }
     if len(steps) > 1:
         raise ValueError(f"state_from_torch: parameters were stepped unequally ({sorted(steps)})")
     step = next(iter(steps)) if steps else 0

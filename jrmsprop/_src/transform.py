@@ -539,8 +539,6 @@ def build(
             raise TypeError(f"`slot_dtype` must be a floating dtype, got {slot_kind.name}")
         slot_dtype = slot_kind
 
-    is_number = _is_python_number
-
     # Is there a momentum slot? Decided by what the user wrote: a Python number by its value, a
     # schedule always (as Keras does for a callable), an array by its value at init.
     if momentum_slot is None:
@@ -548,10 +546,10 @@ def build(
     if momentum_slot is None:
         if validation.is_schedule(momentum):
             momentum_slot = True
-        elif is_number(momentum):
+        elif _is_python_number(momentum):
             momentum_slot = concrete["momentum"] != 0.0
     one_minus_rho = None
-    if rule.one_minus_rho_in_double and is_number(rho):
+    if rule.one_minus_rho_in_double and _is_python_number(rho):
         one_minus_rho = 1.0 - float(rho)  # Python double, rounded once when cast
     config = _Config(
         rule=rule,
@@ -564,7 +562,7 @@ def build(
         slot_dtype=slot_dtype,
         # A normal float32 number stays non-zero in every compute dtype (even with denormals
         # flushed); a smaller or traced ε keeps the guard of the square root.
-        epsilon_nonzero=is_number(epsilon) and abs(concrete["epsilon"]) >= _FLOAT32_TINY,
+        epsilon_nonzero=_is_python_number(epsilon) and abs(concrete["epsilon"]) >= _FLOAT32_TINY,
     )
     dynamic = tuple(
         None if schedule is not None else value
