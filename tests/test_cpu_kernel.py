@@ -449,9 +449,10 @@ def test_wrapper_keeps_the_sharding_of_variables_laid_out_over_devices():
     np.testing.assert_array_equal(np.asarray(var.value), np.asarray(plain.value))
 
 
+@needs_kernel
 def test_wrapper_takes_the_kernel_only_for_arrays_on_one_device(monkeypatch):
-    """The ``fused`` flag of the wrapper's step: off as soon as one array spans devices; with a
-    single CPU device it is on without looking at shardings."""
+    """The wrapper's compiled step calls the kernel for variables on one device, and keeps the
+    XLA path as soon as one variable spans several (decided when the step is lowered)."""
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
     from jrmsprop._src import optimizer as optimizer_lib
@@ -459,12 +460,23 @@ def test_wrapper_takes_the_kernel_only_for_arrays_on_one_device(monkeypatch):
     devices = np.array(jax.devices()[:2])
     if devices.size < 2:
         pytest.skip("needs 2 devices")
-    sharded = jax.device_put(
-        jnp.arange(8, dtype=jnp.float32), NamedSharding(Mesh(devices, ("d",)), PartitionSpec("d"))
-    )
-    single = jnp.arange(8, dtype=jnp.float32)
-    assert optimizer_lib._cpu_device_count() == jax.device_count("cpu") > 1
-    assert optimizer_lib._each_on_one_device((single, single))
-    assert not optimizer_lib._each_on_one_device((single, sharded))
-    monkeypatch.setattr(optimizer_lib, "_cpu_device_count", lambda: 1)
-    assert optimizer_lib._each_on_one_device((single, single))
+    sharding = NamedSharding(Mesh(devices, ("d",)), PartitionSpec("d"))
+    calls = []
+    step = optimizer_lib._step
+
+    def recording_step(*args, **kwargs):
+        calls.append(step.lower(*args, **kwargs).compile().as_text())
+        return step(*args, **kwargs)
+
+    monkeypatch.setattr(optimizer_lib, "_step", recording_step)
+    for layout in (None, sharding):
+        values = [jnp.arange(8, dtype=jnp.float32), jnp.ones(8, jnp.float32)]
+        if layout is not None:
+            values[1] = jax.device_put(values[1], layout)
+        variables = [jrmsprop.Variable(v, name=f"v{i}") for i, v in enumerate(values)]
+        jrmsprop.RMSprop(0.1, momentum=0.9).apply_gradients(
+            [(jnp.full(8, 0.5, jnp.float32), v) for v in variables]
+        )
+    single, spanning = calls
+    assert single.count(f'custom_call_target="{cpu_kernel.TARGET}"') == 2
+    assert cpu_kernel.TARGET not in spanning

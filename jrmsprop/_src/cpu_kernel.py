@@ -29,12 +29,19 @@ import sys
 import tempfile
 import threading
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.interpreters import mlir
+
+try:
+    from jax.extend.core import Primitive
+except ImportError:  # jax < 0.4.36
+    from jax.core import Primitive
 
 from jrmsprop._src import arithmetic
 
@@ -359,6 +366,80 @@ def fused_step(
     mom_new = rest.pop(0) if mom is not None else None
     mg_new = rest.pop(0) if mg is not None else None
     return first, rms_new, mom_new, mg_new
+
+
+# ---- where the kernel may run -----------------------------------------------------------------
+#
+# The kernel has no sharding rule: in a program that XLA partitions over several devices it would
+# gather its operands onto every device (same bits, replicated results, the layout lost). How many
+# devices a program runs on is only known when it is lowered, after tracing, so the choice is a
+# primitive whose lowering is the constant 0 (one device: the kernel) or 1 (the fallback), and
+# XLA folds the ``switch`` on it away before any other pass sees the branch not taken.
+
+
+def _kernel_index_lowering(ctx: Any) -> list[Any]:
+    context = ctx.module_context.axis_context
+    num_devices = getattr(context, "num_devices", None)  # jit: the devices the program runs on
+    manual_axes = getattr(context, "manual_axes", None)  # shard_map: manual over these axes
+    if num_devices is not None:
+        index = int(num_devices != 1)
+    elif manual_axes is not None:  # each device runs on its own shard unless an axis is auto
+        index = int(not set(context.mesh.axis_names) <= set(manual_axes))
+    else:  # pmap's replica context: one program per device; anything else: the fallback
+        index = int(type(context).__name__ != "ReplicaAxisContext")
+    return [mlir.ir_constant(np.int32(index))]
+
+
+_kernel_index_p = Primitive("jrmsprop_cpu_kernel_index")
+_kernel_index_p.def_abstract_eval(lambda: jax.core.ShapedArray((), jnp.int32))
+_kernel_index_p.def_impl(lambda: jnp.int32(0))  # eager (jax.disable_jit): one device
+mlir.register_lowering(_kernel_index_p, _kernel_index_lowering)
+
+
+def where_kernel_runs(kernel: Callable[..., Any], fallback: Callable[..., Any], *args: Any) -> Any:
+    """``kernel(*args)`` where the program runs on CPU, one device per array; else ``fallback``.
+
+    The choice is made when the program is lowered: the kernel runs on CPU in a program on one
+    device, in each device's program under ``pmap``, and on each device's own shard under a
+    ``shard_map`` that is manual over every mesh axis; ``fallback`` runs on other platforms and
+    in programs that XLA partitions over several devices (a ``jit`` over sharded arrays), where
+    the kernel would gather its operands. Both must compute the same values.
+    """
+
+    def kernel_varying(*operands: Any) -> Any:
+        return _varying_like(kernel(*operands), operands)
+
+    def cpu(*operands: Any) -> Any:
+        return jax.lax.switch(_kernel_index_p.bind(), [kernel_varying, fallback], *operands)
+
+    return jax.lax.platform_dependent(*args, cpu=cpu, default=fallback)
+
+
+def _varying_like(outputs: Any, operands: Any) -> Any:
+    """``outputs`` typed as varying over the manual mesh axes that ``operands`` vary over.
+
+    Inside a ``shard_map`` JAX types each value with the mesh axes it varies over, and the
+    branches of a ``switch`` must agree; a foreign call's results carry no such axes, while the
+    fallback's results vary as its operands do. (Nothing to do before jax had these types.)
+    """
+    typeof, pcast = getattr(jax, "typeof", None), getattr(jax.lax, "pcast", None)
+    if typeof is None or pcast is None:
+        return outputs
+
+    def varying(x: Any) -> frozenset:
+        aval = typeof(x)
+        manual = getattr(aval, "manual_axis_type", None)  # jax >= 0.10; before: aval.vma
+        return manual.varying if manual is not None else getattr(aval, "vma", frozenset())
+
+    axes = frozenset().union(*map(varying, jax.tree.leaves(operands)))
+    if not axes:
+        return outputs
+
+    def cast(x: Any) -> Any:
+        missing = tuple(sorted(axes - varying(x)))
+        return pcast(x, missing, to="varying") if missing else x
+
+    return jax.tree.map(cast, outputs)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -65,36 +65,16 @@ def _transforms(
     return keras_clipping(**clip), core, apply
 
 
-@functools.partial(
-    jax.jit, static_argnames=("centered", "momentum_slot", "fused"), donate_argnums=(0, 1)
-)
-def _step(params, slots, count, grads, values, clip, *, centered, momentum_slot, fused):
+@functools.partial(jax.jit, static_argnames=("centered", "momentum_slot"), donate_argnums=(0, 1))
+def _step(params, slots, count, grads, values, clip, *, centered, momentum_slot):
     """Clipping, the core's update and ``apply_updates`` for every variable, in one program."""
     clipper, _, apply = _transforms(values, clip, centered, momentum_slot)
     grads, _ = clipper.update(grads, clipper.init(params), params)
     # The core updates and applies in one go: on CPU a float32 leaf takes the one-pass kernel
-    # (same bits as update + apply_updates), since the buffers here are donated. ``fused`` is
-    # off for arrays laid out over several devices (the kernel would gather them).
-    params, state = apply(grads, RMSpropState(count, *slots), params, fused=fused)
+    # (same bits as update + apply_updates), since the buffers here are donated; a program
+    # over arrays laid out on several devices keeps the XLA path (decided when it is lowered).
+    params, state = apply(grads, RMSpropState(count, *slots), params, fused=True)
     return params, (state.rms, state.momentum, state.mg), state.count
-
-
-@functools.cache
-def _cpu_device_count() -> int:
-    """The number of CPU devices (0 when JAX was configured without its CPU back end)."""
-    try:
-        return jax.device_count("cpu")
-    except RuntimeError:
-        return 0
-
-
-def _each_on_one_device(params: tuple[jax.Array, ...]) -> bool:
-    """Whether no array is laid out over several devices (the step's ``fused`` flag).
-
-    The fused kernel only runs on CPU, so with one CPU device the answer is yes without looking
-    at each array's sharding (which costs about 0.4 µs an array).
-    """
-    return _cpu_device_count() == 1 or all(len(p.sharding.device_set) == 1 for p in params)
 
 
 # ---- the optimizer ----------------------------------------------------------------------------
@@ -423,7 +403,6 @@ class RMSprop(OptimizerVariables):
             clip,
             centered=self._centered,
             momentum_slot=self._momentum,
-            fused=_each_on_one_device(params),
         )
         for var, value in zip(var_list, new_params, strict=True):
             var._replace(value)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import weakref
 from collections.abc import Callable
 from typing import Any, NamedTuple, Union
 
@@ -351,15 +352,38 @@ def _leaf_step(
         and all(x is None or x.dtype == jnp.float32 for x in (g, param_in, rms, mom, mg))
         and cpu_kernel.supports(variant)
     ):
-
-        def kernel(g, p, rms, mom, mg):
-            return cpu_kernel.fused_step(g, rms, mom, mg, sc, variant, output="param", param=p)
-
-        def xla(g, p, rms, mom, mg):
-            return applied(*dispatch())
-
-        return jax.lax.platform_dependent(g, param_in, rms, mom, mg, cpu=kernel, default=xla)
+        return cpu_kernel.where_kernel_runs(
+            lambda *args: _kernel_apply(*args, variant),
+            lambda *args: _xla_apply(*args, variant),
+            g,
+            param_in,
+            rms,
+            mom,
+            mg,
+            sc,
+        )
     return applied(*dispatch())
+
+
+def _xla_apply(g, p, rms, mom, mg, sc, variant):
+    """What :func:`_leaf_step` computes for a leaf the CPU kernel can take (dense float32, no
+    weight decay, no traced momentum switch): the new parameter and slots, through XLA."""
+    update, rms, mom, mg = arithmetic.rmsprop_step(
+        g, None, rms, mom, mg, sc, variant, jnp.float32, negate=True
+    )
+    return sparse.apply_updates(p, update), rms, mom, mg
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(6,))
+def _kernel_apply(g, p, rms, mom, mg, sc, variant):
+    """:func:`_xla_apply` in one pass of the CPU kernel; differentiated through the XLA path
+    (the kernel is a foreign call without derivatives; both compute the same values)."""
+    return cpu_kernel.fused_step(g, rms, mom, mg, sc, variant, output="param", param=p)
+
+
+@_kernel_apply.defjvp
+def _kernel_apply_jvp(variant, primals, tangents):
+    return jax.jvp(lambda *args: _xla_apply(*args, variant), primals, tangents)
 
 
 # Why a hyperparameter that is only known on the device (traced) must be 0: checked on the host.
@@ -400,7 +424,7 @@ def _tree_update(
     paths_and_rms, treedef = jax.tree_util.tree_flatten_with_path(state.rms)
     paths = [path for path, _ in paths_and_rms]
     rms_leaves = [leaf for _, leaf in paths_and_rms]
-    grad_leaves = _flatten_as(treedef, updates, "updates")
+    grad_leaves = _flatten_as(treedef, updates, "updates" if apply == "updates" else "grads")
     if config.use_weight_decay is True and params is None and rms_leaves:
         raise ValueError(
             f"{config.rule.framework}: weight decay needs `params`: call "
@@ -512,10 +536,9 @@ def build(
     ``(new_params, new_state)``: the update already added to the parameters, as
     :func:`jrmsprop.apply_updates` would; with ``fused=True`` eligible float32 leaves on CPU take
     the one-pass kernel (same bits, fewer bytes moved; worth it when the caller donates
-    ``params`` and ``state``, as the stateful wrapper does). The kernel has no sharding rule:
-    under a ``jit`` over arrays sharded across devices XLA gathers its inputs onto every device
-    (same bits, replicated outputs), so pass ``fused=True`` for arrays on one device only, as
-    the wrapper does.
+    ``params`` and ``state``, as the stateful wrapper does), in programs on one device only
+    (:func:`cpu_kernel.where_kernel_runs`). The same ``apply`` is kept for every transformation
+    (``apply_fn`` or not) for :func:`jrmsprop.update_and_apply`.
     """
     hyperparams = dict(
         learning_rate=learning_rate,
@@ -602,14 +625,29 @@ def build(
         del extra_args
         return run(updates, state, params, "updates")
 
-    tx = optax.GradientTransformationExtraArgs(init_fn, update_fn)
-    if not apply_fn:
-        return tx
-
     def apply(grads: Any, state: RMSpropState, params: Any, fused: bool = False):
         return run(grads, state, params, "fused" if fused else "params")
 
-    return tx, apply
+    tx = optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    _APPLY_OF_UPDATE[update_fn] = apply
+    return (tx, apply) if apply_fn else tx
+
+
+# The ``apply`` of every transformation :func:`build` made, keyed by its update function (weakly:
+# an entry lives as long as the transformation). :func:`apply_function_of` looks it up.
+_APPLY_OF_UPDATE: weakref.WeakKeyDictionary[Callable[..., Any], Callable[..., Any]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def apply_function_of(tx: Any) -> Callable[..., Any] | None:
+    """The update-and-apply function of a transformation made by :func:`build` (see there), or
+    None for any other object (another optax transformation, or one wrapped around ours)."""
+    update = getattr(tx, "update", None)
+    try:
+        return _APPLY_OF_UPDATE.get(update)
+    except TypeError:  # not weakly referenceable, so not ours
+        return None
 
 
 # TF 2.x Keras stores learning_rate, rho and momentum as float32 hyperparameter variables, and
