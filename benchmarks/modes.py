@@ -201,32 +201,26 @@ def jrmsprop_jit_flat(wl: Workload, peers: Peers) -> Step:
 
 
 def _apply_step(wl: Workload, fused: bool, packed_params: bool = False) -> Step:
-    """The core's update-and-apply entry (what ``RMSprop.apply_gradients`` runs), jitted with
-    params and state donated; ``fused`` lets float32 leaves take the one-pass CPU kernel;
-    ``packed_params`` packs parameters and gradients first (``jrmsprop.pack``)."""
+    """``jrmsprop.update_and_apply`` (what ``RMSprop.apply_gradients`` runs too) in the user's
+    ``jit``, params and state donated; ``fused`` lets float32 leaves take the one-pass CPU
+    kernel; ``packed_params`` packs parameters and gradients first (``jrmsprop.pack``)."""
     import jax
 
     import jrmsprop
-    from jrmsprop._src import cpu_kernel, transform
+    from jrmsprop._src import cpu_kernel
 
     if fused and not cpu_kernel.available():
         raise Skip(
             f"the fused CPU kernel is not available here ({cpu_kernel.unavailable_reason()})"
         )
-    tx, apply = transform.build(
-        transform.KERAS2,
-        learning_rate=LEARNING_RATE,
-        rho=RHO,
-        momentum=wl.momentum,
-        epsilon=EPSILON,
-        centered=wl.centered,
-        apply_fn=True,
-    )
+    tx = jrmsprop_tx(wl.momentum, wl.centered)
     params, grads = _device(wl.params), _device(wl.grads)
     if packed_params:
         params = jrmsprop.pack(params)
         grads = jrmsprop.pack(grads, like=params)
-    step = jax.jit(lambda p, s, g: apply(g, s, p, fused=fused), donate_argnums=(0, 1))
+    step = jax.jit(
+        lambda p, s, g: jrmsprop.update_and_apply(tx, g, s, p, fused=fused), donate_argnums=(0, 1)
+    )
     box = jax.block_until_ready([params, tx.init(params)])
 
     def run() -> Any:

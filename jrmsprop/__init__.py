@@ -7,6 +7,7 @@ from jrmsprop._src.packed import PackedState, pack_state, packed, unpack_state
 from jrmsprop._src.packed_tree import PackedTree, pack, unpack
 from jrmsprop._src.sparse import IndexedSlices, apply_updates, densify
 from jrmsprop._src.transform import RMSpropState, ScalarOrSchedule, rmsprop
+from jrmsprop._src.update_and_apply import update_and_apply
 from jrmsprop._src.variable import Variable
 
 __version__ = "0.1.0"
@@ -43,4 +44,5 @@ __all__ = (
     "rmsprop",
     "unpack",
     "unpack_state",
+    "update_and_apply",
 )
