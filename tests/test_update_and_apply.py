@@ -356,3 +356,21 @@ def test_bad_arguments_name_the_argument():
         jrmsprop.update_and_apply(tx, params, state, {"w": jnp.ones(3)})
     with pytest.raises(ValueError, match="gradient at .*'w'.* has shape"):
         jrmsprop.update_and_apply(tx, {"w": jnp.ones(3)}, state, params)
+
+
+def test_hyperparameters_that_change_at_run_time():
+    """In place of optax.inject_hyperparams: build the transformation inside the jit from traced
+    values; one compilation serves every value, with the numbers of a constant of that value."""
+    params = {"w": jnp.linspace(-1.0, 1.0, 8, dtype=jnp.float32)}
+    grads = {"w": jnp.linspace(2.0, -3.0, 8, dtype=jnp.float32)}
+    state = jrmsprop.rmsprop(0.1, momentum=0.9).init(params)
+
+    @jax.jit
+    def step(p, s, g, lr, rho):
+        return jrmsprop.update_and_apply(jrmsprop.rmsprop(lr, rho, momentum=0.9), g, s, p)
+
+    for lr, rho in ((0.1, 0.9), (0.02, 0.8)):
+        got = step(params, state, grads, jnp.float32(lr), jnp.float32(rho))
+        want = reference(jrmsprop.rmsprop(lr, rho, momentum=0.9), params, [grads])
+        chex.assert_trees_all_equal(got, want)
+    assert step._cache_size() == 1

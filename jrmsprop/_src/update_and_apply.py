@@ -37,7 +37,8 @@ def update_and_apply(
         itself (clip or scale the gradients before the call: a transformation wrapped by
         ``optax.chain``, ``optax.inject_hyperparams``, ``optax.MultiSteps`` or
         :func:`jrmsprop.packed` has no fused step; use ``tx.update`` and
-        :func:`jrmsprop.apply_updates` for those).
+        :func:`jrmsprop.apply_updates` for those). For hyperparameters that change at run
+        time, build it inside the ``jit`` from traced values (one compilation serves them all).
       grads: the gradients, a pytree like ``params`` (dense arrays, :class:`jrmsprop.IndexedSlices`
         or None leaves), or a :class:`jrmsprop.PackedTree` for packed parameters.
       state: ``tx``'s state (``tx.init(params)``).
