@@ -17,8 +17,8 @@ def update_and_apply(
         u, s' = tx.\text{update}(g, s, p); \quad p' = p + u
 
     For :func:`jrmsprop.rmsprop` and the :mod:`jrmsprop.compat` presets. On CPU a dense float32
-    leaf of a preset with the learning rate inside the momentum buffer (``rmsprop``,
-    ``compat.keras2``, ``compat.tf1``) takes a one-pass C++ kernel that reads the gradient,
+    leaf of a preset with the learning rate inside the momentum buffer (``rmsprop`` /
+    ``compat.keras2``, ``compat.tf1``, ``compat.optax_rmsprop``) takes a one-pass C++ kernel that reads the gradient,
     the parameter and the slots once and writes the parameter and the slots in place: 20 / 28 /
     28 / 36 bytes per parameter (plain / momentum / centered / both) where XLA:CPU's
     separate loops move 28 / 40 / 44 / 56. Other leaves (other dtypes, sparse, weight decay,
