@@ -219,8 +219,9 @@ class RMSprop(keras.optimizers.Optimizer):
         )
         grads = [jnp.asarray(g) for g in grads]
         params = [v.value for v in trainable_variables]
-        updates, new_state = self._transform(lr).update(grads, state, params)
-        new_params = jrmsprop.apply_updates(params, updates)
+        # update + apply_updates in one call: inside Keras's jitted, donating train step a
+        # float32 variable on CPU takes the one-pass kernel (same bits as the separate calls).
+        new_params, new_state = jrmsprop.update_and_apply(self._transform(lr), grads, state, params)
         for variable, value in zip(trainable_variables, new_params, strict=True):
             self.assign(variable, value)
         for slots, new_values in (

@@ -191,8 +191,21 @@ def _weights(model) -> list[np.ndarray]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("momentum,centered", [(0.0, False), (0.9, True)])
-def test_fit_equals_a_manual_jrmsprop_loop(momentum, centered, keras_promotion):
-    """``compile``/``fit`` trains exactly as ``jrmsprop.rmsprop`` on Keras's own gradients."""
+def test_fit_equals_a_manual_jrmsprop_loop(momentum, centered, keras_promotion, monkeypatch):
+    """``compile``/``fit`` trains exactly as ``jrmsprop.rmsprop`` on Keras's own gradients; its
+    step goes through ``update_and_apply``, so on CPU the float32 variables take the one-pass
+    kernel, and the numbers are still those of ``tx.update`` + ``apply_updates``."""
+    from jrmsprop._src import cpu_kernel, transform
+
+    kernel_calls = []
+    fused_step = cpu_kernel.fused_step
+
+    def counting_fused_step(*args, **kwargs):
+        kernel_calls.append(1)
+        return fused_step(*args, **kwargs)
+
+    monkeypatch.setattr(cpu_kernel, "fused_step", counting_fused_step)
+    transform._leaf_step.clear_cache()  # traced anew, whatever ran before in this process
     x, y = _regression_data()
     hyper = dict(
         learning_rate=0.01, rho=0.9, momentum=momentum, epsilon=1e-7, centered=centered, decay=0.01
@@ -220,9 +233,12 @@ def test_fit_equals_a_manual_jrmsprop_loop(momentum, centered, keras_promotion):
         for s in range(0, len(x), batch):
             params, state, _ = step(params, state, x[s : s + batch], y[s : s + batch])
 
+    assert not kernel_calls  # the manual loop's tx.update never takes the kernel
     history = model.fit(x, y, batch_size=batch, epochs=epochs, shuffle=False, verbose=0)
     losses = history.history["loss"]
     assert losses[-1] < losses[0]
+    if cpu_kernel.available() and jax.default_backend() == "cpu":
+        assert kernel_calls  # traced into Keras's train step
     opt = model.optimizer
     assert isinstance(opt, RMSprop)
     assert int(opt.iterations.value) == epochs * len(x) // batch == int(state.count)
