@@ -1,16 +1,16 @@
-"""Probe: the wrapper's step on many small leaves, fused CPU kernel against the XLA path.
+"""Probe: the donated step on many small leaves, fused CPU kernel against the XLA path.
 
 ``python benchmarks/probes/fused_small_leaves.py [--total N] [--sizes 1024,4096,...]
 [--variants plain,momentum] [--compile]``
 
-``RMSprop.apply_gradients`` runs one donated jitted step in which every float32 leaf on CPU takes
-the one-pass kernel (``fused=True``). The kernel moves the fewest bytes, which pays on large
-leaves; on small leaves that sit in cache the cost is per call instead. This probe builds the
-wrapper's own compiled step (``jrmsprop._src.optimizer._step``) for ``N / size`` leaves of
-``size`` float32 each (``N`` = 2M by default) and times it with ``fused`` on and off, interleaved
-in one process (median of the middle samples), and with ``--compile`` the time to lower and
-compile each program from a cleared cache. Both programs give the same bits
-(``tests/test_cpu_kernel.py``).
+``jrmsprop.update_and_apply`` (and so ``RMSprop.apply_gradients``, which runs it in one donated
+jitted step) lets every float32 leaf on CPU take the one-pass kernel. The kernel moves the fewest
+bytes, which pays on large leaves; on small leaves that sit in cache the cost is per call
+instead. This probe jits ``update_and_apply`` with params and state donated, for ``N / size``
+leaves of ``size`` float32 each (``N`` = 2M by default), and times it with ``fused=True`` and
+``fused=False`` (the XLA path), interleaved in one process (median of the middle samples), and
+with ``--compile`` the time to lower and compile each program from a cleared cache. Both
+programs give the same bits (``tests/test_update_and_apply.py``).
 """
 
 from __future__ import annotations
@@ -23,52 +23,47 @@ import jax
 import jax.numpy as jnp
 
 import jrmsprop
-from jrmsprop._src import optimizer as optimizer_lib
 
 _VARIANTS = {"plain": (0.0, False), "momentum": (0.9, False), "centered_momentum": (0.9, True)}
 
 
-def _inputs(size: int, leaves: int, momentum: bool, centered: bool):
+def _inputs(tx, size: int, leaves: int):
     params = tuple(jnp.full((size,), 1.0 + i, jnp.float32) for i in range(leaves))
     grads = tuple(jnp.full((size,), 0.1, jnp.float32) for _ in range(leaves))
+    return params, tx.init(params), grads
 
-    def slot():
-        return tuple(jnp.zeros((size,), jnp.float32) for _ in range(leaves))
 
-    slots = (slot(), slot() if momentum else None, slot() if centered else None)
-    return params, slots, jnp.zeros((), jnp.int32), grads
+def _step(tx, fused: bool):
+    return jax.jit(
+        lambda p, s, g: jrmsprop.update_and_apply(tx, g, s, p, fused=fused), donate_argnums=(0, 1)
+    )
 
 
 def run(size: int, total: int, variant: str, repeats: int, compile_too: bool) -> None:
     momentum, centered = _VARIANTS[variant]
     leaves = max(16, total // size)
-    opt = jrmsprop.RMSprop(1e-3, momentum=momentum, centered=centered)
-    values, clip = opt._hyperparameters.step_values(jnp.zeros((), jnp.int32))
-    static = dict(centered=centered, momentum_slot=momentum > 0)
+    tx = jrmsprop.rmsprop(1e-3, momentum=momentum, centered=centered)
     line = f"{size:>8} x {leaves:<5} {variant:<18}"
     if compile_too:
         best = {}
         for fused in (True, False, True, False):
-            params, slots, count, grads = _inputs(size, leaves, momentum > 0, centered)
+            params, state, grads = _inputs(tx, size, leaves)
             jax.clear_caches()
             t0 = time.perf_counter()
-            optimizer_lib._step.lower(
-                params, slots, count, grads, values, clip, fused=fused, **static
-            ).compile()
+            _step(tx, fused).lower(params, state, grads).compile()
             best[fused] = min(best.get(fused, float("inf")), time.perf_counter() - t0)
         line += f" compile fused {best[True]:6.2f} s  xla {best[False]:6.2f} s"
-    state = {f: _inputs(size, leaves, momentum > 0, centered) for f in (True, False)}
+    steps = {f: _step(tx, f) for f in (True, False)}
+    inputs = {f: _inputs(tx, size, leaves) for f in (True, False)}
     samples: dict[bool, list[float]] = {True: [], False: []}
     for _ in range(repeats + 1):
         for fused in (True, False):
-            params, slots, count, grads = state[fused]
+            params, state, grads = inputs[fused]
             t0 = time.perf_counter()
-            params, slots, count = optimizer_lib._step(
-                params, slots, count, grads, values, clip, fused=fused, **static
-            )
+            params, state = steps[fused](params, state, grads)
             jax.block_until_ready(params)
             samples[fused].append(time.perf_counter() - t0)
-            state[fused] = (params, slots, count, grads)
+            inputs[fused] = (params, state, grads)
     mid = {f: statistics.median(sorted(s[1:])[1:-1]) for f, s in samples.items()}
     print(
         f"{line}  step fused {mid[True] * 1e3:8.3f} ms  xla {mid[False] * 1e3:8.3f} ms"
