@@ -18,12 +18,12 @@ def update_and_apply(
 
     For :func:`jrmsprop.rmsprop` and the :mod:`jrmsprop.compat` presets. On CPU a dense float32
     leaf of a preset with the learning rate inside the momentum buffer (``rmsprop`` /
-    ``compat.keras2``, ``compat.tf1``, ``compat.optax_rmsprop``) takes a one-pass C++ kernel that reads the gradient,
-    the parameter and the slots once and writes the parameter and the slots in place: 20 / 28 /
-    28 / 36 bytes per parameter (plain / momentum / centered / both) where XLA:CPU's
-    separate loops move 28 / 40 / 44 / 56. Other leaves (other dtypes, sparse, weight decay,
-    the other presets), other platforms and programs that XLA partitions over several devices
-    take the XLA path; all give the same bits as ``tx.update`` followed by
+    ``compat.keras2``, ``compat.tf1``, ``compat.optax_rmsprop``) takes a one-pass C++ kernel
+    that reads the gradient, the parameter and the slots once and writes the parameter and the
+    slots in place: 20 / 28 / 28 / 36 bytes per parameter (plain / momentum / centered / both)
+    where XLA:CPU's separate loops move 28 / 40 / 44 / 56. Other leaves (other dtypes, sparse,
+    weight decay, the other presets), other platforms and programs that XLA partitions over
+    several devices take the XLA path; all give the same bits as ``tx.update`` followed by
     :func:`jrmsprop.apply_updates`.
 
     Call it inside your ``jax.jit`` with ``params`` and ``state`` donated
