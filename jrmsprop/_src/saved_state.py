@@ -194,10 +194,7 @@ def _split_keras2(
         any(part in _NEW_OPTIMIZER_NAMES for ps in parts for part in ps)
         or config.get("is_legacy_optimizer") is False
     ):
-        if (
-            class_name == _JRMSPROP_KERAS
-            or (opt_config or {}).get("registered_name") == _JRMSPROP_KERAS
-        ):
+        if _registered_name(opt_config or {}) == _JRMSPROP_KERAS:
             raise ValueError(
                 f"{where} was written by Keras 3 with jrmsprop.keras.RMSprop (registered as "
                 f"{_JRMSPROP_KERAS!r}; variables {names[:3]}...), not by the TF 2.x (legacy) "
