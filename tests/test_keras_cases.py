@@ -564,6 +564,16 @@ BIT_EXACT = {
 } | {(name, True) for name in ("dense", "centered", "decay", "clipvalue")}
 
 
+def _assert_same_config(ours, theirs):
+    """The same keys in the same order; floats within float32 rounding, the rest equal."""
+    assert list(ours) == list(theirs)
+    for key, value in theirs.items():
+        if isinstance(value, (float, np.floating)):
+            assert ours[key] == pytest.approx(float(value), rel=1e-7), key
+        else:
+            assert ours[key] == value, key
+
+
 def _assert_trajectories(ours, theirs, rtol, exact=False):
     for step, (a, b) in enumerate(zip(ours, theirs, strict=True)):
         for x, y in zip(a, b, strict=True):
@@ -588,13 +598,7 @@ def test_live_trajectory_matches_tf_keras(tf_modules, name, sparse):
     assert int(ours_w[0]) == int(theirs_w[0])
     for x, y in zip(ours_w[1:], theirs_w[1:], strict=True):
         np.testing.assert_allclose(x, y, rtol=2e-6, atol=2e-6)
-    ours_c, theirs_c = opt.get_config(), tf_opt.get_config()
-    assert list(ours_c) == list(theirs_c)
-    for key, value in theirs_c.items():
-        if isinstance(value, (float, np.floating)):
-            assert ours_c[key] == pytest.approx(float(value), rel=1e-7), key
-        else:
-            assert ours_c[key] == value, key
+    _assert_same_config(opt.get_config(), tf_opt.get_config())
 
 
 @pytest.mark.frameworks
@@ -696,13 +700,7 @@ def test_live_callables_with_default_arguments(tf_modules, config):
     tf_opt, tf_var, opt, var = _live_steps(tf, tf_keras, config)
     np.testing.assert_array_equal(var.numpy(), tf_var.numpy())
     assert [w.name for w in opt.weights] == [w.name.split(":")[0] for w in tf_opt.weights]
-    ours, theirs = opt.get_config(), tf_opt.get_config()
-    assert list(ours) == list(theirs)
-    for key, value in theirs.items():
-        if isinstance(value, (float, np.floating)):
-            assert ours[key] == pytest.approx(float(value), rel=1e-7), key
-        else:
-            assert ours[key] == value, key
+    _assert_same_config(opt.get_config(), tf_opt.get_config())
 
 
 @pytest.mark.frameworks
