@@ -452,6 +452,27 @@ def test_getting_and_setting_hyperparameters():
     assert_close_according_to_type(before - 3.0 * 3.0 / (np.sqrt(rms) + 1e-7), var.value)
 
 
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_epsilon_zero_set_after_construction(momentum):
+    """Keras maps ``epsilon=0`` to 1e-7 in the constructor only: ``opt.epsilon = 0`` later makes
+    the next steps divide by ``sqrt(v)`` (plus 0), so a zero gradient gives NaN."""
+    opt = RMSprop(learning_rate=0.1, momentum=momentum, epsilon=0)
+    assert opt.epsilon == 1e-7
+    init, g = np.array([1.0, 2.0, 3.0]), np.array([0.5, 1e-3, 0.0])
+    var = Variable(init.astype(np.float32))
+    expected, mg, rms, mom = init, np.zeros(3), np.zeros(3), np.zeros(3)
+    for epsilon in (1e-7, 0.0, 0.0):
+        opt.epsilon = epsilon
+        opt.apply_gradients([(jnp.asarray(g, jnp.float32), var)])
+        with np.errstate(invalid="ignore"):  # 0/0 where the gradient is 0
+            expected, mg, rms, mom = np_rmsprop(
+                expected, g, mg, rms, mom, 0.1, 0.9, momentum, epsilon, centered=False
+            )
+    assert np.isnan(var.numpy()[2]) and np.isnan(expected[2])
+    assert_close_according_to_type(expected[:2], var.numpy()[:2])
+    assert opt.get_config()["epsilon"] == 0
+
+
 def test_callable_var_list():
     opt = RMSprop(learning_rate=1.0)
     holder = []
@@ -744,3 +765,29 @@ def test_live_variable_momentum_slot(tf_modules, value, kind):
     assert [w.name for w in opt.weights] == [w.name.split(":")[0] for w in tf_opt.weights]
     assert ("momentum" in opt.get_slot_names()) == (value > 0)
     opt.set_weights(tf_opt.get_weights())
+
+
+@pytest.mark.frameworks
+@pytest.mark.parametrize("momentum", [0.0, 0.5])
+def test_live_epsilon_zero_set_after_construction(tf_modules, momentum):
+    """tf_keras maps ``epsilon=0`` to 1e-7 in the constructor only (``epsilon or
+    backend.epsilon()``); ``opt.epsilon = 0`` later is used as 0: a zero gradient then gives NaN
+    (0/0) and a tiny one infinity, in both. ``get_config`` reports the 0."""
+    tf, tf_keras = tf_modules
+
+    def before(opt, step):
+        if step == 1:
+            opt.epsilon = 0
+
+    tf_opt, tf_var, opt, var = _live_steps(
+        tf,
+        tf_keras,
+        lambda: dict(learning_rate=0.1, momentum=momentum, epsilon=0),
+        grad=(0.3, -0.1, 0.0, 1e-20),
+        before=before,
+    )
+    np.testing.assert_array_equal(var.numpy(), tf_var.numpy())
+    # g = 0: 0/0; g = 1e-20: its square underflows, so lr·g/0 = inf (in both)
+    assert np.isnan(var.numpy()[2]) and np.isinf(var.numpy()[3])
+    assert np.isfinite(var.numpy()[:2]).all()
+    assert opt.get_config()["epsilon"] == tf_opt.get_config()["epsilon"] == 0

@@ -90,6 +90,8 @@ def test_accepted_edge_values():
     opt = RMSprop(learning_rate=0.0, rho=1.0, momentum=1.0, epsilon=0, decay=0.0, clipnorm=0.0)
     assert opt.epsilon == 1e-7
     assert RMSprop(rho=0.0, epsilon=None).epsilon == 1e-7
+    opt.epsilon = 0  # after construction, as in Keras: 0 is 0
+    assert opt.epsilon == 0 and opt.get_config()["epsilon"] == 0
 
 
 # ---- a trained optimizer: each bad input leaves it exactly as it was -------------------------
@@ -141,6 +143,7 @@ STATEFUL = [
     ("setter", _set("momentum", True), TypeError, "momentum"),
     ("setter", _set("epsilon", INF), ValueError, "epsilon"),
     ("setter", _set("epsilon", "small"), TypeError, "epsilon"),
+    ("setter", _set("epsilon", None), TypeError, "epsilon"),  # only the constructor maps None
     ("setter", _set("decay", -0.5), ValueError, "decay"),
     ("setter", _set("clipvalue", -1.0), ValueError, "clipvalue"),
     ("setter", _set("clipnorm", INF), ValueError, "clipnorm"),

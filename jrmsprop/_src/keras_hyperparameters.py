@@ -13,7 +13,9 @@ own. :class:`KerasHyperparameters` reproduces them; the optimizer holds one and 
 * ``decay`` is fixed at construction (Keras's ``_initial_decay``): the steps and ``get_config``
   use the constructor's value; ``opt.decay`` (its Variable) may be read, set and assigned, which
   changes nothing else -- as in Keras.
-* ``epsilon`` of ``0`` or ``None`` means ``1e-7``, Keras's ``backend.epsilon()``.
+* ``epsilon`` of ``0`` or ``None`` given to the constructor means ``1e-7``, Keras's
+  ``backend.epsilon()``; set later, ``0`` is 0 and ``None`` is refused (as Keras's step fails on
+  it).
 * every value is checked by the core's checks when it is given -- also ``assign`` on a
   hyperparameter Variable -- and a schedule's or callable's value whenever it is evaluated: a
   Keras ``LearningRateSchedule`` at ``iterations`` cast to float32 (as Keras casts it), another
@@ -50,6 +52,7 @@ __all__ = [
     "CLIPS",
     "KerasHyperparameters",
     "check",
+    "constructor_value",
     "check_keywords",
     "is_tensor",
     "keeps_momentum_slot",
@@ -63,18 +66,29 @@ _FIXED_HYPERS = ("decay",)  # Keras: steps and get_config use `_initial_decay`, 
 _CONFIG_ORDER = ("learning_rate", "decay", "rho", "momentum", "epsilon")  # Keras 2's get_config
 
 
+def constructor_value(name: str, value: Any) -> Any:
+    """What Keras 2's constructor stores for ``name``: ``epsilon or backend.epsilon()``, so an
+    ``epsilon`` of ``None`` or ``0`` becomes ``1e-7``; every other value as given.
+
+    Only the constructor applies this rule. ``opt.epsilon = 0`` later stores 0, and the next step
+    divides by ``sqrt(v) + 0`` (TF 2.x Keras does the same: ``epsilon`` is then a plain
+    attribute that the step converts to a tensor as it is).
+    """
+    if name == "epsilon" and (
+        value is None or (not callable(value) and concrete_scalar(name, value) == 0)
+    ):
+        return KERAS_EPSILON
+    return value
+
+
 def check(name: str, value: Any, kind: str | None = None) -> Any:
-    """Keras's ``epsilon or 1e-7``, then the core's check; returns the value to store.
+    """The core's check of a hyperparameter; returns the value to store.
 
     Args:
       name: the hyperparameter, as the user wrote it (named by the error).
       value: a number, 0-d array, tensor, Variable, schedule or callable.
       kind: which range applies (see ``jrmsprop._src.validation.RANGES``); defaults to ``name``.
     """
-    if name == "epsilon" and (
-        value is None or (not callable(value) and concrete_scalar(name, value) == 0)
-    ):
-        value = KERAS_EPSILON
     check_hyperparameter(name, value, kind)
     return value
 
@@ -142,6 +156,7 @@ class KerasHyperparameters:
     """
 
     def __init__(self, prefix: str, values: dict[str, Any], clip: dict[str, Any]):
+        values = {name: constructor_value(name, value) for name, value in values.items()}
         for name, value in values.items():
             check(name, value)
         check_clip_arguments(**clip)

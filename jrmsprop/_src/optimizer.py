@@ -104,7 +104,8 @@ class RMSprop(OptimizerVariables):
         exists when momentum is a callable, an array/tensor, or a number > 0 (a ``tf.Variable``
         or :class:`jrmsprop.Variable` counts by its value); then ε sits inside the square root,
         otherwise outside.
-      epsilon: ε ``>= 0`` (a number, array or callable). ``0``/``None`` mean ``1e-7``, as in Keras.
+      epsilon: ε ``>= 0`` (a number, array or callable). ``0``/``None`` mean ``1e-7`` here, as
+        in Keras (``opt.epsilon = 0`` afterwards does set 0, also as in Keras).
       centered: ``True`` keeps the ``mg`` slot and normalises by the variance estimate.
       name: prefix of the optimizer's variable names.
       **kwargs: ``clipvalue``, ``clipnorm``, ``global_clipnorm`` (Keras 2 gradient clipping,
@@ -188,7 +189,10 @@ class RMSprop(OptimizerVariables):
         "the steps and ``get_config`` use the constructor's ``decay``: setting or assigning this "
         "changes neither.",
     )
-    epsilon = optimizer_property("epsilon", "ε (``0`` or ``None`` mean ``1e-7``).")
+    epsilon = optimizer_property(
+        "epsilon",
+        "ε (``0`` or ``None`` given to the constructor mean ``1e-7``; ``0`` set later is 0).",
+    )
     clipnorm = optimizer_property(
         "clipnorm", "``float`` or ``None``. If set, clips each gradient to this maximum norm."
     )
