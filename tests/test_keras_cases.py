@@ -496,7 +496,7 @@ def test_config_round_trip_with_schedule():
         clipvalue=0.5,
     )
     config = opt.get_config()
-    restored = RMSprop.from_config(config)
+    restored = RMSprop.from_config(config, custom_objects={"InverseTimeDecay": InverseTimeDecay})
     assert restored.get_config() == config
     assert set(config) == {
         "name",

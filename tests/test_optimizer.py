@@ -7,6 +7,9 @@ against the TF 2.x Keras rules. Live comparisons with tf_keras are in ``test_ker
 
 from __future__ import annotations
 
+import os
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -631,7 +634,10 @@ def test_config_with_schedule_and_callables():
         "decay_rate": 0.5,
     }
     assert config["momentum"] == 0.25 and config["global_clipnorm"] == 1.0
-    restored = RMSprop.from_config(config)
+    # a class outside Keras is never imported from a config: it comes from custom_objects
+    with pytest.raises(ValueError, match="custom_objects"):
+        RMSprop.from_config(config)
+    restored = RMSprop.from_config(config, custom_objects={"InverseTimeDecay": InverseTimeDecay})
     assert isinstance(restored.learning_rate, InverseTimeDecay)
     assert restored.get_config() == config
     by_name = dict(
@@ -645,6 +651,63 @@ def test_config_with_schedule_and_callables():
     assert isinstance(custom.learning_rate, InverseTimeDecay)
     old = RMSprop.from_config({"lr": 0.5, "name": "x"})
     assert float(old.learning_rate) == 0.5
+
+
+class _Recorder:
+    """A class with from_config that a config must never reach: it records being called."""
+
+    calls: list = []
+
+    def __init__(self, **config):
+        _Recorder.calls.append(config)
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        # a module outside Keras / tf_keras / TensorFlow is not even imported
+        {"module": "subprocess", "class_name": "Popen", "config": {"args": ["false"]}},
+        {"module": "os", "class_name": "system", "config": {}},
+        {"module": __name__, "class_name": "_Recorder", "config": {"x": 1}},
+        {"module": "never_imported_module_xyz", "class_name": "A", "config": {}},
+        # inside them, only LearningRateSchedule classes
+        {"module": "keras.src.layers", "class_name": "Dense", "config": {"units": 1}},
+        {"module": "keras", "class_name": "Variable", "config": {}},
+    ],
+    ids=["subprocess", "os.system", "own-class", "unknown-module", "keras-layer", "keras-var"],
+)
+def test_from_config_imports_only_keras_schedules(entry):
+    """A config read from a saved file names what is imported and called: from_config imports a
+    class only from Keras, tf_keras or TensorFlow, and only a LearningRateSchedule there."""
+    _Recorder.calls.clear()
+    modules = set(sys.modules)
+    with pytest.raises(ValueError, match="custom_objects"):
+        RMSprop.from_config({"name": "x", "learning_rate": entry})
+    assert _Recorder.calls == []
+    if entry["module"].split(".")[0] not in ("keras", "tf_keras", "tensorflow"):
+        assert entry["module"] == __name__ or entry["module"] not in set(sys.modules) - modules
+
+
+def test_from_config_loads_a_keras_schedule():
+    """A Keras learning-rate schedule named by its public module is rebuilt (Keras 3 here; the
+    tf_keras one in the live tests)."""
+    if "keras" not in sys.modules:
+        os.environ["KERAS_BACKEND"] = "jax"  # must precede the first import of keras
+    keras = pytest.importorskip("keras")
+    schedule = keras.optimizers.schedules.ExponentialDecay(0.1, decay_steps=2, decay_rate=0.5)
+    entry = {
+        "module": "keras.optimizers.schedules",
+        "class_name": "ExponentialDecay",
+        "config": schedule.get_config(),
+        "registered_name": None,
+    }
+    opt = RMSprop.from_config({"name": "x", "learning_rate": entry})
+    assert type(opt.learning_rate).__name__ == "ExponentialDecay"
+    assert float(opt._hyperparameters.current("learning_rate", 4)) == pytest.approx(0.025)
 
 
 def test_config_rejects_plain_function_schedules():

@@ -82,46 +82,82 @@ def serialize_schedule(value: Any) -> dict[str, Any]:
     }
 
 
+# The packages a config's ``module`` may name: a class found there must still be a Keras
+# ``LearningRateSchedule``. Anything else comes from ``custom_objects`` (as in Keras 3).
+_SCHEDULE_PACKAGES = ("keras", "tf_keras", "tensorflow")
+
+
+def _is_learning_rate_schedule_class(cls: Any) -> bool:
+    """A subclass of a Keras ``LearningRateSchedule`` (TF Keras, tf_keras or Keras 3)."""
+    return isinstance(cls, type) and any(
+        base.__name__ == "LearningRateSchedule"
+        and (base.__module__ or "").split(".")[0] in _SCHEDULE_PACKAGES
+        for base in cls.__mro__
+    )
+
+
 def deserialize_schedule(config: dict[str, Any], custom_objects: dict[str, Any] | None = None):
     """Rebuilds an object from :func:`serialize_schedule`'s dict (or Keras's own).
 
-    The class is looked up in ``custom_objects`` by ``class_name``, else imported from ``module``
-    (for TF Keras' public ``keras.*`` names, ``tf_keras.*`` first when installed); it is rebuilt
-    with ``cls.from_config(config)`` when it has one, else ``cls(**config)``.
+    The class is looked up in ``custom_objects`` by ``class_name``. Otherwise it is imported from
+    ``module`` only when that module belongs to Keras, tf_keras or TensorFlow (for TF Keras'
+    public ``keras.*`` names, ``tf_keras.*`` first when installed) and the class is a Keras
+    ``LearningRateSchedule``: a config read from a file names what gets imported and called, so
+    nothing else is (any other class, e.g. your own schedule, goes in ``custom_objects``). The
+    object is rebuilt with ``cls.from_config(config)`` when it has one, else ``cls(**config)``.
     """
-    if "class_name" not in config or "config" not in config:
+    if not isinstance(config, dict) or "class_name" not in config or "config" not in config:
         raise ValueError(f"Cannot deserialize {config!r}: expected 'class_name' and 'config' keys")
     name = config["class_name"]
+    if not isinstance(name, str):
+        raise ValueError(f"Cannot deserialize {config!r}: 'class_name' must be a string")
     cls = (custom_objects or {}).get(name)
     if cls is None:
-        module = config.get("module")
-        if not module:
-            raise ValueError(
-                f"Cannot deserialize {name!r}: no 'module' in its config; pass the class in "
-                "`custom_objects`"
-            )
-        # TF 2.x Keras writes its public "keras." module names: prefer tf_keras (Keras 2) there.
-        candidates = [module]
-        if module.startswith("keras."):
-            candidates.insert(0, "tf_keras." + module[len("keras.") :])
-        for candidate in candidates:
-            try:
-                obj: Any = importlib.import_module(candidate)
-                for part in name.split("."):
-                    obj = getattr(obj, part)
-            except (ImportError, AttributeError):
-                continue
-            cls = obj
-            break
-        else:
-            raise ValueError(
-                f"Cannot deserialize {name!r}: not found in {candidates}; pass the class in "
-                "`custom_objects`"
-            )
+        cls = _import_schedule_class(name, config.get("module"))
     inner = config["config"]
+    if not isinstance(inner, dict):
+        raise ValueError(f"Cannot deserialize {name!r}: its 'config' must be a dict, got {inner!r}")
     if hasattr(cls, "from_config"):
         return cls.from_config(inner)
     return cls(**inner)
+
+
+def _import_schedule_class(name: str, module: Any) -> Any:
+    """The Keras ``LearningRateSchedule`` class ``name`` of ``module`` (see
+    :func:`deserialize_schedule`); raises ``ValueError`` for anything else, before importing a
+    module outside Keras / tf_keras / TensorFlow or calling anything."""
+    if not module or not isinstance(module, str):
+        raise ValueError(
+            f"Cannot deserialize {name!r}: no 'module' in its config; pass the class in "
+            "`custom_objects`"
+        )
+    if module.split(".")[0] not in _SCHEDULE_PACKAGES:
+        raise ValueError(
+            f"Cannot deserialize {name!r} from module {module!r}: only Keras learning-rate "
+            "schedules are imported from a config (keras, tf_keras, tensorflow); pass your own "
+            f"class as `custom_objects={{{name!r}: cls}}`"
+        )
+    # TF 2.x Keras writes its public "keras." module names: prefer tf_keras (Keras 2) there.
+    candidates = [module]
+    if module.startswith("keras."):
+        candidates.insert(0, "tf_keras." + module[len("keras.") :])
+    for candidate in candidates:
+        try:
+            obj: Any = importlib.import_module(candidate)
+            for part in name.split("."):
+                obj = getattr(obj, part)
+        except (ImportError, AttributeError):
+            continue
+        if not _is_learning_rate_schedule_class(obj):
+            raise ValueError(
+                f"Cannot deserialize {name!r} from module {candidate!r}: it is not a Keras "
+                "LearningRateSchedule; pass the class in `custom_objects` if you trust it"
+            )
+        return obj
+    raise ValueError(
+        f"Cannot deserialize {name!r}: not found in {candidates}; pass the class in "
+        "`custom_objects`"
+    )
 
 
 def serialize_hyperparameter(name: str, value: Any, source: Any = None) -> Any:
