@@ -216,3 +216,148 @@ def test_indices_and_values_may_be_python_lists():
     chex.assert_trees_all_equal(tx.update(g, tx.init(t))[0], tx.update(dense, tx.init(t))[0])
     with pytest.raises(ValueError, match="indices"):
         jrmsprop.IndexedSlices([[1.0, 2.0]], [3], (3, 2))
+
+
+# ---- apply_updates refuses updates the parameter's dtype cannot hold ---------------------------
+
+
+@pytest.mark.parametrize(
+    "param, update, words",
+    [
+        (jnp.zeros(2), jnp.array([1j, 1j]), ["['w']", "complex", "imaginary", "`updates`"]),
+        (jnp.zeros(2, jnp.bfloat16), jnp.ones(2, jnp.complex64), ["['w']", "imaginary"]),
+        (jnp.array([1, 2]), jnp.array([0.9, 0.9]), ["['w']", "float32", "int32", "truncate"]),
+        (jnp.array([1, 2]), 0.5, ["['w']", "truncate"]),  # a Python float
+        (jnp.array([1, 2]), jnp.ones(2, jnp.complex64), ["['w']", "complex"]),
+        (jnp.array([True, False]), jnp.ones(2), ["['w']", "truncate"]),
+        (
+            jnp.zeros((3, 2)),
+            jrmsprop.IndexedSlices(jnp.full((1, 2), 1j), jnp.array([1]), (3, 2)),
+            ["['w']", "IndexedSlices update", "imaginary"],
+        ),
+        (
+            jnp.zeros((3, 2), jnp.int32),
+            jrmsprop.IndexedSlices(jnp.full((1, 2), 0.5), jnp.array([1]), (3, 2)),
+            ["['w']", "IndexedSlices update", "truncate"],
+        ),
+    ],
+)
+def test_apply_updates_refuses_updates_the_parameter_cannot_hold(param, update, words):
+    """optax.apply_updates drops the imaginary part of a complex update on a real parameter and
+    truncates a float update on an integer one; jrmsprop's refuses, naming the leaf."""
+    params = {"b": jnp.ones(2), "w": param}
+    for fn in (jrmsprop.apply_updates, jax.jit(jrmsprop.apply_updates)):
+        with pytest.raises(TypeError, match="apply_updates") as info:
+            fn(params, {"b": jnp.ones(2), "w": update})
+        for word in words:
+            assert word in str(info.value), (word, str(info.value))
+
+
+@pytest.mark.parametrize(
+    "param, update",
+    [
+        (jnp.zeros(2, jnp.bfloat16), jnp.full(2, 0.3, jnp.float32)),  # rounded down, as in optax
+        (jnp.zeros(2, jnp.float16), jnp.full(2, 0.3, jnp.float32)),
+        (jnp.zeros(2, jnp.float32), np.full(2, 0.3, np.float64)),
+        (jnp.zeros(2), jnp.array([2, 3])),  # integer update on a float parameter
+        (jnp.zeros(2), 2),
+        (jnp.zeros(2, jnp.complex64), jnp.full(2, 0.3)),  # real update on a complex parameter
+        (jnp.zeros(2, jnp.complex64), jnp.full(2, 0.3 + 1j, jnp.complex64)),
+        (jnp.array([1, 2]), jnp.array([3, 4])),  # integers on integers
+        (jnp.array([1, 2], jnp.int8), jnp.array([3, 4], jnp.int32)),
+    ],
+)
+def test_apply_updates_keeps_optax_results_for_lossless_kinds(param, update):
+    params, updates = {"w": param, "n": None}, {"w": update, "n": None}
+    with jax.numpy_dtype_promotion("standard"):  # the suite is strict; users' code is not
+        got, want = jrmsprop.apply_updates(params, updates), optax.apply_updates(params, updates)
+    assert got["n"] is None
+    assert got["w"].dtype == param.dtype == want["w"].dtype
+    np.testing.assert_array_equal(got["w"], want["w"])
+    # a None update leaves any parameter alone, whatever its dtype
+    assert jrmsprop.apply_updates({"w": param}, {"w": None})["w"] is param
+
+
+# ---- IndexedSlices checks what a user builds, not what JAX rebuilds ---------------------------
+
+
+@pytest.mark.parametrize(
+    "values, indices, shape, error, words",
+    [
+        (None, [0], (4, 3), TypeError, "`values` must be an array, got None"),
+        (np.ones((1, 3)), None, (4, 3), TypeError, "`indices` must be an array, got None"),
+        (np.ones((1, 3)), 0, (4, 3), ValueError, r"`indices` must be 1-D, got shape \(\)"),
+        (np.ones((1, 3)), np.int32(0), (4, 3), ValueError, "`indices` must be 1-D"),
+        ("abc", [0], (4, 3), TypeError, "`values` must be an array, got 'abc'"),
+        (np.array(["a", "b"]), [0, 1], (4,), TypeError, "`values` must be a numeric array"),
+        ([["a", "b", "c"]], [0], (4, 3), TypeError, "`values` must be a numeric array"),
+        ([[1.0, 2.0], [1.0]], [0, 1], (4, 2), ValueError, "`values` must be an array"),
+        (object(), [0], (4, 3), TypeError, "`values` must be an array, got object"),
+        (np.ones((1, 3)), "0", (4, 3), TypeError, "`indices` must be an array"),
+        (np.ones((1, 3)), [0], (True, 3), TypeError, "`dense_shape` must be a tuple of ints"),
+        (np.ones((1, 3)), [0], (4, np.bool_(True)), TypeError, "is a boolean"),
+        (np.ones((1, 3)), [0], True, TypeError, "`dense_shape` must be a tuple of ints"),
+        (np.ones((1, 3)), [0], ((4,), 3), ValueError, "`dense_shape` must be a flat tuple"),
+        (np.ones((1, 3)), [0], [[4, 3]], ValueError, "`dense_shape` must be a flat tuple"),
+        (np.ones((1, 3)), [0], np.array([[4, 3]]), ValueError, r"\(1-D\)"),
+        (np.ones((1, 3)), [0], None, TypeError, "`dense_shape` must be a tuple of ints"),
+        (np.ones((1, 3)), [0], (4, None), TypeError, "`dense_shape` must be a tuple of ints"),
+        (np.ones((1, 3)), [0], (2**64, 3), ValueError, "`dense_shape` .* more elements"),
+        (np.ones((1, 3)), [0], (2**62, 3), ValueError, "`dense_shape` .* more elements"),
+        (np.ones((1, 3)), [0], (-(2**64), 3), ValueError, "`dense_shape` must not be negative"),
+    ],
+)
+def test_indexed_slices_refuses_bad_parts_naming_them(values, indices, shape, error, words):
+    with pytest.raises(error, match=rf"IndexedSlices: .*{words}|IndexedSlices: {words}"):
+        jrmsprop.IndexedSlices(values, indices, shape)
+
+
+@pytest.mark.parametrize(
+    "shape", [(4, 3), [4, 3], np.array([4, 3]), jnp.array([4, 3]), (np.int64(4), jnp.int32(3))]
+)
+def test_indexed_slices_dense_shape_may_be_any_flat_sequence_of_ints(shape):
+    g = jrmsprop.IndexedSlices(jnp.ones((1, 3)), jnp.array([1]), shape)
+    assert g.dense_shape == (4, 3) and all(type(d) is int for d in g.dense_shape)
+
+
+def test_indexed_slices_checks_run_on_construction_only_not_on_unflattening():
+    """JAX rebuilds the node through tree_unflatten with tracers, None or placeholder objects:
+    none of that goes through the constructor's checks."""
+    g = jrmsprop.IndexedSlices(jnp.ones((2, 3)), jnp.array([0, 2]), (4, 3))
+    as_none = jax.tree.map(lambda x: None, g)
+    assert isinstance(as_none, jrmsprop.IndexedSlices) and as_none.values is None
+    marker = object()
+    assert jax.tree.map(lambda x: marker, g).indices is marker
+    treedef = jax.tree.structure(g)
+    assert jax.tree.unflatten(treedef, ["not", "arrays"]).values == "not"
+    # traced inside jit, vmap and eval_shape
+    dense = jax.jit(lambda v, i: jrmsprop.IndexedSlices(v, i, (4, 3)).to_dense())(
+        g.values, g.indices
+    )
+    np.testing.assert_array_equal(dense, g.to_dense())
+    batched = jax.vmap(lambda v: jrmsprop.IndexedSlices(v, g.indices, (4, 3)).to_dense())(
+        jnp.stack([g.values, 2 * g.values])
+    )
+    np.testing.assert_array_equal(batched[1], 2 * g.to_dense())
+    shapes = jax.eval_shape(lambda: jrmsprop.IndexedSlices(g.values, g.indices, (4, 3)))
+    assert shapes.values.shape == (2, 3) and shapes.dense_shape == (4, 3)
+    # abstract parts are accepted as given
+    abstract = jrmsprop.IndexedSlices(
+        jax.ShapeDtypeStruct((2, 3), jnp.float32), jax.ShapeDtypeStruct((2,), jnp.int32), (4, 3)
+    )
+    assert abstract.shape == (4, 3)
+    # a dense_shape that is traced cannot be static
+    with pytest.raises(TypeError, match="`dense_shape` must be static"):
+        jax.jit(lambda n: jrmsprop.IndexedSlices(g.values, g.indices, (n, 3)))(4)
+    # densify / to_dense of a rebuilt node without arrays say so, instead of an AttributeError
+    with pytest.raises(TypeError, match=r"to_dense: `values` is None, not an array"):
+        jrmsprop.densify({"e": as_none})
+
+
+def test_indexed_slices_built_with_bad_parts_never_reaches_update():
+    """The reproducers of the sweep: these failed deep inside update / densify before."""
+    tx = jrmsprop.rmsprop(0.1)
+    state = tx.init({"e": jnp.zeros((4, 3))})
+    for values, indices in ((jnp.ones((1, 3)), 0), (None, [0]), (jnp.ones((1, 3)), None)):
+        with pytest.raises((TypeError, ValueError), match="IndexedSlices: `(values|indices)`"):
+            tx.update({"e": jrmsprop.IndexedSlices(values, indices, (4, 3))}, state)

@@ -374,3 +374,40 @@ def test_hyperparameters_that_change_at_run_time():
         want = reference(jrmsprop.rmsprop(lr, rho, momentum=0.9), params, [grads])
         chex.assert_trees_all_equal(got, want)
     assert step._cache_size() == 1
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("jit", [False, True])
+def test_a_none_parameter_leaf_with_a_gradient_is_refused_naming_params(fused, jit):
+    """tx.update takes a None parameter leaf; update_and_apply has nothing to add the step to:
+    a ValueError naming `params` and the leaf, before anything runs (not the kernel's or
+    apply_updates's internal error)."""
+    tx = jrmsprop.rmsprop(0.1, momentum=0.9)
+    params = {"w": jnp.ones(2), "layers": [jnp.ones(3), jnp.ones((2, 2))]}
+    state = tx.update(params, tx.init(params), params)[1]  # not all zeros
+    snapshot = jax.tree.map(np.array, (params, state))
+    bad = {**params, "layers": [params["layers"][0], None]}
+
+    def call(g, s, p):
+        return jrmsprop.update_and_apply(tx, g, s, p, fused=fused)
+
+    fn = jax.jit(call) if jit else call
+    with pytest.raises(ValueError) as info:
+        fn(params, state, bad)
+    message = str(info.value)
+    assert message.startswith("update_and_apply: `params` at ['layers'][1] is None"), message
+    chex.assert_trees_all_equal((params, state), snapshot)  # nothing changed
+    # a None gradient there too is a leaf that is not trained: it passes through
+    grads = {**params, "layers": [params["layers"][0], None]}
+    got_p, got_s = fn(grads, state, bad)
+    assert got_p["layers"][1] is None
+    want_u, want_s = tx.update(grads, state, bad)
+    chex.assert_trees_all_equal(got_s, want_s)
+    chex.assert_trees_all_equal(got_p["w"], jrmsprop.apply_updates(params["w"], want_u["w"]))
+
+
+def test_a_none_parameter_leaf_of_the_sweep_is_refused():
+    tx = jrmsprop.rmsprop(0.1)
+    state = tx.init({"w": jnp.ones(2)})
+    with pytest.raises(ValueError, match=r"`params` at \['w'\] is None"):
+        jrmsprop.update_and_apply(tx, {"w": jnp.ones(2)}, state, {"w": None})

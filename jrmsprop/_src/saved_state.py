@@ -743,14 +743,64 @@ def _torch_flags(groups: list[Mapping[str, Any]]) -> tuple[bool, bool]:
                 f"or False, got {c!r}"
             )
         flags.add((float(m) > 0, bool(c)))
-    if len(flags) > 1:
-        raise ValueError(
-            "state_from_torch: param groups differ in momentum/centered: "
-            + json.dumps(
-                [{k: v for k, v in g.items() if k != "params"} for g in groups], default=str
-            )
-        )
+    _check_torch_groups_agree(groups)
     return flags.pop() if flags else (False, False)
+
+
+# The hyperparameters of a torch.optim.RMSprop param group and torch's defaults (what a group
+# that lacks the key uses). ``state_from_torch`` returns one state for one ``compat.torch``: the
+# groups must agree on all of them.
+_TORCH_GROUP_DEFAULTS: dict[str, Any] = {
+    "lr": 0.01,
+    "alpha": 0.99,
+    "eps": 1e-8,
+    "weight_decay": 0,
+    "momentum": 0,
+    "centered": False,
+    "maximize": False,
+}
+
+
+def _torch_group_value(value: Any) -> Any:
+    """A group's hyperparameter as a comparable Python value (a tensor or NumPy scalar included;
+    NaN equals NaN), or its ``repr`` when it is not a number."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    try:
+        number = float(value)
+    except (TypeError, ValueError, RuntimeError):
+        return repr(value)
+    return "nan" if math.isnan(number) else number
+
+
+def _check_torch_groups_agree(groups: list[Mapping[str, Any]]) -> None:
+    """Refuses param groups whose hyperparameters (see ``_TORCH_GROUP_DEFAULTS``) differ, naming
+    the groups and the keys; a key a group lacks counts as torch's default."""
+    if len(groups) < 2:
+        return
+    present = [key for key in _TORCH_GROUP_DEFAULTS if any(key in g for g in groups)]
+
+    def value(group: Mapping[str, Any], key: str) -> Any:
+        return _torch_group_value(group.get(key, _TORCH_GROUP_DEFAULTS[key]))
+
+    differing = {
+        k: [key for key in present if value(g, key) != value(groups[0], key)]
+        for k, g in enumerate(groups)
+    }
+    keys = [key for key in present if any(key in d for d in differing.values())]
+    if not keys:
+        return
+    shown = "; ".join(
+        f"group {k} has " + json.dumps({key: value(g, key) for key in keys}, default=str)
+        for k, g in enumerate(groups)
+        if k == 0 or differing[k]
+    )
+    raise ValueError(
+        f"state_from_torch: the param groups of `state_dict['param_groups']` differ in {keys} "
+        f"({shown}; a missing key counts as torch's default); one compat.torch(...) state "
+        "serves groups with equal hyperparameters only (split the state_dict into one per group "
+        "and load each for its own compat.torch)"
+    )
 
 
 def state_from_torch(state_dict: Mapping[str, Any], params: Any) -> RMSpropState:
@@ -758,8 +808,13 @@ def state_from_torch(state_dict: Mapping[str, Any], params: Any) -> RMSpropState
 
     Args:
       state_dict: the optimizer's ``state_dict()`` (tensors or NumPy arrays). One param group,
-        or several whose hyperparameters agree. Parameter indices may be ints or their decimal
-        strings (as after a JSON round trip).
+        or several whose hyperparameters agree: groups that differ in ``lr``, ``alpha``,
+        ``eps``, ``weight_decay``, ``momentum``, ``centered`` or ``maximize`` (a key a group
+        lacks counts as torch's default) raise a ``ValueError``, since one
+        :func:`jrmsprop.compat.torch` cannot reproduce them. Parameter indices may be ints or
+        their decimal strings (as after a JSON round trip). With momentum 0 the state has no
+        momentum slot: a ``momentum_buffer`` entry (torch keeps one from an earlier run with
+        momentum but never reads it at momentum 0) is ignored.
       params: the JAX parameters, a pytree whose leaves are in the order of the torch
         optimizer's parameter list.
 

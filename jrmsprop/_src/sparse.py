@@ -19,6 +19,7 @@ end, as in NumPy.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
@@ -50,19 +51,18 @@ class IndexedSlices:
     __slots__ = ("values", "indices", "dense_shape")
 
     def __init__(self, values: Any, indices: Any, dense_shape: Any):
-        # Python lists / tuples become NumPy arrays (checked below like any concrete indices).
-        if isinstance(values, (list, tuple)):
-            values = np.asarray(values)
-        if isinstance(indices, (list, tuple)):
-            indices = np.asarray(indices, dtype=np.int32 if len(indices) == 0 else None)
-        self.values = values
-        self.indices = indices
+        # Only a user's call runs these checks: JAX rebuilds the node (with tracers, or with
+        # whatever a tree utility put in its leaves) through ``tree_unflatten``, which bypasses
+        # ``__init__``. Python lists / tuples / numbers become NumPy arrays.
+        values = _as_array("values", values)
+        indices = _as_array("indices", indices)
         self.dense_shape = _as_shape(dense_shape)
         values_shape = getattr(values, "shape", None)
         indices_shape = getattr(indices, "shape", None)
         if indices_shape is not None and len(indices_shape) != 1:
+            hint = " (one index i: pass [i])" if len(indices_shape) == 0 else ""
             raise ValueError(
-                f"IndexedSlices: `indices` must be 1-D, got shape {tuple(indices_shape)}"
+                f"IndexedSlices: `indices` must be 1-D, got shape {tuple(indices_shape)}{hint}"
             )
         if values_shape is not None and indices_shape is not None:
             if tuple(values_shape[:1]) != tuple(indices_shape) or tuple(values_shape[1:]) != tuple(
@@ -88,6 +88,8 @@ class IndexedSlices:
                         f"IndexedSlices: `indices` must lie in [0, {self.dense_shape[0]}) "
                         f"(dense_shape[0]), got {int(bad)}"
                     )
+        self.values = values
+        self.indices = indices
 
     def tree_flatten(self):
         return (self.values, self.indices), self.dense_shape
@@ -109,6 +111,13 @@ class IndexedSlices:
 
     def to_dense(self) -> jax.Array:
         """The dense tensor (duplicates summed)."""
+        for name in ("values", "indices"):
+            part = getattr(self, name)
+            if not (hasattr(part, "shape") and hasattr(part, "dtype")):
+                raise TypeError(
+                    f"IndexedSlices.to_dense: `{name}` is {_describe(part)}, not an array (this "
+                    "IndexedSlices was rebuilt by a tree utility with other leaves)"
+                )
         zeros = jnp.zeros(self.dense_shape, self.values.dtype)
         return zeros.at[self.indices].add(self.values, mode="drop")
 
@@ -119,23 +128,107 @@ class IndexedSlices:
         )
 
 
+# The largest number of elements an array may have (XLA counts them in int64; a larger dense
+# shape aborts the process when the dense tensor is built).
+_MAX_ELEMENTS = 2**63 - 1
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return f"{text[:80]}..." if len(text) > 80 else text
+
+
+def _as_array(name: str, value: Any) -> Any:
+    """``values`` / ``indices`` as given (an array or tracer) or as a NumPy array (Python lists,
+    tuples and numbers); a ``TypeError`` naming ``name`` for anything else (None, a string, a
+    non-numeric dtype)."""
+    if value is None or isinstance(value, (str, bytes)):
+        raise TypeError(f"IndexedSlices: `{name}` must be an array, got {_describe(value)}")
+    if not (hasattr(value, "shape") and hasattr(value, "dtype")):
+        if not isinstance(value, (list, tuple, bool, int, float, complex, np.generic)):
+            raise TypeError(f"IndexedSlices: `{name}` must be an array, got {type(value).__name__}")
+        try:
+            if name == "indices" and isinstance(value, (list, tuple)) and len(value) == 0:
+                value = np.zeros(0, np.int32)
+            else:
+                value = np.asarray(value)
+        except (TypeError, ValueError) as e:  # ragged nested lists
+            raise ValueError(
+                f"IndexedSlices: `{name}` must be an array, got {_describe(value)} "
+                f"({validation.abbreviated(e, 200)})"
+            ) from e
+    try:
+        dtype = np.dtype(value.dtype)
+    except TypeError as e:
+        raise TypeError(
+            f"IndexedSlices: `{name}` must be an array, got {type(value).__name__} with dtype "
+            f"{value.dtype!r}"
+        ) from e
+    if not (dtype == np.bool_ or jnp.issubdtype(dtype, jnp.number)):
+        raise TypeError(
+            f"IndexedSlices: `{name}` must be a numeric array, got dtype {dtype} "
+            f"({_describe(value)})"
+        )
+    return value
+
+
+def _is_bool(value: Any) -> bool:
+    return isinstance(value, (bool, np.bool_)) or getattr(value, "dtype", None) == np.bool_
+
+
 def _as_shape(dense_shape: Any) -> tuple[int, ...]:
+    if dense_shape is None or isinstance(dense_shape, (str, bytes)) or _is_bool(dense_shape):
+        raise TypeError(
+            f"IndexedSlices: `dense_shape` must be a tuple of ints, got {_describe(dense_shape)}"
+        )
+    if isinstance(dense_shape, (list, tuple)):
+        for entry in dense_shape:
+            if _is_bool(entry):  # NumPy would read True as 1
+                raise TypeError(
+                    f"IndexedSlices: `dense_shape` must be a tuple of ints, got "
+                    f"{_describe(dense_shape)} (the entry {entry!r} is a boolean)"
+                )
+            if isinstance(entry, (list, tuple)) or np.ndim(entry) != 0:
+                raise ValueError(
+                    f"IndexedSlices: `dense_shape` must be a flat tuple of ints, got "
+                    f"{_describe(dense_shape)} (the entry {_describe(entry)} is not one int)"
+                )
+    if isinstance(dense_shape, (list, tuple)) and all(
+        isinstance(d, (int, np.integer)) for d in dense_shape
+    ):  # (Python ints beyond int64 would make NumPy build an object array)
+        return _checked_shape(tuple(int(d) for d in dense_shape))
     try:
         array = np.asarray(dense_shape)
-        shape = tuple(int(d) for d in array.reshape(-1))
-    except (TypeError, ValueError, jax.errors.ConcretizationTypeError) as e:
+    except (TypeError, ValueError) as e:  # a traced entry (or an unconvertible object)
         raise TypeError(
-            f"IndexedSlices: `dense_shape` must be static (a tuple of ints), got {dense_shape!r}"
+            f"IndexedSlices: `dense_shape` must be static (a tuple of ints), got "
+            f"{_describe(dense_shape)}: {validation.abbreviated(e, 200)}"
         ) from e
-    if shape and array.dtype.kind not in "iu":
-        raise TypeError(
-            f"IndexedSlices: `dense_shape` must be a tuple of ints, got {dense_shape!r} "
-            f"(dtype {array.dtype})"
+    if array.ndim == 0 and array.dtype.kind in "iu":  # a bare int: a 1-D shape, as in JAX
+        array = array.reshape(1)
+    if array.ndim != 1:
+        raise ValueError(
+            "IndexedSlices: `dense_shape` must be a flat tuple of ints (1-D), got "
+            f"{_describe(dense_shape)} of shape {array.shape}"
         )
+    if array.size and array.dtype.kind not in "iu":
+        raise TypeError(
+            f"IndexedSlices: `dense_shape` must be a tuple of ints, got "
+            f"{_describe(dense_shape)} (dtype {array.dtype})"
+        )
+    return _checked_shape(tuple(int(d) for d in array))
+
+
+def _checked_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
     if not shape:
         raise ValueError("IndexedSlices: `dense_shape` must have at least one dimension")
     if min(shape) < 0:
         raise ValueError(f"IndexedSlices: `dense_shape` must not be negative, got {shape}")
+    if max(shape) > _MAX_ELEMENTS or (min(shape) > 0 and math.prod(shape) > _MAX_ELEMENTS):
+        raise ValueError(
+            f"IndexedSlices: `dense_shape` {shape} has more elements than an array can hold "
+            "(2**63 - 1)"
+        )
     return shape
 
 
@@ -271,6 +364,12 @@ def apply_updates(params: Any, updates: Any) -> Any:
     the parameter unchanged) and, for an ``IndexedSlices`` update, adds its rows to the named
     rows of the parameter only (duplicates add up; out-of-range padding rows are dropped).
 
+    An update the parameter's dtype cannot hold raises a ``TypeError`` naming the leaf, where
+    ``optax.apply_updates`` silently loses it: a complex update on a real parameter (the
+    imaginary part) and a floating-point or complex update on an integer or boolean parameter
+    (truncated). A float32 update on a bfloat16 / float16 parameter is rounded to it, as optax
+    does.
+
     The result also keeps each parameter's shape: an update of another shape raises a
     ``ValueError`` naming the leaf, unless it broadcasts to the parameter's shape (a scalar, say).
     ``optax.apply_updates`` would broadcast the parameter up instead (a ``(2,)`` parameter plus a
@@ -317,7 +416,9 @@ def _apply_one(path: Any, param: Any, update: Any) -> Any:
                 f"apply_updates: the IndexedSlices update at {where} has dense_shape "
                 f"{tuple(update.dense_shape)}; the parameter there has shape {param.shape}"
             )
+        _check_lossless(where, param.dtype, update.values, "IndexedSlices update")
         return param.at[update.indices].add(update.values.astype(param.dtype), mode="drop")
+    _check_lossless(where, param.dtype, update, "update")
     shape = tuple(jnp.shape(update))
     try:
         fits = shape == param.shape or jnp.broadcast_shapes(param.shape, shape) == param.shape
@@ -330,3 +431,44 @@ def _apply_one(path: Any, param: Any, update: Any) -> Any:
             "it without changing it)"
         )
     return jnp.asarray(param + update).astype(param.dtype)
+
+
+def _update_dtype(update: Any) -> np.dtype | None:
+    """The dtype of an update leaf (a Python number's NumPy dtype), None when it has none."""
+    dtype = getattr(update, "dtype", None)
+    if dtype is None:
+        try:
+            dtype = np.asarray(update).dtype
+        except (TypeError, ValueError):
+            return None
+    try:
+        return np.dtype(dtype)
+    except TypeError:
+        return None
+
+
+def _check_lossless(where: str, param_dtype: Any, update: Any, what: str) -> None:
+    """Refuses an update whose kind the parameter's dtype cannot hold: a complex update on a real
+    parameter (its imaginary part would be dropped) and a floating-point or complex update on an
+    integer or boolean parameter (it would be truncated). A float32 update on a bfloat16 or
+    float16 parameter only rounds (as ``optax.apply_updates`` does), and an integer update on a
+    floating-point parameter is exact enough: both are allowed."""
+    dtype = _update_dtype(update)
+    if dtype is None:
+        return
+    param_dtype = jnp.dtype(param_dtype)
+    update_complex = jnp.issubdtype(dtype, jnp.complexfloating)
+    param_complex = jnp.issubdtype(param_dtype, jnp.complexfloating)
+    param_inexact = jnp.issubdtype(param_dtype, jnp.inexact)
+    if update_complex and not param_complex:
+        raise TypeError(
+            f"apply_updates: the {what} at {where} is complex ({dtype.name}) but the parameter "
+            f"there is {param_dtype.name}: adding it would drop the imaginary part (take the "
+            "real part of `updates`, or make `params` complex)"
+        )
+    if jnp.issubdtype(dtype, jnp.inexact) and not param_inexact:
+        raise TypeError(
+            f"apply_updates: the {what} at {where} has dtype {dtype.name} but the parameter there "
+            f"is {param_dtype.name}: adding it would truncate the update (`params` must be "
+            "floating-point, or `updates` integers)"
+        )
