@@ -561,3 +561,266 @@ def test_injected_momentum_without_a_buffer_names_the_preset(make, prefix):
     words = rf"^{prefix}: `momentum` .*inject_hyperparams\({prefix}\)\(momentum=0.0\)"
     with pytest.raises(ValueError, match=words):
         tx.update(jnp.ones(3), state, p)
+
+
+# --------------------------------------------------------------------------- integers, overflow
+
+P3 = {"w": jnp.array([1.0, 2.0, 3.0])}
+G3 = {"w": jnp.array([0.5, -1.0, 2.0])}
+
+
+def _step(tx: Any, count: int = 0) -> jax.Array:
+    state = tx.init(P3)._replace(count=jnp.asarray(count, jnp.int32))
+    return tx.update(G3, state, P3)[0]["w"]
+
+
+# factory, its other arguments, the argument under test (the user's name)
+INTEGER_ARGUMENTS = [
+    (jrmsprop.rmsprop, {}, "learning_rate"),
+    (jrmsprop.rmsprop, {"learning_rate": 0.1}, "decay"),
+    (compat.keras3, {}, "learning_rate"),
+    (compat.keras3, {}, "weight_decay"),
+    (compat.torch, {}, "lr"),
+    (compat.torch, {}, "weight_decay"),
+    (compat.tf1, {}, "learning_rate"),
+    (compat.optax_rmsprop, {}, "learning_rate"),
+]
+BIG_INTEGERS = [
+    pytest.param(np.int64(2**32), id="int64-2**32"),  # was lr 0 (wrapped to int32)
+    pytest.param(np.int64(2**31), id="int64-2**31"),  # was a negative lr (ascent)
+    pytest.param(np.uint64(2**63 + 2**40), id="uint64"),
+    pytest.param(np.asarray(2**33), id="0d-int64-array"),
+    pytest.param(2**31, id="python-2**31"),  # was an OverflowError at update
+    pytest.param(2**64, id="python-2**64"),  # was "must be a real number"
+]
+
+
+@pytest.mark.parametrize("value", BIG_INTEGERS)
+@pytest.mark.parametrize(
+    "factory, base, arg",
+    INTEGER_ARGUMENTS,
+    ids=[f"{f.__name__}-{a}" for f, _, a in INTEGER_ARGUMENTS],
+)
+def test_integer_hyperparameters_are_used_as_python_floats(factory, base, arg, value):
+    """A NumPy or Python integer is its value as a Python float, never narrowed to int32."""
+    as_float = float(value) if isinstance(value, int) else float(np.asarray(value))
+    for count in (0, 3):  # 3: the inverse-time decay counts
+        got = _step(factory(**{**base, arg: value}), count)
+        want = _step(factory(**{**base, arg: as_float}), count)
+        np.testing.assert_array_equal(got, want)
+        assert np.all(np.isfinite(np.asarray(got))) and np.any(np.asarray(got) != 0)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [jrmsprop.clip_by_value, jrmsprop.clip_by_norm, jrmsprop.clip_by_global_norm],
+    ids=lambda f: f.__name__,
+)
+@pytest.mark.parametrize("value", BIG_INTEGERS)
+def test_integer_clip_thresholds_are_used_as_python_floats(make, value):
+    as_float = float(value) if isinstance(value, int) else float(np.asarray(value))
+    got = make(value).update(G3, optax.EmptyState())[0]["w"]
+    want = make(as_float).update(G3, optax.EmptyState())[0]["w"]
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_allclose(got, G3["w"], rtol=1e-6)  # a huge threshold clips nothing
+
+
+@pytest.mark.parametrize(
+    "call, arg",
+    [
+        (lambda: jrmsprop.rmsprop(learning_rate=10**400), "learning_rate"),
+        (lambda: compat.torch(weight_decay=-(10**400)), "weight_decay"),
+        (lambda: jrmsprop.clip_by_norm(10**400), "clip_norm"),
+    ],
+    ids=["rmsprop-lr", "torch-wd", "clip_by_norm"],
+)
+def test_an_integer_too_large_for_float64_is_refused(call, arg):
+    with pytest.raises(ValueError, match=rf"`{arg}` must be a finite number, .*float64"):
+        call()
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit-of-update"])
+@pytest.mark.parametrize(
+    "count",
+    [np.int64(2**40), np.int64(2**31), np.int64(-(2**31) - 1), np.uint32(2**31)],
+    ids=["int64-2**40", "int64-2**31", "int64-below-int32", "uint32-2**31"],
+)
+def test_a_count_that_does_not_fit_int32_is_refused(count, jit):
+    """A concrete int64/uint32 ``state.count`` outside int32 would wrap (2**40 -> 0) in jit."""
+    tx = _make_tx()
+    state = tx.init(PARAMS)._replace(count=count)
+    snapshot = _snapshot(state)
+    if jit:  # the caller's jit narrows it before jrmsprop sees it: only a closed-over one is seen
+        update = jax.jit(lambda g, p: tx.update(g, state, p))
+    else:
+        update = lambda g, p: tx.update(g, state, p)
+    with pytest.raises(ValueError, match=r"^rmsprop: `state\.count` is -?\d+, .*int32"):
+        update(GOOD_GRADS, PARAMS)
+    _assert_unchanged(state, snapshot)
+
+
+def test_an_int64_count_that_fits_int32_is_used():
+    tx = _make_tx()
+    state = tx.init(PARAMS)
+    got = tx.update(GOOD_GRADS, state._replace(count=np.int64(5)), PARAMS)
+    want = tx.update(GOOD_GRADS, state._replace(count=jnp.asarray(5, jnp.int32)), PARAMS)
+    jax.tree.map(np.testing.assert_array_equal, got, want)
+    assert got[1].count.dtype == jnp.int32 and int(got[1].count) == 6
+
+
+# Every hyperparameter that can be large (ρ and momentum are at most 1), by factory and the
+# user's name; True where the framework stores it as float32 whatever the parameters' dtype
+# (``Rule.float32_hyperparameters``): refused even with x64 on.
+OVERFLOW_ARGUMENTS = [
+    (jrmsprop.rmsprop, {}, "learning_rate", True),
+    (jrmsprop.rmsprop, {}, "decay", True),
+    (jrmsprop.rmsprop, {}, "epsilon", False),
+    (compat.keras3, {}, "learning_rate", True),
+    (compat.keras3, {}, "epsilon", False),
+    (compat.keras3, {}, "weight_decay", False),
+    (compat.torch, {}, "lr", False),
+    (compat.torch, {}, "eps", False),
+    (compat.torch, {}, "weight_decay", False),
+    (compat.tf1, {"learning_rate": 0.1}, "learning_rate", True),
+    (compat.tf1, {"learning_rate": 0.1}, "epsilon", True),
+    (compat.optax_rmsprop, {"learning_rate": 0.1}, "learning_rate", False),
+    (compat.optax_rmsprop, {"learning_rate": 0.1}, "eps", False),
+    (compat.optax_rmsprop, {"learning_rate": 0.1}, "initial_scale", False),
+    (jrmsprop.clip_by_value, {}, "clip_value", False),
+    (jrmsprop.clip_by_norm, {}, "clip_norm", False),
+    (jrmsprop.clip_by_global_norm, {}, "clip_norm", False),
+]
+_OVERFLOW_IDS = [f"{f.__name__}-{a}" for f, _, a, _ in OVERFLOW_ARGUMENTS]
+
+
+def _call(factory: Any, base: dict[str, Any], arg: str, value: Any) -> Any:
+    if factory.__name__.startswith("clip_by"):
+        return factory(value)
+    return factory(**{**base, arg: value})
+
+
+@pytest.mark.parametrize("value", [1e39, np.float64(-1e39) * -1, 3.5e38], ids=repr)
+@pytest.mark.parametrize("factory, base, arg, float32", OVERFLOW_ARGUMENTS, ids=_OVERFLOW_IDS)
+def test_a_value_that_overflows_float32_is_refused(factory, base, arg, float32, value):
+    """Finite but above float32's largest: it would be inf (inf/NaN steps, frozen parameters)."""
+    with pytest.raises(ValueError, match=rf"^`{arg}` must be at most 3\.40282e\+38.*float32"):
+        _call(factory, base, arg, value)
+
+
+@pytest.mark.parametrize("factory, base, arg, float32", OVERFLOW_ARGUMENTS, ids=_OVERFLOW_IDS)
+def test_float32_max_itself_is_accepted(factory, base, arg, float32):
+    _call(factory, base, arg, float(np.finfo(np.float32).max))
+
+
+@pytest.mark.parametrize(
+    "kwargs, arg",
+    [({"decay": 1e39}, "decay"), ({"epsilon": 1e39}, "epsilon"), ({"clipnorm": 1e39}, "clipnorm")],
+    ids=["decay", "epsilon", "clipnorm"],
+)
+def test_the_wrapper_refuses_a_value_that_overflows_float32(kwargs, arg):
+    with pytest.raises(ValueError, match=rf"`{arg}` must be at most .*float32"):
+        jrmsprop.RMSprop(**kwargs)
+
+
+@pytest.mark.parametrize("factory, base, arg, float32", OVERFLOW_ARGUMENTS, ids=_OVERFLOW_IDS)
+def test_with_x64_only_float32_hyperparameters_must_fit_float32(x64, factory, base, arg, float32):
+    """With x64 on, float64 parameters can use a value above float32's range, unless the
+    framework stores that hyperparameter as float32 anyway (Keras's lr, TF1's ε, ...)."""
+    if float32:
+        with pytest.raises(ValueError, match=rf"^`{arg}` must be at most .*used as a float32"):
+            _call(factory, base, arg, 1e39)
+        return
+    tx = _call(factory, base, arg, 1e39)
+    p = {"w": jnp.array([1.0, 2.0, 3.0], jnp.float64)}
+    g = {"w": jnp.array([0.5, -1.0, 2.0], jnp.float64)}
+    updates = tx.update(g, tx.init(p), p)[0]["w"]
+    assert updates.dtype == jnp.float64
+    assert np.all(np.isfinite(np.asarray(updates))), updates
+
+
+# --------------------------------------------------------------------------- schedules
+
+# factory, its other arguments, the argument (user's name), a schedule with a constant bad value
+CONSTANT_BAD_SCHEDULES = [
+    (jrmsprop.rmsprop, {}, "learning_rate", lambda c: jnp.float32(-1.0)),
+    (jrmsprop.rmsprop, {}, "rho", lambda c: jnp.asarray(-1.0)),
+    (jrmsprop.rmsprop, {}, "momentum", lambda c: jnp.float32(0.5) * 3),  # computed: 1.5
+    (jrmsprop.rmsprop, {}, "decay", lambda c: jnp.asarray(-0.5, jnp.bfloat16)),
+    (jrmsprop.rmsprop, {}, "epsilon", lambda c: np.float64(1e39)),  # NumPy: overflows float32
+    (compat.torch, {}, "lr", optax.constant_schedule(-0.5)),
+    (compat.torch, {}, "alpha", lambda c: jnp.asarray(jnp.nan)),
+    (compat.tf1, {"learning_rate": 0.1}, "decay", lambda c: jnp.asarray(1.5)),
+    (compat.keras3, {}, "weight_decay", lambda c: jnp.asarray(-0.1)),
+    (compat.keras3, {}, "learning_rate", (lambda neg: lambda c: neg)(jnp.asarray(-1.0))),
+]
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+@pytest.mark.parametrize(
+    "factory, base, arg, schedule",
+    CONSTANT_BAD_SCHEDULES,
+    ids=[f"{f.__name__}-{a}-{i}" for i, (f, _, a, _) in enumerate(CONSTANT_BAD_SCHEDULES)],
+)
+def test_a_schedule_with_a_constant_bad_value_is_refused(factory, base, arg, schedule, jit):
+    """A schedule output that does not depend on the step is range-checked whatever its type
+    (a JAX array included), eagerly and under jit, as the same Python number would be."""
+    tx = factory(**base, **{arg: schedule})
+    state = tx.init(P3)
+    snapshot = _snapshot(state)
+    update = jax.jit(tx.update) if jit else tx.update
+    with pytest.raises(ValueError, match=rf"^the schedule given as `{arg}` returned a bad value"):
+        update(G3, state, P3)
+    _assert_unchanged(state, snapshot)
+
+
+def test_a_schedule_with_a_constant_good_value_gives_the_numbers_of_that_value():
+    got = _step(jrmsprop.rmsprop(lambda c: jnp.float32(0.1), momentum=lambda c: jnp.asarray(0.5)))
+    want = _step(jrmsprop.rmsprop(0.1, momentum=lambda c: 0.5))
+    np.testing.assert_array_equal(got, want)
+
+
+def test_checking_a_schedule_adds_nothing_to_the_compiled_update():
+    """The check traces the schedule on its own: an effect in it runs once per step, not twice,
+    and a step-dependent value (unchecked) still works."""
+    calls = []
+
+    def schedule(count):
+        jax.debug.callback(lambda c: calls.append(int(c)), count)
+        return jnp.asarray(0.1, jnp.float32) / (1 + count.astype(jnp.float32))
+
+    tx = jrmsprop.rmsprop(schedule)
+    state = tx.init(P3)
+    for _ in range(3):
+        _, state = tx.update(G3, state, P3)
+    jax.effects_barrier()
+    assert calls == [0, 1, 2]
+
+
+@pytest.mark.parametrize(
+    "factory, base, arg",
+    [
+        (jrmsprop.rmsprop, {}, "learning_rate"),
+        (jrmsprop.rmsprop, {}, "momentum"),
+        (compat.torch, {}, "alpha"),
+        (compat.tf1, {"learning_rate": 0.1}, "decay"),
+        (compat.optax_rmsprop, {"learning_rate": 0.1}, "eps"),
+    ],
+    ids=["rmsprop-lr", "rmsprop-momentum", "torch-alpha", "tf1-decay", "optax-eps"],
+)
+@pytest.mark.parametrize(
+    "schedule",
+    [lambda: 0.1, lambda *, count: 0.1, lambda a, b: 0.1],
+    ids=["no-argument", "keyword-only", "two-arguments"],
+)
+def test_a_schedule_that_does_not_take_the_step_count_is_refused_at_construction(
+    factory, base, arg, schedule
+):
+    with pytest.raises(
+        TypeError, match=rf"^the schedule given as `{arg}` must take the step count"
+    ):
+        factory(**base, **{arg: schedule})
+
+
+def test_a_schedule_with_a_default_argument_is_still_a_schedule():
+    tx = jrmsprop.rmsprop(lambda count, scale=1.0: scale * 0.1 / (1 + count.astype(jnp.float32)))
+    np.testing.assert_array_equal(_step(tx), _step(jrmsprop.rmsprop(0.1)))

@@ -28,7 +28,7 @@ from jax import lax
 
 from jrmsprop._src import arithmetic
 from jrmsprop._src.sparse import IndexedSlices
-from jrmsprop._src.validation import check_hyperparameter, is_schedule
+from jrmsprop._src.validation import check_hyperparameter, is_schedule, jit_value
 
 __all__ = [
     "check_clip_arguments",
@@ -53,11 +53,18 @@ def _rebuild(leaf: Any, values: jax.Array) -> Any:
     return values
 
 
-def _check_threshold(name: str, value: Any) -> None:
-    """A concrete threshold must be a finite real number >= 0 (a traced one is not checked)."""
+def _check_threshold(name: str, value: Any) -> Any:
+    """A concrete threshold must be a finite real number >= 0 (a traced one is not checked).
+
+    Returns the threshold to use: a NumPy or Python integer as a Python float (see
+    :func:`jrmsprop._src.validation.jit_value`: ``jnp.asarray(np.int64(2**32))`` would be 0 with
+    x64 off), anything else as given. Finite means finite in float32 unless JAX's x64 mode is
+    on (see :func:`jrmsprop._src.validation.check_range`): ``1e39`` would be an inf threshold
+    for float32 gradients, and ``g·inf / inf`` is NaN.
+    """
     if is_schedule(value):
         raise TypeError(f"`{name}` must be a number or a scalar array, got {value!r}")
-    check_hyperparameter(name, value, kind="clip")
+    return jit_value(value, check_hyperparameter(name, value, kind="clip"))
 
 
 def check_clip_arguments(
@@ -116,7 +123,7 @@ def clip_by_value(clip_value: Any) -> optax.GradientTransformation:
       >>> tx.update({"w": jnp.array([-3.0, 0.5, 2.0])}, tx.init(None))[0]["w"]
       Array([-1. ,  0.5,  1. ], dtype=float32)
     """
-    _check_threshold("clip_value", clip_value)
+    clip_value = _check_threshold("clip_value", clip_value)
 
     def clip(leaf: Any) -> Any:
         g = _values(leaf)
@@ -148,7 +155,7 @@ def clip_by_norm(clip_norm: Any) -> optax.GradientTransformation:
       >>> tx.update({"w": jnp.array([3.0, 4.0])}, tx.init(None))[0]["w"]
       Array([0.6, 0.8], dtype=float32)
     """
-    _check_threshold("clip_norm", clip_norm)
+    clip_norm = _check_threshold("clip_norm", clip_norm)
 
     def clip(leaf: Any) -> Any:
         g = _values(leaf)
@@ -219,7 +226,7 @@ def clip_by_global_norm(clip_norm: Any) -> optax.GradientTransformation:
       >>> [o.tolist() for o in out]
       [[1.2000000476837158], [1.600000023841858]]
     """
-    _check_threshold("clip_norm", clip_norm)
+    clip_norm = _check_threshold("clip_norm", clip_norm)
 
     def update_fn(updates, state, params=None):
         del params

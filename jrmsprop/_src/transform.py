@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.extend import core as jax_core
 
 from jrmsprop._src import arithmetic, cpu_kernel, sparse, validation
 
@@ -405,6 +406,54 @@ def _check_zero(rule: arithmetic.Rule, name: str, value: Any) -> None:
         raise ValueError(f"{rule.framework}: `{rule.user_name(name)}` is {value} but {why}")
 
 
+def _schedule_value(
+    rule: arithmetic.Rule, name: str, schedule: _Schedule, count: jax.Array
+) -> jax.Array:
+    """The schedule's value at ``count``, checked while tracing (see
+    :func:`validation.check_schedule_value`): its shape and dtype always, its range when it is
+    concrete or does not depend on the step (:func:`_step_independent_value`)."""
+    user_name = rule.user_name(name)
+    float32 = name in rule.float32_hyperparameters
+    value = schedule.fn(count)
+    checked = validation.check_schedule_value(user_name, value, name, float32)
+    if isinstance(value, jax.core.Tracer):
+        constant = _step_independent_value(schedule.fn)
+        if constant is not None:
+            validation.check_schedule_range(user_name, constant, name, float32)
+    return checked
+
+
+def _step_independent_value(fn: Schedule) -> Any:
+    """``fn``'s value when it does not depend on the step count, else None.
+
+    Under ``jit`` (an eager ``update`` is jitted too) even ``lambda t: jnp.float32(-1.0)``
+    returns a tracer, whose value cannot be read. So ``fn`` is traced once more, on its own
+    (``jax.make_jaxpr``: nothing enters the update's program), and when its result does not
+    depend on the count and it has no effects (``jax.debug.print``), that small program is run
+    on the spot. Costs one more trace of the schedule, once per compilation of the update.
+    """
+    try:
+        closed = jax.make_jaxpr(fn)(jax.ShapeDtypeStruct((), jnp.int32))
+    except Exception:  # only a check: the update's own trace of ``fn`` has succeeded
+        return None
+    jaxpr = closed.jaxpr
+    if closed.effects or len(jaxpr.outvars) != 1:
+        return None
+    out = jaxpr.outvars[0]
+    if isinstance(out, jax_core.Literal):
+        return out.val
+    dependent = set(jaxpr.invars)
+    for eqn in jaxpr.eqns:
+        if any(not isinstance(v, jax_core.Literal) and v in dependent for v in eqn.invars):
+            dependent.update(eqn.outvars)
+    if out in dependent:
+        return None
+    with jax.ensure_compile_time_eval():  # concrete inputs: computed now, not staged
+        (value,) = jax_core.jaxpr_as_fun(closed)(np.zeros((), np.int32))
+    # A schedule that closes over a traced value (built inside a caller's jit) stays traced.
+    return None if isinstance(value, jax.core.Tracer) else value
+
+
 def _tree_update(
     updates,
     state: RMSpropState,
@@ -441,9 +490,7 @@ def _tree_update(
     count = state.count.astype(jnp.int32)
     rule = config.rule
     values = [
-        validation.check_schedule_value(rule.user_name(name), schedule.fn(count), name)
-        if schedule is not None
-        else value
+        _schedule_value(rule, name, schedule, count) if schedule is not None else value
         for name, schedule, value in zip(_NAMES, config.schedules, dynamic[:6], strict=True)
     ]
     hp = arithmetic.Hyperparams(*values, step=count)
@@ -514,6 +561,29 @@ def _is_traced(value: Any) -> bool:
     return isinstance(value, jax.core.Tracer)
 
 
+def _check_count(rule: arithmetic.Rule, count: Any) -> None:
+    """Refuses a concrete integer ``state.count`` of another dtype than int32 (e.g. NumPy's
+    int64) whose value int32 cannot hold: ``jit`` would wrap it (2**40 becomes 0) and the step
+    would count from there. A traced count cannot be checked (its value is on the device); an
+    int32 one (what ``init`` makes) costs nothing; other malformed counts are left to the
+    checks of the update (``_check_state``)."""
+    dtype = getattr(count, "dtype", None)
+    if (
+        dtype is None
+        or _is_traced(count)
+        or jnp.dtype(dtype) == jnp.int32
+        or not jnp.issubdtype(dtype, jnp.integer)
+        or jnp.ndim(count) != 0
+    ):
+        return
+    value = int(np.asarray(count))
+    if not np.iinfo(np.int32).min <= value <= _INT32_MAX:
+        raise ValueError(
+            f"{rule.framework}: `state.count` is {value}, which the int32 step counter cannot "
+            "hold (jit would wrap it around); the count must lie in [-2**31, 2**31 - 1]"
+        )
+
+
 def build(
     rule: arithmetic.Rule,
     *,
@@ -549,10 +619,22 @@ def build(
         weight_decay=0.0 if weight_decay is None else weight_decay,
     )
     concrete = {
-        name: validation.check_hyperparameter(rule.user_name(name), value, name)
+        name: validation.check_hyperparameter(
+            rule.user_name(name), value, name, float32=name in rule.float32_hyperparameters
+        )
         for name, value in hyperparams.items()
     }
+    for name, value in hyperparams.items():
+        if validation.is_schedule(value):
+            validation.check_schedule_signature(rule.user_name(name), value)
     validation.check_bool("centered", centered)
+    # NumPy and Python integers enter jit as Python floats (an int64 would be narrowed to int32).
+    hyperparams = {
+        name: validation.jit_value(value, concrete[name]) for name, value in hyperparams.items()
+    }
+    learning_rate, rho, momentum, epsilon = (
+        hyperparams[name] for name in ("learning_rate", "rho", "momentum", "epsilon")
+    )
     if slot_dtype is not None:
         try:
             slot_kind = jnp.dtype(slot_dtype)
@@ -596,6 +678,7 @@ def build(
         return _init(params, config, momentum)
 
     def run(updates, state, params, apply):
+        _check_count(rule, getattr(state, "count", None))
         check_momentum = False
         if config.momentum_slot is None and isinstance(state, RMSpropState):
             # An array momentum (e.g. optax.inject_hyperparams): it may only be non-zero when

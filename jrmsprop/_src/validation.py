@@ -7,6 +7,7 @@ preset, ``decay`` for TF1's ρ, ``learning_rate`` for the core).
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any
 
@@ -28,6 +29,15 @@ RANGES: dict[str, tuple[float, float | None]] = {
     # gradient-clipping thresholds (an infinite clipnorm turns every gradient into inf/inf = NaN)
     "clip": (0.0, None),
 }
+
+
+# The largest finite float32: a larger number becomes inf where it is used as a float32.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def x64_enabled() -> bool:
+    """Whether JAX computes in 64 bits now (``jax_enable_x64``, also as a context manager)."""
+    return jax.dtypes.canonicalize_dtype(np.float64) == np.float64
 
 
 # tf.keras.backend.epsilon(): what Keras 2 stores for ``epsilon`` given as 0 or None
@@ -75,6 +85,14 @@ def concrete_scalar(name: str, value: Any) -> float | None:
         raise TypeError(f"`{name}` must be a real number, got None")
     if isinstance(value, (bool, np.bool_)):
         raise TypeError(f"`{name}` must be a real number, got the boolean {value!r}")
+    if isinstance(value, int):  # a Python int of any size (NumPy has no dtype above 2**64)
+        try:
+            return float(value)
+        except OverflowError:
+            raise ValueError(
+                f"`{name}` must be a finite number, got an integer of {len(str(abs(value)))} "
+                "digits, too large even for a float64"
+            ) from None
     if isinstance(value, jax.core.Tracer):
         if jnp.ndim(value) != 0:
             raise ValueError(f"`{name}` must be a scalar (0-d), got shape {jnp.shape(value)}")
@@ -107,8 +125,24 @@ def check_real_dtype(name: str, dtype: Any) -> None:
         raise TypeError(f"`{name}` must be a real number, got dtype {dtype.name}")
 
 
-def check_range(name: str, scalar: float, kind: str | None = None) -> float:
-    """Raises a ``ValueError`` naming ``name`` unless ``scalar`` lies in the range of ``kind``."""
+def check_range(name: str, scalar: float, kind: str | None = None, float32: bool = False) -> float:
+    """Raises a ``ValueError`` naming ``name`` unless ``scalar`` lies in the range of ``kind``.
+
+    Finite means finite where the value is used, which is float32 unless JAX computes in 64
+    bits: a number whose magnitude exceeds float32's largest (about 3.4e38, e.g. ``1e39``) is
+    refused when
+
+    * ``float32`` is set: the framework stores the hyperparameter as a float32 value whatever
+      the parameters' dtype (``Rule.float32_hyperparameters``: TF 2.x Keras's learning rate, ρ,
+      momentum and ``decay``, ...), so it would be inf even for float64 parameters; or
+    * JAX's x64 mode is off (the default, checked when the value is checked): every array is
+      then at most float32, so the value becomes inf (an inf learning rate or weight decay
+      gives inf/NaN steps, an inf ε freezes the parameters).
+
+    With x64 on, a value that is not stored as float32 may exceed float32's range: float64
+    parameters use it as it is (float32 parameters would see inf; that is not checked, as the
+    dtype is only known at ``update``).
+    """
     low, high = RANGES[kind or name]
     if (
         math.isnan(scalar)
@@ -117,21 +151,73 @@ def check_range(name: str, scalar: float, kind: str | None = None) -> float:
         or (high is not None and scalar > high)
     ):
         raise ValueError(f"`{name}` must be {_describe(low, high)}, got {scalar}")
+    if abs(scalar) > FLOAT32_MAX and (float32 or not x64_enabled()):
+        why = (
+            "it is used as a float32 value"
+            if float32
+            else "JAX computes in float32 (enable jax_enable_x64 for float64 parameters)"
+        )
+        raise ValueError(
+            f"`{name}` must be at most {FLOAT32_MAX:g}, the largest float32, got {scalar:g}: "
+            f"{why}, where it would be inf"
+        )
     return scalar
 
 
-def check_hyperparameter(name: str, value: Any, kind: str | None = None) -> float | None:
+def check_hyperparameter(
+    name: str, value: Any, kind: str | None = None, float32: bool = False
+) -> float | None:
     """Checks one hyperparameter; returns its value when concrete, else None (traced, schedule).
 
     Args:
       name: the argument's name as the user wrote it (used in the error message).
       value: a number, a 0-d array, a tracer, or a schedule (callable).
       kind: which range applies (a key of :data:`RANGES`); defaults to ``name``.
+      float32: the value is used as a float32 whatever the parameters' dtype (see
+        :func:`check_range`).
     """
     scalar = concrete_scalar(name, value)
     if scalar is None:
         return None
-    return check_range(name, scalar, kind)
+    return check_range(name, scalar, kind, float32)
+
+
+def jit_value(value: Any, scalar: float | None) -> Any:
+    """A checked hyperparameter ``value`` as a factory passes it on into ``jit``.
+
+    An integer that is not a JAX array (a Python int, a NumPy integer scalar or 0-d array)
+    becomes ``scalar``, its checked value as a Python float, so it has the precision of a Python
+    number: ``jit`` would otherwise narrow an int64 to int32 with x64 off (``2**32`` becomes 0,
+    ``2**31`` negative) or refuse a Python int >= 2**31 only when the update runs. Everything
+    else is returned as it is (``scalar`` is None for a traced value or a schedule).
+    """
+    if scalar is None or isinstance(value, jax.Array):
+        return value
+    if isinstance(value, int) or np.asarray(value).dtype.kind in "iu":
+        return scalar
+    return value
+
+
+def check_schedule_signature(name: str, schedule: Any) -> None:
+    """Refuses a schedule for ``name`` that cannot be called with one positional argument.
+
+    As in optax, a schedule is a function of the step count, ``schedule(count)``. A Keras-style
+    callable without arguments (``lambda: 0.1``) would fail deep inside the first ``update``;
+    this names the argument at construction. A callable whose signature Python cannot read
+    (some built-ins) is accepted as it is.
+    """
+    try:
+        signature = inspect.signature(schedule)
+    except (TypeError, ValueError):
+        return
+    try:
+        signature.bind(0)
+    except TypeError:
+        raise TypeError(
+            f"the schedule given as `{name}` must take the step count as its one positional "
+            f"argument (`schedule(count)`, as in optax), but its signature is {signature}; for "
+            "a constant, pass the number itself"
+        ) from None
 
 
 def check_bool(name: str, value: Any) -> bool:
@@ -141,14 +227,19 @@ def check_bool(name: str, value: Any) -> bool:
     raise TypeError(f"`{name}` must be True or False, got {value!r}")
 
 
-def check_schedule_value(name: str, value: Any, kind: str | None = None) -> jax.Array:
+def check_schedule_value(
+    name: str, value: Any, kind: str | None = None, float32: bool = False
+) -> jax.Array:
     """The value a schedule returned for ``name``, checked while tracing.
 
     It must be a 0-d floating-point value (an integer or boolean schedule is refused: it would
-    silently truncate); a concrete value is also range-checked.
+    silently truncate). A concrete value (anything but a JAX tracer: a Python or NumPy number,
+    or a JAX array) is also range-checked, as :func:`check_range` with ``float32``.
     """
-    concrete = not isinstance(value, (jax.core.Tracer, jax.Array))
-    dtype = np.asarray(value).dtype if concrete else value.dtype
+    concrete = not isinstance(value, jax.core.Tracer)
+    dtype = value.dtype if isinstance(value, (jax.core.Tracer, jax.Array)) else None
+    if dtype is None:
+        dtype = np.asarray(value).dtype
     shape = np.shape(value)
     if shape != ():
         raise ValueError(f"the schedule given as `{name}` must return a scalar, got shape {shape}")
@@ -157,9 +248,19 @@ def check_schedule_value(name: str, value: Any, kind: str | None = None) -> jax.
             f"the schedule given as `{name}` must return a floating-point number, got dtype "
             f"{jnp.dtype(dtype).name}"
         )
-    if concrete:  # a Python or NumPy number: check the range too
-        check_range(name, float(np.asarray(value)), kind)
+    if concrete:  # a number or a JAX array that does not depend on the step: check the range
+        check_schedule_range(name, value, kind, float32)
     return jnp.asarray(value)
+
+
+def check_schedule_range(
+    name: str, value: Any, kind: str | None = None, float32: bool = False
+) -> None:
+    """The range check of a concrete schedule output (see :func:`check_schedule_value`)."""
+    try:
+        check_range(name, float(np.asarray(value)), kind, float32)
+    except ValueError as e:
+        raise ValueError(f"the schedule given as `{name}` returned a bad value: {e}") from None
 
 
 def as_jit_scalar(value: Any) -> Any:
