@@ -157,6 +157,19 @@ STATEFUL = [
     ("iterations", lambda o, a, b, n: o.iterations.assign_sub(5), ValueError, "iterations"),
     ("iterations", _set("iterations", -3), ValueError, "iterations"),
     ("iterations", lambda o, a, b, n: o.iterations.assign(1.5), TypeError, "iter"),
+    # out of int32's range: refused before the value is narrowed (it used to wrap to 5 / 0)
+    ("iterations", lambda o, a, b, n: o.iterations.assign(2**32 + 5), ValueError, "iterations"),
+    ("iterations", _set("iterations", 2**32), ValueError, "iterations"),
+    ("iterations", lambda o, a, b, n: o.iterations.assign(np.int64(2**40)), ValueError, "iterat"),
+    ("iterations", lambda o, a, b, n: o.iterations.assign_add(2**32), ValueError, "iterations"),
+    ("iterations", lambda o, a, b, n: o.iterations.assign_sub(2**32), ValueError, "iterations"),
+    # ragged values for the hyperparameter Variables
+    (
+        "assign",
+        lambda o, a, b, n: o.learning_rate.assign([[1.0], [1.0, 2.0]]),
+        TypeError,
+        "'RMSprop/learning_rate'.*ragged",
+    ),
     # apply_gradients naming a variable seen for the first time: no slot may appear
     ("apply", lambda o, a, b, n: o.apply_gradients([(jnp.ones(3), n)]), ValueError, "new"),
     (
@@ -194,6 +207,21 @@ STATEFUL = [
         "new",
     ),
     ("apply", lambda o, a, b, n: o.apply_gradients([(None, n)]), ValueError, "new"),
+    ("apply", lambda o, a, b, n: o.apply_gradients(None), TypeError, "`grads_and_vars`"),
+    ("apply", lambda o, a, b, n: o.apply_gradients(3), TypeError, "`grads_and_vars`"),
+    ("apply", lambda o, a, b, n: o.apply_gradients("ab"), TypeError, "`grads_and_vars`"),
+    (
+        "apply",
+        lambda o, a, b, n: o.apply_gradients([([[1.0], [1.0, 2.0]], n)]),
+        TypeError,
+        "'new'.*ragged",
+    ),
+    (
+        "apply",
+        lambda o, a, b, n: o.apply_gradients([(jnp.ones((3, 2)), a), ([[1.0], [1.0, 2.0]], b)]),
+        TypeError,
+        "'b'.*ragged",
+    ),
 ]
 
 
@@ -318,6 +346,12 @@ SET_WEIGHTS = [
     (lambda w: [np.int64(2**40)] + w[1:], ValueError, "RMSprop/iter"),
     (lambda w: [np.float32(2.0)] + w[1:], TypeError, "RMSprop/iter"),
     (lambda w: "weights", TypeError, "weights"),
+    # a value that is not an array of numbers: named by its index (and the weight)
+    (lambda w: [w[0], None] + w[2:], TypeError, r"weight 1 \('RMSprop/a/rms'\).*got None"),
+    (lambda w: [w[0], "abc"] + w[2:], TypeError, r"weight 1 \('RMSprop/a/rms'\).*'abc'"),
+    (lambda w: w[:3] + [[[1.0], [1.0, 2.0]]] + w[4:], TypeError, "weight 3.*ragged"),
+    (lambda w: [None] + w[2:], TypeError, r"weight 0 \('RMSprop/a/rms'\)"),  # no iterations
+    (lambda w: [[1, [2]]] + w[1:], TypeError, r"weight 0 \('RMSprop/iter'\).*ragged"),
 ]
 
 
@@ -474,3 +508,250 @@ def test_variable_trainable_none_follows_tf():
     assert Variable(1.0, synchronization="on_read").trainable is False
     assert Variable(1.0, trainable=True, synchronization="on_read").trainable is True
     assert Variable(1.0, trainable=np.bool_(False)).trainable is False
+
+
+# ---- a Variable (or NumPy array) given as a hyperparameter: checked at every step --------------
+
+# (hyperparameter, a valid value, a bad value assigned later, error type)
+VARIABLE_HYPERS = [
+    ("learning_rate", 0.01, -1.0, ValueError),
+    ("learning_rate", 0.01, NAN, ValueError),
+    ("learning_rate", 0.01, INF, ValueError),
+    ("rho", 0.9, 1.5, ValueError),
+    ("momentum", 0.5, 5.0, ValueError),
+    ("momentum", 0.5, -0.5, ValueError),
+    ("epsilon", 1e-7, -1.0, ValueError),
+    ("decay", 0.1, -1.0, ValueError),
+]
+
+
+def _with_variable_hyper(arg, good):
+    hyper = Variable(good, name="hyper")
+    opt = RMSprop(**{"learning_rate": 0.01, arg: hyper})
+    rng = np.random.default_rng(1)
+    a = Variable(rng.standard_normal((3, 2)).astype(np.float32), name="a")
+    b = Variable(rng.standard_normal(4).astype(np.float32), name="b")
+    opt.apply_gradients([(jnp.ones((3, 2)), a), (jnp.full(4, 0.5), b)])
+    return opt, hyper, a, b
+
+
+@pytest.mark.parametrize("arg, good, bad, error", VARIABLE_HYPERS)
+def test_variable_hyperparameter_is_checked_at_every_step(arg, good, bad, error):
+    """A Variable the user passed may be assigned after it was checked: the step checks its
+    value now, names the hyperparameter and changes nothing (it used to ascend with lr = -1 and
+    use momentum 5 as is)."""
+    opt, hyper, a, b = _with_variable_hyper(arg, good)
+    new = Variable(np.zeros(2, np.float32), name="new")
+    hyper.assign(bad)  # the user's own Variable: not checked on assign
+    before = _snapshot(opt, a, b, new, config=False)
+    for action in (
+        lambda: opt.apply_gradients([(jnp.ones((3, 2)), a), (jnp.ones(2), new)]),
+        lambda: opt.minimize(lambda: jnp.sum(a.value**2), [a]),
+        lambda: opt.transformation,
+    ):
+        with pytest.raises(error, match=f"`{arg}`"):
+            action()
+        _assert_unchanged(before, _snapshot(opt, a, b, new, config=False))
+    hyper.assign(good)  # a good value again: the step runs
+    opt.apply_gradients([(jnp.ones((3, 2)), a), (jnp.full(4, 0.5), b)])
+    assert int(opt.iterations) == 2
+
+
+def test_variable_learning_rate_assigned_is_used():
+    """A good value assigned to the user's Variable is what the next step uses."""
+    lr = Variable(0.1)
+    opt = RMSprop(learning_rate=lr)
+    v = Variable([1.0, 1.0])
+    lr.assign(0.0)
+    opt.apply_gradients([(jnp.ones(2), v)])
+    np.testing.assert_array_equal(v.numpy(), [1.0, 1.0])
+
+
+def test_numpy_array_epsilon_is_checked_at_every_step():
+    """``epsilon`` is stored as given: a NumPy array can be changed in place afterwards."""
+    eps = np.array(1e-7)
+    opt = RMSprop(0.1, epsilon=eps)
+    v = Variable([1.0, 1.0])
+    opt.apply_gradients([(jnp.ones(2), v)])
+    eps[...] = -1.0
+    before = _snapshot(opt, v)
+    with pytest.raises(ValueError, match="`epsilon`"):
+        opt.apply_gradients([(jnp.ones(2), v)])
+    _assert_unchanged(before, _snapshot(opt, v))
+
+
+def test_own_hyperparameter_variables_still_check_on_assign():
+    opt = RMSprop(0.1, momentum=0.5)
+    with pytest.raises(ValueError, match="`momentum`"):
+        opt.momentum.assign(5.0)
+    with pytest.raises(ValueError, match="`learning_rate`"):
+        opt.learning_rate.assign(-1.0)
+    assert float(opt.momentum) == 0.5 and float(opt.learning_rate) == np.float32(0.1)
+
+
+# ---- iterations: out of int32's range is refused, never wrapped --------------------------------
+
+
+def test_iterations_overflow_by_assign_add_is_refused():
+    opt, a, b = _trained()
+    opt.iterations.assign(2**31 - 1)
+    before = _snapshot(opt, a, b)
+    with pytest.raises(ValueError, match="`iterations`.*got 2147483648"):  # not wrapped
+        opt.iterations.assign_add(1)
+    with pytest.raises(ValueError, match="`iterations`"):
+        opt.iterations.assign(2**31)
+    _assert_unchanged(before, _snapshot(opt, a, b))
+    assert int(opt.iterations) == 2**31 - 1
+    opt.iterations.assign(np.int64(5))  # in range: fine, whatever the integer type
+    assert int(opt.iterations) == 5 and opt.iterations.dtype == np.int32
+
+
+# ---- from_config: custom_objects ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "config",
+    [{"learning_rate": 0.1}, {"learning_rate": {"class_name": "Halving", "config": {}}}],
+)
+@pytest.mark.parametrize("custom_objects", [[HalvingSchedule], ("Halving",), "Halving", 3])
+def test_from_config_refuses_custom_objects_that_are_not_a_dict(config, custom_objects):
+    with pytest.raises(TypeError, match="`custom_objects`.*must be a dict"):
+        RMSprop.from_config(config, custom_objects=custom_objects)
+
+
+# ---- state: leaves that are not arrays of numbers ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "replace, words",
+    [
+        (dict(count=None), "`state.count`.*None"),
+        (dict(rms=(np.zeros((3, 2), np.float32), [[1.0], [1.0, 2.0]])), r"`state.rms\[1\]`"),
+        (dict(mg=("abc", np.zeros(4, np.float32))), r"`state.mg\[0\]`.*'abc'"),
+    ],
+)
+def test_state_setter_names_a_leaf_that_is_not_numbers(replace, words):
+    opt, a, b = _trained()
+    before = _snapshot(opt, a, b)
+    with pytest.raises(TypeError, match=words):
+        opt.state = opt.state._replace(**replace)
+    _assert_unchanged(before, _snapshot(opt, a, b))
+
+
+# ---- Variable: values its dtype cannot represent are refused ----------------------------------
+
+# (constructor arguments, error type, words: the variable's name and the value)
+UNREPRESENTABLE = [
+    (dict(initial_value=2**40), ValueError, "'v'.*1099511627776.*int32"),
+    (dict(initial_value=[1, 2**40]), ValueError, "'v'.*1099511627776"),
+    (dict(initial_value=np.array([2**40])), ValueError, "'v'.*1099511627776"),
+    (dict(initial_value=2**70), ValueError, "'v'.*1180591620717411303424"),
+    (dict(initial_value=300, dtype="int8"), ValueError, r"'v'.*300.*\[-128, 127\]"),
+    (dict(initial_value=-1, dtype="uint8"), ValueError, "'v'.*-1.*uint8"),
+    (dict(initial_value=1 + 2j, dtype="float32"), TypeError, "'v'.*complex.*float32"),
+    (dict(initial_value=np.array([1j]), dtype="float32"), TypeError, "'v'.*complex"),
+    (dict(initial_value=NAN, dtype="int32"), ValueError, "'v'.*nan.*int32"),
+    (dict(initial_value=[1.0, INF], dtype="int32"), ValueError, "'v'.*inf"),
+    (dict(initial_value=jnp.float32(-INF), dtype="int32"), ValueError, "'v'.*-inf"),
+    (dict(initial_value=1.5, dtype="int32"), ValueError, "'v'.*1.5"),
+    (dict(initial_value=np.float32(2**31), dtype="int32"), ValueError, "'v'.*2147483648"),
+    (dict(initial_value=2, dtype="bool"), ValueError, "'v'.*2.*bool"),
+    (dict(initial_value=100000, dtype="float16"), ValueError, "'v'.*100000.*float16"),
+    (dict(initial_value=2**200, dtype="float32"), ValueError, "'v'.*float32"),
+]
+
+
+@pytest.mark.parametrize("kwargs, error, words", UNREPRESENTABLE, ids=lambda x: repr(x)[:40])
+def test_variable_refuses_values_its_dtype_cannot_represent(kwargs, error, words):
+    """As ``tf.Variable``: no silent wrapping, truncation or dropped imaginary parts."""
+    with pytest.raises(error, match=words):
+        Variable(name="v", **kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs, dtype, expected",
+    [
+        (dict(initial_value=np.float64(0.1), dtype="float32"), np.float32, np.float32(0.1)),
+        (dict(initial_value=np.array([0.1, 1e-50])), np.float32, [np.float32(0.1), 0.0]),
+        (dict(initial_value=2**40, dtype="float32"), np.float32, np.float32(2**40)),
+        (dict(initial_value=2**70, dtype="float32"), np.float32, np.float32(2**70)),
+        (dict(initial_value=7), np.int32, 7),
+        (dict(initial_value=[2**31 - 1, -(2**31)]), np.int32, [2**31 - 1, -(2**31)]),
+        (dict(initial_value=True, dtype="int32"), np.int32, 1),
+        (dict(initial_value=[True, False], dtype="float32"), np.float32, [1.0, 0.0]),
+        (dict(initial_value=3.0, dtype="int32"), np.int32, 3),
+        (dict(initial_value=127, dtype="int8"), np.int8, 127),
+        (dict(initial_value=1, dtype="bool"), np.bool_, True),
+        (dict(initial_value=1, dtype=jnp.bfloat16), jnp.bfloat16, 1.0),
+        (dict(initial_value=1 + 2j), np.complex64, 1 + 2j),
+        (dict(initial_value=np.int64(5)), np.int32, 5),
+    ],
+    ids=lambda x: repr(x)[:40],
+)
+def test_variable_keeps_lossless_and_rounding_conversions(kwargs, dtype, expected):
+    v = Variable(**kwargs)
+    assert v.dtype == dtype
+    np.testing.assert_array_equal(v.numpy(), np.asarray(expected, dtype))
+
+
+# (variable, action, error type, words)
+UNREPRESENTABLE_ASSIGN = [
+    (lambda: Variable(0, name="i"), lambda v: v.assign(2**40), ValueError, "'i'.*1099511627776"),
+    (lambda: Variable(0, name="i"), lambda v: v.assign(2**70), ValueError, "'i'.*11805916"),
+    (lambda: Variable(0, name="i"), lambda v: v.assign(np.uint64(2**63)), ValueError, "'i'"),
+    (lambda: Variable(2**31 - 1, name="i"), lambda v: v.assign_add(1), ValueError, "'i'.*sum"),
+    (lambda: Variable(-(2**31), name="i"), lambda v: v.assign_sub(1), ValueError, "'i'.*diff"),
+    (lambda: Variable(5, name="i"), lambda v: v.assign_sub(-(2**63)), ValueError, "'i'"),
+    (lambda: Variable(0, name="i8", dtype="int8"), lambda v: v.assign(300), ValueError, "300"),
+    (lambda: Variable(0, name="u8", dtype="uint8"), lambda v: v.assign(-1), ValueError, "'u8'"),
+    (lambda: Variable(0, name="u8", dtype="uint8"), lambda v: v.assign_sub(1), ValueError, "-1"),
+    (
+        lambda: Variable(np.zeros(2, np.float16), name="h"),
+        lambda v: v.assign([100000, 1]),
+        ValueError,
+        "'h'.*100000.*float16",
+    ),
+    (
+        lambda: Variable([1.0, 2.0], name="w"),
+        lambda v: v.assign([[1.0], [1.0, 2.0]]),
+        TypeError,
+        "'w'.*ragged",
+    ),
+    (lambda: Variable([1.0, 2.0], name="w"), lambda v: v.assign(None), TypeError, "'w'.*None"),
+    (lambda: Variable([1.0, 2.0], name="w"), lambda v: v.assign("ab"), TypeError, "'w'.*'ab'"),
+    (
+        lambda: Variable([1.0, 2.0], name="w"),
+        lambda v: v.assign_add([[1.0], [1.0, 2.0]]),
+        TypeError,
+        "'w'.*ragged",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "make, action, error, words",
+    UNREPRESENTABLE_ASSIGN,
+    ids=[f"{i}-{r[3]}" for i, r in enumerate(UNREPRESENTABLE_ASSIGN)],
+)
+def test_variable_assign_refuses_and_changes_nothing(make, action, error, words):
+    v = make()
+    before = v.numpy()
+    with pytest.raises(error, match=words):
+        action(v)
+    assert v.numpy().dtype == before.dtype
+    np.testing.assert_array_equal(v.numpy(), before)
+
+
+def test_variable_assign_keeps_lossless_conversions():
+    i = Variable(0, name="i")
+    i.assign(np.int64(2**31 - 1))
+    i.assign_sub(2**31 - 1)
+    i.assign(True)
+    i.assign_add(np.int64(-3))
+    assert int(i) == -2 and i.dtype == np.int32
+    w = Variable([1.0, 2.0])
+    w.assign(np.array([0.1, 2.0**70]))  # float64 rounded to float32
+    w.assign_add([1, 2])  # Python ints into float32
+    np.testing.assert_array_equal(w.numpy(), np.float32([0.1, 2**70]) + np.float32([1, 2]))
+    w.assign([0.5, 2**70])  # a float and an int beyond 64 bits
+    np.testing.assert_array_equal(w.numpy(), np.float32([0.5, 2**70]))

@@ -20,7 +20,10 @@ own. :class:`KerasHyperparameters` reproduces them; the optimizer holds one and 
   hyperparameter Variable -- and a schedule's or callable's value whenever it is evaluated: a
   Keras ``LearningRateSchedule`` at ``iterations`` cast to float32 (as Keras casts it), another
   step schedule (a callable that requires a positional argument, e.g. optax's) at
-  ``iterations``, a callable that can be called without arguments called so.
+  ``iterations``, a callable that can be called without arguments called so. A
+  :class:`jrmsprop.Variable`, ``tf.Variable`` or NumPy array given by the user can change after
+  it was given, so its value is checked again at every step (the Variables made here check
+  every ``assign`` instead).
 * the clip thresholds ``clipvalue``, ``clipnorm`` and ``global_clipnorm`` are stored as given,
   ``None`` when unset, and checked together (``clipnorm`` and ``global_clipnorm`` exclude each
   other).
@@ -142,6 +145,23 @@ def _check_assigned(name: str, value: Any) -> None:
     check_hyperparameter(name, value)
 
 
+def _checked_on_assign(variable: Variable, name: str) -> bool:
+    """Whether ``variable`` is one this class made for ``name``: it checks every assignment by
+    ``name``'s rule, so its value needs no check when a step reads it."""
+    check = variable._check
+    return (
+        isinstance(check, functools.partial)
+        and check.func is _check_assigned
+        and check.args == (name,)
+    )
+
+
+def _is_mutable(value: Any) -> bool:
+    """A value that can change after it was given (and checked): a :class:`jrmsprop.Variable`,
+    a ``tf.Variable`` or a NumPy array."""
+    return isinstance(value, np.ndarray) or _is_variable(value)
+
+
 class KerasHyperparameters:
     """An optimizer's hyperparameters and clip thresholds, stored by Keras 2's rules.
 
@@ -209,8 +229,20 @@ class KerasHyperparameters:
 
         For ``decay`` it is the constructor's value (see :meth:`_used`)."""
         value = self._used(name)
-        if isinstance(value, Variable):
-            return value.value
+        if _is_mutable(value):
+            # A Variable (or NumPy array) the user gave may have been assigned since: its value
+            # now is checked as a number would be. The Variables made here check assignments.
+            if isinstance(value, Variable):
+                if _checked_on_assign(value, name):
+                    return value.value
+                value = value.value
+            try:
+                check_hyperparameter(name, value)
+            except (TypeError, ValueError) as e:
+                raise type(e)(
+                    f"RMSprop: the current value of the variable given as `{name}`: {e}"
+                ) from e
+            return value
         if not callable(value):
             return value
         if keras_config.is_keras_schedule(value):  # Keras: lr(tf.cast(iterations, var_dtype))

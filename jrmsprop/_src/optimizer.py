@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import functools
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -37,7 +37,7 @@ from jrmsprop._src.keras_hyperparameters import KerasHyperparameters, optimizer_
 from jrmsprop._src.keras_slots import OptimizerVariables
 from jrmsprop._src.transform import KERAS2, RMSpropState, build, slot_dtype_of
 from jrmsprop._src.validation import check_bool
-from jrmsprop._src.variable import Variable, dtype_kind
+from jrmsprop._src.variable import Variable, dtype_kind, exact_array
 
 __all__ = ["RMSprop"]
 
@@ -75,6 +75,15 @@ def _step(params, slots, count, grads, values, clip, *, centered, momentum_slot)
     # over arrays laid out on several devices keeps the XLA path (decided when it is lowered).
     params, state = apply(grads, RMSpropState(count, *slots), params, fused=True)
     return params, (state.rms, state.momentum, state.mg), state.count
+
+
+def _weight_array(value: Any, what: str) -> Any:
+    """A value to load into a weight: as it is when it is a Variable or JAX array, else as a
+    NumPy array, checked to be numbers (not ``None``, a string or a ragged list; the error
+    starts with ``what``, which names the weight)."""
+    if isinstance(value, (Variable, jax.Array)):
+        return value
+    return exact_array(value, what)
 
 
 # ---- the optimizer ----------------------------------------------------------------------------
@@ -115,8 +124,9 @@ class RMSprop(OptimizerVariables):
         ``TypeError``. ``decay`` is fixed at construction, as Keras's ``_initial_decay``.
 
     Every value is checked when it is given (constructor, setters, ``assign`` on the
-    hyperparameter Variables), a schedule's or callable's value whenever it is evaluated: a bad
-    one raises an error naming the argument and changes nothing. Numbers given for
+    hyperparameter Variables), a schedule's or callable's value whenever it is evaluated, and
+    the value of a Variable you passed (which you may assign later) at every step: a bad one
+    raises an error naming the argument and changes nothing. Numbers given for
     ``learning_rate``, ``rho`` and ``momentum`` are stored, as in Keras, in float32
     :class:`jrmsprop.Variable` objects; the precision rule for float64 variables is Keras's
     (the core's rule: ``jrmsprop.rmsprop``).
@@ -327,8 +337,34 @@ class RMSprop(OptimizerVariables):
                     "(one per variable of `var_list`)"
                 )
             targets += [self._slots[v][name] for v in self._var_order]
-            values += leaves
+            values += [_weight_array(leaf, f"`state.{name}[{i}]`") for i, leaf in enumerate(leaves)]
+        values[0] = _weight_array(values[0], "`state.count`")
         self._load(targets, values, "state")
+
+    def set_weights(self, weights: Sequence[Any]) -> None:
+        """Loads values in :attr:`weights` order, e.g. a TF 2.x Keras RMSprop's ``get_weights()``.
+
+        All values are checked first (each must be an array of numbers: a ragged list, ``None``
+        or a string is refused naming its index; then length, shapes, dtypes: integers in
+        ``[0, 2**31 - 1]`` for ``iterations``, real numbers for real slots); on any error
+        nothing changes. As in Keras' RMSprop, a list one shorter than ``weights`` is taken to
+        lack ``iterations`` (which is then reset to 0). Build the optimizer first
+        (:meth:`build` or one step).
+        """
+        if not isinstance(weights, (str, bytes, dict)) and isinstance(weights, Iterable):
+            weights = list(weights)
+            offset = 1 if len(self._weights) == len(weights) + 1 else 0
+            names = [w.name for w in self._weights[offset:]]
+            if len(names) != len(weights):
+                names = []
+            weights = [
+                _weight_array(
+                    value,
+                    f"set_weights: weight {i}" + (f" ({names[i]!r})" if names else ""),
+                )
+                for i, value in enumerate(weights)
+            ]
+        super().set_weights(weights)
 
     @property
     def transformation(self) -> optax.GradientTransformation:
@@ -370,6 +406,15 @@ class RMSprop(OptimizerVariables):
           The ``iterations`` Variable, incremented.
         """
         del name, experimental_aggregate_gradients
+        try:
+            if isinstance(grads_and_vars, (str, bytes)):  # iterable, but of characters
+                raise TypeError
+            grads_and_vars = iter(grads_and_vars)
+        except TypeError:
+            raise TypeError(
+                "apply_gradients: `grads_and_vars` must be an iterable of (gradient, variable) "
+                f"pairs, got {type(grads_and_vars).__name__}"
+            ) from None
         return self._apply(grads_and_vars, stacklevel=3)
 
     def _apply(self, grads_and_vars: Iterable[tuple[Any, Variable]], stacklevel: int) -> Variable:
@@ -465,8 +510,15 @@ class RMSprop(OptimizerVariables):
         """Creates an optimizer from :meth:`get_config`'s dict (or a TF 2.x Keras RMSprop's).
 
         ``lr`` is renamed ``learning_rate``; dict values with ``class_name``/``config`` are
-        rebuilt (classes from ``custom_objects`` by name, else imported from ``module``).
+        rebuilt: classes from ``custom_objects`` by name, else imported from ``module`` -- only
+        a Keras ``LearningRateSchedule`` from keras, tf_keras or TensorFlow, since a config read
+        from a file names what is imported and called (anything else is a ``ValueError``).
         """
+        if custom_objects is not None and not isinstance(custom_objects, Mapping):
+            raise TypeError(
+                "from_config: `custom_objects` must be a dict mapping class names to classes, "
+                f"got {type(custom_objects).__name__}"
+            )
         return cls(**keras_config.config_to_kwargs(config, custom_objects))
 
     def __repr__(self) -> str:

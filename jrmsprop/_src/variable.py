@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jrmsprop._src.sparse import IndexedSlices
-from jrmsprop._src.validation import check_bool
+from jrmsprop._src.validation import abbreviated, check_bool
 
 __all__ = ["Variable", "as_gradient"]
 
@@ -47,18 +47,153 @@ def dtype_kind(dtype: Any) -> str:
     return dtype.kind
 
 
-def _python_scalar_dtype(value: Any) -> np.dtype | None:
-    """The TF default dtype of Python data (scalars and nested lists), or None."""
-    if type(value) in _PYTHON_DTYPES:
-        return np.dtype(_PYTHON_DTYPES[type(value)])
-    if isinstance(value, (list, tuple)):
-        kinds = np.asarray(value).dtype.kind
-        return np.dtype(
-            {"b": np.bool_, "i": np.int32, "u": np.int32, "f": np.float32, "c": np.complex64}.get(
-                kinds, np.float32
-            )
+_INT32 = np.iinfo(np.int32)
+
+
+def _python_int_dtype(array: np.ndarray) -> np.dtype:
+    """TF's dtype for Python ints: int32 when every value fits, else int64."""
+    if array.size and not (_INT32.min <= array.min() and array.max() <= _INT32.max):
+        return np.dtype(np.int64)
+    return np.dtype(np.int32)
+
+
+def _python_scalar_dtype(value: Any, exact: np.ndarray | None = None) -> np.dtype | None:
+    """The TF default dtype of Python data (scalars and nested lists), or None.
+
+    ``exact`` is ``value`` as a NumPy array (computed here when not given).
+    """
+    if type(value) not in _PYTHON_DTYPES and not isinstance(value, (list, tuple)):
+        return None
+    if exact is None:
+        exact = np.asarray(value)
+    kind = "i" if exact.dtype.kind == "O" else exact.dtype.kind
+    if kind in "iu":
+        return _python_int_dtype(exact)
+    return np.dtype({"b": np.bool_, "f": np.float32, "c": np.complex64}.get(kind, np.float32))
+
+
+def exact_array(value: Any, what: str) -> Any:
+    """``value`` as an array that holds it exactly, for the checks before a conversion.
+
+    A ``jax.Array`` (or a Variable's value) as it is; anything else as a NumPy array of its own
+    dtype (Python ints as int64, or as an object array beyond 64 bits). Raises a ``TypeError``
+    that starts with ``what`` for ragged nested sequences and for anything that is not numbers.
+    """
+    if isinstance(value, Variable):
+        value = value.value
+    if isinstance(value, jax.Array):
+        return value
+    try:
+        array = np.asarray(value)
+    except ValueError as e:  # NumPy: "setting an array element with a sequence"
+        ragged = "inhomogeneous" in str(e) or "with a sequence" in str(e)
+        got = (
+            "a ragged nested sequence (sub-lists of different lengths)"
+            if ragged
+            else (f"{type(value).__name__} ({e})")
         )
-    return None
+        raise TypeError(f"{what} must be a number or an array of numbers, got {got}") from e
+    except TypeError as e:
+        raise TypeError(
+            f"{what} must be a number or an array of numbers, got {type(value).__name__} ({e})"
+        ) from e
+    if array.dtype.kind == "O" and array.size:
+        if all(type(x) is int for x in array.flat):
+            return array  # Python ints beyond 64 bits
+        if all(isinstance(x, (int, float, complex, np.number)) for x in array.flat):
+            # numbers mixed with ints beyond 64 bits ([0.5, 2**70]): as floating point
+            complex_ = any(isinstance(x, (complex, np.complexfloating)) for x in array.flat)
+            try:
+                return array.astype(np.complex128 if complex_ else np.float64)
+            except OverflowError as e:
+                raise ValueError(f"{what}: {e}") from e
+    if array.dtype.kind == "O" or not (
+        dtype_kind(array.dtype) in "biufc" or jnp.issubdtype(array.dtype, jnp.number)
+    ):
+        if value is None or isinstance(value, (str, bytes)):
+            got = abbreviated(repr(value), 80)
+        elif array.dtype.kind == "O":
+            got = type(value).__name__
+        else:
+            got = f"{type(value).__name__} of dtype {array.dtype}"
+        raise TypeError(f"{what} must be a number or an array of numbers, got {got}")
+    return array
+
+
+def _source_kind(dtype: Any) -> str:
+    return "i" if np.dtype(dtype).kind == "O" else dtype_kind(dtype)
+
+
+def _lossy(source: Any, target: np.dtype) -> bool:
+    """Whether converting ``source`` values to ``target`` can lose more than the rounding of a
+    floating-point conversion (so the values must be checked)."""
+    source = np.dtype(source)
+    if source == target:
+        return False
+    s, t = _source_kind(source), dtype_kind(target)
+    if source.kind == "O":
+        return True
+    if t == "b":
+        return s != "b"
+    if t in "iu":
+        if s == "b":
+            return False
+        if s in "iu":
+            si, ti = np.iinfo(source), np.iinfo(target)
+            return bool(si.min < ti.min or si.max > ti.max)
+        return True
+    if t in "fc":
+        if s == "c":
+            return t != "c"
+        if s in "iu":
+            return bool(np.iinfo(source).max > float(jnp.finfo(target).max))
+    return False
+
+
+def check_representable(exact: Any, target: Any, what: str, requested: Any = None) -> None:
+    """Refuses values that ``target`` cannot hold: integers out of its range, NaN, inf and
+    fractions for an integer dtype, values other than 0 and 1 for bool, integers beyond a float
+    dtype's range, and complex numbers for a real dtype.
+
+    ``exact`` is from :func:`exact_array`; ``what`` starts the message (it names the variable
+    and the argument); ``requested`` is the dtype asked for, when JAX narrowed it to ``target``.
+    The rounding of floating-point values (float64 to float32) is not a loss.
+    """
+    target = np.dtype(target)
+    if not _lossy(exact.dtype, target):
+        return
+    s, t = _source_kind(exact.dtype), dtype_kind(target)
+    if s == "c" and t != "c":
+        raise TypeError(
+            f"{what}: a complex value cannot be stored in dtype {target} (the imaginary part "
+            "would be dropped)"
+        )
+    flat = np.asarray(exact).reshape(-1)
+    if not flat.size:
+        return
+    if s == "f":
+        flat = flat.astype(np.float64)
+    if t == "b":
+        bad = ~np.asarray((flat == 0) | (flat == 1), bool)
+        reason = "only 0 and 1 can be stored as booleans"
+    elif t in "iu":
+        info = np.iinfo(target)
+        low, high = float(info.min), float(info.max) + 1.0  # exact in float64
+        if s == "f":
+            bad = ~np.isfinite(flat) | (flat != np.trunc(flat)) | (flat < low) | (flat >= high)
+        else:
+            bad = np.asarray((flat < info.min) | (flat > info.max), bool)
+        reason = f"it holds integers in [{info.min}, {info.max}]"
+    else:
+        limit = float(jnp.finfo(target).max)
+        bad = np.asarray(abs(flat) > limit, bool)
+        reason = f"its largest finite value is {limit:g}"
+    if bad.any():
+        value = flat[int(np.argmax(bad))]
+        value = value.item() if isinstance(value, np.generic) else value
+        if requested is not None and np.dtype(requested) != target:
+            reason += f"; {np.dtype(requested)} is stored as {target} while JAX's x64 mode is off"
+        raise ValueError(f"{what}: {value!r} cannot be represented in dtype {target} ({reason})")
 
 
 def as_array(value: Any, dtype: Any = None, *, copy: bool = True) -> jax.Array:
@@ -80,6 +215,23 @@ def as_array(value: Any, dtype: Any = None, *, copy: bool = True) -> jax.Array:
             return jnp.array(value, copy=True) if copy else value
         return value.astype(dtype)  # a new buffer
     return jnp.array(np.asarray(value), dtype=dtype)  # always a new device buffer
+
+
+def _exact_integer_op(a: np.ndarray, b: np.ndarray, add: bool) -> np.ndarray:
+    """``a + b`` (or ``a - b``) of integer (or bool) arrays, without wrapping: int64 when the
+    result fits, else Python ints (an object array)."""
+    if a.dtype.kind != "O" and b.dtype.kind != "O" and np.uint64 not in (a.dtype, b.dtype):
+        x, y = a.astype(np.int64), b.astype(np.int64)
+        result = x + y if add else x - y
+        # two's-complement overflow: the result's sign differs from both (add) / from x and -y
+        overflow = ((x ^ result) & ((y if add else ~y) ^ result)) < 0
+        if not overflow.any():
+            return result
+    a, b = a.astype(object), b.astype(object)
+    result = np.asarray(a + b if add else a - b, dtype=object)
+    if all(-(2**63) <= int(v) < 2**63 for v in result.flat):
+        return result.astype(np.int64)
+    return result
 
 
 # ---- the hook of RMSprop.minimize -------------------------------------------------------------
@@ -171,11 +323,22 @@ class Variable:
                 dtype = np.dtype(dtype)
             except TypeError as e:
                 raise TypeError(f"Variable: `dtype` must be a dtype, got {dtype!r}") from e
+        what = f"Variable {name if name is not None else 'Variable'!r}: `initial_value`"
+        exact = exact_array(initial_value, what)
+        requested = dtype
+        if requested is None:
+            requested = _python_scalar_dtype(initial_value, exact)
+        if requested is None:
+            requested = np.dtype(np.int64) if exact.dtype.kind == "O" else exact.dtype
+        target = canonical_dtype(requested)
+        check_representable(exact, target, what, requested)
+        if exact.dtype.kind == "O":  # Python ints beyond 64 bits, checked: a float dtype holds them
+            exact = exact.astype(np.float64)
         try:
-            value = as_array(initial_value, dtype)
+            value = as_array(exact, target)
         except (TypeError, ValueError) as e:
             raise TypeError(
-                f"Variable: `initial_value` must be a number or an array of numbers, got "
+                f"{what} must be a number or an array of numbers, got "
                 f"{type(initial_value).__name__} ({e})"
             ) from e
         synchronization = enum_name("synchronization", synchronization, SYNCHRONIZATIONS)
@@ -256,52 +419,76 @@ class Variable:
 
     # -- writing ---------------------------------------------------------------------------------
 
-    def _coerce(self, value: Any, what: str) -> jax.Array:
-        if isinstance(value, Variable):
-            value = value.value
-        source = value.dtype if hasattr(value, "dtype") else _python_scalar_dtype(value)
-        if source is None:
-            source = np.asarray(value).dtype
-        source = np.dtype(getattr(source, "as_numpy_dtype", source))  # TF DTypes too
+    def _coerce(self, value: Any, what: str) -> Any:
+        """``value`` as an exact array (see :func:`exact_array`) after checking that it is numbers
+        of this variable's shape and of a kind of number its dtype accepts; not yet converted."""
+        exact = exact_array(value, f"Variable {self._name!r}: the value to {what}")
+        source = exact.dtype
         allowed = {"b": "biufc", "i": "iufc", "u": "iufc", "f": "fc", "c": "c"}
-        if dtype_kind(self.dtype) not in allowed.get(dtype_kind(source), ""):
+        if dtype_kind(self.dtype) not in allowed.get(_source_kind(source), ""):
             raise TypeError(
                 f"Variable {self._name!r}: cannot {what} a value of dtype {source} to a variable "
                 f"of dtype {self.dtype}"
             )
-        new = as_array(value, self.dtype)
-        if new.shape != self._value.shape:
+        if tuple(exact.shape) != self._value.shape:
             raise ValueError(
-                f"Variable {self._name!r}: cannot {what} a value of shape {tuple(new.shape)} to "
-                f"a variable of shape {self.shape}"
+                f"Variable {self._name!r}: cannot {what} a value of shape {tuple(exact.shape)} "
+                f"to a variable of shape {self.shape}"
             )
-        return new
+        return exact
+
+    def _convert(self, exact: Any, what: str) -> jax.Array:
+        """An exact array (from :meth:`_coerce`) in this variable's dtype, after the variable's
+        own check (``iterations``' range, a hyperparameter's) of the value before it is narrowed
+        and the check that the dtype can represent it."""
+        if self._check is not None and exact.dtype.kind != "O" and _lossy(exact.dtype, self.dtype):
+            self._check(exact)  # e.g. iterations = 2**32 names `iterations`, before int32 wraps
+        check_representable(exact, self.dtype, f"Variable {self._name!r}: {what}")
+        if exact.dtype.kind == "O":  # Python ints beyond 64 bits, checked: a float dtype holds them
+            exact = exact.astype(np.float64)
+        return as_array(exact, self.dtype)
 
     def assign(
         self, value: Any, use_locking: Any = None, name: Any = None, read_value: bool = True
     ) -> Variable | None:
-        """Replaces the value (same shape; cast to the variable's dtype). Returns the variable."""
+        """Replaces the value (same shape; cast to the variable's dtype). Returns the variable.
+
+        A value the dtype cannot represent (an integer out of range, NaN for an integer
+        variable) is refused, as by ``tf.Variable.assign``."""
         del use_locking, name
-        self._store(self._coerce(value, "assign"))
+        self._store(self._convert(self._coerce(value, "assign"), "the value to assign"))
         return self if read_value else None
 
     def assign_add(
         self, delta: Any, use_locking: Any = None, name: Any = None, read_value: bool = True
     ) -> Variable | None:
-        """Adds ``delta`` to the value. Returns the variable."""
+        """Adds ``delta`` to the value. Returns the variable.
+
+        For an integer variable a sum out of the dtype's range is refused (it does not wrap)."""
         del use_locking, name
-        delta = self._coerce(delta, "add")
-        self._store((self._value + delta).astype(self.dtype))
+        self._store(self._combine(delta, "add"))
         return self if read_value else None
 
     def assign_sub(
         self, delta: Any, use_locking: Any = None, name: Any = None, read_value: bool = True
     ) -> Variable | None:
-        """Subtracts ``delta`` from the value. Returns the variable."""
+        """Subtracts ``delta`` from the value. Returns the variable (an integer variable refuses
+        a difference out of the dtype's range)."""
         del use_locking, name
-        delta = self._coerce(delta, "subtract")
-        self._store((self._value - delta).astype(self.dtype))
+        self._store(self._combine(delta, "subtract"))
         return self if read_value else None
+
+    def _combine(self, delta: Any, what: str) -> jax.Array:
+        """The value plus (``what="add"``) or minus ``delta``, in the variable's dtype."""
+        exact = self._coerce(delta, what)
+        if dtype_kind(self.dtype) not in "biu":
+            delta = self._convert(exact, f"the value to {what}")
+            new = self._value + delta if what == "add" else self._value - delta
+            return new.astype(self.dtype)
+        # Integers: the exact result, checked before it is narrowed to the dtype.
+        old = np.asarray(self._value)
+        result = _exact_integer_op(old, np.asarray(exact), what == "add")
+        return self._convert(result, "the sum" if what == "add" else "the difference")
 
     def _store(self, value: jax.Array) -> None:
         if self._check is not None:
@@ -396,8 +583,8 @@ def as_gradient(grad: Any, var: Variable) -> Any:
         if isinstance(value, Variable):
             value = value.value
         is_jax = isinstance(value, jax.Array)
-        array = value if is_jax else np.asarray(value)
-        kind = dtype_kind(array.dtype)
+        array = exact_array(value, f"Gradient for variable {var.name!r}")
+        kind = _source_kind(array.dtype)
         if kind not in ("fc" if is_jax else "iufc") or (
             kind == "c" and dtype_kind(var.dtype) != "c"
         ):
@@ -405,7 +592,12 @@ def as_gradient(grad: Any, var: Variable) -> Any:
                 f"Gradient for variable {var.name!r} has dtype {array.dtype}, the variable "
                 f"{var.dtype}"
             )
-        return array if is_jax else jnp.array(array, dtype=var.dtype)
+        if is_jax:
+            return array
+        check_representable(array, var.dtype, f"Gradient for variable {var.name!r}")
+        if array.dtype.kind == "O":
+            array = array.astype(np.float64)
+        return jnp.array(array, dtype=var.dtype)
 
     if isinstance(grad, IndexedSlices):
         indices = grad.indices if isinstance(grad.indices, jax.Array) else jnp.asarray(grad.indices)
