@@ -824,3 +824,35 @@ def test_a_schedule_that_does_not_take_the_step_count_is_refused_at_construction
 def test_a_schedule_with_a_default_argument_is_still_a_schedule():
     tx = jrmsprop.rmsprop(lambda count, scale=1.0: scale * 0.1 / (1 + count.astype(jnp.float32)))
     np.testing.assert_array_equal(_step(tx), _step(jrmsprop.rmsprop(0.1)))
+
+
+# ---- a subtree where the state has one array -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "subtree",
+    [{"a": jnp.ones((2, 3))}, [jnp.ones(3), jnp.ones(3)], (jnp.ones((2, 3)),)],
+    ids=["dict", "list-of-rows", "tuple"],
+)
+@pytest.mark.parametrize("where", ["grads", "params", "update_and_apply"])
+def test_subtree_in_place_of_a_leaf_is_refused(subtree, where):
+    """``flatten_up_to`` hands back a whole subtree where the state has one leaf: a list of rows
+    was stacked into the (2, 3) leaf and accepted, a dict failed inside NumPy; both name the
+    leaf."""
+    tx = jrmsprop.rmsprop(0.1, momentum=0.5, centered=True)
+    params = {"w": jnp.ones((2, 3)), "b": jnp.ones(2)}
+    state = tx.init(params)
+    grads = {"w": jnp.ones((2, 3)), "b": jnp.ones(2)}
+    bad = {"w": subtree, "b": jnp.ones(2)}
+    calls = {
+        "grads": lambda: tx.update(bad, state, params),
+        "params": lambda: tx.update(grads, state, bad),
+        "update_and_apply": lambda: jrmsprop.update_and_apply(tx, bad, state, params),
+    }
+    name = {"grads": "updates", "params": "params", "update_and_apply": "grads"}[where]
+    with pytest.raises(ValueError, match=rf"`{name}` at \['w'\] is a subtree"):
+        calls[where]()
+    for slot in ("momentum", "mg"):  # (state.rms is the structure the others are read by)
+        bad_state = state._replace(**{slot: {"w": subtree, "b": jnp.zeros(2)}})
+        with pytest.raises(ValueError, match=rf"`state.{slot}` at \['w'\] is a subtree"):
+            tx.update(grads, bad_state, params)

@@ -142,14 +142,27 @@ def _init(params: optax.Params, config: _Config, momentum: Any) -> RMSpropState:
     )
 
 
-def _flatten_as(treedef: Any, tree: Any, what: str) -> list[Any]:
+def _flatten_as(treedef: Any, tree: Any, what: str, paths: list[Any]) -> list[Any]:
+    """``tree``'s leaves where the state has its leaves (``paths``); each must be one array (or
+    ``None``, or an ``IndexedSlices``), not a subtree, which ``flatten_up_to`` would return."""
     try:
-        return treedef.flatten_up_to(tree)
+        leaves = treedef.flatten_up_to(tree)
     except (ValueError, TypeError) as e:
         raise ValueError(
             f"rmsprop: `{what}` do not have the tree structure of the optimizer state "
             f"(expected {validation.tree_description(treedef)}): {validation.abbreviated(e)}"
         ) from e
+    for path, leaf in zip(paths, leaves, strict=True):
+        if leaf is None or isinstance(leaf, sparse.IndexedSlices):
+            continue
+        structure = jax.tree.structure(leaf)
+        if not jax.tree_util.treedef_is_leaf(structure) or structure.num_leaves != 1:
+            raise ValueError(
+                f"rmsprop: `{what}` at {_path_str(path)} is a subtree "
+                f"({validation.abbreviated(str(structure), 80)}) where the optimizer state has "
+                "one array"
+            )
+    return leaves
 
 
 def _check_state(state: Any, config: _Config) -> None:
@@ -473,18 +486,22 @@ def _tree_update(
     paths_and_rms, treedef = jax.tree_util.tree_flatten_with_path(state.rms)
     paths = [path for path, _ in paths_and_rms]
     rms_leaves = [leaf for _, leaf in paths_and_rms]
-    grad_leaves = _flatten_as(treedef, updates, "updates" if apply == "updates" else "grads")
+    grad_leaves = _flatten_as(treedef, updates, "updates" if apply == "updates" else "grads", paths)
     if config.use_weight_decay is True and params is None and rms_leaves:
         raise ValueError(
             f"{config.rule.framework}: weight decay needs `params`: call "
             "update(grads, state, params)"
         )
     param_leaves = (
-        [None] * len(rms_leaves) if params is None else _flatten_as(treedef, params, "params")
+        [None] * len(rms_leaves)
+        if params is None
+        else _flatten_as(treedef, params, "params", paths)
     )
     has_momentum = state.momentum is not None
-    mom_leaves = _flatten_as(treedef, state.momentum, "state.momentum") if has_momentum else None
-    mg_leaves = _flatten_as(treedef, state.mg, "state.mg") if state.mg is not None else None
+    mom_leaves = (
+        _flatten_as(treedef, state.momentum, "state.momentum", paths) if has_momentum else None
+    )
+    mg_leaves = _flatten_as(treedef, state.mg, "state.mg", paths) if state.mg is not None else None
     _check_slots(paths, rms_leaves, mom_leaves, mg_leaves)
 
     count = state.count.astype(jnp.int32)
