@@ -856,3 +856,29 @@ def test_subtree_in_place_of_a_leaf_is_refused(subtree, where):
         bad_state = state._replace(**{slot: {"w": subtree, "b": jnp.zeros(2)}})
         with pytest.raises(ValueError, match=rf"`state.{slot}` at \['w'\] is a subtree"):
             tx.update(grads, bad_state, params)
+
+
+@pytest.mark.parametrize(
+    "make, prefix",
+    [
+        (lambda: jrmsprop.rmsprop(0.1), "rmsprop"),
+        (lambda: compat.torch(0.1), "compat.torch"),
+        (lambda: compat.keras3(0.1), "compat.keras3"),
+        (lambda: compat.tf1(0.1), "compat.tf1"),
+    ],
+)
+def test_structure_and_leaf_errors_name_the_preset(make, prefix):
+    """Errors about the gradients, parameters and state start with the preset the user called."""
+    tx = make()
+    params = {"w": jnp.ones(3)}
+    state = tx.init(params)
+    cases = [
+        (lambda: tx.update({"w": jnp.ones(4)}, state, params), ValueError, "gradient at"),
+        (lambda: tx.update({"w": jnp.ones(3, jnp.int32)}, state, params), TypeError, "gradient"),
+        (lambda: tx.update({"v": jnp.ones(3)}, state, params), ValueError, "tree structure"),
+        (lambda: tx.update({"w": [1.0, 2.0, 3.0]}, state, params), ValueError, "subtree"),
+        (lambda: tx.update(params, state._replace(count=jnp.ones(2, jnp.int32))), ValueError, ""),
+    ]
+    for call, error, text in cases:
+        with pytest.raises(error, match=rf"^{re.escape(prefix)}: .*{text}"):
+            call()

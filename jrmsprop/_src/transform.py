@@ -105,10 +105,10 @@ def _path_str(path: tuple[Any, ...]) -> str:
     return jax.tree_util.keystr(path) or "<root>"
 
 
-def _check_float(kind: str, path: tuple[Any, ...], dtype: Any) -> None:
+def _check_float(who: str, kind: str, path: tuple[Any, ...], dtype: Any) -> None:
     if not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.complexfloating)):
         raise TypeError(
-            f"rmsprop: {kind} at {_path_str(path)} has dtype {jnp.dtype(dtype).name}; "
+            f"{who}: {kind} at {_path_str(path)} has dtype {jnp.dtype(dtype).name}; "
             "RMSprop needs floating-point (or complex) parameters and gradients"
         )
 
@@ -119,7 +119,7 @@ def _init(params: optax.Params, config: _Config, momentum: Any) -> RMSpropState:
     def slot(path, p, value, real):
         if not hasattr(p, "shape") or not hasattr(p, "dtype"):  # a Python number
             p = jnp.asarray(p)
-        _check_float("parameter", path, p.dtype)
+        _check_float(rule.framework, "parameter", path, p.dtype)
         dtype = slot_dtype_of(p.dtype, real, rule.complex_as_real, config.slot_dtype)
         return jnp.full_like(p, value, dtype=dtype)
 
@@ -142,14 +142,14 @@ def _init(params: optax.Params, config: _Config, momentum: Any) -> RMSpropState:
     )
 
 
-def _flatten_as(treedef: Any, tree: Any, what: str, paths: list[Any]) -> list[Any]:
+def _flatten_as(who: str, treedef: Any, tree: Any, what: str, paths: list[Any]) -> list[Any]:
     """``tree``'s leaves where the state has its leaves (``paths``); each must be one array (or
     ``None``, or an ``IndexedSlices``), not a subtree, which ``flatten_up_to`` would return."""
     try:
         leaves = treedef.flatten_up_to(tree)
     except (ValueError, TypeError) as e:
         raise ValueError(
-            f"rmsprop: `{what}` do not have the tree structure of the optimizer state "
+            f"{who}: `{what}` do not have the tree structure of the optimizer state "
             f"(expected {validation.tree_description(treedef)}): {validation.abbreviated(e)}"
         ) from e
     for path, leaf in zip(paths, leaves, strict=True):
@@ -158,7 +158,7 @@ def _flatten_as(treedef: Any, tree: Any, what: str, paths: list[Any]) -> list[An
         structure = jax.tree.structure(leaf)
         if not jax.tree_util.treedef_is_leaf(structure) or structure.num_leaves != 1:
             raise ValueError(
-                f"rmsprop: `{what}` at {_path_str(path)} is a subtree "
+                f"{who}: `{what}` at {_path_str(path)} is a subtree "
                 f"({validation.abbreviated(str(structure), 80)}) where the optimizer state has "
                 "one array"
             )
@@ -167,26 +167,27 @@ def _flatten_as(treedef: Any, tree: Any, what: str, paths: list[Any]) -> list[An
 
 def _check_state(state: Any, config: _Config) -> None:
     """Structure and dtypes of a state (run while tracing: free for cached eager calls)."""
+    who = config.rule.framework
     if not isinstance(state, RMSpropState):
-        raise TypeError(f"rmsprop: `state` must be an RMSpropState, got {type(state).__name__}")
+        raise TypeError(f"{who}: `state` must be an RMSpropState, got {type(state).__name__}")
     count = state.count
     if not hasattr(count, "dtype") or not jnp.issubdtype(count.dtype, jnp.integer):
         raise TypeError(
-            "rmsprop: `state.count` must be an integer scalar (int32), got "
+            f"{who}: `state.count` must be an integer scalar (int32), got "
             f"{getattr(count, 'dtype', type(count).__name__)}"
         )
     if jnp.ndim(count) != 0:
-        raise ValueError(f"rmsprop: `state.count` must be a scalar, got shape {jnp.shape(count)}")
+        raise ValueError(f"{who}: `state.count` must be a scalar, got shape {jnp.shape(count)}")
     if not jax.tree.leaves(state.rms):
         return  # no parameters: nothing to check or update
     if config.centered != (state.mg is not None):
         raise ValueError(
-            f"rmsprop: `state` {'lacks' if config.centered else 'has'} the `mg` slot but this "
-            f"transformation has centered={config.centered}"
+            f"{who}: `state` {'lacks' if config.centered else 'has'} the `mg` slot but "
+            f"this transformation has centered={config.centered}"
         )
     if config.momentum_slot is not None and config.momentum_slot != (state.momentum is not None):
         raise ValueError(
-            "rmsprop: `state` "
+            f"{who}: `state` "
             + (
                 "lacks a momentum slot but momentum is non-zero"
                 if config.momentum_slot
@@ -196,11 +197,11 @@ def _check_state(state: Any, config: _Config) -> None:
         )
 
 
-def _check_slots(paths, rms_leaves, mom_leaves, mg_leaves) -> None:
+def _check_slots(who: str, paths, rms_leaves, mom_leaves, mg_leaves) -> None:
     for i, (path, rms) in enumerate(zip(paths, rms_leaves, strict=True)):
         if not jnp.issubdtype(rms.dtype, jnp.inexact):
             raise TypeError(
-                f"rmsprop: `state.rms` at {_path_str(path)} has dtype {rms.dtype.name}; "
+                f"{who}: `state.rms` at {_path_str(path)} has dtype {rms.dtype.name}; "
                 "slots must be floating point"
             )
         for name, leaves in (("momentum", mom_leaves), ("mg", mg_leaves)):
@@ -209,12 +210,12 @@ def _check_slots(paths, rms_leaves, mom_leaves, mg_leaves) -> None:
             leaf = leaves[i]
             if jnp.shape(leaf) != jnp.shape(rms):
                 raise ValueError(
-                    f"rmsprop: `state.{name}` at {_path_str(path)} has shape "
+                    f"{who}: `state.{name}` at {_path_str(path)} has shape "
                     f"{tuple(jnp.shape(leaf))}, but `state.rms` there has {tuple(rms.shape)}"
                 )
             if not jnp.issubdtype(leaf.dtype, jnp.inexact):
                 raise TypeError(
-                    f"rmsprop: `state.{name}` at {_path_str(path)} has dtype "
+                    f"{who}: `state.{name}` at {_path_str(path)} has dtype "
                     f"{jnp.dtype(leaf.dtype).name}; slots must be floating point"
                 )
 
@@ -251,12 +252,12 @@ def _leaf_update(
     shape = g.dense_shape if is_sparse else jnp.shape(g)
     if tuple(shape) != tuple(rms.shape):
         raise ValueError(
-            f"rmsprop: gradient at {_path_str(path)} has shape {tuple(shape)} but the state "
-            f"expects {tuple(rms.shape)}"
+            f"{rule.framework}: gradient at {_path_str(path)} has shape {tuple(shape)} but the "
+            f"state expects {tuple(rms.shape)}"
         )
-    _check_float("gradient", path, g.dtype)
+    _check_float(rule.framework, "gradient", path, g.dtype)
     if param is not None:
-        _check_float("parameter", path, param.dtype)
+        _check_float(rule.framework, "parameter", path, param.dtype)
         if param.shape != rms.shape:  # read for weight decay, or the update applied to it
             raise ValueError(
                 f"{rule.framework}: parameter at {_path_str(path)} has shape {param.shape} but "
@@ -268,8 +269,9 @@ def _leaf_update(
     )
     if g_complex and real_target is not None:
         raise TypeError(
-            f"rmsprop: gradient at {_path_str(path)} is complex ({jnp.dtype(g.dtype).name}) but "
-            "the parameter (or its slots) is real; take the real part or make the parameter complex"
+            f"{rule.framework}: gradient at {_path_str(path)} is complex "
+            f"({jnp.dtype(g.dtype).name}) but the parameter (or its slots) is real; take the real "
+            "part or make the parameter complex"
         )
     if is_sparse and g_complex and rule.complex_as_real:
         raise NotImplementedError(
@@ -483,10 +485,13 @@ def _tree_update(
     instead of the updates.
     """
     _check_state(state, config)
+    who = config.rule.framework
     paths_and_rms, treedef = jax.tree_util.tree_flatten_with_path(state.rms)
     paths = [path for path, _ in paths_and_rms]
     rms_leaves = [leaf for _, leaf in paths_and_rms]
-    grad_leaves = _flatten_as(treedef, updates, "updates" if apply == "updates" else "grads", paths)
+    grad_leaves = _flatten_as(
+        who, treedef, updates, "updates" if apply == "updates" else "grads", paths
+    )
     if config.use_weight_decay is True and params is None and rms_leaves:
         raise ValueError(
             f"{config.rule.framework}: weight decay needs `params`: call "
@@ -495,14 +500,16 @@ def _tree_update(
     param_leaves = (
         [None] * len(rms_leaves)
         if params is None
-        else _flatten_as(treedef, params, "params", paths)
+        else _flatten_as(who, treedef, params, "params", paths)
     )
     has_momentum = state.momentum is not None
     mom_leaves = (
-        _flatten_as(treedef, state.momentum, "state.momentum", paths) if has_momentum else None
+        _flatten_as(who, treedef, state.momentum, "state.momentum", paths) if has_momentum else None
     )
-    mg_leaves = _flatten_as(treedef, state.mg, "state.mg", paths) if state.mg is not None else None
-    _check_slots(paths, rms_leaves, mom_leaves, mg_leaves)
+    mg_leaves = (
+        _flatten_as(who, treedef, state.mg, "state.mg", paths) if state.mg is not None else None
+    )
+    _check_slots(who, paths, rms_leaves, mom_leaves, mg_leaves)
 
     count = state.count.astype(jnp.int32)
     rule = config.rule
