@@ -608,3 +608,50 @@ def test_flax_imported_after_jrmsprop_still_registers() -> None:
         cwd=Path(__file__).resolve().parent.parent,
     )
     assert out.stdout.split() == ["['float32']", "PackedState"], out.stderr
+
+
+def test_unpack_state_names_the_first_differing_leaf() -> None:
+    """A mismatch names the leaf (path) and both shapes/dtypes, not two alike layouts."""
+    tx = packed(jrmsprop.rmsprop(0.1))
+    p1 = {"w": jnp.ones((2, 3)), "b": jnp.zeros(3)}
+    state = tx.init(p1)
+    cases = [
+        (
+            {"w": jnp.ones((3, 2)), "b": jnp.zeros(3)},
+            r"the leaf at \['w'\] is float32\[3, 2\] in `params` but float32\[2, 3\] in the "
+            r"packed state",
+        ),
+        (
+            {"w": jnp.ones((2, 3)), "b": jnp.zeros(3, jnp.bfloat16)},
+            r"the leaf at \['b'\] is bfloat16\[3\] in `params` but float32\[3\] in the packed",
+        ),
+        (
+            {"w": jnp.ones((2, 3)), "c": jnp.zeros(3)},
+            r"the leaf at \['c'\] is in `params` but not in the packed state; the leaf at "
+            r"\['b'\] is in the packed state but not in `params`",
+        ),
+    ]
+    for p2, words in cases:
+        with pytest.raises(ValueError, match=r"^unpack_state: `params` .*" + words):
+            unpack_state(state, p2)
+    listed = tx.init([jnp.ones(2), jnp.ones(3)])
+    with pytest.raises(ValueError, match=r"the tree structures differ: PyTreeDef\(\(\*, \*\)\)"):
+        unpack_state(listed, (jnp.ones(2), jnp.ones(3)))
+    many = tx.init([jnp.ones(i + 1) for i in range(6)])
+    with pytest.raises(ValueError, match=r"the leaf at \[5\] is float32\[7\] in `params` but"):
+        unpack_state(many, [jnp.ones(i + 1) for i in range(5)] + [jnp.ones(7)])
+    assert unpack_state(state, p1).rms["w"].shape == (2, 3)  # nothing changed
+
+
+def test_layout_repr_tells_different_layouts_apart() -> None:
+    """JAX prints the layouts of two mismatched trees: different layouts never print alike."""
+    a = PackedLayout.of({"w": jnp.ones((2, 3)), "b": jnp.zeros(3)})
+    b = PackedLayout.of({"w": jnp.ones((3, 2)), "b": jnp.zeros(3)})
+    assert repr(a) != repr(b)
+    assert "['w'] float32[2, 3]" in repr(a) and "['w'] float32[3, 2]" in repr(b)
+    listed = PackedLayout.of([jnp.ones(2), jnp.ones(3)])
+    assert repr(listed) != repr(PackedLayout.of((jnp.ones(2), jnp.ones(3))))
+    big = [PackedLayout.of([jnp.ones(i + 1) for i in range(5)] + [jnp.ones(n)]) for n in (6, 7)]
+    assert repr(big[0]) != repr(big[1]) and "leaves -> float32[21]; #" in repr(big[0])
+    same = pickle.loads(pickle.dumps(a))
+    assert same == a and repr(same) == repr(a) and same.digest() == a.digest()

@@ -483,3 +483,37 @@ def test_flax_serialization_round_trip_of_packed_params_and_state() -> None:
     got, _ = tx.update(grads, restored_state, restored_params)
     for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
         assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
+
+
+def test_mismatched_packed_trees_name_their_layouts_differently() -> None:
+    """``tx.update(pack(P2), tx.init(pack(P1)))``: JAX's "custom node data" mismatch shows the
+    two layouts, which must differ in print (the leaf shapes for a few leaves, else a digest)."""
+    tx = jrmsprop.rmsprop(0.1)
+    p1 = {"w": jnp.ones((2, 3)), "b": jnp.zeros(3)}
+    p2 = {"w": jnp.ones((3, 2)), "b": jnp.zeros(3)}
+    with pytest.raises(ValueError) as info:
+        tx.update(pack(p2), tx.init(pack(p1)))
+    message = str(info.value)
+    assert repr(pack(p1).layout) in message and repr(pack(p2).layout) in message
+    assert "['w'] float32[2, 3]" in message and "['w'] float32[3, 2]" in message
+    many1 = [jnp.ones(i + 1) for i in range(6)]
+    many2 = [jnp.ones(i + 1) for i in range(5)] + [jnp.ones(7)]
+    with pytest.raises(ValueError) as info:
+        tx.update(pack(many2), tx.init(pack(many1)))
+    first, second = pack(many1).layout, pack(many2).layout
+    assert first.digest() != second.digest()
+    assert f"#{first.digest()}" in str(info.value) and f"#{second.digest()}" in str(info.value)
+
+
+def test_pack_like_names_the_leaf_that_does_not_fit() -> None:
+    like = pack({"w": jnp.ones((2, 3)), "b": jnp.zeros(3)})
+    state = jrmsprop.rmsprop(0.1).init({"w": jnp.ones((3, 2)), "b": jnp.zeros(3)})
+    with pytest.raises(
+        ValueError, match=r"float32\[3, 2\] at \['w'\], where `like` has float32\[2, 3\]"
+    ):
+        pack(state, like=like)
+    ints = {"w": np.ones((2, 3), np.int32), "b": np.zeros(3, np.float32)}
+    with pytest.raises(ValueError, match=r"has dtype int32 at \['w'\], and only floating-point"):
+        pack([ints], like=like)
+    with pytest.raises(ValueError, match="no subtree of `tree` has the tree structure of `like`"):
+        pack({"x": jnp.ones(2)}, like=like)

@@ -9,6 +9,7 @@ those gradients must give the framework's parameters bit for bit.
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 import zipfile
@@ -490,3 +491,178 @@ def test_jrmsprop_keras_archive_is_not_read_as_keras3s_rmsprop(tmp_path: Path) -
         load_keras3_archive(custom, _zeros())
     with pytest.raises(TypeError, match=r"`jrmsprop_keras` must be True or False"):
         load_keras3_archive(jr, _zeros(), jrmsprop_keras="yes")
+
+
+# ---- values the loaders refuse (state_from_keras2 / state_from_torch and the file loaders) ----
+
+
+def _sd(square_avg=None, step=3, key=0) -> dict:
+    sq = np.ones(2, np.float32) if square_avg is None else square_avg
+    return {
+        "state": {key: {"step": step, "square_avg": sq}},
+        "param_groups": [{"params": [0], "momentum": 0, "centered": False}],
+    }
+
+
+def test_ragged_and_non_numeric_values_name_the_weight() -> None:
+    p = [jnp.zeros(2), jnp.zeros((2, 2))]
+    w = [np.int64(3), np.ones(2, np.float32), np.ones((2, 2), np.float32)]
+    sfk = saved_state.state_from_keras2
+    with pytest.raises(
+        TypeError,
+        match=r"^state_from_keras2: rms\[0\]: `weights\[1\]` \(for the parameter at \[0\]\) must "
+        r"be an array of numbers, got a ragged nested list",
+    ):
+        sfk([w[0], [[1.0], [1.0, 2.0]], w[2]], p, momentum=False, centered=False)
+    with pytest.raises(TypeError, match=r"rms\[1\]: `weights\[2\]` .* numbers, got None"):
+        sfk([w[0], w[1], None], p, momentum=False, centered=False)
+    with pytest.raises(TypeError, match=r"rms\[0\]: `weights\[1\]` .* numbers, got 'ab'"):
+        sfk([w[0], "ab", w[2]], p, momentum=False, centered=False)
+    for name in ("ab", "float32"):  # not read as a dtype
+        with pytest.raises(
+            TypeError,
+            match=rf"^state_from_keras2: `params` leaf 0 \(the parameter at \[0\]\) is '{name}'; "
+            "parameters must be arrays of floating-point",
+        ):
+            sfk(w, [name, jnp.zeros((2, 2))], momentum=False, centered=False)
+    with pytest.raises(
+        TypeError,
+        match=r"^state_from_torch: square_avg\[0\]: `state_dict\['state'\]\[0\]\['square_avg'\]` "
+        r".* got a ragged nested list",
+    ):
+        saved_state.state_from_torch(_sd([[1.0], [1.0, 2.0]]), [jnp.zeros(2)])
+    with pytest.raises(TypeError, match=r"^state_from_torch: `params` leaf 0 .* is 'ab'"):
+        saved_state.state_from_torch(_sd(), ["ab"])
+
+
+def test_a_bfloat16_slot_is_numbers() -> None:
+    p = [jnp.ones(2, jnp.bfloat16)]
+    rms = np.asarray(jnp.asarray([0.5, 2.0], jnp.bfloat16))  # NumPy kind 'V'
+    state = saved_state.state_from_keras2([1, rms], p, momentum=False, centered=False)
+    np.testing.assert_array_equal(np.asarray(state.rms[0], np.float32), [0.5, 2.0])
+
+
+def test_counts_beyond_int32_are_refused_not_clamped() -> None:
+    """As RMSprop.set_weights: iterations / step must fit the int32 counter."""
+    p = [jnp.zeros(2)]
+    with pytest.raises(
+        ValueError,
+        match=r"^state_from_keras2: `weights\[0\]` \(iterations\) must be at most 2147483647 "
+        r".*got 1099511627776$",
+    ):
+        saved_state.state_from_keras2(
+            [np.int64(2**40), np.ones(2)], p, momentum=False, centered=False
+        )
+    with pytest.raises(ValueError, match=r"`weights\[0\]` \(iterations\) .* got 2147483648$"):
+        saved_state.state_from_keras2([2**31, np.ones(2)], p, momentum=False, centered=False)
+    top = saved_state.state_from_keras2([2**31 - 1, np.ones(2)], p, momentum=False, centered=False)
+    assert int(top.count) == 2**31 - 1
+    for step, key in ((np.float32(2**40), 0), (2**40, "0")):
+        with pytest.raises(
+            ValueError,
+            match=rf"^state_from_torch: `state_dict\['state'\]\[{key!r}\]\['step'\]` must be at "
+            r"most 2147483647",
+        ):
+            saved_state.state_from_torch(_sd(step=step, key=key), p)
+
+
+def test_slot_values_that_do_not_survive_the_conversion_are_refused() -> None:
+    """A finite value beyond the slot dtype's range (it would become inf) and a negative rms are
+    refused, naming the slot, the weight and the leaf; NaN and inf load as saved."""
+    p = {"a": jnp.zeros(2), "b": jnp.zeros((2, 2))}
+    ones = [np.ones(2, np.float32), np.ones((2, 2), np.float32)]
+    sfk = saved_state.state_from_keras2
+    with pytest.raises(
+        ValueError,
+        match=r"^state_from_keras2: rms\[0\]: `weights\[1\]` \(for the parameter at \['a'\]\) "
+        r"holds 1e\+39 at index \[1\], beyond the range of the slot's dtype float32",
+    ):
+        sfk([1, np.array([1.0, 1e39]), ones[1]], p, momentum=False, centered=False)
+    with pytest.raises(
+        ValueError,
+        match=r"^state_from_keras2: momentum\[1\]: `weights\[4\]` \(for the parameter at "
+        r"\['b'\]\) holds -1e\+39 at index \[0, 1\]",
+    ):
+        big = np.array([[0.0, -1e39], [0.0, 0.0]])
+        sfk([1, *ones, ones[0], big], p, momentum=True, centered=False)
+    with pytest.raises(
+        ValueError,
+        match=r"^state_from_keras2: rms\[1\]: `weights\[2\]` \(for the parameter at \['b'\]\) "
+        r"holds the negative value -0.5 at index \[1, 0\]; .* must be >= 0",
+    ):
+        sfk([1, ones[0], np.array([[1, 1], [-0.5, 1]])], p, momentum=False, centered=False)
+    with pytest.raises(ValueError, match=r"rms\[0\]: .* the negative value -inf"):
+        sfk([1, np.array([1, -np.inf]), ones[1]], p, momentum=False, centered=False)
+    with pytest.raises(
+        ValueError,
+        match=r"^state_from_torch: square_avg\[0\]: `state_dict\['state'\]\[0\]\['square_avg'\]`"
+        r" \(for the parameter at \[0\]\) holds the negative value -2.0",
+    ):
+        saved_state.state_from_torch(_sd(np.array([1.0, -2.0])), [jnp.zeros(2)])
+    with pytest.raises(ValueError, match=r"square_avg\[0\]: .* holds 1e\+39 at index \[0\]"):
+        saved_state.state_from_torch(_sd(np.array([1e39, 1.0])), [jnp.zeros(2)])
+    # PyTorch keeps a complex parameter's square_avg as complex: both parts are averages.
+    with pytest.raises(ValueError, match=r"square_avg\[0\]: .* negative value \(1-2j\)"):
+        saved_state.state_from_torch(
+            _sd(np.array([1 + 1j, 1 - 2j], np.complex64)), [jnp.zeros(2, jnp.complex64)]
+        )
+    # Momentum and mg may be negative; a framework's NaN / inf state loads as it is.
+    state = sfk(
+        [1, np.array([np.nan, np.inf]), ones[1], -ones[0], np.full((2, 2), -np.inf)],
+        p,
+        momentum=True,
+        centered=False,
+    )
+    np.testing.assert_array_equal(np.asarray(state.rms["a"]), [np.nan, np.inf])
+    np.testing.assert_array_equal(np.asarray(state.momentum["b"]), np.full((2, 2), -np.inf))
+    sd = _sd(np.array([np.nan, np.inf], np.float32))
+    np.testing.assert_array_equal(
+        np.asarray(saved_state.state_from_torch(sd, [jnp.zeros(2)]).rms[0]), [np.nan, np.inf]
+    )
+
+
+def test_errors_while_loading_a_file_name_the_loader(tmp_path: Path) -> None:
+    ints = [jnp.zeros(s, jnp.int32) for s in SHAPES]
+    with pytest.raises(
+        TypeError, match=r"^load_keras2_h5: '.*keras2_mom0\.h5': the parameter at \[0\] has dtype"
+    ):
+        load_keras2_h5(SAVED / "keras2_mom0.h5", ints)
+    with pytest.raises(
+        TypeError,
+        match=r"^load_keras3_archive: '.*keras3_plain\.keras': the parameter at \[0\] has dtype",
+    ):
+        load_keras3_archive(SAVED / "keras3_plain.keras", ints)
+    h5py = pytest.importorskip("h5py")
+    path = tmp_path / "m.h5"
+    path.write_bytes((SAVED / "keras2_mom0.h5").read_bytes())
+    with h5py.File(path, "r+") as f:
+        f["optimizer_weights/RMSprop/iter:0"][()] = 2**40
+    with pytest.raises(
+        ValueError, match=r"^load_keras2_h5: '.*m\.h5': 'RMSprop/iter:0' \(iterations\) must be at"
+    ):
+        load_keras2_h5(path, _zeros())
+    with h5py.File(path, "r+") as f:
+        f["optimizer_weights/RMSprop/iter:0"][()] = 5
+        f["optimizer_weights/RMSprop/dense/bias/rms:0"][1] = -1.0
+    with pytest.raises(
+        ValueError,
+        match=r"^load_keras2_h5: '.*m\.h5': rms\[1\]: 'RMSprop/dense/bias/rms:0' \(for the "
+        r"parameter at \[1\]\) holds the negative value -1.0 at index \[1\]",
+    ):
+        load_keras2_h5(path, _zeros())
+
+    def negative_velocity(member: str, data: bytes) -> bytes:
+        if member != "model.weights.h5":
+            return data
+        buffer = io.BytesIO(data)
+        with h5py.File(buffer, "r+") as f:
+            f["optimizer/vars/3"][0] = -4.0  # iteration, learning_rate, velocity 0, velocity 1
+        return buffer.getvalue()
+
+    archive = _rezip(SAVED / "keras3_plain.keras", tmp_path / "m.keras", negative_velocity)
+    with pytest.raises(
+        ValueError,
+        match=r"^load_keras3_archive: '.*m\.keras': rms\[1\]: saved optimizer variable 3 \(for "
+        r"the parameter at \[1\]\) holds the negative value -4.0 at index \[0\]",
+    ):
+        load_keras3_archive(archive, _zeros())

@@ -17,6 +17,7 @@ the ordinary per-leaf :class:`jrmsprop.RMSpropState` (for ``get_weights``-style 
 from __future__ import annotations
 
 import functools
+import hashlib
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -110,8 +111,29 @@ class PackedLayout:
         self.__init__(*state)  # type: ignore[misc]
 
     def __repr__(self) -> str:
+        # Shown by JAX when two trees' layouts differ ("Mismatch custom node data: A != B"):
+        # the leaves themselves when they are few, and always a digest of the whole layout, so
+        # that different layouts never print alike.
         groups = ", ".join(f"{n}[{s}]" for n, s in zip(self.groups, self.sizes, strict=True))
-        return f"PackedLayout({len(self.leaves)} leaves -> {groups or 'nothing'})"
+        leaves = ""
+        if len(self.leaves) <= _REPR_LEAVES:
+            try:
+                paths = self.paths()
+            except Exception:  # pragma: no cover - a custom node that cannot be rebuilt
+                paths = [f"leaf {i}" for i in range(len(self.leaves))]
+            leaves = ": " + ", ".join(
+                f"{path} {_leaf_str(shape, dtype)}"
+                for path, (shape, dtype) in zip(paths, self.shapes_dtypes(), strict=True)
+            )
+        return (
+            f"PackedLayout({len(self.leaves)} leaves -> {groups or 'nothing'}{leaves}; "
+            f"#{self.digest()})"
+        )
+
+    def digest(self) -> str:
+        """A short digest of the layout (tree structure, dtypes and shapes) for messages."""
+        text = repr((str(self.treedef), self.groups, self.sizes, self.leaves))
+        return hashlib.blake2b(text.encode("utf8"), digest_size=4).hexdigest()
 
     def paths(self) -> list[str]:
         """The leaves' paths as strings (for error messages)."""
@@ -122,8 +144,49 @@ class PackedLayout:
         return [(shape, self.groups[g]) for g, _, shape in self.leaves]
 
 
+# PackedLayout's repr lists the leaves of layouts with at most this many.
+_REPR_LEAVES = 4
+
+
 def _path_str(path: tuple[Any, ...]) -> str:
     return jax.tree_util.keystr(path) or "<root>"
+
+
+def _leaf_str(shape: tuple[int, ...], dtype: str) -> str:
+    return f"{dtype}{list(shape)}"
+
+
+def _layout_difference(got: PackedLayout, want: PackedLayout, got_name: str, want_name: str) -> str:
+    """Where two layouts first differ, for an error message: a leaf (by path) that only one has,
+    the tree structure, or the first leaf whose shape or dtype differs, with both values."""
+    if not (got.treedef == want.treedef or _same_modulo_wrappers(got.treedef, want.treedef)):
+        got_paths, want_paths = got.paths(), set(want.paths())
+        only_got = [p for p in got_paths if p not in want_paths]
+        only_want = [p for p in want.paths() if p not in set(got_paths)]
+        if only_got or only_want:
+            parts = []
+            for only, inside, outside in (
+                (only_got, got_name, want_name),
+                (only_want, want_name, got_name),
+            ):
+                if only:
+                    more = f" (and {len(only) - 1} more)" if len(only) > 1 else ""
+                    parts.append(f"the leaf at {only[0]}{more} is in {inside} but not in {outside}")
+            return "; ".join(parts)
+        return (
+            f"the tree structures differ: {tree_description(got.treedef)} in {got_name}, "
+            f"{tree_description(want.treedef)} in {want_name}"
+        )
+    if len(got.leaves) == len(want.leaves):
+        paths = got.paths()
+        pairs = zip(paths, got.shapes_dtypes(), want.shapes_dtypes(), strict=True)
+        for path, (got_shape, got_dtype), (want_shape, want_dtype) in pairs:
+            if (got_shape, got_dtype) != (want_shape, want_dtype):
+                return (
+                    f"the leaf at {path} is {_leaf_str(got_shape, got_dtype)} in {got_name} but "
+                    f"{_leaf_str(want_shape, want_dtype)} in {want_name}"
+                )
+    return f"{got!r} in {got_name}, {want!r} in {want_name}"  # pragma: no cover
 
 
 # flax.serialization (to_state_dict, to_bytes, ...) handles NamedTuples such as RMSpropState
@@ -529,12 +592,12 @@ def unpack_state(state: PackedState, params: Any) -> Any:
     """
     if not isinstance(state, PackedState):
         raise TypeError(f"unpack_state: `state` must be a PackedState, got {type(state).__name__}")
-    layout = PackedLayout.of(params)
+    layout = PackedLayout.of(params, who="unpack_state")
     if not _compatible(layout, state.layout):
+        difference = _layout_difference(layout, state.layout, "`params`", "the packed state")
         raise ValueError(
-            f"unpack_state: `params` ({layout}, {tree_description(layout.treedef)}) do not "
-            f"match the packed state's layout ({state.layout}, "
-            f"{tree_description(state.layout.treedef)})"
+            f"unpack_state: `params` ({layout}) do not match the packed state's layout "
+            f"({state.layout}): {difference}"
         )
 
     offsets = _offsets(layout)
@@ -580,7 +643,7 @@ def pack_state(state: Any, params: Any) -> PackedState:
       >>> state.inner.rms["float32"].shape
       (5,)
     """
-    layout = PackedLayout.of(params)
+    layout = PackedLayout.of(params, who="pack_state")
     found = []
 
     def pack(s: Any) -> Any:

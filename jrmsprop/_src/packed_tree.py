@@ -315,11 +315,49 @@ def _pack_like(tree: Any, layout: PackedLayout) -> Any:
 
     out = jax.tree.map(pack_one, tree, is_leaf=is_leaf)
     if not found and not any(_is_packed(x) for x in jax.tree.leaves(tree, is_leaf=_is_packed)):
+        miss = _nearest_miss(tree, layout)
         raise ValueError(
             f"pack: no subtree of `tree` has the structure and shapes of `like` ({layout}, "
-            f"{tree_description(layout.treedef)}), so nothing was packed"
+            f"{tree_description(layout.treedef)}), so nothing was packed{miss}"
         )
     return out
+
+
+def _nearest_miss(tree: Any, layout: PackedLayout) -> str:
+    """For the error of :func:`_pack_like`: the first subtree of ``tree`` with ``layout``'s tree
+    structure and the first of its leaves that does not fit, or that there is no such subtree."""
+
+    def same_structure(x: Any) -> bool:
+        if x is None or _is_packed(x) or isinstance(x, sparse.IndexedSlices):
+            return False
+        try:
+            return jax.tree.structure(x) == layout.treedef
+        except Exception:  # pragma: no cover - a node JAX cannot flatten
+            return False
+
+    candidates = [x for x in jax.tree.leaves(tree, is_leaf=same_structure) if same_structure(x)]
+    if not candidates:
+        return "; no subtree of `tree` has the tree structure of `like`"
+    paths = layout.paths()
+    leaves = layout.treedef.flatten_up_to(candidates[0])
+    for path, leaf, (g, _, shape) in zip(paths, leaves, layout.leaves, strict=True):
+        if not (hasattr(leaf, "shape") and hasattr(leaf, "dtype")):
+            return (
+                f"; the first subtree with its tree structure holds {type(leaf).__name__} at "
+                f"{path}, not an array"
+            )
+        leaf_shape, dtype = tuple(leaf.shape), jnp.dtype(leaf.dtype)
+        if leaf_shape != shape:
+            return (
+                f"; the first subtree with its tree structure has {dtype.name}{list(leaf_shape)} "
+                f"at {path}, where `like` has {layout.groups[g]}{list(shape)}"
+            )
+        if not jnp.issubdtype(dtype, jnp.inexact):
+            return (
+                f"; the first subtree with its tree structure has dtype {dtype.name} at {path}, "
+                "and only floating-point (or complex) subtrees are packed"
+            )
+    return ""  # pragma: no cover - such a subtree would have been packed
 
 
 def unpack(tree: Any) -> Any:

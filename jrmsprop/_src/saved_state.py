@@ -26,7 +26,7 @@ import numbers
 import os
 import zipfile
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -344,8 +344,12 @@ def load_keras2_h5(path: str | os.PathLike, params: Any) -> RMSpropState:
     names, values, opt_config, p = _keras2_h5(path, fn)
     weights, var_names, momentum, centered = _split_keras2(names, values, opt_config, p, fn)
     n = len(var_names)
-    _check_params(params, [w.shape for w in weights[1 : 1 + n]], var_names, f"{fn}: {str(p)!r}")
-    return state_from_keras2(weights, params, momentum=momentum, centered=centered)
+    where = f"{fn}: {str(p)!r}"
+    _check_params(params, [w.shape for w in weights[1 : 1 + n]], var_names, where)
+    name_of = {id(v): name for name, v in zip(names, values, strict=True)}  # weights are values
+    return _state_from_keras2(
+        weights, params, momentum, centered, where, lambda j: repr(name_of[id(weights[j])])
+    )
 
 
 # ---- Keras 3 (.keras) -------------------------------------------------------------------------
@@ -548,7 +552,15 @@ def load_keras3_archive(
     # Keras 3 keeps Keras 2's layout (every velocity, every momentum, every average_gradient),
     # and the same slot dtypes: state_from_keras2 builds its state.
     weights = [values[0], *(v for block in slots for v in block)]
-    return state_from_keras2(weights, params, momentum=momentum, centered=centered)
+    # Saved variable k of the optimizer: weights[0] is variable 0, weights[j] variable head-1+j.
+    return _state_from_keras2(
+        weights,
+        params,
+        momentum,
+        centered,
+        where,
+        lambda j: f"saved optimizer variable {j + head - 1 if j else 0}",
+    )
 
 
 def saved_optimizer_config(path: str | os.PathLike) -> dict[str, Any]:
@@ -595,37 +607,135 @@ def _to_numpy(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
+def _kind(dtype: np.dtype) -> str:
+    """NumPy's kind letter, with bfloat16 and the other ml_dtypes floats counted as 'f'."""
+    if dtype.kind == "V" and jnp.issubdtype(dtype, jnp.floating):
+        return "f"
+    return dtype.kind
+
+
+def _numbers(value: Any, what: str) -> np.ndarray:
+    """``value`` as a NumPy array of numbers; a ``TypeError`` starting with ``what`` for a ragged
+    nested list, ``None``, strings and other objects."""
+    try:
+        array = _to_numpy(value)
+    except (TypeError, ValueError, RuntimeError) as e:
+        ragged = "inhomogeneous" in str(e) or "with a sequence" in str(e)
+        got = (
+            "a ragged nested list (sub-lists of different lengths)"
+            if ragged
+            else f"{type(value).__name__} ({e})"
+        )
+        raise TypeError(f"{what} must be an array of numbers, got {got}") from e
+    if _kind(array.dtype) not in "biufc":
+        if value is None or isinstance(value, (str, bytes)):
+            got = repr(value) if len(repr(value)) <= 40 else f"a long {type(value).__name__}"
+        else:
+            got = f"{type(value).__name__} of dtype {array.dtype}"
+        raise TypeError(f"{what} must be an array of numbers, got {got}")
+    return array
+
+
+def _first(mask: np.ndarray, values: np.ndarray) -> str:
+    """``value at index`` of the first ``True`` in ``mask``, for a message."""
+    at = np.unravel_index(int(np.argmax(mask)), mask.shape)
+    where = f" at index {list(map(int, at))}" if mask.ndim else ""
+    return f"{str(values[at])}{where}"
+
+
+def _param_dtypes(params: Any, who: str) -> list[tuple[str, tuple[int, ...], jnp.dtype]]:
+    """Per parameter leaf: ``(path, shape, dtype)``; a ``TypeError`` naming the leaf for
+    anything that is not a floating-point (or complex) array or number."""
+    out = []
+    for i, (path, p) in enumerate(jax.tree_util.tree_flatten_with_path(params)[0]):
+        where = jax.tree_util.keystr(path) or "<root>"
+        p_dtype = None
+        if not isinstance(p, (str, bytes)):  # jnp.result_type would read "float32" as a dtype
+            try:
+                p_dtype = jnp.dtype(jnp.result_type(p))
+            except (TypeError, ValueError):
+                pass
+        if p_dtype is None:
+            got = repr(p) if isinstance(p, (str, bytes)) and len(p) <= 40 else None
+            got = got or f"of type {type(p).__name__}"
+            raise TypeError(
+                f"{who}: `params` leaf {i} (the parameter at {where}) is {got}; parameters must "
+                "be arrays of floating-point (or complex) numbers"
+            )
+        if not jnp.issubdtype(p_dtype, jnp.inexact):
+            raise TypeError(
+                f"{who}: the parameter at {where} has dtype {p_dtype.name}; RMSprop needs "
+                "floating-point (or complex) parameters (init refuses it too)"
+            )
+        out.append((where, tuple(np.shape(p)), p_dtype))
+    return out
+
+
 def _build_slot(
-    params: Any, arrays: Sequence[Any], what: str, real: bool, complex_as_real: bool
+    params: Any,
+    arrays: Sequence[Any],
+    what: str,
+    real: bool,
+    complex_as_real: bool,
+    sources: Sequence[str],
 ) -> Any:
-    """One slot, leaf by leaf in ``init``'s dtype (saved values converted, never dropped)."""
+    """One slot, leaf by leaf in ``init``'s dtype (saved values converted, never dropped).
+
+    ``what`` names the slot (``"state_from_keras2: rms"``), ``sources[i]`` where array ``i``
+    came from (``"`weights[1]`"``). A saved value is refused when its conversion would change
+    it beyond rounding: a finite value beyond the slot dtype's range (it would become inf), and
+    for ``rms`` (``real``) a negative one (a running average of squares; the next step would
+    take its square root). NaN and inf are kept as saved: they are what a framework's state
+    holds after a NaN or overflowing gradient, and jrmsprop continues from them as it would.
+    """
     paths_and_leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
     if len(arrays) != len(paths_and_leaves):
         raise ValueError(f"{what}: expected {len(paths_and_leaves)} arrays, got {len(arrays)}")
     out = []
     for i, ((path, p), a) in enumerate(zip(paths_and_leaves, arrays, strict=True)):
-        a = _to_numpy(a)
+        where = jax.tree_util.keystr(path) or "<root>"
+        label = f"{what}[{i}]: {sources[i]} (for the parameter at {where})"
+        a = _numbers(a, label)
         p_shape, p_dtype = tuple(np.shape(p)), jnp.dtype(jnp.result_type(p))
-        if not jnp.issubdtype(p_dtype, jnp.inexact):
-            raise TypeError(
-                f"{what}: the parameter at {jax.tree_util.keystr(path) or '<root>'} has dtype "
-                f"{p_dtype.name}; RMSprop needs floating-point (or complex) parameters (init "
-                "refuses it too)"
-            )
         if a.shape != p_shape:
-            raise ValueError(f"{what}[{i}]: shape {a.shape} does not match the parameter {p_shape}")
-        if a.dtype.kind not in "biufc":
-            raise TypeError(f"{what}[{i}]: holds {a.dtype} data, not numbers")
+            raise ValueError(
+                f"{what}[{i}]: shape {a.shape} does not match the parameter {p_shape} "
+                f"({sources[i]}, the parameter at {where})"
+            )
         dtype = slot_dtype_of(p_dtype, real, complex_as_real)
         if a.dtype.kind == "c" and not jnp.issubdtype(dtype, jnp.complexfloating):
             if np.any(a.imag != 0):
                 raise ValueError(
                     f"{what}[{i}]: complex values with a non-zero imaginary part, but this slot "
-                    f"is real ({dtype.name}) for a {p_dtype.name} parameter"
+                    f"is real ({dtype.name}) for a {p_dtype.name} parameter ({sources[i]}, the "
+                    f"parameter at {where})"
                 )
             a = a.real
-        out.append(jnp.asarray(a, dtype=dtype))
+        with np.errstate(over="ignore", invalid="ignore"):
+            converted = np.asarray(a, dtype=dtype)  # what jnp.asarray(a, dtype) does
+        overflow = np.isfinite(a) & ~np.isfinite(converted)
+        if np.any(overflow):
+            raise ValueError(
+                f"{label} holds {_first(overflow, a)}, beyond the range of the slot's dtype "
+                f"{dtype.name}, where it would become inf; a finite saved value must fit the "
+                "slot's dtype (saved NaN and inf are loaded as they are)"
+            )
+        if real:
+            negative = np.zeros(converted.shape, bool)
+            for part in (
+                (converted.real, converted.imag) if converted.dtype.kind == "c" else (converted,)
+            ):
+                negative |= part < 0
+            if np.any(negative):
+                raise ValueError(
+                    f"{label} holds the negative value {_first(negative, converted)}; this slot "
+                    "is a running average of squared gradients and must be >= 0 (or NaN)"
+                )
+        out.append(jnp.asarray(converted, dtype=dtype))
     return treedef.unflatten(out)
+
+
+_INT32_MAX = int(np.iinfo(np.int32).max)
 
 
 def _count(step: Any, what: str) -> jax.Array:
@@ -636,7 +746,13 @@ def _count(step: Any, what: str) -> jax.Array:
         raise ValueError(f"{what} must be a number (a scalar), got {step!r}") from None
     if not math.isfinite(value) or value < 0 or value != int(value):
         raise ValueError(f"{what} must be a non-negative integer, got {value}")
-    return jnp.asarray(min(int(value), np.iinfo(np.int32).max), jnp.int32)
+    exact = int(array.reshape(())) if array.dtype.kind in "iu" else int(value)
+    if exact > _INT32_MAX:
+        raise ValueError(
+            f"{what} must be at most {_INT32_MAX} (the step count is int32; "
+            f"RMSprop.set_weights refuses it too), got {exact}"
+        )
+    return jnp.asarray(exact, jnp.int32)
 
 
 def state_from_keras2(
@@ -647,6 +763,10 @@ def state_from_keras2(
     Args:
       weights: ``[iterations, rms(v0), …, momentum(v0), …, mg(v0), …]`` as NumPy arrays (the
         momentum block only with a momentum slot, the mg block only when centered).
+        ``iterations`` must be an integer in ``[0, 2**31 - 1]``; a slot value that would not
+        survive the conversion to the slot's dtype (a finite value that overflows it, e.g.
+        float64 1e39 for a float32 slot) and a negative ``rms`` are refused. NaN and inf are
+        loaded as saved (a framework's state after a NaN or overflowing gradient).
       params: the parameters, a pytree whose leaves are in the Keras variable order.
       momentum: whether the Keras optimizer had a momentum slot.
       centered: whether it was centered.
@@ -655,8 +775,27 @@ def state_from_keras2(
       An :class:`jrmsprop.RMSpropState` that continues exactly where Keras stopped, with the
       structure and dtypes ``init`` gives (float32 slots for float16 parameters, a real ``rms``
       for complex ones).
+
+    Raises:
+      TypeError: ``weights`` is not a list, a weight is not an array of numbers (a ragged
+        nested list, ``None``, a string) or a parameter leaf is not floating-point; the weight's
+        index or the leaf is named.
+      ValueError: a wrong number of weights, a shape that does not match its parameter, or a
+        value refused as above (the weight's index, the slot and the leaf are named).
     """
-    fn = "state_from_keras2"
+    return _state_from_keras2(weights, params, momentum, centered, "state_from_keras2")
+
+
+def _state_from_keras2(
+    weights: Sequence[Any],
+    params: Any,
+    momentum: Any,
+    centered: Any,
+    fn: str,
+    weight: Callable[[int], str] = "`weights[{}]`".format,
+) -> RMSpropState:
+    """:func:`state_from_keras2` for the caller ``fn`` (the prefix of every error), whose
+    weight ``j`` is ``weight(j)`` in messages."""
     if isinstance(weights, (str, bytes, Mapping)) or not isinstance(weights, Sequence):
         raise TypeError(
             f"{fn}: `weights` must be a list of arrays (the optimizer's "
@@ -666,6 +805,7 @@ def state_from_keras2(
         if not isinstance(flag, (bool, np.bool_)):
             raise TypeError(f"{fn}: `{name}` must be True or False, got {flag!r}")
     momentum, centered = bool(momentum), bool(centered)
+    _param_dtypes(params, fn)
     n = len(jax.tree.leaves(params))
     blocks = 1 + int(momentum) + int(centered)
     if len(weights) != 1 + blocks * n:
@@ -675,10 +815,19 @@ def state_from_keras2(
             f" for each of {n} variables), got {len(weights)}"
         )
     chunks = [weights[1 + k * n : 1 + (k + 1) * n] for k in range(blocks)]
-    count = _count(weights[0], f"{fn}: `weights[0]` (iterations)")
-    rms = _build_slot(params, chunks[0], f"{fn}: rms", True, False)
-    mom = _build_slot(params, chunks[1], f"{fn}: momentum", False, False) if momentum else None
-    mg = _build_slot(params, chunks[-1], f"{fn}: mg", False, False) if centered else None
+    sources = [[weight(1 + k * n + i) for i in range(n)] for k in range(blocks)]
+    count = _count(weights[0], f"{fn}: {weight(0)} (iterations)")
+    rms = _build_slot(params, chunks[0], f"{fn}: rms", True, False, sources[0])
+    mom = (
+        _build_slot(params, chunks[1], f"{fn}: momentum", False, False, sources[1])
+        if momentum
+        else None
+    )
+    mg = (
+        _build_slot(params, chunks[-1], f"{fn}: mg", False, False, sources[-1])
+        if centered
+        else None
+    )
     return RMSpropState(count, rms, mom, mg)
 
 
@@ -814,7 +963,11 @@ def state_from_torch(state_dict: Mapping[str, Any], params: Any) -> RMSpropState
         :func:`jrmsprop.compat.torch` cannot reproduce them. Parameter indices may be ints or
         their decimal strings (as after a JSON round trip). With momentum 0 the state has no
         momentum slot: a ``momentum_buffer`` entry (torch keeps one from an earlier run with
-        momentum but never reads it at momentum 0) is ignored.
+        momentum but never reads it at momentum 0) is ignored. ``step`` must be an integer in
+        ``[0, 2**31 - 1]``; a finite slot value that would overflow the slot's dtype, and a
+        negative ``square_avg`` (either part, for a complex parameter), are refused naming the
+        entry and the leaf; NaN and inf load as saved (a state after a NaN or overflowing
+        gradient).
       params: the JAX parameters, a pytree whose leaves are in the order of the torch
         optimizer's parameter list.
 
@@ -848,6 +1001,7 @@ def state_from_torch(state_dict: Mapping[str, Any], params: Any) -> RMSpropState
             "`state_dict['param_groups']`"
         )
     per_param: dict[int, Any] = {}
+    keys: dict[int, Any] = {}  # as written in the state_dict (an int, or its string)
     for key, entry in raw_state.items():
         i = _torch_index(key, f"`state_dict['state']` key {key!r}:")
         if i in per_param:
@@ -861,6 +1015,7 @@ def state_from_torch(state_dict: Mapping[str, Any], params: Any) -> RMSpropState
                 f"{type(entry).__name__}"
             )
         per_param[i] = entry
+        keys[i] = key
     unmatched = sorted(set(per_param) - set(order))
     if unmatched:
         raise ValueError(
@@ -874,6 +1029,7 @@ def state_from_torch(state_dict: Mapping[str, Any], params: Any) -> RMSpropState
             f"state_from_torch: the state_dict has {len(order)} parameters, `params` has "
             f"{len(leaves)}"
         )
+    _param_dtypes(params, "state_from_torch")
     needed = ("step", "square_avg")
     needed += ("momentum_buffer",) if has_momentum else ()
     needed += ("grad_avg",) if centered else ()
@@ -887,7 +1043,12 @@ def state_from_torch(state_dict: Mapping[str, Any], params: Any) -> RMSpropState
                 f"state with momentum={has_momentum}, centered={centered} has {list(needed)})"
             )
     steps = {
-        int(_count(per_param[i]["step"], f"state_from_torch: `state_dict['state'][{i!r}]['step']`"))
+        int(
+            _count(
+                per_param[i]["step"],
+                f"state_from_torch: `state_dict['state'][{keys[i]!r}]['step']`",
+            )
+        )
         for i in order
         if i in per_param
     }
@@ -902,7 +1063,13 @@ def state_from_torch(state_dict: Mapping[str, Any], params: Any) -> RMSpropState
         ]
 
     def build(name: str, real: bool) -> Any:
-        return _build_slot(params, slot(name), f"state_from_torch: {name}", real, True)
+        sources = [
+            f"`state_dict['state'][{keys[i]!r}][{name!r}]`"
+            if i in per_param
+            else f"zeros (parameter {i} was never stepped)"
+            for i in order
+        ]
+        return _build_slot(params, slot(name), f"state_from_torch: {name}", real, True, sources)
 
     return RMSpropState(
         count=jnp.asarray(step, jnp.int32),
