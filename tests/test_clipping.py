@@ -141,3 +141,56 @@ def test_live_tf_clip_by_norm_and_global_norm():
         expected = [t.numpy() for t in tf.clip_by_global_norm([tf.constant(x) for x in gs], c)[0]]
         for o, e in zip(_global_jit(gs, jnp.float32(c)), expected, strict=True):
             _assert_bits(o, e)
+
+
+# ---- gradients that are not floating point ------------------------------------------------------
+
+CLIPPERS = [
+    ("clip_by_value", lambda: jrmsprop.clip_by_value(0.5)),
+    ("clip_by_norm", lambda: jrmsprop.clip_by_norm(0.5)),
+    ("clip_by_global_norm", lambda: jrmsprop.clip_by_global_norm(0.5)),
+]
+
+
+@pytest.mark.parametrize("who, make", CLIPPERS, ids=[c[0] for c in CLIPPERS])
+@pytest.mark.parametrize("jit", [False, True])
+@pytest.mark.parametrize(
+    "grads, where, dtype",
+    [
+        ({"b": jnp.ones(2), "w": jnp.array([1, 2])}, r"\['w'\]", "int32"),
+        ({"w": [jnp.ones(2), jnp.array([True])]}, r"\['w'\]\[1\]", "bool"),
+        (
+            {"e": jrmsprop.IndexedSlices(jnp.array([[1, 2]]), jnp.array([0]), (3, 2))},
+            r"\['e'\]",
+            "int32",
+        ),
+    ],
+)
+def test_integer_gradients_are_refused_naming_the_leaf(who, make, jit, grads, where, dtype):
+    """They raised NumPy's "not inexact" or JAX's is_finite error (clip_by_value clipped them
+    with the threshold truncated to an integer: 0.5 became 0)."""
+    tx = make()
+    update = jax.jit(tx.update) if jit else tx.update
+    with pytest.raises(
+        TypeError,
+        match=rf"{who}: the gradient at {where} has dtype {dtype}; gradients must be "
+        "floating point",
+    ):
+        update(grads, tx.init(None))
+
+
+@pytest.mark.parametrize("who, make", CLIPPERS, ids=[c[0] for c in CLIPPERS])
+def test_string_gradient_is_refused_naming_the_leaf(who, make):
+    tx = make()
+    with pytest.raises(TypeError, match=rf"{who}: the gradient at \['w'\] must be an array"):
+        tx.update({"w": "abc"}, tx.init(None))
+
+
+def test_complex_gradients_are_named_by_clip_by_value_and_clipped_by_norm():
+    g = {"w": jnp.array([3.0 + 4.0j])}
+    tx = jrmsprop.clip_by_value(1.0)
+    with pytest.raises(TypeError, match=r"complex gradients cannot be clipped by value.*\['w'\]"):
+        tx.update(g, tx.init(None))
+    for tx in (jrmsprop.clip_by_norm(1.0), jrmsprop.clip_by_global_norm(1.0)):
+        out = tx.update(g, tx.init(None))[0]["w"]
+        np.testing.assert_allclose(np.asarray(out), [0.6 + 0.8j], rtol=1e-6)

@@ -755,3 +755,95 @@ def test_variable_assign_keeps_lossless_conversions():
     np.testing.assert_array_equal(w.numpy(), np.float32([0.1, 2**70]) + np.float32([1, 2]))
     w.assign([0.5, 2**70])  # a float and an int beyond 64 bits
     np.testing.assert_array_equal(w.numpy(), np.float32([0.5, 2**70]))
+
+
+# ---- impossible shapes (F13), iterations beyond 64 bits, a loss that is not a real number -------
+
+# XLA aborts the interpreter (it does not raise) for a shape whose size in bytes overflows a
+# signed 64-bit integer: these must be refused before any array is made.
+IMPOSSIBLE_SHAPES = [
+    ([2**62], ValueError, r"`shape` \(4611686018427387904,\) is too large"),
+    ([2**61], ValueError, "`shape`.*too large .*float32"),  # 2**63 bytes of float32
+    ([2**31, 2**31, 2], ValueError, "`shape`.*too large"),
+    ([2**62, 2**62, 0], ValueError, "`shape`.*too large"),
+    ([2**64], ValueError, "`shape`.*too large"),
+    ([-1, 3], ValueError, "`shape` must not have negative sizes"),
+    ([True], TypeError, "`shape`.*boolean"),
+    ([np.True_, 2], TypeError, "`shape`.*boolean"),
+    ([2.5], TypeError, "`shape`.*float"),  # was truncated to 2
+    (["3"], TypeError, "`shape`.*str"),  # was parsed as 3
+    ([None], TypeError, "`shape`"),
+    (3, TypeError, "`shape`"),
+]
+
+
+@pytest.mark.parametrize("where", ["add_weight", "add_slot"])
+@pytest.mark.parametrize("shape, error, words", IMPOSSIBLE_SHAPES)
+def test_impossible_shapes_are_refused_and_create_nothing(where, shape, error, words):
+    opt, a, b = _trained()
+    before = _snapshot(opt, a, b)
+    with pytest.raises(error, match=words):
+        if where == "add_weight":
+            opt.add_weight("w", shape)
+        else:
+            opt.add_slot(a, "s", shape=shape)
+    _assert_unchanged(before, _snapshot(opt, a, b))
+    with pytest.raises(KeyError):
+        opt.get_slot(a, "s")
+
+
+def test_large_but_possible_shapes_and_integer_sizes_still_work():
+    opt, a, _ = _trained()
+    assert opt.add_weight("w", np.array([2, 3])).shape == (2, 3)  # NumPy integers
+    assert opt.add_weight("e", [0, 2**40, 2**20]).shape == (0, 2**40, 2**20)  # 2**62 bytes
+    assert opt.add_slot(a, "s", shape=(jnp.int32(2), 1)).shape == (2, 1)
+    assert opt.add_weight("scalar", []).shape == ()
+
+
+@pytest.mark.parametrize("action", ["assign", "assign_add", "assign_sub"])
+@pytest.mark.parametrize("value", [2**70, -(2**70), 2**64])
+def test_iterations_beyond_64_bits_names_iterations(action, value):
+    opt, a, b = _trained()
+    before = _snapshot(opt, a, b)
+    with pytest.raises(ValueError, match=r"`iterations` must be in \[0, 2147483647\]") as info:
+        getattr(opt.iterations, action)(value if action != "assign_sub" else -value)
+    assert "RMSprop/iter" not in str(info.value)
+    _assert_unchanged(before, _snapshot(opt, a, b))
+    assert int(opt.iterations) == 2
+
+
+def test_iterations_check_survives_pickle_and_deepcopy():
+    opt, a, b = _trained()
+    for other in (pickle.loads(pickle.dumps(opt)), copy.deepcopy(opt)):
+        with pytest.raises(ValueError, match="`iterations`"):
+            other.iterations.assign(2**70)
+        other.iterations.assign(7)
+        assert int(other.iterations) == 7
+    assert int(opt.iterations) == 2
+
+
+@pytest.mark.parametrize(
+    "loss, got",
+    [
+        (lambda a: "x", "'x'"),
+        (lambda a: None, "None"),
+        (lambda a: 3, "int32"),
+        (lambda a: jnp.sum(a.value) > 0, "bool"),
+        (lambda a: jnp.sum(a.value).astype(jnp.complex64), "complex64"),  # was accepted
+        (lambda a: jnp.sum(a.value).astype(jnp.int32), "int32"),
+        (lambda a: object(), "object"),
+    ],
+)
+def test_minimize_refuses_a_loss_that_is_not_real_floating_point(loss, got):
+    opt, a, b = _trained()
+    before = _snapshot(opt, a, b)
+    with pytest.raises(TypeError, match=f"`loss` must return a real floating-point scalar.*{got}"):
+        opt.minimize(lambda: loss(a), [a])
+    _assert_unchanged(before, _snapshot(opt, a, b))
+
+
+def test_minimize_still_takes_floating_point_losses():
+    opt, a, b = _trained()
+    opt.minimize(lambda: jnp.sum(a.value**2).astype(jnp.bfloat16), [a])
+    opt.minimize(lambda: [jnp.sum(a.value), jnp.sum(a.value)], [a])  # non-scalar: summed
+    assert int(opt.iterations) == 4

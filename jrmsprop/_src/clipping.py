@@ -47,6 +47,34 @@ def _values(leaf: Any) -> jax.Array:
     return leaf.values if isinstance(leaf, IndexedSlices) else jnp.asarray(leaf)
 
 
+def _checked_values(who: str, path: Any, leaf: Any, complex_ok: bool = True) -> jax.Array:
+    """``_values(leaf)`` after checking (from its dtype, while tracing) that the gradient is
+    floating point (or complex, where ``complex_ok``); a TypeError names ``who`` and the leaf.
+
+    An integer gradient would be clipped with a threshold truncated to an integer (or fail
+    inside NumPy / JAX with a message that names neither)."""
+    where = jax.tree_util.keystr(tuple(path)) or "<root>"
+    try:
+        g = _values(leaf)
+    except TypeError as e:
+        raise TypeError(
+            f"{who}: the gradient at {where} must be an array of floating-point numbers, got "
+            f"{type(leaf).__name__}"
+        ) from e
+    wanted = jnp.inexact if complex_ok else jnp.floating
+    if not jnp.issubdtype(g.dtype, wanted):
+        if jnp.issubdtype(g.dtype, jnp.complexfloating):
+            raise TypeError(
+                f"{who}: complex gradients cannot be clipped by value (the gradient at {where} "
+                f"has dtype {jnp.dtype(g.dtype).name})"
+            )
+        raise TypeError(
+            f"{who}: the gradient at {where} has dtype {jnp.dtype(g.dtype).name}; gradients must "
+            "be floating point" + (" (or complex)" if complex_ok else "")
+        )
+    return g
+
+
 def _rebuild(leaf: Any, values: jax.Array) -> Any:
     if isinstance(leaf, IndexedSlices):
         return IndexedSlices(values, leaf.indices, leaf.dense_shape)
@@ -106,7 +134,10 @@ def _flat(x: jax.Array) -> jax.Array:
 
 
 def _map(fn, updates: Any) -> Any:
-    return jax.tree.map(lambda leaf: None if leaf is None else fn(leaf), updates, is_leaf=_is_leaf)
+    """``fn(path, leaf)`` for every leaf (an IndexedSlices is one); None leaves pass through."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, leaf: None if leaf is None else fn(path, leaf), updates, is_leaf=_is_leaf
+    )
 
 
 def clip_by_value(clip_value: Any) -> optax.GradientTransformation:
@@ -125,10 +156,8 @@ def clip_by_value(clip_value: Any) -> optax.GradientTransformation:
     """
     clip_value = _check_threshold("clip_value", clip_value)
 
-    def clip(leaf: Any) -> Any:
-        g = _values(leaf)
-        if jnp.iscomplexobj(g):
-            raise TypeError("clip_by_value: complex gradients cannot be clipped by value")
+    def clip(path: Any, leaf: Any) -> Any:
+        g = _checked_values("clip_by_value", path, leaf, complex_ok=False)
         c = _threshold(clip_value, g.dtype)
         return _rebuild(leaf, jnp.maximum(jnp.minimum(g, c), -c))
 
@@ -157,8 +186,8 @@ def clip_by_norm(clip_norm: Any) -> optax.GradientTransformation:
     """
     clip_norm = _check_threshold("clip_norm", clip_norm)
 
-    def clip(leaf: Any) -> Any:
-        g = _values(leaf)
+    def clip(path: Any, leaf: Any) -> Any:
+        g = _checked_values("clip_by_norm", path, leaf)
         rdtype = arithmetic.real_dtype(g.dtype)
         c = jnp.maximum(jnp.asarray(clip_norm), 0).astype(rdtype)
         # One is_finite(g) for both guards (a real g; complex is not TF's case).
@@ -194,7 +223,9 @@ def global_norm(updates: Any) -> jax.Array:
     widest of them. ``IndexedSlices`` count their values; ``None`` leaves are skipped.
     """
     leaves = [
-        _values(leaf) for leaf in jax.tree.leaves(updates, is_leaf=_is_leaf) if leaf is not None
+        _checked_values("clip_by_global_norm", path, leaf)
+        for path, leaf in jax.tree_util.tree_leaves_with_path(updates, is_leaf=_is_leaf)
+        if leaf is not None
     ]
     if not leaves:
         raise ValueError("global_norm: no gradients")
@@ -237,7 +268,8 @@ def clip_by_global_norm(clip_norm: Any) -> optax.GradientTransformation:
         one = jnp.asarray(1.0, norm.dtype)
         scale = c * jnp.minimum(one / norm, one / c) + (norm - norm)
 
-        def clip(leaf: Any) -> Any:
+        def clip(path: Any, leaf: Any) -> Any:
+            del path  # every leaf was checked by global_norm
             g = _values(leaf)
             return _rebuild(leaf, g * scale.astype(g.dtype))
 

@@ -142,6 +142,8 @@ def keeps_momentum_slot(momentum: Any) -> bool:
 
 def _check_assigned(name: str, value: Any) -> None:
     """The check of a hyperparameter Variable's assignments (``opt.rho.assign(2)`` raises)."""
+    if isinstance(value, np.ndarray) and value.dtype.kind == "O" and value.size == 1:
+        value = value.item()  # a Python int beyond 64 bits, as given
     check_hyperparameter(name, value)
 
 

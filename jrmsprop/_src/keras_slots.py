@@ -8,6 +8,7 @@ builds on it. Loading is atomic: every value is checked before any variable chan
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -29,12 +30,16 @@ from jrmsprop._src.variable import (
 __all__ = ["OptimizerVariables"]
 
 _INT32_MAX = int(np.iinfo(np.int32).max)
+# The most bytes one array may take: XLA aborts the process (it does not raise) when the product
+# of a shape's sizes, in bytes, overflows a signed 64-bit integer.
+_MAX_BYTES = 2**63 - 1
 
 
 def _check_iterations(value: Any) -> None:
-    """The check of ``iterations``' assignments: an integer in ``[0, 2**31 - 1]``."""
+    """The check of ``iterations``' assignments: an integer in ``[0, 2**31 - 1]`` (an object
+    array holds Python ints beyond 64 bits)."""
     array = np.asarray(value)
-    if dtype_kind(array.dtype) not in "iu":
+    if array.dtype.kind != "O" and dtype_kind(array.dtype) not in "iu":
         raise TypeError(f"`iterations` must be an integer, got dtype {array.dtype}")
     if array.size and not (array.min() >= 0 and array.max() <= _INT32_MAX):
         raise ValueError(f"`iterations` must be in [0, {_INT32_MAX}], got {array.tolist()}")
@@ -58,18 +63,56 @@ def _check_weight_dtype(target: Variable, array: Any) -> None:
     )
 
 
-def _initial_value(initializer: Any, shape: Sequence[int], dtype: Any) -> jax.Array:
-    """Keras-style initializer: 'zeros' / 'ones', a callable ``(shape, dtype)``, or a value."""
+def _dimension(d: Any, shape: Any) -> int:
+    """One size of a ``shape``: an integer (``operator.index``: not a float, a string or a bool)."""
+    if isinstance(d, (bool, np.bool_)):
+        raise TypeError(f"`shape` must be a sequence of integers, got {shape!r} (a boolean size)")
     try:
-        shape = tuple(int(d) for d in shape)
-    except (TypeError, ValueError) as e:
+        return operator.index(d)
+    except TypeError as e:
+        raise TypeError(
+            f"`shape` must be a sequence of integers, got {shape!r} ({type(d).__name__} size {d!r})"
+        ) from e
+
+
+def _check_shape(shape: Any) -> tuple[int, ...]:
+    """``shape`` as a tuple of integers >= 0 (TypeError / ValueError naming `shape`)."""
+    if isinstance(shape, (str, bytes)) or not isinstance(shape, Iterable):
+        raise TypeError(f"`shape` must be a sequence of integers, got {shape!r}")
+    try:
+        sizes = list(shape)
+    except TypeError as e:  # e.g. a 0-d array
         raise TypeError(f"`shape` must be a sequence of integers, got {shape!r}") from e
-    if any(d < 0 for d in shape):
-        raise ValueError(f"`shape` must not have negative sizes, got {shape}")
+    checked = tuple(_dimension(d, shape) for d in sizes)
+    if any(d < 0 for d in checked):
+        raise ValueError(f"`shape` must not have negative sizes, got {checked}")
+    return checked
+
+
+def _check_size(shape: tuple[int, ...], dtype: np.dtype) -> None:
+    """Refuses a shape no array can have: its sizes (zeros aside) times the item size beyond
+    ``2**63 - 1`` bytes, which would abort the interpreter inside XLA instead of raising."""
+    product = 1
+    for d in shape:
+        product *= d or 1
+    if product * dtype.itemsize > _MAX_BYTES:
+        sizes = "its non-zero sizes" if 0 in shape else "its sizes"
+        raise ValueError(
+            f"`shape` {shape} is too large for an array of dtype {dtype.name}: {sizes} multiply "
+            f"to {product}, which times {dtype.itemsize} bytes is more than 2**63 - 1 bytes"
+        )
+
+
+def _initial_value(initializer: Any, shape: Sequence[int], dtype: Any) -> jax.Array:
+    """Keras-style initializer: 'zeros' / 'ones', a callable ``(shape, dtype)``, or a value.
+
+    The shape and dtype are checked before anything is computed."""
+    shape = _check_shape(shape)
     try:
         dtype = canonical_dtype(dtype)
     except TypeError as e:
         raise TypeError(f"`dtype` must be a dtype, got {dtype!r}") from e
+    _check_size(shape, np.dtype(dtype))
     if isinstance(initializer, str):
         key = initializer.lower()
         if key in ("zeros", "ones"):

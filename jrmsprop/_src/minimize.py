@@ -22,6 +22,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jrmsprop._src import validation
 from jrmsprop._src import variable as variable_lib
 from jrmsprop._src.sparse import IndexedSlices
 from jrmsprop._src.variable import Variable, as_array
@@ -100,14 +101,38 @@ def flatten_variables(var_list: Any) -> list[Variable]:
     return out
 
 
+def _loss_array(out: Any) -> jax.Array:
+    """The value ``loss()`` returned as an array, which must be real floating point (a scalar,
+    or an array that is summed). Checked from its dtype (while ``jax.vjp`` traces the loss), so
+    that a string, an integer, a boolean or a complex loss is refused naming `loss` instead of
+    failing inside JAX (a complex loss was accepted; ``jax.grad`` refuses one too)."""
+    got = None
+    if out is None or isinstance(out, (str, bytes)):
+        got = repr(out)
+    else:
+        try:
+            array = out if isinstance(out, jax.Array) else jnp.asarray(out)
+        except (TypeError, ValueError):
+            got = type(out).__name__
+        else:
+            if not jnp.issubdtype(array.dtype, jnp.floating):
+                got = f"dtype {jnp.dtype(array.dtype).name}"
+    if got is not None:
+        raise TypeError(
+            "`loss` must return a real floating-point scalar (or a floating-point array, which "
+            f"is summed), got {validation.abbreviated(got, 80)}"
+        )
+    return array
+
+
 def compute_gradients(
     loss: Callable[[], Any], var_list: Any, grad_loss: Any = None, tape: Any = None
 ) -> list[tuple[Any, Variable]]:
     """The ``(gradient, variable)`` pairs of ``loss()`` for ``var_list`` (see the module doc).
 
     Args:
-      loss: callable of no arguments returning the loss (a non-scalar loss is summed, as
-        ``tape.gradient`` does, unless ``grad_loss`` is given).
+      loss: callable of no arguments returning the loss, real floating point (a non-scalar
+        loss is summed, as ``tape.gradient`` does, unless ``grad_loss`` is given).
       var_list: Variables, or a callable returning them (called after ``loss`` has run once, so
         the loss may create them).
       grad_loss: optional cotangent of the loss, shaped like the loss.
@@ -151,7 +176,7 @@ def compute_gradients(
                 var._value = x
         if isinstance(out, Variable):
             out = out._value
-        return jnp.asarray(out)
+        return _loss_array(out)
 
     def cotangent(out: jax.Array) -> jax.Array:
         if grad_loss is None:

@@ -118,6 +118,14 @@ def _init(params: optax.Params, config: _Config, momentum: Any) -> RMSpropState:
 
     def slot(path, p, value, real):
         if not hasattr(p, "shape") or not hasattr(p, "dtype"):  # a Python number
+            if isinstance(p, (str, bytes)) or not (
+                isinstance(p, (int, float, complex, np.generic)) or hasattr(p, "__jax_array__")
+            ):
+                raise TypeError(
+                    f"{rule.framework}: `params` at {_path_str(path)} must be an array or a "
+                    f"number, got {type(p).__name__} "
+                    f"{validation.abbreviated(repr(p), 80)}"
+                )
             p = jnp.asarray(p)
         _check_float(rule.framework, "parameter", path, p.dtype)
         dtype = slot_dtype_of(p.dtype, real, rule.complex_as_real, config.slot_dtype)
@@ -197,7 +205,74 @@ def _check_state(state: Any, config: _Config) -> None:
         )
 
 
-def _check_slots(who: str, paths, rms_leaves, mom_leaves, mg_leaves) -> None:
+def _check_momentum_on(who: str, momentum_on: Any) -> None:
+    """``state.momentum_on`` is None or a boolean scalar (what ``init`` makes; a number, which
+    the update reads as ``!= 0``, is accepted too). Checked on the host before the update is
+    called (a string cannot even enter ``jit``), from shapes and dtypes only, also for tracers."""
+    if momentum_on is None:
+        return
+    if not isinstance(momentum_on, (jax.Array, np.ndarray, np.generic, bool, int, float)):
+        raise TypeError(
+            f"{who}: `state.momentum_on` must be None or a boolean scalar, got "
+            f"{type(momentum_on).__name__} {validation.abbreviated(repr(momentum_on), 80)}"
+        )
+    dtype = np.result_type(momentum_on) if isinstance(momentum_on, (bool, int, float)) else None
+    dtype = jnp.dtype(momentum_on.dtype if dtype is None else dtype)
+    if not (
+        dtype == jnp.bool_
+        or jnp.issubdtype(dtype, jnp.integer)
+        or jnp.issubdtype(dtype, jnp.floating)
+    ):
+        raise TypeError(
+            f"{who}: `state.momentum_on` must be None or a boolean scalar, got dtype {dtype.name}"
+        )
+    if jnp.ndim(momentum_on) != 0:
+        raise ValueError(
+            f"{who}: `state.momentum_on` must be None or a boolean scalar, got shape "
+            f"{tuple(jnp.shape(momentum_on))}"
+        )
+
+
+def _leaf_dtype(leaf: Any) -> Any:
+    """The dtype of a gradient or parameter leaf (an IndexedSlices' values'), or None."""
+    if isinstance(leaf, sparse.IndexedSlices):
+        leaf = leaf.values
+    return getattr(leaf, "dtype", None)
+
+
+def _real_parameter_evidence(i: int, grad_leaves, param_leaves, mom_leaves, mg_leaves):
+    """What shows that leaf ``i``'s parameter is real: the parameter itself when given, else its
+    momentum or mg slot (complex for a complex parameter in every preset), else its gradient.
+    Returns the description of that evidence when it is real floating point, else None (other
+    dtypes are refused, naming them, by the checks of the leaf)."""
+    param = None if param_leaves is None else param_leaves[i]
+    if param is not None:
+        dtype = _leaf_dtype(param)
+        real = dtype is not None and jnp.issubdtype(dtype, jnp.floating)
+        return f"the parameter there is real ({jnp.dtype(dtype).name})" if real else None
+    slots = [
+        (name, leaves[i])
+        for name, leaves in (("momentum", mom_leaves), ("mg", mg_leaves))
+        if leaves is not None and leaves[i] is not None
+    ]
+    if slots:
+        for name, leaf in slots:
+            dtype = _leaf_dtype(leaf)
+            if dtype is not None and jnp.issubdtype(dtype, jnp.floating):
+                return f"`state.{name}` there is real ({jnp.dtype(dtype).name})"
+        return None
+    dtype = None if grad_leaves is None else _leaf_dtype(grad_leaves[i])
+    if dtype is not None and jnp.issubdtype(dtype, jnp.floating):
+        return (
+            f"the gradient there is real ({jnp.dtype(dtype).name}; pass `params` if the "
+            "parameter is complex)"
+        )
+    return None
+
+
+def _check_slots(
+    who: str, paths, rms_leaves, mom_leaves, mg_leaves, grad_leaves=None, param_leaves=None
+) -> None:
     for i, (path, rms) in enumerate(zip(paths, rms_leaves, strict=True)):
         if not jnp.issubdtype(rms.dtype, jnp.inexact):
             raise TypeError(
@@ -217,6 +292,17 @@ def _check_slots(who: str, paths, rms_leaves, mom_leaves, mg_leaves) -> None:
                 raise TypeError(
                     f"{who}: `state.{name}` at {_path_str(path)} has dtype "
                     f"{jnp.dtype(leaf.dtype).name}; slots must be floating point"
+                )
+        if jnp.issubdtype(rms.dtype, jnp.complexfloating):
+            # init gives a real parameter a real rms in every preset (a complex one only to a
+            # complex parameter, in compat.torch); a complex rms would turn the state and the
+            # updates complex.
+            evidence = _real_parameter_evidence(i, grad_leaves, param_leaves, mom_leaves, mg_leaves)
+            if evidence is not None:
+                raise TypeError(
+                    f"{who}: `state.rms` at {_path_str(path)} has complex dtype "
+                    f"{rms.dtype.name}, but {evidence}: a real parameter's `rms` must be real "
+                    "(build the state with the transformation's init)"
                 )
 
 
@@ -509,7 +595,7 @@ def _tree_update(
     mg_leaves = (
         _flatten_as(who, treedef, state.mg, "state.mg", paths) if state.mg is not None else None
     )
-    _check_slots(who, paths, rms_leaves, mom_leaves, mg_leaves)
+    _check_slots(who, paths, rms_leaves, mom_leaves, mg_leaves, grad_leaves, param_leaves)
 
     count = state.count.astype(jnp.int32)
     rule = config.rule
@@ -703,6 +789,8 @@ def build(
 
     def run(updates, state, params, apply):
         _check_count(rule, getattr(state, "count", None))
+        if isinstance(state, RMSpropState):
+            _check_momentum_on(rule.framework, state.momentum_on)
         check_momentum = False
         if config.momentum_slot is None and isinstance(state, RMSpropState):
             # An array momentum (e.g. optax.inject_hyperparams): it may only be non-zero when

@@ -441,8 +441,10 @@ class Variable:
         """An exact array (from :meth:`_coerce`) in this variable's dtype, after the variable's
         own check (``iterations``' range, a hyperparameter's) of the value before it is narrowed
         and the check that the dtype can represent it."""
-        if self._check is not None and exact.dtype.kind != "O" and _lossy(exact.dtype, self.dtype):
-            self._check(exact)  # e.g. iterations = 2**32 names `iterations`, before int32 wraps
+        if self._check is not None and _lossy(exact.dtype, self.dtype):
+            # e.g. iterations = 2**32 (or 2**70, an object array of Python ints) names
+            # `iterations`, before int32 wraps
+            self._check(exact)
         check_representable(exact, self.dtype, f"Variable {self._name!r}: {what}")
         if exact.dtype.kind == "O":  # Python ints beyond 64 bits, checked: a float dtype holds them
             exact = exact.astype(np.float64)
