@@ -361,3 +361,11 @@ def test_indexed_slices_built_with_bad_parts_never_reaches_update():
     for values, indices in ((jnp.ones((1, 3)), 0), (None, [0]), (jnp.ones((1, 3)), None)):
         with pytest.raises((TypeError, ValueError), match="IndexedSlices: `(values|indices)`"):
             tx.update({"e": jrmsprop.IndexedSlices(values, indices, (4, 3))}, state)
+
+
+def test_to_dense_refuses_a_shape_beyond_the_addressable_bytes():
+    """2**61 float32 elements fit the element count but not 2**63 - 1 bytes: XLA aborted the
+    interpreter on the zeros; it is a ValueError naming dense_shape instead."""
+    s = jrmsprop.IndexedSlices(jnp.ones((1, 1), jnp.float32), jnp.array([0]), (2**61, 1))
+    with pytest.raises(ValueError, match="dense_shape"):
+        s.to_dense()

@@ -118,6 +118,11 @@ class IndexedSlices:
                     f"IndexedSlices.to_dense: `{name}` is {_describe(part)}, not an array (this "
                     "IndexedSlices was rebuilt by a tree utility with other leaves)"
                 )
+        if math.prod(self.dense_shape) * jnp.dtype(self.values.dtype).itemsize > _MAX_ELEMENTS:
+            raise ValueError(  # XLA would abort the process rather than raise
+                f"IndexedSlices.to_dense: `dense_shape` {self.dense_shape} of "
+                f"{jnp.dtype(self.values.dtype).name} is more than 2**63 - 1 bytes"
+            )
         zeros = jnp.zeros(self.dense_shape, self.values.dtype)
         return zeros.at[self.indices].add(self.values, mode="drop")
 
