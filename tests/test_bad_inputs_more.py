@@ -22,6 +22,7 @@ import pytest
 
 import jrmsprop
 from jrmsprop import compat
+from tests.test_bad_inputs import _assert_unchanged, _snapshot
 
 PRESETS = {
     "rmsprop": lambda **kw: jrmsprop.rmsprop(0.1, **kw),
@@ -41,18 +42,6 @@ CONFIGS = {
 }
 PARAMS = {"b": jnp.array([0.5, -0.5]), "w": jnp.arange(6.0).reshape(2, 3) / 10}
 GRADS = {"b": jnp.array([1.0, -2.0]), "w": jnp.full((2, 3), 0.3)}
-
-
-def _snapshot(tree: Any) -> Any:
-    return jax.tree.map(lambda x: np.array(x, copy=True), tree)
-
-
-def _assert_unchanged(state: Any, snapshot: Any) -> None:
-    __tracebackhide__ = True
-    assert jax.tree.structure(state) == jax.tree.structure(snapshot)
-    for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(snapshot), strict=True):
-        assert np.asarray(a).dtype == b.dtype
-        np.testing.assert_array_equal(np.asarray(a), b)
 
 
 # ---- init: leaves that are not arrays or numbers ----------------------------------------------
