@@ -183,3 +183,25 @@ def test_torch_complex_rms_for_a_complex_parameter_still_works(config):
         updates, new_state = tx.update(*args)
         assert new_state.rms["c"].dtype == jnp.complex64
         assert updates["c"].dtype == jnp.complex64
+
+
+# ---- update: leaves that are not arrays -------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", ["ab", b"ab", object()], ids=["str", "bytes", "object"])
+@pytest.mark.parametrize("where", ["updates", "params", "grads"])
+def test_update_names_a_leaf_that_is_not_an_array(bad, where):
+    """JAX refused such a leaf as a jit argument with "Error interpreting argument to <function
+    _tree_update>", naming neither the argument nor the leaf."""
+    tx = PRESETS["torch"]()
+    state = tx.init(PARAMS)
+    snapshot = _snapshot(state)
+    tree = {"b": bad, "w": GRADS["w"]}
+    call = {
+        "updates": lambda: tx.update(tree, state, PARAMS),
+        "params": lambda: tx.update(GRADS, state, tree),
+        "grads": lambda: jrmsprop.update_and_apply(tx, tree, state, PARAMS),
+    }[where]
+    with pytest.raises(TypeError, match=rf"^compat.torch: `{where}` at \['b'\] is .*must be an"):
+        call()
+    _assert_unchanged(state, snapshot)

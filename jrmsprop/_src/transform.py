@@ -694,6 +694,27 @@ def _check_count(rule: arithmetic.Rule, count: Any) -> None:
         )
 
 
+def _name_a_leaf_that_is_not_an_array(who: str, error: Exception, named: tuple[str, Any]) -> None:
+    """Raises a ``TypeError`` naming the first leaf of ``named = (argument, tree)`` that is not
+    an array, a number, an ``IndexedSlices`` or ``None`` (a string, say), from ``error`` (JAX's
+    "Error interpreting argument", which names neither). Run only after the update failed, so a
+    valid call pays nothing for it."""
+    what, tree = named
+    leaves = jax.tree_util.tree_flatten_with_path(
+        tree, is_leaf=lambda x: x is None or isinstance(x, sparse.IndexedSlices)
+    )[0]
+    for path, leaf in leaves:
+        if leaf is None or isinstance(leaf, sparse.IndexedSlices):
+            continue
+        if isinstance(leaf, (str, bytes)) or not (
+            hasattr(leaf, "shape") and hasattr(leaf, "dtype") or isinstance(leaf, (int, float))
+        ):
+            raise TypeError(
+                f"{who}: `{what}` at {_path_str(path)} is {type(leaf).__name__} "
+                f"{validation.abbreviated(repr(leaf), 60)}; it must be an array"
+            ) from error
+
+
 def build(
     rule: arithmetic.Rule,
     *,
@@ -801,15 +822,22 @@ def build(
             elif no_buffer or (state.momentum_on is not None and not bool(state.momentum_on)):
                 _check_zero(rule, "momentum", momentum)
         update = _tree_update if _is_traced(getattr(state, "count", None)) else _update
-        return update(
-            updates,
-            state,
-            params,
-            dynamic,
-            config=config,
-            check_momentum=check_momentum,
-            apply=apply,
-        )
+        try:
+            return update(
+                updates,
+                state,
+                params,
+                dynamic,
+                config=config,
+                check_momentum=check_momentum,
+                apply=apply,
+            )
+        except TypeError as e:  # JAX refuses a leaf as a jit argument: name it, if it is ours
+            _name_a_leaf_that_is_not_an_array(
+                rule.framework, e, ("updates" if apply == "updates" else "grads", updates)
+            )
+            _name_a_leaf_that_is_not_an_array(rule.framework, e, ("params", params))
+            raise
 
     def update_fn(
         updates: optax.Updates,
