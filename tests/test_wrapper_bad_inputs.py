@@ -847,3 +847,36 @@ def test_minimize_still_takes_floating_point_losses():
     opt.minimize(lambda: jnp.sum(a.value**2).astype(jnp.bfloat16), [a])
     opt.minimize(lambda: [jnp.sum(a.value), jnp.sum(a.value)], [a])  # non-scalar: summed
     assert int(opt.iterations) == 4
+
+
+@pytest.mark.parametrize(
+    "slot, value, words",
+    [
+        ("rms", 1e39, "beyond the largest float32"),
+        ("momentum", -1e39, "beyond the largest float32"),
+        ("rms", -1.0, "negative"),
+        ("rms", -np.inf, "negative"),
+    ],
+)
+@pytest.mark.parametrize("route", ["set_weights", "state"])
+def test_loading_slot_values_the_slot_cannot_hold_changes_nothing(slot, value, words, route):
+    """As the saved-state loaders: a finite value that would become inf in the slot's dtype, and
+    a negative rms, are refused naming the slot; NaN and inf still load (a framework's state
+    after a NaN gradient)."""
+    opt, a, b = _trained()
+    before = _snapshot(opt, a, b)
+    weights = opt.get_weights()
+    index = [w.name for w in opt.weights].index(f"RMSprop/a/{slot}")
+    weights[index] = np.full_like(weights[index], value, dtype=np.float64)
+    with pytest.raises(ValueError, match=rf"RMSprop/a/{slot}.*{words}"):
+        if route == "set_weights":
+            opt.set_weights(weights)
+        else:
+            state = opt.state
+            leaves = getattr(state, slot)
+            leaves = [weights[index], *leaves[1:]]
+            opt.state = state._replace(**{slot: leaves})
+    _assert_unchanged(before, _snapshot(opt, a, b))
+    weights[index] = np.full_like(weights[index], np.nan)
+    opt.set_weights(weights)
+    assert np.isnan(opt.get_weights()[index]).all()

@@ -63,6 +63,33 @@ def _check_weight_dtype(target: Variable, array: Any) -> None:
     )
 
 
+def _check_slot_values(what: str, target: Variable, array: Any, is_rms: bool) -> None:
+    """Refuses values the slot cannot hold as they are, as the saved-state loaders do: a finite
+    value beyond the slot dtype's largest (1e39 into float32 would become inf) and, for ``rms``,
+    a negative value (its square root is NaN). NaN and inf are loaded as given: they are a
+    framework's state after a NaN gradient."""
+    source = np.asarray(array)
+    parts = (
+        [np.real(source), np.imag(source)]
+        if dtype_kind(source.dtype) == "c"
+        else [source.astype(np.float64)]
+    )
+    limit = float(jnp.finfo(target.dtype).max)
+    for part in parts:
+        part = np.asarray(part, np.float64).reshape(-1)
+        overflow = np.isfinite(part) & (np.abs(part) > limit)
+        if overflow.any():
+            raise ValueError(
+                f"{what}: {target.name!r} would hold {part[int(np.argmax(overflow))]!r}, beyond "
+                f"the largest {np.dtype(target.dtype).name} ({limit:g}): it would become inf"
+            )
+        if is_rms and (part < 0).any():
+            raise ValueError(
+                f"{what}: {target.name!r} is a mean of squared gradients but holds the negative "
+                f"value {part[int(np.argmax(part < 0))]!r}"
+            )
+
+
 def _dimension(d: Any, shape: Any) -> int:
     """One size of a ``shape``: an integer (``operator.index``: not a float, a string or a bool)."""
     if isinstance(d, (bool, np.bool_)):
@@ -324,6 +351,7 @@ class OptimizerVariables:
     def _load(self, targets: list[Variable], values: list[Any], what: str) -> None:
         """Checks every value against its target first, then loads them all (or none)."""
         converted = []
+        rms_slots = {id(slots["rms"]) for slots in self._slots.values() if "rms" in slots}
         for target, value in zip(targets, values, strict=True):
             if isinstance(value, Variable):
                 value = value.value
@@ -334,6 +362,8 @@ class OptimizerVariables:
                     f"shape {target.shape}"
                 )
             _check_weight_dtype(target, array)
+            if dtype_kind(target.dtype) in "fc":
+                _check_slot_values(what, target, array, is_rms=id(target) in rms_slots)
             converted.append(as_array(array, target.dtype))
         for target, value in zip(targets, converted, strict=True):
             target._replace(value)
