@@ -880,3 +880,14 @@ def test_loading_slot_values_the_slot_cannot_hold_changes_nothing(slot, value, w
     weights[index] = np.full_like(weights[index], np.nan)
     opt.set_weights(weights)
     assert np.isnan(opt.get_weights()[index]).all()
+
+
+@pytest.mark.parametrize("name", ["learning_rate", "rho", "momentum", "decay"])
+def test_float32_hyperparameters_must_fit_float32_also_with_x64(x64, name):
+    """TF 2.x Keras holds these four as float32 whatever the variables' dtype: 1e39 would be inf
+    even for float64 variables, so the wrapper refuses it with x64 on too (ε, converted to the
+    variable's dtype, may exceed float32's range then)."""
+    with pytest.raises(ValueError, match=rf"`{name}`.*largest float32|`{name}` must be in"):
+        RMSprop(**{name: 1e39})  # rho and momentum are also out of [0, 1]
+    opt = RMSprop(epsilon=1e39)
+    assert opt.epsilon == 1e39

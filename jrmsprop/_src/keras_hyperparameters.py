@@ -43,6 +43,7 @@ import numpy as np
 
 from jrmsprop._src import keras_config
 from jrmsprop._src.clipping import check_clip_arguments
+from jrmsprop._src.transform import KERAS2
 from jrmsprop._src.validation import (
     KERAS_EPSILON,
     as_jit_scalar,
@@ -67,6 +68,7 @@ _KEYWORDS = ("clipnorm", "clipvalue", "decay", "global_clipnorm", "lr")  # Optim
 _VARIABLE_HYPERS = ("learning_rate", "rho", "momentum", "decay")  # Keras: float32 Variables
 _FIXED_HYPERS = ("decay",)  # Keras: steps and get_config use `_initial_decay`, the constructor's
 _CONFIG_ORDER = ("learning_rate", "decay", "rho", "momentum", "epsilon")  # Keras 2's get_config
+_FLOAT32_HYPERS = KERAS2.float32_hyperparameters  # TF stores them as float32 (see `check`)
 
 
 def constructor_value(name: str, value: Any) -> Any:
@@ -91,8 +93,12 @@ def check(name: str, value: Any, kind: str | None = None) -> Any:
       name: the hyperparameter, as the user wrote it (named by the error).
       value: a number, 0-d array, tensor, Variable, schedule or callable.
       kind: which range applies (see ``jrmsprop._src.validation.RANGES``); defaults to ``name``.
+
+    TF 2.x Keras holds ``learning_rate``, ``rho``, ``momentum`` and ``decay`` as float32 whatever
+    the variables' dtype (:data:`jrmsprop._src.transform.KERAS2`), so a value beyond float32's
+    range is refused for them also when JAX's x64 mode is on.
     """
-    check_hyperparameter(name, value, kind)
+    check_hyperparameter(name, value, kind, float32=(kind or name) in _FLOAT32_HYPERS)
     return value
 
 

@@ -158,7 +158,8 @@ def _flatten_as(who: str, treedef: Any, tree: Any, what: str, paths: list[Any]) 
     except (ValueError, TypeError) as e:
         raise ValueError(
             f"{who}: `{what}` do not have the tree structure of the optimizer state "
-            f"(expected {validation.tree_description(treedef)}): {validation.abbreviated(e)}"
+            f"(`state.rms`, which `init` built from the parameters, is "
+            f"{validation.tree_description(treedef)}): {validation.abbreviated(e)}"
         ) from e
     for path, leaf in zip(paths, leaves, strict=True):
         if leaf is None or isinstance(leaf, sparse.IndexedSlices):
