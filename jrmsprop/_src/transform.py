@@ -629,6 +629,12 @@ def _tree_update(
         if g is None:  # a None gradient leaf passes through; its slots stay as they are
             out.append((None if apply == "updates" else param_leaves[i], rms, mom, mg))
             continue
+        if apply != "updates" and param_leaves[i] is None:
+            raise ValueError(
+                f"update_and_apply: `params` at {_path_str(path)} is None but the gradient there "
+                "is not: the step has no parameter to be added to (pass the parameter, or a "
+                "None gradient for a leaf that is not trained)"
+            )
         out.append(
             _leaf_update(
                 path, g, param_leaves[i], rms, mom, mg, momentum_on, scalars_for, config, apply

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import jax
-
 from jrmsprop._src import transform, validation
 
 
@@ -74,27 +72,4 @@ def update_and_apply(
     validation.check_bool("fused", fused)
     if params is None:
         raise ValueError("update_and_apply: `params` are required (the step is added to them)")
-    _check_no_missing_params(grads, state, params)
     return apply(grads, state, params, fused=fused)
-
-
-def _check_no_missing_params(grads: Any, state: Any, params: Any) -> None:
-    """Refuses a ``None`` parameter leaf where the gradient is not ``None`` (``tx.update`` takes
-    it, as it takes ``params=None``, but there is nothing to add the step to), naming the leaf,
-    before anything runs. Other structure errors are left to the update, which names them."""
-    if not isinstance(state, transform.RMSpropState):
-        return
-    paths_and_rms, treedef = jax.tree_util.tree_flatten_with_path(state.rms)
-    try:
-        param_leaves = treedef.flatten_up_to(params)
-        grad_leaves = treedef.flatten_up_to(grads)
-    except (ValueError, TypeError):
-        return
-    for (path, _), p, g in zip(paths_and_rms, param_leaves, grad_leaves, strict=True):
-        if p is None and g is not None:
-            where = jax.tree_util.keystr(path) or "<root>"
-            raise ValueError(
-                f"update_and_apply: `params` at {where} is None but the gradient there is not: "
-                "the step has no parameter to be added to (pass the parameter, or a None "
-                "gradient for a leaf that is not trained)"
-            )
