@@ -852,8 +852,8 @@ def test_minimize_still_takes_floating_point_losses():
 @pytest.mark.parametrize(
     "slot, value, words",
     [
-        ("rms", 1e39, "beyond the largest float32"),
-        ("momentum", -1e39, "beyond the largest float32"),
+        ("rms", 1e39, "beyond the range of the slot's dtype float32"),
+        ("momentum", -1e39, "beyond the range of the slot's dtype float32"),
         ("rms", -1.0, "negative"),
         ("rms", -np.inf, "negative"),
     ],

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jrmsprop._src.validation import check_bool
+from jrmsprop._src.validation import check_bool, slot_values
 from jrmsprop._src.variable import (
     AGGREGATIONS,
     SYNCHRONIZATIONS,
@@ -61,33 +61,6 @@ def _check_weight_dtype(target: Variable, array: Any) -> None:
     raise TypeError(
         f"Cannot load a value of dtype {array.dtype} into {target.name!r} (dtype {target.dtype})"
     )
-
-
-def _check_slot_values(what: str, target: Variable, array: Any, is_rms: bool) -> None:
-    """Refuses values the slot cannot hold as they are, as the saved-state loaders do: a finite
-    value beyond the slot dtype's largest (1e39 into float32 would become inf) and, for ``rms``,
-    a negative value (its square root is NaN). NaN and inf are loaded as given: they are a
-    framework's state after a NaN gradient."""
-    source = np.asarray(array)
-    parts = (
-        [np.real(source), np.imag(source)]
-        if dtype_kind(source.dtype) == "c"
-        else [source.astype(np.float64)]
-    )
-    limit = float(jnp.finfo(target.dtype).max)
-    for part in parts:
-        part = np.asarray(part, np.float64).reshape(-1)
-        overflow = np.isfinite(part) & (np.abs(part) > limit)
-        if overflow.any():
-            raise ValueError(
-                f"{what}: {target.name!r} would hold {part[int(np.argmax(overflow))]!r}, beyond "
-                f"the largest {np.dtype(target.dtype).name} ({limit:g}): it would become inf"
-            )
-        if is_rms and (part < 0).any():
-            raise ValueError(
-                f"{what}: {target.name!r} is a mean of squared gradients but holds the negative "
-                f"value {part[int(np.argmax(part < 0))]!r}"
-            )
 
 
 def _dimension(d: Any, shape: Any) -> int:
@@ -363,7 +336,12 @@ class OptimizerVariables:
                 )
             _check_weight_dtype(target, array)
             if dtype_kind(target.dtype) in "fc":
-                _check_slot_values(what, target, array, is_rms=id(target) in rms_slots)
+                array = slot_values(
+                    f"{what}: {target.name!r}",
+                    np.asarray(array),
+                    target.dtype,
+                    squares=id(target) in rms_slots,
+                )
             converted.append(as_array(array, target.dtype))
         for target, value in zip(targets, converted, strict=True):
             target._replace(value)

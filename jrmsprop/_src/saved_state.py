@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jrmsprop._src.transform import RMSpropState, slot_dtype_of
+from jrmsprop._src.validation import slot_values
 
 __all__ = [
     "keras2_h5_weights",
@@ -636,13 +637,6 @@ def _numbers(value: Any, what: str) -> np.ndarray:
     return array
 
 
-def _first(mask: np.ndarray, values: np.ndarray) -> str:
-    """``value at index`` of the first ``True`` in ``mask``, for a message."""
-    at = np.unravel_index(int(np.argmax(mask)), mask.shape)
-    where = f" at index {list(map(int, at))}" if mask.ndim else ""
-    return f"{str(values[at])}{where}"
-
-
 def _param_dtypes(params: Any, who: str) -> list[tuple[str, tuple[int, ...], jnp.dtype]]:
     """Per parameter leaf: ``(path, shape, dtype)``; a ``TypeError`` naming the leaf for
     anything that is not a floating-point (or complex) array or number."""
@@ -711,26 +705,7 @@ def _build_slot(
                     f"parameter at {where})"
                 )
             a = a.real
-        with np.errstate(over="ignore", invalid="ignore"):
-            converted = np.asarray(a, dtype=dtype)  # what jnp.asarray(a, dtype) does
-        overflow = np.isfinite(a) & ~np.isfinite(converted)
-        if np.any(overflow):
-            raise ValueError(
-                f"{label} holds {_first(overflow, a)}, beyond the range of the slot's dtype "
-                f"{dtype.name}, where it would become inf; a finite saved value must fit the "
-                "slot's dtype (saved NaN and inf are loaded as they are)"
-            )
-        if real:
-            negative = np.zeros(converted.shape, bool)
-            for part in (
-                (converted.real, converted.imag) if converted.dtype.kind == "c" else (converted,)
-            ):
-                negative |= part < 0
-            if np.any(negative):
-                raise ValueError(
-                    f"{label} holds the negative value {_first(negative, converted)}; this slot "
-                    "is a running average of squared gradients and must be >= 0 (or NaN)"
-                )
+        converted = slot_values(label, a, dtype, squares=real)
         out.append(jnp.asarray(converted, dtype=dtype))
     return treedef.unflatten(out)
 

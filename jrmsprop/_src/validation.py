@@ -263,6 +263,45 @@ def check_schedule_range(
         raise ValueError(f"the schedule given as `{name}` returned a bad value: {e}") from None
 
 
+def _first(mask: np.ndarray, values: np.ndarray) -> str:
+    """``value at index`` of the first ``True`` in ``mask``, for a message."""
+    at = np.unravel_index(int(np.argmax(mask)), mask.shape)
+    where = f" at index {list(map(int, at))}" if mask.ndim else ""
+    return f"{str(values[at])}{where}"
+
+
+def slot_values(label: str, values: np.ndarray, dtype: Any, squares: bool) -> np.ndarray:
+    """``values`` (a NumPy array) converted to a slot's ``dtype``, refused where the conversion
+    would change them beyond rounding: a finite value beyond the dtype's range (it would become
+    inf) and, for a slot of squares (``rms``), a negative value (the next step takes its square
+    root). NaN and inf are kept: they are what a framework's state holds after a NaN or
+    overflowing gradient. The ``ValueError`` starts with ``label`` (the slot and its source).
+
+    The one check of slot values loaded from outside: the saved-state loaders and the stateful
+    wrapper's ``set_weights`` / ``state`` setter.
+    """
+    dtype = np.dtype(dtype)
+    with np.errstate(over="ignore", invalid="ignore"):
+        converted = np.asarray(values, dtype=dtype)  # what jnp.asarray(values, dtype) does
+    overflow = np.isfinite(values) & ~np.isfinite(converted)
+    if np.any(overflow):
+        raise ValueError(
+            f"{label} holds {_first(overflow, values)}, beyond the range of the slot's dtype "
+            f"{dtype.name}, where it would become inf; a finite value must fit the slot's dtype "
+            "(NaN and inf are loaded as they are)"
+        )
+    if squares:
+        negative = np.zeros(converted.shape, bool)
+        for part in (converted.real, converted.imag) if dtype.kind == "c" else (converted,):
+            negative |= part < 0
+        if np.any(negative):
+            raise ValueError(
+                f"{label} holds the negative value {_first(negative, converted)}; this slot is "
+                "a running average of squared gradients and must be >= 0 (or NaN)"
+            )
+    return converted
+
+
 def as_jit_scalar(value: Any) -> Any:
     """A checked hyperparameter value as a 0-d array whose dtype is stable per kind of value.
 
