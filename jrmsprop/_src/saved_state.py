@@ -37,6 +37,7 @@ import numpy as np
 
 from jrmsprop._src.transform import RMSpropState, slot_dtype_of
 from jrmsprop._src.validation import slot_values
+from jrmsprop._src.variable import exact_array
 
 __all__ = [
     "keras2_h5_weights",
@@ -608,33 +609,13 @@ def _to_numpy(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
-def _kind(dtype: np.dtype) -> str:
-    """NumPy's kind letter, with bfloat16 and the other ml_dtypes floats counted as 'f'."""
-    if dtype.kind == "V" and jnp.issubdtype(dtype, jnp.floating):
-        return "f"
-    return dtype.kind
-
-
 def _numbers(value: Any, what: str) -> np.ndarray:
-    """``value`` as a NumPy array of numbers; a ``TypeError`` starting with ``what`` for a ragged
-    nested list, ``None``, strings and other objects."""
-    try:
-        array = _to_numpy(value)
-    except (TypeError, ValueError, RuntimeError) as e:
-        ragged = "inhomogeneous" in str(e) or "with a sequence" in str(e)
-        got = (
-            "a ragged nested list (sub-lists of different lengths)"
-            if ragged
-            else f"{type(value).__name__} ({e})"
-        )
-        raise TypeError(f"{what} must be an array of numbers, got {got}") from e
-    if _kind(array.dtype) not in "biufc":
-        if value is None or isinstance(value, (str, bytes)):
-            got = repr(value) if len(repr(value)) <= 40 else f"a long {type(value).__name__}"
-        else:
-            got = f"{type(value).__name__} of dtype {array.dtype}"
-        raise TypeError(f"{what} must be an array of numbers, got {got}")
-    return array
+    """``value`` (a torch tensor too) as a NumPy array of numbers; a ``TypeError`` starting with
+    ``what`` for a ragged nested list, ``None``, strings and other objects
+    (:func:`jrmsprop._src.variable.exact_array`, the wrapper's check of the same)."""
+    if hasattr(value, "detach"):  # a torch.Tensor, without importing torch
+        value = value.detach().cpu().numpy()
+    return np.asarray(exact_array(value, what))
 
 
 def _param_dtypes(params: Any, who: str) -> list[tuple[str, tuple[int, ...], jnp.dtype]]:

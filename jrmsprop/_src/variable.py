@@ -88,14 +88,14 @@ def exact_array(value: Any, what: str) -> Any:
     except ValueError as e:  # NumPy: "setting an array element with a sequence"
         ragged = "inhomogeneous" in str(e) or "with a sequence" in str(e)
         got = (
-            "a ragged nested sequence (sub-lists of different lengths)"
+            "a ragged nested list (sub-lists of different lengths)"
             if ragged
             else (f"{type(value).__name__} ({e})")
         )
-        raise TypeError(f"{what} must be a number or an array of numbers, got {got}") from e
+        raise TypeError(f"{what} must be an array of numbers, got {got}") from e
     except TypeError as e:
         raise TypeError(
-            f"{what} must be a number or an array of numbers, got {type(value).__name__} ({e})"
+            f"{what} must be an array of numbers, got {type(value).__name__} ({e})"
         ) from e
     if array.dtype.kind == "O" and array.size:
         if all(type(x) is int for x in array.flat):
@@ -116,7 +116,7 @@ def exact_array(value: Any, what: str) -> Any:
             got = type(value).__name__
         else:
             got = f"{type(value).__name__} of dtype {array.dtype}"
-        raise TypeError(f"{what} must be a number or an array of numbers, got {got}")
+        raise TypeError(f"{what} must be an array of numbers, got {got}")
     return array
 
 
