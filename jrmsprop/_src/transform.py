@@ -701,12 +701,11 @@ def _check_count(rule: arithmetic.Rule, count: Any) -> None:
         )
 
 
-def _name_a_leaf_that_is_not_an_array(who: str, error: Exception, named: tuple[str, Any]) -> None:
-    """Raises a ``TypeError`` naming the first leaf of ``named = (argument, tree)`` that is not
-    an array, a number, an ``IndexedSlices`` or ``None`` (a string, say), from ``error`` (JAX's
-    "Error interpreting argument", which names neither). Run only after the update failed, so a
-    valid call pays nothing for it."""
-    what, tree = named
+def _name_a_leaf_that_is_not_an_array(who: str, error: Exception, what: str, tree: Any) -> None:
+    """Raises a ``TypeError`` naming the first leaf of the argument ``what`` (``tree``) that is
+    not an array, a number, an ``IndexedSlices`` or ``None`` (a string, say), from ``error``
+    (JAX's "Error interpreting argument", which names neither). Run only after the update
+    failed, so a valid call pays nothing for it."""
     leaves = jax.tree_util.tree_flatten_with_path(
         tree, is_leaf=lambda x: x is None or isinstance(x, sparse.IndexedSlices)
     )[0]
@@ -840,10 +839,9 @@ def build(
                 apply=apply,
             )
         except TypeError as e:  # JAX refuses a leaf as a jit argument: name it, if it is ours
-            _name_a_leaf_that_is_not_an_array(
-                rule.framework, e, ("updates" if apply == "updates" else "grads", updates)
-            )
-            _name_a_leaf_that_is_not_an_array(rule.framework, e, ("params", params))
+            what = "updates" if apply == "updates" else "grads"
+            _name_a_leaf_that_is_not_an_array(rule.framework, e, what, updates)
+            _name_a_leaf_that_is_not_an_array(rule.framework, e, "params", params)
             raise
 
     def update_fn(
