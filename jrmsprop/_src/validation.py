@@ -237,9 +237,8 @@ def check_schedule_value(
     or a JAX array) is also range-checked, as :func:`check_range` with ``float32``.
     """
     concrete = not isinstance(value, jax.core.Tracer)
-    dtype = value.dtype if isinstance(value, (jax.core.Tracer, jax.Array)) else None
-    if dtype is None:
-        dtype = np.asarray(value).dtype
+    is_array = isinstance(value, (jax.core.Tracer, jax.Array))
+    dtype = value.dtype if is_array else np.asarray(value).dtype
     shape = np.shape(value)
     if shape != ():
         raise ValueError(f"the schedule given as `{name}` must return a scalar, got shape {shape}")
