@@ -329,6 +329,85 @@ def test_single_thread_and_vmap(monkeypatch):
     assert_outputs_equal(kernel_step(*big, sc, variant), xla_step(*big, sc, variant))
 
 
+# ---- many leaves in one call -----------------------------------------------------------------
+
+# Leaf sizes: empty, one element, odd sizes below a chunk (2**16), one chunk plus one, several
+# chunks; 1.1M elements in all, so the call splits its work over the pool's threads.
+MULTI_SIZES = (0, 1, 7, 256, 4097, (1 << 16) + 1, 3 * (1 << 16) + 5, 800_001)
+
+
+def multi_inputs(sizes, seed):
+    leaves = [random_inputs(n, seed=seed + i) for i, n in enumerate(sizes)]
+    params = [np.random.default_rng(seed + 100 + i).standard_normal(n).astype(np.float32)
+              for i, n in enumerate(sizes)]  # fmt: skip
+    return [list(column) for column in zip(*leaves, strict=True)], params
+
+
+@needs_kernel
+@pytest.mark.parametrize("name", list(KERAS2))
+@pytest.mark.parametrize("output", ["delta", "update", "param"])
+def test_many_leaves_in_one_call_equal_the_xla_path_leaf_by_leaf(name, output):
+    """``fused_steps`` over leaves of mixed sizes: each leaf's outputs are the XLA step's bits."""
+    momentum, centered = KERAS2[name]
+    (gs, rmss, moms, mgs), ps = multi_inputs(MULTI_SIZES, seed=20)
+    moms, mgs = slots(momentum, centered, moms, mgs)
+    sc, variant = scalars(), variant_for(momentum)
+    params = ps if output == "param" else None
+    call = jax.jit(
+        lambda gs, rmss, moms, mgs, params: cpu_kernel.fused_steps(
+            gs, rmss, moms, mgs, sc, variant, output=output, params=params
+        )
+    )
+    lowered = call.lower(gs, rmss, moms, mgs, params).compile().as_text()
+    assert lowered.count(f'custom_call_target="{cpu_kernel.TARGET}"') == 1
+    firsts, new_rms, new_moms, new_mgs = call(gs, rmss, moms, mgs, params)
+    for i in range(len(MULTI_SIZES)):
+        delta, *want_slots = xla_step(
+            gs[i], rmss[i], None if moms is None else moms[i], None if mgs is None else mgs[i],
+            sc, variant,
+        )  # fmt: skip
+        want_first = {"delta": delta, "update": -delta, "param": ps[i] + (-delta)}[output]
+        got = (
+            firsts[i],
+            new_rms[i],
+            None if new_moms is None else new_moms[i],
+            None if new_mgs is None else new_mgs[i],
+        )
+        assert_outputs_equal(got, (want_first, *want_slots))
+
+
+@needs_kernel
+def test_many_leaves_one_thread_and_many_small_leaves(monkeypatch):
+    """Many leaves smaller than a chunk (each one segment, 600K elements in all: threaded), and
+    the same call on one thread, give the bits of the XLA path."""
+    sizes = [1000 + 37 * i for i in range(300)]
+    (gs, rmss, moms, mgs), _ = multi_inputs(sizes, seed=40)
+    sc, variant = scalars(), variant_for(True)
+    want = [xla_step(gs[i], rmss[i], moms[i], mgs[i], sc, variant) for i in range(len(sizes))]
+    for threads in ("", "1"):
+        monkeypatch.setenv(cpu_kernel.THREADS_ENV, threads)
+        firsts, new_rms, new_moms, new_mgs = jax.jit(
+            lambda *a: cpu_kernel.fused_steps(*a, sc, variant)
+        )(gs, rmss, moms, mgs)
+        for i, w in enumerate(want):
+            assert_outputs_equal((firsts[i], new_rms[i], new_moms[i], new_mgs[i]), w)
+
+
+@needs_kernel
+def test_many_leaves_bad_arguments_name_the_leaf():
+    g = jnp.zeros(4, jnp.float32)
+    sc, variant = scalars(), variant_for(False)
+    with pytest.raises(ValueError, match=r"fused_steps: `rms` has 1 leaves, `grad` has 2"):
+        cpu_kernel.fused_steps([g, g], [g], None, None, sc, variant)
+    with pytest.raises(ValueError, match=r"`rms\[1\]` has shape \(5,\), `grad\[1\]` has shape"):
+        cpu_kernel.fused_steps([g, g], [g, jnp.zeros(5, jnp.float32)], None, None, sc, variant)
+    with pytest.raises(TypeError, match=r"`grad\[0\]` must be float32, got bfloat16"):
+        cpu_kernel.fused_steps([g.astype(jnp.bfloat16), g], [g, g], None, None, sc, variant)
+    with pytest.raises(ValueError, match=r"`param` is needed exactly when output='param'"):
+        cpu_kernel.fused_steps([g], [g], None, None, sc, variant, output="param")
+    assert cpu_kernel.fused_steps([], [], None, None, sc, variant) == ([], [], None, None)
+
+
 @needs_kernel
 def test_bad_arguments_name_the_argument():
     g = jnp.zeros(4, jnp.float32)

@@ -227,24 +227,26 @@ def _max_threads() -> int:
     return threads
 
 
-def scalar_vector(sc: arithmetic.Scalars) -> jax.Array:
+def scalar_vector(sc: arithmetic.Scalars, who: str = "fused_step") -> jax.Array:
     """``float32[5]``: ``(lr, rho, one_minus_rho, momentum, epsilon)`` as the kernel reads them."""
     parts = (sc.lr, sc.rho, sc.one_minus_rho, sc.momentum, sc.epsilon)
     for name, x in zip(("lr", "rho", "one_minus_rho", "momentum", "epsilon"), parts, strict=True):
         if jnp.shape(x) != () or jnp.result_type(x) != jnp.float32:
             raise TypeError(
-                f"fused_step: scalars.{name} must be a float32 scalar, got "
+                f"{who}: scalars.{name} must be a float32 scalar, got "
                 f"{jnp.result_type(x).name}{list(jnp.shape(x))}"
             )
     return jnp.stack([jnp.asarray(x) for x in parts])
 
 
-def _check_leaf(name: str, x: Any, shape: tuple[int, ...]) -> None:
+def _check_leaf(who: str, name: str, index: str, x: Any, shape: tuple[int, ...]) -> None:
+    """``x`` (argument ``name``, leaf ``index``: ``"[3]"`` or ``""``) is float32 of ``shape``."""
     if jnp.result_type(x) != jnp.float32:
-        raise TypeError(f"fused_step: `{name}` must be float32, got {jnp.result_type(x).name}")
+        raise TypeError(f"{who}: `{name}{index}` must be float32, got {jnp.result_type(x).name}")
     if tuple(jnp.shape(x)) != shape:
         raise ValueError(
-            f"fused_step: `{name}` has shape {tuple(jnp.shape(x))}, `grad` has shape {shape}"
+            f"{who}: `{name}{index}` has shape {tuple(jnp.shape(x))}, `grad{index}` has shape "
+            f"{shape}"
         )
 
 
@@ -317,44 +319,105 @@ def fused_step(
       >>> print(out[0], out[1])  # delta = 0.1·10 / (sqrt(0.10000002·100) + 1e-7), rms
       [0.31622773] [10.000002]
     """
+    firsts, rmss, moms, mgs = fused_steps(
+        [grad],
+        [rms],
+        None if mom is None else [mom],
+        None if mg is None else [mg],
+        sc,
+        variant,
+        output=output,
+        params=None if param is None else [param],
+        overwrite_grad=overwrite_grad,
+        who="fused_step",
+    )
+    return firsts[0], rmss[0], None if moms is None else moms[0], None if mgs is None else mgs[0]
+
+
+def fused_steps(
+    grads: list[jax.Array],
+    rms: list[jax.Array],
+    mom: list[jax.Array] | None,
+    mg: list[jax.Array] | None,
+    sc: arithmetic.Scalars,
+    variant: arithmetic.Variant,
+    *,
+    output: str = "delta",
+    params: list[jax.Array] | None = None,
+    overwrite_grad: bool = False,
+    who: str = "fused_steps",
+) -> tuple[list[jax.Array], list[jax.Array], list[jax.Array] | None, list[jax.Array] | None]:
+    """:func:`fused_step` on many leaves in one kernel call: the same numbers, leaf by leaf.
+
+    The leaves may differ in shape (each leaf's arrays share one); they share the scalars and the
+    formula. The kernel cuts them into tasks of at most 64 Ki elements (a smaller leaf is one
+    task) and spreads the tasks over XLA's thread pool. A call over a few dozen leaves compiles
+    faster than one call per leaf; XLA's compile time grows much faster than the operands of one
+    call, so a caller with hundreds of leaves makes several calls (see ``transform``).
+
+    Args:
+      grads, rms: lists of float32 arrays, leaf by leaf.
+      mom, mg: lists like ``rms``, or None when the slot is absent.
+      sc, variant, output, overwrite_grad: as for :func:`fused_step`, shared by every leaf.
+      params: the parameters (a list like ``rms``), only with ``output="param"``.
+      who: the name that starts error messages.
+
+    Returns:
+      ``(firsts, rms, mom, mg)``: lists, leaf by leaf (None for an absent slot).
+    """
     if output not in _OUTPUT:
-        raise ValueError(f"fused_step: `output` must be one of {sorted(_OUTPUT)}, got {output!r}")
-    if (param is None) != (output != "param"):
-        raise ValueError("fused_step: `param` is needed exactly when output='param'")
+        raise ValueError(f"{who}: `output` must be one of {sorted(_OUTPUT)}, got {output!r}")
+    if (params is None) != (output != "param"):
+        raise ValueError(f"{who}: `param` is needed exactly when output='param'")
     if not isinstance(overwrite_grad, (bool, np.bool_)):
-        raise TypeError(
-            f"fused_step: `overwrite_grad` must be True or False, got {overwrite_grad!r}"
-        )
+        raise TypeError(f"{who}: `overwrite_grad` must be True or False, got {overwrite_grad!r}")
     if overwrite_grad and output == "param":
-        raise ValueError("fused_step: `overwrite_grad` needs output='delta' or 'update'")
+        raise ValueError(f"{who}: `overwrite_grad` needs output='delta' or 'update'")
     if not isinstance(variant, arithmetic.Variant):
-        raise TypeError(f"fused_step: `variant` must be an arithmetic.Variant, got {variant!r}")
+        raise TypeError(f"{who}: `variant` must be an arithmetic.Variant, got {variant!r}")
     if not supports(variant):
         raise ValueError(
-            f"fused_step: the CPU kernel does not compute {variant} (it needs lr_in_momentum, "
+            f"{who}: the CPU kernel does not compute {variant} (it needs lr_in_momentum, "
             "no decoupled weight decay, no maximize, dense order)"
         )
     if not available():
-        raise RuntimeError(f"fused_step: the CPU kernel is not available ({unavailable_reason()})")
-    shape = tuple(jnp.shape(grad))
-    _check_leaf("grad", grad, shape)
-    _check_leaf("rms", rms, shape)
-    operands = [grad, scalar_vector(sc), rms]
-    aliases = {2: 1, 0: 0} if overwrite_grad else {2: 1}
-    results = [jax.ShapeDtypeStruct(shape, jnp.float32)] * 2
-    for name, slot in (("mom", mom), ("mg", mg)):
-        if slot is not None:
-            _check_leaf(name, slot, shape)
-            aliases[len(operands)] = len(results)
-            operands.append(slot)
-            results.append(jax.ShapeDtypeStruct(shape, jnp.float32))
-    if param is not None:
-        _check_leaf("param", param, shape)
-        aliases[len(operands)] = 0
-        operands.append(param)
+        raise RuntimeError(f"{who}: the CPU kernel is not available ({unavailable_reason()})")
+    columns = {"grad": list(grads), "rms": list(rms)}
+    for name, column in (("mom", mom), ("mg", mg), ("param", params)):
+        if column is not None:
+            columns[name] = list(column)
+    n_leaves = len(columns["grad"])
+    for name, column in columns.items():
+        if len(column) != n_leaves:
+            raise ValueError(f"{who}: `{name}` has {len(column)} leaves, `grad` has {n_leaves}")
+    several = n_leaves != 1
+    operands: list[Any] = [scalar_vector(sc, who)]
+    results: list[jax.ShapeDtypeStruct] = []
+    aliases: dict[int, int] = {}
+    for i in range(n_leaves):
+        shape = tuple(jnp.shape(columns["grad"][i]))
+        for name, column in columns.items():
+            _check_leaf(who, name, f"[{i}]" if several else "", column[i], shape)
+        first = len(results)
+        if overwrite_grad:
+            aliases[len(operands)] = first
+        operands += [columns["grad"][i], columns["rms"][i]]
+        aliases[len(operands) - 1] = first + 1
+        results += [jax.ShapeDtypeStruct(shape, jnp.float32)] * 2
+        for name in ("mom", "mg"):
+            if name in columns:
+                aliases[len(operands)] = len(results)
+                operands.append(columns[name][i])
+                results.append(jax.ShapeDtypeStruct(shape, jnp.float32))
+        if "param" in columns:
+            aliases[len(operands)] = first
+            operands.append(columns["param"][i])
+    if not n_leaves:
+        return [], [], None if mom is None else [], None if mg is None else []
     call = jax.ffi.ffi_call(TARGET, results, input_output_aliases=aliases, vmap_method="sequential")
     outs = call(
         *operands,
+        leaves=np.int32(n_leaves),
         momentum=np.int32(mom is not None),
         centered=np.int32(mg is not None),
         eps_in_sqrt=np.int32(bool(variant.eps_in_sqrt)),
@@ -362,10 +425,13 @@ def fused_step(
         output=np.int32(_OUTPUT[output] + (3 if overwrite_grad else 0)),
         max_threads=np.int32(_max_threads()),
     )
-    first, rms_new, *rest = outs
-    mom_new = rest.pop(0) if mom is not None else None
-    mg_new = rest.pop(0) if mg is not None else None
-    return first, rms_new, mom_new, mg_new
+    per_leaf = 2 + (mom is not None) + (mg is not None)
+    rows = [outs[k : k + per_leaf] for k in range(0, len(outs), per_leaf)]
+    firsts = [row[0] for row in rows]
+    rms_new = [row[1] for row in rows]
+    mom_new = [row[2] for row in rows] if mom is not None else None
+    mg_new = [row[-1] for row in rows] if mg is not None else None
+    return firsts, rms_new, mom_new, mg_new
 
 
 # ---- where the kernel may run -----------------------------------------------------------------

@@ -13,8 +13,10 @@
 //     calling thread already has XLA's mode; the worker threads copy the caller's control
 //     register, so every chunk is computed in the caller's mode.
 //
-// Operands: grad, scalars = float32[5] {lr, rho, 1-rho, momentum, epsilon}, rms, then mom when
-// `momentum`, mg when `centered`, param when `output == 2`. Results: out, rms, then mom, mg.
+// One call updates any number of leaves (`leaves`, each of its own size). Operands: scalars =
+// float32[5] {lr, rho, 1-rho, momentum, epsilon}, then for each leaf grad, rms, mom when
+// `momentum`, mg when `centered`, param when `output == 2`. Results, for each leaf: out, rms, then
+// mom, mg.
 // `out` is delta (output 0), -delta (output 1, the optax update) or param - delta (output 2);
 // outputs 3 and 4 are delta and -delta written over the gradient's buffer.
 // The slot results alias the slot operands, `out` aliases `param` for output 2 and `grad` for 3
@@ -27,6 +29,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <vector>
 
 #include "xla/ffi/api/ffi.h"
 
@@ -183,21 +186,28 @@ RangeFn Select(bool momentum, bool centered, bool eps_in_sqrt, bool tf, int outp
 }
 
 // ---------------------------------------------------------------------------------------------
-// Parallel loop over chunks. Chunks are claimed from an atomic counter by the caller and by tasks
-// scheduled on XLA's intra-op thread pool; the caller then waits only for chunks already claimed.
-// A task that starts late (or never, on a busy pool) claims nothing, so this cannot deadlock,
-// and the shared state is reference counted so a late task never touches freed memory.
+// Parallel loop over segments. The leaves are cut into segments of at most kChunk elements (a
+// smaller leaf is one segment), and segments are claimed from an atomic counter by the caller and
+// by tasks scheduled on XLA's intra-op thread pool; the caller then waits only for segments
+// already claimed. A task that starts late (or never, on a busy pool) claims nothing, so this
+// cannot deadlock, and the shared state is reference counted so a late task never touches freed
+// memory. One call over every leaf of a step (instead of one call per leaf) keeps both cores
+// busy on a model of many small leaves and pays the pool's wake-up once.
 // ---------------------------------------------------------------------------------------------
 
-constexpr int64_t kChunk = 1 << 16;          // elements per chunk (256 KiB per array)
-constexpr int64_t kParallelMin = 1 << 18;    // below this, one thread (spawn cost dominates)
+constexpr int64_t kChunk = 1 << 16;          // elements per segment (256 KiB per array)
+constexpr int64_t kParallelMin = 1 << 18;    // below this in all, one thread (spawn cost dominates)
+
+struct Segment {
+  Pointers ptrs;
+  int64_t begin, end;
+};
 
 struct Work {
   RangeFn fn;
-  Pointers ptrs;
   Scalars scalars;
-  int64_t n;
-  int64_t chunks;
+  std::vector<Segment> segments;
+  int64_t count = 0;
   FpControl fp_control;
   std::atomic<int64_t> next{0};
   std::atomic<int64_t> done{0};
@@ -208,23 +218,23 @@ struct Work {
     int64_t finished = 0;
     for (;;) {
       const int64_t c = next.fetch_add(1, std::memory_order_relaxed);
-      if (c >= chunks) break;
-      const int64_t begin = c * kChunk;
-      fn(ptrs, scalars, begin, std::min(n, begin + kChunk));
+      if (c >= count) break;
+      const Segment& seg = segments[c];
+      fn(seg.ptrs, scalars, seg.begin, seg.end);
       ++finished;
     }
     if (finished == 0) return;
-    if (done.fetch_add(finished, std::memory_order_acq_rel) + finished == chunks) {
+    if (done.fetch_add(finished, std::memory_order_acq_rel) + finished == count) {
       std::lock_guard<std::mutex> lock(mu);
       cv.notify_all();
     }
   }
 };
 
-ffi::Error RmspropImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> grad,
-                       ffi::Buffer<ffi::F32> scalars, ffi::Buffer<ffi::F32> rms,
-                       ffi::RemainingArgs rest, ffi::ResultBuffer<ffi::F32> out,
-                       ffi::ResultBuffer<ffi::F32> rms_out, ffi::RemainingRets rest_out,
+// Operands: scalars, then for each of `leaves` leaves grad, rms, [mom], [mg], [param when
+// output == 2]. Results, for each leaf: out, rms, [mom], [mg]. Leaves may differ in size.
+ffi::Error RmspropImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars,
+                       ffi::RemainingArgs args, ffi::RemainingRets rets, int32_t leaves,
                        int32_t momentum, int32_t centered, int32_t eps_in_sqrt, int32_t tf_kernel,
                        int32_t output, int32_t max_threads) {
   if (scalars.element_count() != 5) {
@@ -233,82 +243,87 @@ ffi::Error RmspropImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> grad,
   if (output < 0 || output > 4) {
     return ffi::Error::InvalidArgument("jrmsprop_rmsprop_f32: output must be 0 to 4");
   }
-  const size_t n_extra_in = (momentum ? 1 : 0) + (centered ? 1 : 0) + (output == 2 ? 1 : 0);
-  const size_t n_extra_out = (momentum ? 1 : 0) + (centered ? 1 : 0);
-  if (rest.size() != n_extra_in || rest_out.size() != n_extra_out) {
+  if (leaves < 0) {
+    return ffi::Error::InvalidArgument("jrmsprop_rmsprop_f32: leaves must be >= 0");
+  }
+  const size_t per_in = 2 + (momentum ? 1 : 0) + (centered ? 1 : 0) + (output == 2 ? 1 : 0);
+  const size_t per_out = 2 + (momentum ? 1 : 0) + (centered ? 1 : 0);
+  if (args.size() != per_in * leaves || rets.size() != per_out * leaves) {
     return ffi::Error::InvalidArgument(
-        "jrmsprop_rmsprop_f32: operand count does not match the momentum/centered/output flags");
+        "jrmsprop_rmsprop_f32: operand count does not match the leaves/momentum/centered/output "
+        "attributes");
   }
-  const int64_t count = static_cast<int64_t>(grad.element_count());
-  // Each slot result should be its operand's buffer (input_output_aliases); if XLA ever hands
-  // over a distinct buffer, the operand is copied there first and updated in place.
-  auto in_place = [count](const float* in, float* res) {
-    if (in != res) std::copy(in, in + count, res);
-    return res;
-  };
-  if (rms.element_count() != grad.element_count() || out->element_count() != grad.element_count() ||
-      rms_out->element_count() != grad.element_count()) {
-    return ffi::Error::InvalidArgument("jrmsprop_rmsprop_f32: operand sizes differ");
-  }
-  Pointers p{};
-  p.grad = grad.typed_data();
-  p.rms = in_place(rms.typed_data(), rms_out->typed_data());
-  p.out = out->typed_data();
-  size_t in_i = 0, out_i = 0;
-  auto next_in = [&](const float** dst) -> ffi::Error {
-    auto b = rest.get<ffi::Buffer<ffi::F32>>(in_i++);
-    if (b.has_error()) return b.error();
-    if (b->element_count() != grad.element_count()) {
-      return ffi::Error::InvalidArgument("jrmsprop_rmsprop_f32: operand sizes differ");
-    }
-    *dst = b->typed_data();
-    return ffi::Error::Success();
-  };
-  auto next_out = [&](float** dst) -> ffi::Error {
-    auto b = rest_out.get<ffi::Buffer<ffi::F32>>(out_i++);
-    if (b.has_error()) return b.error();
-    if ((*b)->element_count() != grad.element_count()) {
-      return ffi::Error::InvalidArgument("jrmsprop_rmsprop_f32: result sizes differ");
-    }
-    *dst = (*b)->typed_data();
-    return ffi::Error::Success();
-  };
-  const float* in = nullptr;
-  if (momentum) {
-    if (auto e = next_in(&in); e.failure()) return e;
-    if (auto e = next_out(&p.mom); e.failure()) return e;
-    in_place(in, p.mom);
-  }
-  if (centered) {
-    if (auto e = next_in(&in); e.failure()) return e;
-    if (auto e = next_out(&p.mg); e.failure()) return e;
-    in_place(in, p.mg);
-  }
-  if (output == 2) {
-    if (auto e = next_in(&in); e.failure()) return e;
-    in_place(in, p.out);
-  }
-  if (output >= 3) in_place(p.grad, p.out);  // the result takes the gradient's buffer
+  auto work = std::make_shared<Work>();
+  work->fn = Select(momentum != 0, centered != 0, eps_in_sqrt != 0, tf_kernel != 0, output);
   const float* sc = scalars.typed_data();
-  const Scalars s{sc[0], sc[1], sc[2], sc[3], sc[4]};
-  const RangeFn fn = Select(momentum != 0, centered != 0, eps_in_sqrt != 0, tf_kernel != 0, output);
+  work->scalars = Scalars{sc[0], sc[1], sc[2], sc[3], sc[4]};
+  int64_t total = 0;
+  size_t in_i = 0, out_i = 0;
+  for (int32_t leaf = 0; leaf < leaves; ++leaf) {
+    auto grad = args.get<ffi::Buffer<ffi::F32>>(in_i++);
+    if (grad.has_error()) return grad.error();
+    const int64_t n = static_cast<int64_t>(grad->element_count());
+    // Each slot result should be its operand's buffer (input_output_aliases); if XLA ever hands
+    // over a distinct buffer, the operand is copied there first and updated in place.
+    auto in_place = [n](const float* in, float* res) {
+      if (in != res) std::copy(in, in + n, res);
+      return res;
+    };
+    auto next_in = [&](const float** dst) -> ffi::Error {
+      auto b = args.get<ffi::Buffer<ffi::F32>>(in_i++);
+      if (b.has_error()) return b.error();
+      if (static_cast<int64_t>(b->element_count()) != n) {
+        return ffi::Error::InvalidArgument("jrmsprop_rmsprop_f32: operand sizes differ");
+      }
+      *dst = b->typed_data();
+      return ffi::Error::Success();
+    };
+    auto next_out = [&](float** dst) -> ffi::Error {
+      auto b = rets.get<ffi::Buffer<ffi::F32>>(out_i++);
+      if (b.has_error()) return b.error();
+      if (static_cast<int64_t>((*b)->element_count()) != n) {
+        return ffi::Error::InvalidArgument("jrmsprop_rmsprop_f32: result sizes differ");
+      }
+      *dst = (*b)->typed_data();
+      return ffi::Error::Success();
+    };
+    Pointers p{};
+    p.grad = grad->typed_data();
+    const float* in = nullptr;
+    if (auto e = next_in(&in); e.failure()) return e;  // rms
+    if (auto e = next_out(&p.out); e.failure()) return e;
+    if (auto e = next_out(&p.rms); e.failure()) return e;
+    in_place(in, p.rms);
+    if (momentum) {
+      if (auto e = next_in(&in); e.failure()) return e;
+      if (auto e = next_out(&p.mom); e.failure()) return e;
+      in_place(in, p.mom);
+    }
+    if (centered) {
+      if (auto e = next_in(&in); e.failure()) return e;
+      if (auto e = next_out(&p.mg); e.failure()) return e;
+      in_place(in, p.mg);
+    }
+    if (output == 2) {
+      if (auto e = next_in(&in); e.failure()) return e;
+      in_place(in, p.out);
+    }
+    if (output >= 3) in_place(p.grad, p.out);  // the result takes the gradient's buffer
+    for (int64_t begin = 0; begin < n; begin += kChunk) {
+      work->segments.push_back(Segment{p, begin, std::min(n, begin + kChunk)});
+    }
+    total += n;
+  }
+  work->count = static_cast<int64_t>(work->segments.size());
 
   int64_t threads = pool.num_threads();
   if (max_threads > 0) threads = std::min<int64_t>(threads, max_threads);
-  const int64_t n = count;
-  const int64_t chunks = (n + kChunk - 1) / kChunk;
-  if (n < kParallelMin || threads <= 1) {
-    fn(p, s, 0, n);
+  if (total < kParallelMin || threads <= 1 || work->count <= 1) {
+    for (const Segment& seg : work->segments) work->fn(seg.ptrs, work->scalars, seg.begin, seg.end);
     return ffi::Error::Success();
   }
-  auto work = std::make_shared<Work>();
-  work->fn = fn;
-  work->ptrs = p;
-  work->scalars = s;
-  work->n = n;
-  work->chunks = chunks;
   work->fp_control = GetFpControl();
-  const int64_t helpers = std::min(threads, chunks) - 1;
+  const int64_t helpers = std::min(threads, work->count) - 1;
   for (int64_t k = 0; k < helpers; ++k) {
     pool.Schedule([work] {
       ScopedFpControl fp(work->fp_control);
@@ -317,7 +332,7 @@ ffi::Error RmspropImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> grad,
   }
   work->Run();
   std::unique_lock<std::mutex> lock(work->mu);
-  work->cv.wait(lock, [&] { return work->done.load(std::memory_order_acquire) == chunks; });
+  work->cv.wait(lock, [&] { return work->done.load(std::memory_order_acquire) == work->count; });
   return ffi::Error::Success();
 }
 
@@ -326,13 +341,10 @@ ffi::Error RmspropImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> grad,
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JrmspropRmspropF32, RmspropImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // grad
                                   .Arg<ffi::Buffer<ffi::F32>>()  // scalars
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // rms
-                                  .RemainingArgs()               // mom, mg, param
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // out
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // rms
-                                  .RemainingRets()               // mom, mg
+                                  .RemainingArgs()               // per leaf: grad, rms, ...
+                                  .RemainingRets()               // per leaf: out, rms, ...
+                                  .Attr<int32_t>("leaves")
                                   .Attr<int32_t>("momentum")
                                   .Attr<int32_t>("centered")
                                   .Attr<int32_t>("eps_in_sqrt")
