@@ -198,14 +198,16 @@ def test_fit_equals_a_manual_jrmsprop_loop(momentum, centered, keras_promotion, 
     from jrmsprop._src import cpu_kernel, transform
 
     kernel_calls = []
-    fused_step = cpu_kernel.fused_step
+    fused_steps = cpu_kernel.fused_steps
 
-    def counting_fused_step(*args, **kwargs):
+    def counting_fused_steps(*args, **kwargs):
         kernel_calls.append(1)
-        return fused_step(*args, **kwargs)
+        return fused_steps(*args, **kwargs)
 
-    monkeypatch.setattr(cpu_kernel, "fused_step", counting_fused_step)
-    transform._leaf_step.clear_cache()  # traced anew, whatever ran before in this process
+    monkeypatch.setattr(cpu_kernel, "fused_steps", counting_fused_steps)
+    # traced anew, whatever ran before in this process
+    transform._leaf_step.clear_cache()
+    transform._apply_columns_with_kernel.clear_cache()
     x, y = _regression_data()
     hyper = dict(
         learning_rate=0.01, rho=0.9, momentum=momentum, epsilon=1e-7, centered=centered, decay=0.01

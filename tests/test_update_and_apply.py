@@ -165,6 +165,35 @@ def test_mixed_tree_each_leaf_on_its_path():
     assert hlo.count(f'custom_call_target="{KERNEL}"') == 1  # the one dense float32 leaf
 
 
+@needs_kernel
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_the_float32_leaves_of_a_tree_share_kernel_calls(momentum):
+    """The 36 float32 leaves of a tree of mixed shapes (a scalar, an empty array, leaves above
+    the kernel's chunk) are updated by one kernel call per group of ``_KERNEL_GROUP`` leaves, bit
+    for bit the separate calls; a bfloat16 leaf and a None gradient stay on their own paths."""
+    from jrmsprop._src import transform
+
+    tx = jrmsprop.rmsprop(0.05, momentum=momentum, centered=True, decay=0.01)
+    rng = np.random.default_rng(6)
+    shapes = [(), (0,), (3,), (17, 5), (70_001,), (300, 400)] + [(8, 8)] * 30
+    params = {f"p{i:02d}": jnp.asarray(rng.standard_normal(s), jnp.float32)
+              for i, s in enumerate(shapes)}  # fmt: skip
+    params["half"] = jnp.asarray(rng.standard_normal(5), jnp.bfloat16)
+    params["frozen"] = jnp.ones(4, jnp.float32)
+    grads = make_grads(rng, params, 3)
+    for g in grads:
+        g["frozen"] = None
+    step = jax.jit(lambda p, s, g: jrmsprop.update_and_apply(tx, g, s, p), donate_argnums=(0, 1))
+    hlo = step.lower(params, tx.init(params), grads[0]).compile().as_text()
+    calls = -(-36 // transform._KERNEL_GROUP)
+    assert 1 < calls < 36  # several groups, not one call per leaf
+    assert hlo.count(f'custom_call_target="{KERNEL}"') == calls
+    p, s = jax.tree.map(jnp.copy, params), tx.init(params)
+    for g in grads:
+        p, s = step(p, s, g)
+    chex.assert_trees_all_equal((p, s), reference(tx, params, grads))
+
+
 def test_packed_parameters():
     tx = jrmsprop.rmsprop(0.1, momentum=0.9)
     rng = np.random.default_rng(1)

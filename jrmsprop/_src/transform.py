@@ -322,14 +322,16 @@ def _as_complex(x: jax.Array | None, like: jax.Array | None) -> jax.Array | None
 
 def _leaf_update(
     path, g, param, rms, mom, mg, momentum_on, scalars_for, config: _Config, apply: str
-) -> tuple[Any, jax.Array, jax.Array | None, jax.Array | None]:
+) -> tuple[Any, jax.Array, jax.Array | None, jax.Array | None] | _KernelLeaf:
     """One leaf: the checks that name its path, then :func:`_leaf_step`.
 
     Returns ``(update, rms, momentum, mg)``; the update is in the parameter's dtype (when
     ``param`` is given) or in the promoted dtype of the gradient and the slot. With ``apply``
     other than ``"updates"`` the first result is the new parameter instead (``param + update``,
-    as ``jrmsprop.apply_updates`` computes it); ``"fused"`` lets an eligible float32 leaf on CPU
-    take the one-pass kernel of :mod:`jrmsprop._src.cpu_kernel`, bit-identical to that.
+    as ``jrmsprop.apply_updates`` computes it). With ``"fused"``, a leaf that the one-pass kernel
+    of :mod:`jrmsprop._src.cpu_kernel` may take (:func:`_takes_kernel`) is returned unchanged as
+    a :class:`_KernelLeaf`: the tree update then runs them in kernel calls of up to
+    :data:`_KERNEL_GROUP` leaves each, bit for bit what ``"params"`` computes.
     """
     rule = config.rule
     param = None if param is None else jnp.asarray(param)
@@ -368,6 +370,10 @@ def _leaf_update(
     slot_dtype = (mom if mom is not None else rms).dtype
     dtype = arithmetic.compute_dtype(g.dtype, slot_dtype, None if param is None else param.dtype)
     out_dtype = param.dtype if param is not None else arithmetic.result_dtype(g.dtype, slot_dtype)
+    if apply == "fused":
+        if _takes_kernel(g, param, rms, mom, mg, momentum_on, config):
+            return _KernelLeaf(g, param, rms, mom, mg)
+        apply = "params"  # the same numbers through XLA (and the same cached trace)
     sc = scalars_for(dtype)
     return _leaf_step(
         g,
@@ -381,6 +387,38 @@ def _leaf_update(
         apply=apply,
         dtype=dtype,
         out_dtype=jnp.dtype(out_dtype),
+    )
+
+
+#: Leaves per call of the CPU kernel. One call for a group of leaves instead of one per leaf
+#: compiles faster (first call on 512 leaves of 32768: 0.59-0.68x one call per leaf) and steps
+#: as fast (XLA's runtime runs independent calls side by side anyway); XLA's compile time grows
+#: much faster than the operands of one call (one call for all 512 leaves: 6.8 s against 1.4 s),
+#: so the groups stay small. ``benchmarks/kernel_group_probe.py`` measures the sizes.
+_KERNEL_GROUP = 32
+
+
+class _KernelLeaf(NamedTuple):
+    """A checked leaf that the CPU kernel may take: updated with the others in one call."""
+
+    g: jax.Array
+    param: jax.Array
+    rms: jax.Array
+    mom: jax.Array | None
+    mg: jax.Array | None
+
+
+def _takes_kernel(g, param, rms, mom, mg, momentum_on, config: _Config) -> bool:
+    """Whether a checked leaf may take :mod:`jrmsprop._src.cpu_kernel` (where it runs, see
+    :func:`cpu_kernel.where_kernel_runs`): dense, every array float32, no weight decay (the
+    parameter is only added to), no traced momentum switch, and a formula the kernel computes."""
+    return (
+        config.use_weight_decay is False
+        and momentum_on is None
+        and not isinstance(g, sparse.IndexedSlices)
+        and all(x is None or x.dtype == jnp.float32 for x in (g, param, rms, mom, mg))
+        and cpu_kernel.supports(config.rule.variant(mom is not None, config.epsilon_nonzero))
+        and cpu_kernel.available()
     )
 
 
@@ -445,43 +483,73 @@ def _leaf_step(
     def applied(update, *slots):
         return (sparse.apply_updates(param_in, update), *slots)
 
-    variant = rule.variant(mom is not None, config.epsilon_nonzero)
-    if (
-        apply == "fused"
-        and cpu_kernel.available()
-        and momentum_on is None
-        and not is_sparse
-        and param is None  # no weight decay (param is only kept for it)
-        and all(x is None or x.dtype == jnp.float32 for x in (g, param_in, rms, mom, mg))
-        and cpu_kernel.supports(variant)
-    ):
-        return cpu_kernel.where_kernel_runs(
-            lambda *args: _kernel_apply(*args, variant),
-            lambda *args: _xla_apply(*args, variant),
-            g,
-            param_in,
-            rms,
-            mom,
-            mg,
-            sc,
-        )
     return applied(*dispatch())
 
 
-def _xla_apply(g, p, rms, mom, mg, sc, variant):
+def _apply_with_kernel(leaves: list[_KernelLeaf], sc: arithmetic.Scalars, variant):
+    """The new ``(param, rms, mom, mg)`` of a group of leaves the kernel may take: one kernel
+    call for them all where it runs (:func:`cpu_kernel.where_kernel_runs`), else XLA leaf by
+    leaf."""
+    columns = _KernelLeaf(*(list(c) for c in zip(*leaves, strict=True)))
+    columns = columns._replace(
+        mom=None if leaves[0].mom is None else columns.mom,
+        mg=None if leaves[0].mg is None else columns.mg,
+    )
+    return _apply_columns_with_kernel(*columns, sc, variant)
+
+
+# Traced and lowered once per group signature, as :func:`_leaf_step` once per leaf signature (the
+# groups of a tree of same-shaped leaves share one); XLA inlines the calls.
+@functools.partial(jax.jit, static_argnums=6)
+def _apply_columns_with_kernel(gs, ps, rmss, moms, mgs, sc, variant):
+    columns = (gs, ps, rmss, moms, mgs)
+    return cpu_kernel.where_kernel_runs(
+        lambda *args: _kernel_apply(*args, variant),
+        lambda *args: _xla_apply(*args, variant),
+        *columns,
+        sc,
+    )
+
+
+@functools.partial(jax.jit, static_argnums=6)
+def _xla_apply_leaf(g, p, rms, mom, mg, sc, variant):
     """What :func:`_leaf_step` computes for a leaf the CPU kernel can take (dense float32, no
-    weight decay, no traced momentum switch): the new parameter and slots, through XLA."""
+    weight decay, no traced momentum switch): the new parameter and slots, through XLA. Traced
+    once per leaf signature, as :func:`_leaf_step`."""
     update, rms, mom, mg = arithmetic.rmsprop_step(
         g, None, rms, mom, mg, sc, variant, jnp.float32, negate=True
     )
     return sparse.apply_updates(p, update), rms, mom, mg
 
 
+def _xla_apply(gs, ps, rmss, moms, mgs, sc, variant):
+    """:func:`_xla_apply_leaf` on columns of leaves: a list of ``(param, rms, mom, mg)``."""
+    n = len(gs)
+    moms = [None] * n if moms is None else moms
+    mgs = [None] * n if mgs is None else mgs
+    return [
+        _xla_apply_leaf(*leaf, sc, variant) for leaf in zip(gs, ps, rmss, moms, mgs, strict=True)
+    ]
+
+
 @functools.partial(jax.custom_jvp, nondiff_argnums=(6,))
-def _kernel_apply(g, p, rms, mom, mg, sc, variant):
-    """:func:`_xla_apply` in one pass of the CPU kernel; differentiated through the XLA path
-    (the kernel is a foreign call without derivatives; both compute the same values)."""
-    return cpu_kernel.fused_step(g, rms, mom, mg, sc, variant, output="param", param=p)
+def _kernel_apply(gs, ps, rmss, moms, mgs, sc, variant):
+    """:func:`_xla_apply` in one pass of the CPU kernel over every leaf; differentiated through
+    the XLA path (the kernel is a foreign call without derivatives; both compute the same
+    values)."""
+    new_ps, new_rms, new_moms, new_mgs = cpu_kernel.fused_steps(
+        gs, rmss, moms, mgs, sc, variant, output="param", params=ps, who="update_and_apply"
+    )
+    n = len(gs)
+    return list(
+        zip(
+            new_ps,
+            new_rms,
+            [None] * n if new_moms is None else new_moms,
+            [None] * n if new_mgs is None else new_mgs,
+            strict=True,
+        )
+    )
 
 
 @_kernel_apply.defjvp
@@ -640,6 +708,14 @@ def _tree_update(
                 path, g, param_leaves[i], rms, mom, mg, momentum_on, scalars_for, config, apply
             )
         )
+
+    kernel_at = [i for i, leaf in enumerate(out) if isinstance(leaf, _KernelLeaf)]
+    for start in range(0, len(kernel_at), _KERNEL_GROUP):  # float32 leaves on CPU
+        group = kernel_at[start : start + _KERNEL_GROUP]
+        variant = rule.variant(has_momentum, config.epsilon_nonzero)
+        new = _apply_with_kernel([out[i] for i in group], scalars_for(jnp.float32), variant)
+        for i, leaf in zip(group, new, strict=True):
+            out[i] = tuple(leaf)
 
     new_count = jnp.where(count < _INT32_MAX, count + 1, count).astype(jnp.int32)
     unflatten = treedef.unflatten
