@@ -397,13 +397,18 @@ def test_many_leaves_one_thread_and_many_small_leaves(monkeypatch):
 def test_many_leaves_bad_arguments_name_the_leaf():
     g = jnp.zeros(4, jnp.float32)
     sc, variant = scalars(), variant_for(False)
-    with pytest.raises(ValueError, match=r"fused_steps: `rms` has 1 leaves, `grad` has 2"):
+    with pytest.raises(ValueError, match=r"fused_steps: `rms` has 1 leaves, `grads` has 2"):
         cpu_kernel.fused_steps([g, g], [g], None, None, sc, variant)
-    with pytest.raises(ValueError, match=r"`rms\[1\]` has shape \(5,\), `grad\[1\]` has shape"):
+    with pytest.raises(ValueError, match=r"`rms\[1\]` has shape \(5,\), `grads\[1\]` has shape"):
         cpu_kernel.fused_steps([g, g], [g, jnp.zeros(5, jnp.float32)], None, None, sc, variant)
-    with pytest.raises(TypeError, match=r"`grad\[0\]` must be float32, got bfloat16"):
+    with pytest.raises(TypeError, match=r"`grads\[0\]` must be float32, got bfloat16"):
         cpu_kernel.fused_steps([g.astype(jnp.bfloat16), g], [g, g], None, None, sc, variant)
-    with pytest.raises(ValueError, match=r"`param` is needed exactly when output='param'"):
+    with pytest.raises(TypeError, match=r"`params\[1\]` must be float32, got bfloat16"):
+        cpu_kernel.fused_steps(
+            [g, g], [g, g], None, None, sc, variant, output="param",
+            params=[g, g.astype(jnp.bfloat16)],
+        )  # fmt: skip
+    with pytest.raises(ValueError, match=r"`params` are needed exactly when output='param'"):
         cpu_kernel.fused_steps([g], [g], None, None, sc, variant, output="param")
     assert cpu_kernel.fused_steps([], [], None, None, sc, variant) == ([], [], None, None)
 

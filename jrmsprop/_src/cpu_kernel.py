@@ -239,14 +239,13 @@ def scalar_vector(sc: arithmetic.Scalars, who: str = "fused_step") -> jax.Array:
     return jnp.stack([jnp.asarray(x) for x in parts])
 
 
-def _check_leaf(who: str, name: str, index: str, x: Any, shape: tuple[int, ...]) -> None:
-    """``x`` (argument ``name``, leaf ``index``: ``"[3]"`` or ``""``) is float32 of ``shape``."""
+def _check_leaf(who: str, name: str, x: Any, shape: tuple[int, ...], grad_name: str) -> None:
+    """``x`` (named ``name``) is float32 of the gradient's ``shape`` (named ``grad_name``)."""
     if jnp.result_type(x) != jnp.float32:
-        raise TypeError(f"{who}: `{name}{index}` must be float32, got {jnp.result_type(x).name}")
+        raise TypeError(f"{who}: `{name}` must be float32, got {jnp.result_type(x).name}")
     if tuple(jnp.shape(x)) != shape:
         raise ValueError(
-            f"{who}: `{name}{index}` has shape {tuple(jnp.shape(x))}, `grad{index}` has shape "
-            f"{shape}"
+            f"{who}: `{name}` has shape {tuple(jnp.shape(x))}, `{grad_name}` has shape {shape}"
         )
 
 
@@ -319,6 +318,12 @@ def fused_step(
       >>> print(out[0], out[1])  # delta = 0.1·10 / (sqrt(0.10000002·100) + 1e-7), rms
       [0.31622773] [10.000002]
     """
+    if (param is None) != (output != "param"):
+        raise ValueError("fused_step: `param` is needed exactly when output='param'")
+    shape = tuple(jnp.shape(grad))
+    for name, x in (("grad", grad), ("rms", rms), ("mom", mom), ("mg", mg), ("param", param)):
+        if x is not None:
+            _check_leaf("fused_step", name, x, shape, "grad")
     firsts, rmss, moms, mgs = fused_steps(
         [grad],
         [rms],
@@ -356,7 +361,7 @@ def fused_steps(
     call, so a caller with hundreds of leaves makes several calls (see ``transform``).
 
     Args:
-      grads, rms: lists of float32 arrays, leaf by leaf.
+      grads, rms: lists of float32 arrays, leaf by leaf (each leaf's arrays of one shape).
       mom, mg: lists like ``rms``, or None when the slot is absent.
       sc, variant, output, overwrite_grad: as for :func:`fused_step`, shared by every leaf.
       params: the parameters (a list like ``rms``), only with ``output="param"``.
@@ -368,7 +373,7 @@ def fused_steps(
     if output not in _OUTPUT:
         raise ValueError(f"{who}: `output` must be one of {sorted(_OUTPUT)}, got {output!r}")
     if (params is None) != (output != "param"):
-        raise ValueError(f"{who}: `param` is needed exactly when output='param'")
+        raise ValueError(f"{who}: `params` are needed exactly when output='param'")
     if not isinstance(overwrite_grad, (bool, np.bool_)):
         raise TypeError(f"{who}: `overwrite_grad` must be True or False, got {overwrite_grad!r}")
     if overwrite_grad and output == "param":
@@ -382,26 +387,25 @@ def fused_steps(
         )
     if not available():
         raise RuntimeError(f"{who}: the CPU kernel is not available ({unavailable_reason()})")
-    columns = {"grad": list(grads), "rms": list(rms)}
-    for name, column in (("mom", mom), ("mg", mg), ("param", params)):
+    columns = {"grads": list(grads), "rms": list(rms)}
+    for name, column in (("mom", mom), ("mg", mg), ("params", params)):
         if column is not None:
             columns[name] = list(column)
-    n_leaves = len(columns["grad"])
+    n_leaves = len(columns["grads"])
     for name, column in columns.items():
         if len(column) != n_leaves:
-            raise ValueError(f"{who}: `{name}` has {len(column)} leaves, `grad` has {n_leaves}")
-    several = n_leaves != 1
+            raise ValueError(f"{who}: `{name}` has {len(column)} leaves, `grads` has {n_leaves}")
     operands: list[Any] = [scalar_vector(sc, who)]
     results: list[jax.ShapeDtypeStruct] = []
     aliases: dict[int, int] = {}
     for i in range(n_leaves):
-        shape = tuple(jnp.shape(columns["grad"][i]))
+        shape = tuple(jnp.shape(columns["grads"][i]))
         for name, column in columns.items():
-            _check_leaf(who, name, f"[{i}]" if several else "", column[i], shape)
+            _check_leaf(who, f"{name}[{i}]", column[i], shape, f"grads[{i}]")
         first = len(results)
         if overwrite_grad:
             aliases[len(operands)] = first
-        operands += [columns["grad"][i], columns["rms"][i]]
+        operands += [columns["grads"][i], columns["rms"][i]]
         aliases[len(operands) - 1] = first + 1
         results += [jax.ShapeDtypeStruct(shape, jnp.float32)] * 2
         for name in ("mom", "mg"):
@@ -409,9 +413,9 @@ def fused_steps(
                 aliases[len(operands)] = len(results)
                 operands.append(columns[name][i])
                 results.append(jax.ShapeDtypeStruct(shape, jnp.float32))
-        if "param" in columns:
+        if "params" in columns:
             aliases[len(operands)] = first
-            operands.append(columns["param"][i])
+            operands.append(columns["params"][i])
     if not n_leaves:
         return [], [], None if mom is None else [], None if mg is None else []
     call = jax.ffi.ffi_call(TARGET, results, input_output_aliases=aliases, vmap_method="sequential")
