@@ -220,22 +220,26 @@ def test_abstract_parameters():
     assert out[1].momentum["w"].shape == (3, 2)
 
 
+def loss_after_step(params, grads, lr, combined, centered):
+    """Σ p² after one step with learning rate ``lr``: through ``update_and_apply`` (``combined``)
+    or the separate ``tx.update`` + ``apply_updates``."""
+    tx = jrmsprop.rmsprop(lr, momentum=0.9, centered=centered)
+    state = tx.init(params)
+    if combined:
+        p, _ = jrmsprop.update_and_apply(tx, grads, state, params)
+    else:
+        u, _ = tx.update(grads, state, params)
+        p = jrmsprop.apply_updates(params, u)
+    return sum(jnp.sum(x * x) for x in jax.tree.leaves(p))
+
+
 def test_derivatives_go_through_the_xla_path():
     """jax.grad of a loss after one step (a learning-rate sensitivity, say) equals that of the
     separate calls, eager and jitted; forward mode too."""
     rng = np.random.default_rng(2)
     params = make_params(rng)
     (grads,) = make_grads(rng, params, 1)
-
-    def after_step(lr, combined):
-        tx = jrmsprop.rmsprop(lr, momentum=0.9, centered=True)
-        state = tx.init(params)
-        if combined:
-            p, _ = jrmsprop.update_and_apply(tx, grads, state, params)
-        else:
-            u, _ = tx.update(grads, state, params)
-            p = jrmsprop.apply_updates(params, u)
-        return sum(jnp.sum(x * x) for x in jax.tree.leaves(p))
+    after_step = functools.partial(loss_after_step, params, grads, centered=True)
 
     want = jax.grad(after_step)(0.01, False)
     assert jax.grad(after_step)(0.01, True) == want
@@ -261,16 +265,7 @@ def test_derivatives_over_several_kernel_groups():
     params = [jnp.asarray(rng.standard_normal(s), jnp.float32) for s in shapes]
     grads = [jnp.asarray(rng.standard_normal(s), jnp.float32) for s in shapes]
     assert len(params) > transform._KERNEL_GROUP
-
-    def after_step(lr, combined):
-        tx = jrmsprop.rmsprop(lr, momentum=0.9)
-        state = tx.init(params)
-        if combined:
-            p, _ = jrmsprop.update_and_apply(tx, grads, state, params)
-        else:
-            u, _ = tx.update(grads, state, params)
-            p = jrmsprop.apply_updates(params, u)
-        return sum(jnp.sum(x * x) for x in p)
+    after_step = functools.partial(loss_after_step, params, grads, centered=False)
 
     assert after_step(0.01, True) == after_step(0.01, False)
     tangent = [jax.jvp(lambda lr, c=c: after_step(lr, c), (0.01,), (1.0,))[1] for c in (1, 0)]
