@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jrmsprop._src.validation import check_bool, slot_values
+from jrmsprop._src.validation import INT32_MAX, check_bool, slot_values
 from jrmsprop._src.variable import (
     AGGREGATIONS,
     SYNCHRONIZATIONS,
@@ -29,7 +29,6 @@ from jrmsprop._src.variable import (
 
 __all__ = ["OptimizerVariables"]
 
-_INT32_MAX = int(np.iinfo(np.int32).max)
 # The most bytes one array may take: XLA aborts the process (it does not raise) when the product
 # of a shape's sizes, in bytes, overflows a signed 64-bit integer.
 _MAX_BYTES = 2**63 - 1
@@ -41,8 +40,8 @@ def _check_iterations(value: Any) -> None:
     array = np.asarray(value)
     if array.dtype.kind != "O" and dtype_kind(array.dtype) not in "iu":
         raise TypeError(f"`iterations` must be an integer, got dtype {array.dtype}")
-    if array.size and not (array.min() >= 0 and array.max() <= _INT32_MAX):
-        raise ValueError(f"`iterations` must be in [0, {_INT32_MAX}], got {array.tolist()}")
+    if array.size and not (array.min() >= 0 and array.max() <= INT32_MAX):
+        raise ValueError(f"`iterations` must be in [0, {INT32_MAX}], got {array.tolist()}")
 
 
 def _check_weight_dtype(target: Variable, array: Any) -> None:
@@ -51,9 +50,9 @@ def _check_weight_dtype(target: Variable, array: Any) -> None:
     if target_kind in "iu" and kind in "iu":
         if array.size:
             values = np.asarray(array)
-            if not (values.min() >= 0 and values.max() <= _INT32_MAX):
+            if not (values.min() >= 0 and values.max() <= INT32_MAX):
                 raise ValueError(
-                    f"{target.name!r} must be in [0, {_INT32_MAX}], got {values.tolist()}"
+                    f"{target.name!r} must be in [0, {INT32_MAX}], got {values.tolist()}"
                 )
         return
     if kind in ("iufc" if target_kind == "c" else "iuf") and target_kind not in "iu":

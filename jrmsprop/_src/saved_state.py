@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jrmsprop._src.transform import RMSpropState, slot_dtype_of
-from jrmsprop._src.validation import slot_values
+from jrmsprop._src.validation import INT32_MAX, slot_values
 from jrmsprop._src.variable import exact_array
 
 __all__ = [
@@ -691,9 +691,6 @@ def _build_slot(
     return treedef.unflatten(out)
 
 
-_INT32_MAX = int(np.iinfo(np.int32).max)
-
-
 def _count(step: Any, what: str) -> jax.Array:
     try:
         array = np.asarray(_to_numpy(step))
@@ -703,9 +700,9 @@ def _count(step: Any, what: str) -> jax.Array:
     if not math.isfinite(value) or value < 0 or value != int(value):
         raise ValueError(f"{what} must be a non-negative integer, got {value}")
     exact = int(array.reshape(())) if array.dtype.kind in "iu" else int(value)
-    if exact > _INT32_MAX:
+    if exact > INT32_MAX:
         raise ValueError(
-            f"{what} must be at most {_INT32_MAX} (the step count is int32; "
+            f"{what} must be at most {INT32_MAX} (the step count is int32; "
             f"RMSprop.set_weights refuses it too), got {exact}"
         )
     return jnp.asarray(exact, jnp.int32)

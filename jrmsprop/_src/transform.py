@@ -18,8 +18,6 @@ from jrmsprop._src import arithmetic, cpu_kernel, sparse, validation
 Schedule = Callable[[jax.Array], jax.typing.ArrayLike]
 ScalarOrSchedule = Union[float, jax.typing.ArrayLike, Schedule]  # noqa: UP007
 
-_INT32_MAX = np.iinfo(np.int32).max
-
 
 class RMSpropState(NamedTuple):
     """State of :func:`rmsprop`: an immutable pytree.
@@ -717,7 +715,7 @@ def _tree_update(
         for i, leaf in zip(group, new, strict=True):
             out[i] = tuple(leaf)
 
-    new_count = jnp.where(count < _INT32_MAX, count + 1, count).astype(jnp.int32)
+    new_count = jnp.where(count < validation.INT32_MAX, count + 1, count).astype(jnp.int32)
     unflatten = treedef.unflatten
     columns = list(zip(*out, strict=True)) if out else [[], [], [], []]
     new_state = RMSpropState(
@@ -770,7 +768,7 @@ def _check_count(rule: arithmetic.Rule, count: Any) -> None:
     ):
         return
     value = int(np.asarray(count))
-    if not np.iinfo(np.int32).min <= value <= _INT32_MAX:
+    if not np.iinfo(np.int32).min <= value <= validation.INT32_MAX:
         raise ValueError(
             f"{rule.framework}: `state.count` is {value}, which the int32 step counter cannot "
             "hold (jit would wrap it around); the count must lie in [-2**31, 2**31 - 1]"

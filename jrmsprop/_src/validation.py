@@ -15,6 +15,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+#: The largest step count: the count is int32 (TF's and optax's), and never wraps around.
+INT32_MAX = int(np.iinfo(np.int32).max)
+
 # Valid ranges (inclusive) of the hyperparameters, by their name in the core.
 # ``finite``: inf is refused too (an infinite ε or learning rate turns parameters into NaN).
 RANGES: dict[str, tuple[float, float | None]] = {
