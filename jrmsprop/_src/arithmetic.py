@@ -193,6 +193,24 @@ def rounded(x: jax.Array, finite: jax.Array | None = None) -> jax.Array:
     return lax.select(lax.is_finite(x) if finite is None else finite, x, lax.add(x, x))
 
 
+def rounded_where_it_counts(
+    x: jax.Array, finite: jax.Array | None, elsewhere: jax.Array
+) -> jax.Array:
+    """``x`` rounded on its own (as :func:`rounded`) where ``finite`` holds, in one operation,
+    for a product whose value does not matter where ``finite`` is False.
+
+    ``select(finite, x, elsewhere)``: where ``finite`` holds the product reaches its sum through
+    a select, which LLVM cannot contract into a fused multiply-add; elsewhere it is replaced by
+    ``elsewhere``, an array of its shape and dtype that is computed anyway. Only for a product
+    whose result is NaN wherever ``finite`` (``is_finite(g)``) is False, whatever the product
+    is: a step of :func:`step_from_moments` is NaN there (±inf/inf, 0·inf or NaN), and so is
+    every sum and difference it enters. ``finite=None`` (complex) takes :func:`rounded`.
+    """
+    if finite is None or jnp.iscomplexobj(x):
+        return rounded(x, finite)
+    return lax.select(finite, x, elsewhere)
+
+
 def sum_of_products(a: jax.Array, b: jax.Array, finite: jax.Array | None) -> jax.Array:
     """``a + b`` for two products, each rounded on its own, in four operations instead of seven.
 
@@ -415,7 +433,8 @@ def step_from_moments(
         step = numerator / denom.astype(cdtype)
     if mom is not None:
         # A non-finite g makes the step NaN, and so the sum, whatever the guard passes on.
-        mom_new = rounded(mu.astype(cdtype) * mom.astype(cdtype), finite) + step
+        mom_new = rounded_where_it_counts(mu.astype(cdtype) * mom.astype(cdtype), finite, step)
+        mom_new = mom_new + step
         delta = mom_new
     else:
         mom_new = None
@@ -425,15 +444,17 @@ def step_from_moments(
         # same jit would otherwise be contracted into a fused multiply-add, and the result
         # would depend on the calling style. (PyTorch's own vectorised add is a fused
         # multiply-add, which XLA offers no way to request: float32 rounding, not bit for bit.)
-        delta = rounded(lr.astype(cdtype) * delta, finite)
+        delta = rounded_where_it_counts(lr.astype(cdtype) * delta, finite, delta)
     if param is not None and variant.decoupled_weight_decay:
         # Keras 3: p ← p − (p·wd)·lr, then p ← p − step, each rounded. The caller adds
         # −delta to p; p − p_new is exact (Sterbenz) whenever p_new is within 2× of p.
         p = param.astype(cdtype)
         # (p·wd)·lr, with p·wd rounded on its own: XLA rewrites (p·c1)·c2 into p·(c1·c2) when
         # wd and lr are constants of the caller's jit, which rounds differently.
-        p_wd = rounded(p * sc.weight_decay.astype(cdtype), finite)
-        decayed_p = p - rounded(p_wd * lr.astype(cdtype))
+        # Both products rounded on their own; where g is not finite, delta is NaN and so is
+        # the result, whatever they are.
+        p_wd = rounded_where_it_counts(p * sc.weight_decay.astype(cdtype), finite, p)
+        decayed_p = p - rounded_where_it_counts(p_wd * lr.astype(cdtype), finite, p)
         delta = p - (decayed_p - delta)
     if negate and not sign_on_lr:
         delta = -delta
