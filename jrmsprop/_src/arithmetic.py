@@ -256,6 +256,18 @@ def _factor_sq(x: jax.Array) -> jax.Array:
     return abs_sq(x) if jnp.iscomplexobj(x) else x * x
 
 
+def _mean_squared(mg: jax.Array, finite: jax.Array | None, rms: jax.Array) -> jax.Array:
+    """``|mg|²`` for the variance ``rms − |mg|²`` of the centered step, rounded on its own.
+
+    Where ``finite`` (``is_finite(g)``) is False the new ``rms`` is +inf or NaN and the new
+    ``mg`` ±inf or NaN, so the variance is NaN whatever ``|mg|²`` is (inf − inf), and so is
+    the step: one select (:func:`rounded_where_it_counts`) instead of two operations.
+    """
+    if finite is None or jnp.iscomplexobj(mg):
+        return abs_sq(mg, finite)
+    return rounded_where_it_counts(mg * mg, finite, rms.astype(mg.dtype))
+
+
 class Scalars(NamedTuple):
     """The per-step scalars in one real dtype: resolved once, shared by every leaf of that dtype."""
 
@@ -415,11 +427,11 @@ def step_from_moments(
         lr = sc.minus_lr
     if variant.sparse_fused_order:
         # SparseApply(Centered)RMSProp: denom = (ms + ε) − mg², mom = mom·μ + (rsqrt(denom)·lr)·g
-        inner = rms + eps if mg is None else (rms + eps) - abs_sq(mg, finite)
+        inner = rms + eps if mg is None else (rms + eps) - _mean_squared(mg, finite, rms)
         inv_root = jnp.asarray(1, inner.dtype) / exact_sqrt(inner)
         step = rounded(rounded(inv_root.astype(cdtype) * lr.astype(cdtype)) * g)
     else:
-        variance = rms if mg is None else rms - abs_sq(mg, finite)
+        variance = rms if mg is None else rms - _mean_squared(mg, finite, rms)
         if variant.eps_in_sqrt:
             denom = exact_sqrt(variance + eps)
         elif variant.epsilon_nonzero:
