@@ -487,24 +487,22 @@ def _leaf_step(
 def _apply_with_kernel(leaves: list[_KernelLeaf], sc: arithmetic.Scalars, variant):
     """The new ``(param, rms, mom, mg)`` of a group of leaves the kernel may take: one kernel
     call for them all where it runs (:func:`cpu_kernel.where_kernel_runs`), else XLA leaf by
-    leaf."""
-    columns = _KernelLeaf(*(list(c) for c in zip(*leaves, strict=True)))
-    columns = columns._replace(
-        mom=None if leaves[0].mom is None else columns.mom,
-        mg=None if leaves[0].mg is None else columns.mg,
-    )
-    return _apply_columns_with_kernel(*columns, sc, variant)
+    leaf. Columns of leaves go in (``None`` entries where a slot is absent)."""
+    return _apply_columns_with_kernel(*(list(c) for c in zip(*leaves, strict=True)), sc, variant)
 
 
 # Traced and lowered once per group signature, as :func:`_leaf_step` once per leaf signature (the
 # groups of a tree of same-shaped leaves share one); XLA inlines the calls.
 @functools.partial(jax.jit, static_argnums=6)
 def _apply_columns_with_kernel(gs, ps, rmss, moms, mgs, sc, variant):
-    columns = (gs, ps, rmss, moms, mgs)
     return cpu_kernel.where_kernel_runs(
         lambda *args: _kernel_apply(*args, variant),
         lambda *args: _xla_apply(*args, variant),
-        *columns,
+        gs,
+        ps,
+        rmss,
+        moms,
+        mgs,
         sc,
     )
 
@@ -522,9 +520,6 @@ def _xla_apply_leaf(g, p, rms, mom, mg, sc, variant):
 
 def _xla_apply(gs, ps, rmss, moms, mgs, sc, variant):
     """:func:`_xla_apply_leaf` on columns of leaves: a list of ``(param, rms, mom, mg)``."""
-    n = len(gs)
-    moms = [None] * n if moms is None else moms
-    mgs = [None] * n if mgs is None else mgs
     return [
         _xla_apply_leaf(*leaf, sc, variant) for leaf in zip(gs, ps, rmss, moms, mgs, strict=True)
     ]
@@ -535,18 +530,20 @@ def _kernel_apply(gs, ps, rmss, moms, mgs, sc, variant):
     """:func:`_xla_apply` in one pass of the CPU kernel over every leaf; differentiated through
     the XLA path (the kernel is a foreign call without derivatives; both compute the same
     values)."""
+    has_mom, has_mg = moms[0] is not None, mgs[0] is not None  # a slot is in every leaf or none
     new_ps, new_rms, new_moms, new_mgs = cpu_kernel.fused_steps(
-        gs, rmss, moms, mgs, sc, variant, output="param", params=ps, who="update_and_apply"
+        gs,
+        rmss,
+        moms if has_mom else None,
+        mgs if has_mg else None,
+        sc,
+        variant,
+        output="param",
+        params=ps,
+        who="update_and_apply",
     )
-    n = len(gs)
     return list(
-        zip(
-            new_ps,
-            new_rms,
-            [None] * n if new_moms is None else new_moms,
-            [None] * n if new_mgs is None else new_mgs,
-            strict=True,
-        )
+        zip(new_ps, new_rms, new_moms if has_mom else moms, new_mgs if has_mg else mgs, strict=True)
     )
 
 
@@ -708,12 +705,14 @@ def _tree_update(
         )
 
     kernel_at = [i for i, leaf in enumerate(out) if isinstance(leaf, _KernelLeaf)]
-    for start in range(0, len(kernel_at), _KERNEL_GROUP):  # float32 leaves on CPU
-        group = kernel_at[start : start + _KERNEL_GROUP]
+    if kernel_at:  # float32 leaves on CPU, in groups of _KERNEL_GROUP
         variant = rule.variant(has_momentum, config.epsilon_nonzero)
-        new = _apply_with_kernel([out[i] for i in group], scalars_for(jnp.float32), variant)
-        for i, leaf in zip(group, new, strict=True):
-            out[i] = tuple(leaf)
+        sc = scalars_for(jnp.float32)
+        for start in range(0, len(kernel_at), _KERNEL_GROUP):
+            group = kernel_at[start : start + _KERNEL_GROUP]
+            new = _apply_with_kernel([out[i] for i in group], sc, variant)
+            for i, leaf in zip(group, new, strict=True):
+                out[i] = tuple(leaf)
 
     new_count = jnp.where(count < validation.INT32_MAX, count + 1, count).astype(jnp.int32)
     unflatten = treedef.unflatten
