@@ -389,10 +389,11 @@ def _leaf_update(
 
 
 #: Leaves per call of the CPU kernel. One call for a group of leaves instead of one per leaf
-#: compiles faster (first call on 512 leaves of 32768: 0.59-0.68x one call per leaf) and steps
-#: as fast (XLA's runtime runs independent calls side by side anyway); XLA's compile time grows
-#: much faster than the operands of one call (one call for all 512 leaves: 6.8 s against 1.4 s),
-#: so the groups stay small. ``benchmarks/kernel_group_probe.py`` measures the sizes.
+#: steps as fast (XLA's runtime runs independent calls side by side anyway) and, without
+#: momentum, compiles faster (512 leaves of 32768: about 0.7x; with momentum no consistent
+#: difference was measured); XLA's compile time grows much faster than the operands of one call
+#: (one call for all 512 leaves: 6.8 s against 1.4 s), so the groups stay small.
+#: ``benchmarks/kernel_group_probe.py`` compares sizes.
 _KERNEL_GROUP = 32
 
 
