@@ -294,6 +294,51 @@ def _sharded(tree, sharding):
     return jax.tree.map(lambda x: jax.device_put(x, sharding if jnp.ndim(x) else replicated), tree)
 
 
+def lowered_paths(fn, *args) -> tuple[bool, bool]:
+    """Whether the program lowered for ``fn`` holds (the kernel, the XLA step of a kernel leaf),
+    read before XLA compiles it (and would discard a branch not taken)."""
+    text = jax.jit(fn).lower(*args).as_text()
+    return KERNEL in text, "_xla_apply_leaf" in text
+
+
+@needs_kernel
+def test_only_the_path_that_runs_is_lowered():
+    """The kernel-or-XLA choice is made while lowering, and the path not taken is not lowered at
+    all (XLA would inline it, then discard it: compile time for nothing): a program on one
+    device holds the kernel alone, under vmap too; a program partitioned over several devices
+    holds the XLA step alone. Derivatives lower both (they go through the XLA path)."""
+    tx = jrmsprop.rmsprop(0.1, momentum=0.9, centered=True)
+    rng = np.random.default_rng(7)
+    params = make_params(rng)
+    state = tx.init(params)
+    (grads,) = make_grads(rng, params, 1)
+
+    def step(p, s, g):
+        return jrmsprop.update_and_apply(tx, g, s, p)
+
+    assert lowered_paths(step, params, state, grads) == (True, False)
+    batch = jax.tree.map(lambda x: jnp.stack([x, -x]), grads)
+    per_example = jax.vmap(lambda g: step(params, state, g))
+    assert lowered_paths(per_example, batch) == (True, False)
+    for i, sign in enumerate((1, -1)):
+        want = reference(tx, params, [jax.tree.map(lambda x, s=sign: s * x, grads)])
+        chex.assert_trees_all_equal(jax.tree.map(lambda x, i=i: x[i], per_example(batch)), want)
+
+    def loss(lr):
+        tx_lr = jrmsprop.rmsprop(lr, momentum=0.9, centered=True)
+        p, _ = jrmsprop.update_and_apply(tx_lr, grads, state, params)
+        return sum(jnp.sum(x * x) for x in jax.tree.leaves(p))
+
+    assert lowered_paths(jax.grad(loss), 0.1)[1]
+    devices = np.array(jax.devices()[:8])
+    if devices.size < 2:
+        pytest.skip("needs several devices")
+    sharding = NamedSharding(Mesh(devices, ("d",)), PartitionSpec("d"))
+    wide = {"w": jnp.ones(8 * devices.size, jnp.float32)}
+    sharded = [_sharded(x, sharding) for x in (wide, tx.init(wide), wide)]
+    assert lowered_paths(step, *sharded) == (False, True)
+
+
 def test_a_program_over_several_devices_keeps_the_xla_path_and_the_sharding():
     devices = np.array(jax.devices()[:8])
     if devices.size < 2:
@@ -334,7 +379,9 @@ def test_each_device_runs_the_kernel_on_its_own_shard():
     per_device = state._replace(count=jnp.zeros(n, jnp.int32))
     got = jax.pmap(step)(params, per_device, grads)
     chex.assert_trees_all_equal(got[0], want[0])
-    assert KERNEL in jax.pmap(step).lower(params, per_device, grads).compile().as_text()
+    lowered = jax.pmap(step).lower(params, per_device, grads)
+    assert KERNEL in lowered.compile().as_text()
+    assert "_xla_apply_leaf" not in lowered.as_text()  # only the path taken is lowered
 
     shard_map = getattr(jax, "shard_map", None)
     if shard_map is None:
@@ -353,6 +400,7 @@ def test_each_device_runs_the_kernel_on_its_own_shard():
     )
     manual = jax.jit(shard_map(step, mesh=mesh, in_specs=specs, out_specs=specs[:2]))
     assert takes_kernel(manual, params4, state4, grads4)
+    assert lowered_paths(manual, params4, state4, grads4) == (True, False)
     chex.assert_trees_all_equal(manual(params4, state4, grads4), reference(tx, params4, [grads4]))
     half_specs = jax.tree.map(
         lambda s: PartitionSpec(*[("a" if x == ("a", "b") else x) for x in s]),
@@ -363,6 +411,7 @@ def test_each_device_runs_the_kernel_on_its_own_shard():
         shard_map(step, mesh=mesh, in_specs=half_specs, out_specs=half_specs[:2], axis_names={"a"})
     )
     assert not takes_kernel(partial, params4, state4, grads4)
+    assert lowered_paths(partial, params4, state4, grads4) == (False, True)
 
 
 BAD_TX = {

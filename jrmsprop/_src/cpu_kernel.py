@@ -36,12 +36,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.interpreters import mlir
+from jax.interpreters import ad, batching, mlir
 
 try:
-    from jax.extend.core import Primitive
+    from jax.extend.core import Primitive, jaxpr_as_fun
 except ImportError:  # jax < 0.4.36
-    from jax.core import Primitive
+    from jax.core import Primitive, jaxpr_as_fun
 
 from jrmsprop._src import arithmetic
 
@@ -442,28 +442,100 @@ def fused_steps(
 #
 # The kernel has no sharding rule: in a program that XLA partitions over several devices it would
 # gather its operands onto every device (same bits, replicated results, the layout lost). How many
-# devices a program runs on is only known when it is lowered, after tracing, so the choice is a
-# primitive whose lowering is the constant 0 (one device: the kernel) or 1 (the fallback), and
-# XLA folds the ``switch`` on it away before any other pass sees the branch not taken.
+# devices a program runs on is only known when it is lowered, after tracing, so the choice is made
+# by a lowering rule (:func:`_kernel_index`: 0, the kernel, where each device runs a program of
+# its own; 1, the fallback, elsewhere). The step goes through ``_kernel_or_fallback_p``, whose
+# lowering rule lowers only the branch it picks. A ``switch`` on the index as a constant
+# (``_kernel_index_p``) would lower both, and XLA would pay for the branch not taken -- one call
+# of the XLA step per leaf, inlined before the ``case`` is folded away: 512 leaves with momentum
+# compiled in 1.63 s instead of 1.25 s. Derivatives go through that ``switch`` (the JVP rule), and
+# ``vmap`` re-binds the primitive over both branches batched.
 
 
-def _kernel_index_lowering(ctx: Any) -> list[Any]:
+def _kernel_index(ctx: Any) -> int:
+    """0 where the program being lowered runs the kernel (one device per program), else 1."""
     context = ctx.module_context.axis_context
     num_devices = getattr(context, "num_devices", None)  # jit: the devices the program runs on
     manual_axes = getattr(context, "manual_axes", None)  # shard_map: manual over these axes
     if num_devices is not None:
-        index = int(num_devices != 1)
-    elif manual_axes is not None:  # each device runs on its own shard unless an axis is auto
-        index = int(not set(context.mesh.axis_names) <= set(manual_axes))
-    else:  # pmap's replica context: one program per device; anything else: the fallback
-        index = int(type(context).__name__ != "ReplicaAxisContext")
-    return [mlir.ir_constant(np.int32(index))]
+        return int(num_devices != 1)
+    if manual_axes is not None:  # each device runs on its own shard unless an axis is auto
+        return int(not set(context.mesh.axis_names) <= set(manual_axes))
+    # pmap's replica context: one program per device; anything else: the fallback
+    return int(type(context).__name__ != "ReplicaAxisContext")
+
+
+def _kernel_index_lowering(ctx: Any) -> list[Any]:
+    return [mlir.ir_constant(np.int32(_kernel_index(ctx)))]
 
 
 _kernel_index_p = Primitive("jrmsprop_cpu_kernel_index")
 _kernel_index_p.def_abstract_eval(lambda: jax.core.ShapedArray((), jnp.int32))
 _kernel_index_p.def_impl(lambda: jnp.int32(0))  # eager (jax.disable_jit): one device
 mlir.register_lowering(_kernel_index_p, _kernel_index_lowering)
+
+
+def _switched(kernel: Callable[..., Any], fallback: Callable[..., Any], *args: Any) -> Any:
+    """``kernel`` or ``fallback`` through a ``switch`` on :data:`_kernel_index_p`: both branches
+    are lowered and XLA folds the one not taken away (after it has inlined its calls)."""
+    return jax.lax.switch(_kernel_index_p.bind(), [kernel, fallback], *args)
+
+
+def _run(closed: Any) -> Callable[..., list[Any]]:
+    return lambda *flat: jaxpr_as_fun(closed)(*flat)
+
+
+def _kernel_or_fallback_lowering(ctx: Any, *flat: Any, kernel: Any, fallback: Any) -> Any:
+    chosen = fallback if _kernel_index(ctx) else kernel
+    return mlir.lower_fun(_run(chosen), multiple_results=True)(ctx, *flat)
+
+
+def _kernel_or_fallback_jvp(primals: Any, tangents: Any, *, kernel: Any, fallback: Any) -> Any:
+    tangents = tuple(ad.instantiate_zeros(t) for t in tangents)
+    switched = lambda *flat: _switched(_run(kernel), _run(fallback), *flat)  # noqa: E731
+    return jax.jvp(switched, tuple(primals), tangents)
+
+
+def _kernel_or_fallback_batch(flat: Any, dims: Any, *, kernel: Any, fallback: Any) -> Any:
+    def batched(closed: Any) -> Any:
+        return jax.make_jaxpr(jax.vmap(_run(closed), in_axes=tuple(dims)))(*flat)
+
+    outs = _kernel_or_fallback_p.bind(*flat, kernel=batched(kernel), fallback=batched(fallback))
+    return outs, [0] * len(outs)
+
+
+_kernel_or_fallback_p = Primitive("jrmsprop_cpu_kernel_or_fallback")
+_kernel_or_fallback_p.multiple_results = True
+_kernel_or_fallback_p.def_abstract_eval(lambda *avals, kernel, fallback: fallback.out_avals)
+_kernel_or_fallback_p.def_impl(lambda *flat, kernel, fallback: _run(kernel)(*flat))  # eager
+mlir.register_lowering(_kernel_or_fallback_p, _kernel_or_fallback_lowering)
+ad.primitive_jvps[_kernel_or_fallback_p] = _kernel_or_fallback_jvp
+batching.primitive_batchers[_kernel_or_fallback_p] = _kernel_or_fallback_batch
+
+
+def _kernel_or_fallback(
+    kernel: Callable[..., Any], fallback: Callable[..., Any], *args: Any
+) -> Any:
+    """:func:`_switched`, with only the branch taken lowered (``_kernel_or_fallback_p``)."""
+    flat, in_tree = jax.tree.flatten(args)
+    out_trees = []
+
+    def flat_fn(fn: Callable[..., Any]) -> Callable[..., list[Any]]:
+        def run(*leaves: Any) -> list[Any]:
+            out, out_tree = jax.tree.flatten(fn(*jax.tree.unflatten(in_tree, leaves)))
+            out_trees.append(out_tree)
+            return out
+
+        return run
+
+    closed = [jax.make_jaxpr(flat_fn(fn))(*flat) for fn in (kernel, fallback)]
+    consts_traced = any(isinstance(c, jax.core.Tracer) for j in closed for c in j.consts)
+    types = [[(a.shape, a.dtype) for a in j.out_avals] for j in closed]
+    if consts_traced or out_trees[0] != out_trees[1] or types[0] != types[1]:
+        # closes over traced values, or the branches disagree (which the switch reports)
+        return _switched(kernel, fallback, *args)
+    outs = _kernel_or_fallback_p.bind(*flat, kernel=closed[0], fallback=closed[1])
+    return jax.tree.unflatten(out_trees[1], outs)
 
 
 def where_kernel_runs(kernel: Callable[..., Any], fallback: Callable[..., Any], *args: Any) -> Any:
@@ -473,14 +545,15 @@ def where_kernel_runs(kernel: Callable[..., Any], fallback: Callable[..., Any], 
     device, in each device's program under ``pmap``, and on each device's own shard under a
     ``shard_map`` that is manual over every mesh axis; ``fallback`` runs on other platforms and
     in programs that XLA partitions over several devices (a ``jit`` over sharded arrays), where
-    the kernel would gather its operands. Both must compute the same values.
+    the kernel would gather its operands. Both must compute the same values. Only the branch
+    chosen is lowered.
     """
 
     def kernel_varying(*operands: Any) -> Any:
         return _varying_like(kernel(*operands), operands)
 
     def cpu(*operands: Any) -> Any:
-        return jax.lax.switch(_kernel_index_p.bind(), [kernel_varying, fallback], *operands)
+        return _kernel_or_fallback(kernel_varying, fallback, *operands)
 
     return jax.lax.platform_dependent(*args, cpu=cpu, default=fallback)
 
