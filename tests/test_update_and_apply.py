@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from jax import export
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 import jrmsprop
@@ -306,7 +307,8 @@ def test_only_the_path_that_runs_is_lowered():
     """The kernel-or-XLA choice is made while lowering, and the path not taken is not lowered at
     all (XLA would inline it, then discard it: compile time for nothing): a program on one
     device holds the kernel alone, under vmap too; a program partitioned over several devices
-    holds the XLA step alone. Derivatives lower both (they go through the XLA path)."""
+    holds the XLA step alone, so does a module exported for GPU; one exported for CPU and GPU
+    holds both. Derivatives lower both (they go through the XLA path)."""
     tx = jrmsprop.rmsprop(0.1, momentum=0.9, centered=True)
     rng = np.random.default_rng(7)
     params = make_params(rng)
@@ -330,6 +332,14 @@ def test_only_the_path_that_runs_is_lowered():
         return sum(jnp.sum(x * x) for x in jax.tree.leaves(p))
 
     assert lowered_paths(jax.grad(loss), 0.1)[1]
+    for platforms, want in ((("cuda",), (False, True)), (("cpu", "cuda"), (True, True))):
+        exported = export.export(
+            jax.jit(step),
+            platforms=platforms,
+            disabled_checks=[export.DisabledSafetyCheck.custom_call(KERNEL)],
+        )(params, state, grads)
+        text = exported.mlir_module()
+        assert (KERNEL in text, "_xla_apply_leaf" in text) == want, platforms
     devices = np.array(jax.devices()[:8])
     if devices.size < 2:
         pytest.skip("needs several devices")

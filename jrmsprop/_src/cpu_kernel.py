@@ -444,12 +444,15 @@ def fused_steps(
 # gather its operands onto every device (same bits, replicated results, the layout lost). How many
 # devices a program runs on is only known when it is lowered, after tracing, so the choice is made
 # by a lowering rule (:func:`_kernel_index`: 0, the kernel, where each device runs a program of
-# its own; 1, the fallback, elsewhere). The step goes through ``_kernel_or_fallback_p``, whose
-# lowering rule lowers only the branch it picks. A ``switch`` on the index as a constant
-# (``_kernel_index_p``) would lower both, and XLA would pay for the branch not taken -- one call
-# of the XLA step per leaf, inlined before the ``case`` is folded away: 512 leaves with momentum
-# compiled in 1.63 s instead of 1.25 s. Derivatives go through that ``switch`` (the JVP rule), and
-# ``vmap`` re-binds the primitive over both branches batched.
+# its own; 1, the fallback, elsewhere), with the platform. The step goes through
+# ``_kernel_or_fallback_p``, whose lowering rule lowers only the branch it picks (both, behind
+# ``platform_dependent``, in a module exported for CPU and other platforms at once). A ``switch``
+# on the index as a constant (``_kernel_index_p``, inside ``platform_dependent``) would lower
+# both, and XLA would pay for the branch not taken -- one call of the XLA step per leaf, inlined
+# before the ``case`` is folded away: 512 leaves with momentum compiled in 1.63 s instead of
+# 1.25 s (and jax before 0.10 lowers ``platform_dependent``'s default branch too). Derivatives go
+# through that ``switch`` (the JVP rule), and ``vmap`` re-binds the primitive over both branches
+# batched.
 
 
 def _kernel_index(ctx: Any) -> int:
@@ -476,9 +479,13 @@ mlir.register_lowering(_kernel_index_p, _kernel_index_lowering)
 
 
 def _switched(kernel: Callable[..., Any], fallback: Callable[..., Any], *args: Any) -> Any:
-    """``kernel`` or ``fallback`` through a ``switch`` on :data:`_kernel_index_p`: both branches
-    are lowered and XLA folds the one not taken away (after it has inlined its calls)."""
-    return jax.lax.switch(_kernel_index_p.bind(), [kernel, fallback], *args)
+    """``kernel`` or ``fallback`` through a ``switch`` on :data:`_kernel_index_p` on CPU: both
+    branches are lowered and XLA folds the one not taken away (after it has inlined its calls)."""
+
+    def cpu(*operands: Any) -> Any:
+        return jax.lax.switch(_kernel_index_p.bind(), [kernel, fallback], *operands)
+
+    return jax.lax.platform_dependent(*args, cpu=cpu, default=fallback)
 
 
 def _run(closed: Any) -> Callable[..., list[Any]]:
@@ -486,8 +493,22 @@ def _run(closed: Any) -> Callable[..., list[Any]]:
 
 
 def _kernel_or_fallback_lowering(ctx: Any, *flat: Any, kernel: Any, fallback: Any) -> Any:
-    chosen = fallback if _kernel_index(ctx) else kernel
-    return mlir.lower_fun(_run(chosen), multiple_results=True)(ctx, *flat)
+    platforms = tuple(getattr(ctx, "platforms", None) or ctx.module_context.platforms)
+    if _kernel_index(ctx) or "cpu" not in platforms:
+        chosen = _run(fallback)
+    elif platforms == ("cpu",):
+        chosen = _run(kernel)
+    else:  # one module for several platforms (jax.export): the kernel where it runs on CPU
+
+        def chosen(*operands: Any) -> Any:
+            return jax.lax.platform_dependent(*operands, cpu=_run(kernel), default=_run(fallback))
+
+    return mlir.lower_fun(chosen, multiple_results=True)(ctx, *flat)
+
+
+def _kernel_or_fallback_impl(*flat: Any, kernel: Any, fallback: Any) -> Any:
+    """Eager (``jax.disable_jit``): one device, the default back end's."""
+    return _run(kernel if jax.default_backend() == "cpu" else fallback)(*flat)
 
 
 def _kernel_or_fallback_jvp(primals: Any, tangents: Any, *, kernel: Any, fallback: Any) -> Any:
@@ -507,7 +528,7 @@ def _kernel_or_fallback_batch(flat: Any, dims: Any, *, kernel: Any, fallback: An
 _kernel_or_fallback_p = Primitive("jrmsprop_cpu_kernel_or_fallback")
 _kernel_or_fallback_p.multiple_results = True
 _kernel_or_fallback_p.def_abstract_eval(lambda *avals, kernel, fallback: fallback.out_avals)
-_kernel_or_fallback_p.def_impl(lambda *flat, kernel, fallback: _run(kernel)(*flat))  # eager
+_kernel_or_fallback_p.def_impl(_kernel_or_fallback_impl)
 mlir.register_lowering(_kernel_or_fallback_p, _kernel_or_fallback_lowering)
 ad.primitive_jvps[_kernel_or_fallback_p] = _kernel_or_fallback_jvp
 batching.primitive_batchers[_kernel_or_fallback_p] = _kernel_or_fallback_batch
@@ -552,10 +573,7 @@ def where_kernel_runs(kernel: Callable[..., Any], fallback: Callable[..., Any], 
     def kernel_varying(*operands: Any) -> Any:
         return _varying_like(kernel(*operands), operands)
 
-    def cpu(*operands: Any) -> Any:
-        return _kernel_or_fallback(kernel_varying, fallback, *operands)
-
-    return jax.lax.platform_dependent(*args, cpu=cpu, default=fallback)
+    return _kernel_or_fallback(kernel_varying, fallback, *args)
 
 
 def _varying_like(outputs: Any, operands: Any) -> Any:
