@@ -144,8 +144,12 @@ def build(force: bool = False) -> Path:
     """Compiles ``csrc/rmsprop_cpu.cc`` into the cache (if not there yet) and returns its path.
 
     Raises:
-      RuntimeError: no C++ compiler, or the compilation failed (with the compiler's message).
+      RuntimeError: no C++ compiler, a jax without ``jax.ffi`` (before 0.5.0), or the
+        compilation failed (with the compiler's message).
     """
+    if getattr(jax, "ffi", None) is None:
+        version = jax.__version__
+        raise RuntimeError(f"the kernel needs jax.ffi (jax >= 0.5.0); this is jax {version}")
     cxx = _compiler()
     if cxx is None:
         raise RuntimeError("no C++ compiler found (set $CXX, or install g++ or clang++)")
