@@ -32,24 +32,21 @@ def _grads(rng: np.random.Generator, shapes=SHAPES, dtype=np.float32) -> list[np
     return [rng.standard_normal(s).astype(dtype) for s in shapes]
 
 
-_TRACES = {"_step": 0}
-
-
-def _count_traces(event: str, duration: float, **kwargs) -> None:
-    del duration
-    if event == "/jax/core/compile/jaxpr_trace_duration" and kwargs.get("fun_name") == "_step":
-        _TRACES["_step"] += 1
-
-
-jax.monitoring.register_event_duration_secs_listener(_count_traces)
-
-
 @pytest.fixture
-def compiles():
-    """Counts the traces of the wrapper's compiled step (jax.monitoring) since the test began."""
+def compiles(monkeypatch):
+    """Counts the traces of the wrapper's compiled step since the test began: its body builds
+    the transformations (``optimizer._transforms``) once per trace, and only there."""
     optimizer_lib._step.clear_cache()
-    start = _TRACES["_step"]
-    return lambda: _TRACES["_step"] - start
+    traces = []
+    build = optimizer_lib._transforms
+
+    def counted(*args, **kwargs):
+        if isinstance(args[0]["learning_rate"], jax.core.Tracer):  # inside _step's trace
+            traces.append(args)
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(optimizer_lib, "_transforms", counted)
+    return lambda: len(traces)
 
 
 def _equal_trees(a, b) -> bool:
