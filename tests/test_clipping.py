@@ -54,7 +54,7 @@ def _assert_bits(actual, expected) -> None:
     a, e = np.asarray(actual), np.asarray(expected)
     assert a.dtype == e.dtype == F32 and a.shape == e.shape
     np.testing.assert_array_equal(np.isnan(a), np.isnan(e))
-    a, e = np.where(np.isnan(a), 0, a), np.where(np.isnan(e), 0, e)
+    a, e = np.where(np.isnan(a), F32(0), a), np.where(np.isnan(e), F32(0), e)
     np.testing.assert_array_equal(a.view(np.uint32), e.view(np.uint32))
 
 

@@ -122,6 +122,25 @@ def _threshold(value: Any, dtype: Any) -> jax.Array:
     return jnp.asarray(value).astype(dtype)
 
 
+_TF_PACKET = 8  # float32 elements per SIMD packet of TF's x86 (AVX) reductions
+
+
+def _sum_in_tf_order(x: jax.Array) -> jax.Array:
+    """``Σ x`` over a vector, in index order where TF's kernels add in index order: below one
+    SIMD packet (8 floats), spelled out as adds, since the order of XLA's own reduction is not
+    fixed (jaxlib 0.5 rounds some 5-element sums differently from index order). Longer vectors
+    take ``jnp.sum``: TF sums them packet by packet, an order not reproduced here.
+    """
+    if x.shape[0] >= _TF_PACKET:
+        return jnp.sum(x)
+    if x.shape[0] == 0:
+        return jnp.zeros((), x.dtype)
+    total = x[0]
+    for i in range(1, x.shape[0]):
+        total = total + x[i]
+    return total
+
+
 def _flat(x: jax.Array) -> jax.Array:
     """``x`` as a vector, reshaped *before* the elementwise operations that feed a sum.
 
@@ -194,7 +213,7 @@ def clip_by_norm(clip_norm: Any) -> optax.GradientTransformation:
         finite = None if jnp.iscomplexobj(g) else lax.is_finite(g)
         # Each g·g rounded before the sum (else LLVM contracts it into a fused multiply-add).
         flat_finite = None if finite is None else _flat(finite)
-        l2sum = jnp.sum(arithmetic.abs_sq(_flat(g), flat_finite))
+        l2sum = _sum_in_tf_order(arithmetic.abs_sq(_flat(g), flat_finite))
         positive = l2sum > 0
         l2sum_safe = jnp.where(positive, l2sum, jnp.ones_like(l2sum))
         l2norm = jnp.where(positive, jnp.sqrt(l2sum_safe), l2sum)
@@ -230,13 +249,15 @@ def global_norm(updates: Any) -> jax.Array:
     if not leaves:
         raise ValueError("global_norm: no gradients")
     halves = [
-        jnp.sum(arithmetic.abs_sq(_flat(g)) * jnp.asarray(0.5, arithmetic.real_dtype(g.dtype)))
+        _sum_in_tf_order(
+            arithmetic.abs_sq(_flat(g)) * jnp.asarray(0.5, arithmetic.real_dtype(g.dtype))
+        )
         for g in leaves
     ]
     dtype = halves[0].dtype
     for h in halves[1:]:
         dtype = jnp.promote_types(dtype, h.dtype)
-    half = jnp.sum(jnp.stack([h.astype(dtype) for h in halves]))
+    half = _sum_in_tf_order(jnp.stack([h.astype(dtype) for h in halves]))
     return jnp.sqrt(half * jnp.asarray(2.0, dtype))
 
 
