@@ -36,12 +36,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.extend.core import Primitive, jaxpr_as_fun
 from jax.interpreters import ad, batching, mlir
-
-try:
-    from jax.extend.core import Primitive, jaxpr_as_fun
-except ImportError:  # jax < 0.4.36
-    from jax.core import Primitive, jaxpr_as_fun
 
 from jrmsprop._src import arithmetic
 
