@@ -243,6 +243,35 @@ def test_same_shaped_leaves_are_traced_once():
         assert bool(jnp.all(q < p))  # every leaf moved against its gradient
 
 
+STREAMING_PRESETS = {
+    "keras2": lambda: jrmsprop.rmsprop(1e-3),
+    "keras2-momentum": lambda: jrmsprop.rmsprop(1e-3, momentum=0.9),
+    "keras2-centered": lambda: jrmsprop.rmsprop(1e-3, centered=True),
+    "keras2-both": lambda: jrmsprop.rmsprop(1e-3, momentum=0.9, centered=True),
+    "tf1": lambda: jrmsprop.compat.tf1(1e-3, momentum=0.9),
+    "keras3-momentum-wd": lambda: jrmsprop.compat.keras3(1e-3, momentum=0.9, weight_decay=0.01),
+    "torch-momentum": lambda: jrmsprop.compat.torch(lr=1e-3, momentum=0.9),
+    "optax-momentum": lambda: jrmsprop.compat.optax_rmsprop(1e-3, momentum=0.9),
+}
+
+
+@pytest.mark.parametrize("preset", list(STREAMING_PRESETS))
+def test_the_donated_step_streams_without_a_temporary(preset):
+    """The jitted, donated ``update`` + ``apply_updates`` needs no buffer besides its donated
+    inputs: every intermediate stays inside XLA's loops. (An exactness guard once gave the
+    momentum step a second user of the division, and XLA wrote it to a leaf-sized temporary:
+    12 more bytes per parameter, the step up to twice as slow.)"""
+    tx = STREAMING_PRESETS[preset]()
+    params = [jnp.ones(1 << 16, jnp.float32)]
+
+    def step(p, s, g):
+        u, s = tx.update(g, s, p)
+        return optax.apply_updates(p, u), s
+
+    compiled = jax.jit(step, donate_argnums=(0, 1)).lower(params, tx.init(params), params).compile()
+    assert compiled.memory_analysis().temp_size_in_bytes == 0
+
+
 def test_pmap_matches_single_device_on_the_whole_batch():
     n = jax.local_device_count()
     assert n >= 2, "conftest sets 8 simulated devices"

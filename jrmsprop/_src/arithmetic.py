@@ -444,9 +444,12 @@ def step_from_moments(
         numerator = lr.astype(cdtype) * g if lr_in_numerator else g
         step = numerator / denom.astype(cdtype)
     if mom is not None:
-        # A non-finite g makes the step NaN, and so the sum, whatever the guard passes on.
-        mom_new = rounded_where_it_counts(mu.astype(cdtype) * mom.astype(cdtype), finite, step)
-        mom_new = mom_new + step
+        # A non-finite g makes the step NaN, and so the sum, whatever the guard passes on. The
+        # guard's other branch is the slot itself, an input of the loop: with ``step`` there,
+        # ``step`` had two users and XLA:CPU wrote it to a buffer of its own (12 more bytes per
+        # parameter and a temporary the size of the leaf).
+        mom_in = mom.astype(cdtype)
+        mom_new = rounded_where_it_counts(mu.astype(cdtype) * mom_in, finite, mom_in) + step
         delta = mom_new
     else:
         mom_new = None
