@@ -201,7 +201,10 @@ def rounded_where_it_counts(
 
     ``select(finite, x, elsewhere)``: where ``finite`` holds the product reaches its sum through
     a select, which LLVM cannot contract into a fused multiply-add; elsewhere it is replaced by
-    ``elsewhere``, an array of its shape and dtype that is computed anyway. Only for a product
+    ``elsewhere``, an array of its shape and dtype that the loop has anyway -- best an input
+    (a slot, the parameter): an expensive value such as the step's division, given a second
+    user here, is written by XLA:CPU to a leaf-sized temporary (``tests/test_rmsprop.py``
+    checks that the donated step has none). Only for a product
     whose result is NaN wherever ``finite`` (``is_finite(g)``) is False, whatever the product
     is: a step of :func:`step_from_moments` is NaN there (±inf/inf, 0·inf or NaN), and so is
     every sum and difference it enters. ``finite=None`` (complex) takes :func:`rounded`.
