@@ -261,7 +261,12 @@ def test_the_donated_step_streams_without_a_temporary(preset):
     inputs: every intermediate stays inside XLA's loops. (An exactness guard once gave the
     momentum step a second user of the division, and XLA wrote it to a leaf-sized temporary:
     12 more bytes per parameter, the step up to twice as slow.)"""
-    tx = STREAMING_PRESETS[preset]()
+    assert _temporary_bytes_of_donated_step(STREAMING_PRESETS[preset]()) == 0
+
+
+def _temporary_bytes_of_donated_step(tx) -> int:
+    """XLA's scratch memory for ``tx``'s jitted step (update + apply, params and state donated)
+    on one float32 leaf of 65536 elements."""
     params = [jnp.ones(1 << 16, jnp.float32)]
 
     def step(p, s, g):
@@ -269,7 +274,31 @@ def test_the_donated_step_streams_without_a_temporary(preset):
         return optax.apply_updates(p, u), s
 
     compiled = jax.jit(step, donate_argnums=(0, 1)).lower(params, tx.init(params), params).compile()
-    assert compiled.memory_analysis().temp_size_in_bytes == 0
+    return compiled.memory_analysis().temp_size_in_bytes
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+@pytest.mark.parametrize("centered", [False, True])
+def test_coupled_weight_decay_needs_no_more_scratch_than_optax(momentum, centered):
+    """PyTorch's ``g + wd·p`` feeds every loop of the step. With momentum, XLA:CPU writes it to a
+    leaf-sized temporary instead of recomputing it in each loop, as it does for optax's own
+    ``add_decayed_weights`` chain (which needs it even without momentum): same bytes moved, and
+    never more scratch memory than optax."""
+    ours = jrmsprop.compat.torch(lr=1e-3, momentum=momentum, centered=centered, weight_decay=0.01)
+    theirs = optax.chain(
+        optax.add_decayed_weights(0.01),
+        optax.scale_by_rms(0.99, 1e-8, eps_in_sqrt=False, initial_scale=0.0)
+        if not centered
+        else optax.scale_by_stddev(0.99, 1e-8, eps_in_sqrt=False),
+        *([optax.trace(momentum)] if momentum else []),
+        optax.scale(-1e-3),
+    )
+    optax_bytes = _temporary_bytes_of_donated_step(theirs)
+    assert optax_bytes == 4 << 16  # one leaf: optax keeps g + wd·p in a temporary
+    ours_bytes = _temporary_bytes_of_donated_step(ours)
+    assert ours_bytes <= optax_bytes
+    if not momentum:
+        assert ours_bytes == 0
 
 
 def test_pmap_matches_single_device_on_the_whole_batch():
