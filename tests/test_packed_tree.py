@@ -363,6 +363,10 @@ def test_bad_inputs_name_the_argument() -> None:
         pack({"p": pp})
     with pytest.raises(TypeError, match=r"pack: `tree` at \['a'\] has dtype int32"):
         pack({"a": jnp.arange(3)})
+    with pytest.raises(TypeError, match=r"pack: `tree` at \['a'\]\[1\] is str 's'; it must be an"):
+        jrmsprop.pack({"a": [1.0, "s"]})
+    with pytest.raises(TypeError, match=r"packed: `params` at \['b'\] is object <object"):
+        jrmsprop.packed(jrmsprop.rmsprop(0.1)).init({"a": jnp.ones(2), "b": object()})
     with pytest.raises(TypeError, match=r"pack: `tree` at \['g'\] is an IndexedSlices"):
         pack({"g": jrmsprop.IndexedSlices(jnp.ones((1, 2)), jnp.asarray([0]), (3, 2))})
     with pytest.raises(TypeError, match=r"pack: `like` must be a PackedTree, got dict"):

@@ -71,7 +71,13 @@ class PackedLayout:
             if isinstance(leaf, sparse.IndexedSlices):
                 raise TypeError(f"{who}: `{what}` at {_path_str(path)} is an IndexedSlices")
             if not (hasattr(leaf, "shape") and hasattr(leaf, "dtype")):
-                leaf = jnp.asarray(leaf)
+                try:
+                    leaf = jnp.asarray(leaf)
+                except TypeError as e:  # a string, an object: JAX's message names neither
+                    raise TypeError(
+                        f"{who}: `{what}` at {_path_str(path)} is {type(leaf).__name__} "
+                        f"{abbreviated(repr(leaf), 60)}; it must be an array"
+                    ) from e
             dtype = jnp.dtype(leaf.dtype)
             if not jnp.issubdtype(dtype, jnp.inexact):
                 raise TypeError(
