@@ -1,8 +1,8 @@
-"""Probe: the jitted, donated step (``tx.update`` + ``optax.apply_updates``) against optax's on
-one large leaf, interleaved in one process.
+"""Probe: the jitted, donated step (``tx.update`` + ``optax.apply_updates``) against optax's,
+interleaved in one process.
 
-``python benchmarks/probes/jit_vs_optax_one_leaf.py [--size 16777216] [--rounds 25]
-[--momentum 0.0] [--centered]``
+``python benchmarks/probes/jit_vs_optax.py [--size 16777216] [--leaves 1]
+[--rounds 25] [--momentum 0.0] [--centered]``
 
 The benchmark's ``jit_vs_optax`` compares two medians taken in separate groups; this probe
 alternates the two steps round by round (the same arrays, both compiled first), so a drift of
@@ -33,15 +33,16 @@ from benchmarks.modes import jrmsprop_tx, optax_tx  # noqa: E402
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=1 << 24)
+    parser.add_argument("--size", type=int, default=1 << 24, help="elements per leaf")
+    parser.add_argument("--leaves", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=25)
     parser.add_argument("--momentum", type=float, default=0.0)
     parser.add_argument("--centered", action="store_true")
     args = parser.parse_args()
 
     rng = np.random.default_rng(0)
-    p0 = rng.standard_normal(args.size).astype(np.float32)
-    g0 = (0.1 * rng.standard_normal(args.size)).astype(np.float32)
+    p0 = [rng.standard_normal(args.size).astype(np.float32) for _ in range(args.leaves)]
+    g0 = [(0.1 * rng.standard_normal(args.size)).astype(np.float32) for _ in range(args.leaves)]
     steps = {}
     for name, tx in (
         ("jrmsprop", jrmsprop_tx(args.momentum, args.centered)),
@@ -53,8 +54,8 @@ def main() -> None:
             return optax.apply_updates(p, updates), s
 
         jitted = jax.jit(step, donate_argnums=(0, 1))
-        grads = jnp.array(g0)
-        box = [jnp.array(p0), None]
+        grads = [jnp.array(g) for g in g0]
+        box = [[jnp.array(p) for p in p0], None]
         box[1] = tx.init(box[0])
 
         def run(box=box, jitted=jitted, grads=grads):
@@ -73,7 +74,7 @@ def main() -> None:
             times[name].append(time.perf_counter() - t0)
     med = {name: statistics.median(t) * 1e3 for name, t in times.items()}
     print(
-        f"momentum={args.momentum} centered={args.centered} size={args.size}: "
+        f"momentum={args.momentum} centered={args.centered} {args.leaves} x {args.size}: "
         f"jrmsprop {med['jrmsprop']:.2f} ms, optax {med['optax']:.2f} ms, "
         f"ratio {med['jrmsprop'] / med['optax']:.3f}"
     )
