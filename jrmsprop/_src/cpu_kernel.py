@@ -260,6 +260,10 @@ def supports(variant: arithmetic.Variant) -> bool:
     )
 
 
+#: The argument names of :func:`fused_step` for the columns of :func:`fused_steps`.
+_SINGULAR = {"grads": "grad", "rms": "rms", "mom": "mom", "mg": "mg", "params": "param"}
+
+
 def fused_step(
     grad: jax.Array,
     rms: jax.Array,
@@ -320,10 +324,6 @@ def fused_step(
     """
     if (param is None) != (output != "param"):
         raise ValueError("fused_step: `param` is needed exactly when output='param'")
-    shape = tuple(jnp.shape(grad))
-    for name, x in (("grad", grad), ("rms", rms), ("mom", mom), ("mg", mg), ("param", param)):
-        if x is not None:
-            _check_leaf("fused_step", name, x, shape, "grad")
     firsts, rmss, moms, mgs = fused_steps(
         [grad],
         [rms],
@@ -335,6 +335,7 @@ def fused_step(
         params=None if param is None else [param],
         overwrite_grad=overwrite_grad,
         who="fused_step",
+        _one_leaf=True,
     )
     return firsts[0], rmss[0], None if moms is None else moms[0], None if mgs is None else mgs[0]
 
@@ -351,6 +352,7 @@ def fused_steps(
     params: list[jax.Array] | None = None,
     overwrite_grad: bool = False,
     who: str = "fused_steps",
+    _one_leaf: bool = False,
 ) -> tuple[list[jax.Array], list[jax.Array], list[jax.Array] | None, list[jax.Array] | None]:
     """:func:`fused_step` on many leaves in one kernel call: the same numbers, leaf by leaf.
 
@@ -366,6 +368,7 @@ def fused_steps(
       sc, variant, output, overwrite_grad: as for :func:`fused_step`, shared by every leaf.
       params: the parameters (a list like ``rms``), only with ``output="param"``.
       who: the name that starts error messages.
+      _one_leaf: name the arguments as :func:`fused_step` does (``grad``, not ``grads[0]``).
 
     Returns:
       ``(firsts, rms, mom, mg)``: lists, leaf by leaf (None for an absent slot).
@@ -401,7 +404,10 @@ def fused_steps(
     for i in range(n_leaves):
         shape = tuple(jnp.shape(columns["grads"][i]))
         for name, column in columns.items():
-            _check_leaf(who, f"{name}[{i}]", column[i], shape, f"grads[{i}]")
+            if _one_leaf:
+                _check_leaf(who, _SINGULAR[name], column[i], shape, "grad")
+            else:
+                _check_leaf(who, f"{name}[{i}]", column[i], shape, f"grads[{i}]")
         first = len(results)
         if overwrite_grad:
             aliases[len(operands)] = first
