@@ -576,3 +576,24 @@ def test_wrapper_takes_the_kernel_only_for_arrays_on_one_device(monkeypatch):
     single, spanning = calls
     assert single.count(f'custom_call_target="{cpu_kernel.TARGET}"') == 1  # both variables
     assert cpu_kernel.TARGET not in spanning
+
+
+def test_a_branch_closing_over_a_traced_value_still_lowers_alone():
+    """``where_kernel_runs`` with branches that close over a value of the enclosing ``jit``: the
+    value becomes an operand, and only the branch taken is lowered (it once fell back to a
+    ``switch`` that lowered both). Markers: the "kernel" takes a sine, the fallback a cosine."""
+
+    def f(a, x):
+        return cpu_kernel.where_kernel_runs(lambda a: jnp.sin(a * x), lambda a: jnp.cos(a * x), a)
+
+    a = jnp.arange(4.0, dtype=jnp.float32)
+    xs = jnp.array([1.0, 2.0], jnp.float32)
+    text = jax.jit(f).lower(a, 2.0).as_text()
+    assert "sine" in text and "cosine" not in text
+    np.testing.assert_array_equal(jax.jit(f)(a, 2.0), jnp.sin(a * 2.0))
+    batched = jax.jit(jax.vmap(f, in_axes=(None, 0)))
+    assert "cosine" not in batched.lower(a, xs).as_text()
+    np.testing.assert_array_equal(batched(a, xs), jnp.sin(a[None] * xs[:, None]))
+    # derivatives go through the two-branch switch, which takes the kernel's on CPU
+    _, tangent = jax.jvp(lambda x: f(a, x), (2.0,), (1.0,))
+    np.testing.assert_allclose(tangent, a * jnp.cos(a * 2.0), rtol=1e-6)

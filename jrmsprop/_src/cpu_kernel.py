@@ -556,13 +556,30 @@ def _kernel_or_fallback(
         return run
 
     closed = [jax.make_jaxpr(flat_fn(fn))(*flat) for fn in (kernel, fallback)]
-    consts_traced = any(isinstance(c, jax.core.Tracer) for j in closed for c in j.consts)
     types = [[(a.shape, a.dtype) for a in j.out_avals] for j in closed]
-    if consts_traced or out_trees[0] != out_trees[1] or types[0] != types[1]:
-        # closes over traced values, or the branches disagree (which the switch reports)
-        return _switched(kernel, fallback, *args)
+    if out_trees[0] != out_trees[1] or types[0] != types[1]:
+        return _switched(kernel, fallback, *args)  # the branches disagree: the switch says how
+    if any(isinstance(c, jax.core.Tracer) for j in closed for c in j.consts):
+        closed, flat = _consts_as_operands(closed, flat)
     outs = _kernel_or_fallback_p.bind(*flat, kernel=closed[0], fallback=closed[1])
     return jax.tree.unflatten(out_trees[1], outs)
+
+
+def _consts_as_operands(closed: list[Any], flat: list[Any]) -> tuple[list[Any], list[Any]]:
+    """``closed`` (the kernel's and the fallback's jaxprs) taking their constants as leading
+    operands, and those operands: a branch that closes over a traced value (a value of an
+    enclosing ``jit``, ``vmap`` or ``jvp``) cannot be a parameter of the primitive."""
+    consts = [list(j.consts) for j in closed]
+    ends = np.cumsum([0] + [len(c) for c in consts])
+    operands = [*consts[0], *consts[1], *flat]
+
+    def taking_all(j: Any, begin: int, end: int) -> Callable[..., list[Any]]:
+        return lambda *ops: jax.core.eval_jaxpr(j.jaxpr, list(ops[begin:end]), *ops[ends[-1] :])
+
+    converted = [
+        jax.make_jaxpr(taking_all(j, ends[i], ends[i + 1]))(*operands) for i, j in enumerate(closed)
+    ]
+    return converted, operands
 
 
 def where_kernel_runs(kernel: Callable[..., Any], fallback: Callable[..., Any], *args: Any) -> Any:
