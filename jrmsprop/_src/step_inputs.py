@@ -65,9 +65,17 @@ def split_pairs(
             f"Provided `grads_and_vars` is {abbreviated(pairs)}."
         )
     if len({v for _, v in kept}) != len(kept):
+        seen: set[Variable] = set()
+        for _, twice in kept:
+            if twice in seen:
+                break
+            seen.add(twice)
         raise ValueError(
-            "apply_gradients: a variable appears more than once in `grads_and_vars`; sum "
-            "its gradients first"
+            f"apply_gradients: variable {twice.name!r} appears more than once in "
+            "`grads_and_vars`. TF 2.x Keras would apply its gradients one after the other in "
+            "one step, sharing one slot (and list an unused copy of that slot in its weights); "
+            "jrmsprop does not reproduce that. Pass each variable once (e.g. with its "
+            "gradients summed, which is a different step)"
         )
     return kept, [v.name for g, v in pairs if g is None]
 
