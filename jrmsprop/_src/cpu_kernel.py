@@ -36,7 +36,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.extend.core import Primitive, jaxpr_as_fun
+from jax.extend.core import ClosedJaxpr, Primitive, jaxpr_as_fun
 from jax.interpreters import ad, batching, mlir
 
 from jrmsprop._src import arithmetic
@@ -574,7 +574,9 @@ def _consts_as_operands(closed: list[Any], flat: list[Any]) -> tuple[list[Any], 
     operands = [*consts[0], *consts[1], *flat]
 
     def taking_all(j: Any, begin: int, end: int) -> Callable[..., list[Any]]:
-        return lambda *ops: jax.core.eval_jaxpr(j.jaxpr, list(ops[begin:end]), *ops[ends[-1] :])
+        return lambda *ops: jaxpr_as_fun(ClosedJaxpr(j.jaxpr, list(ops[begin:end])))(
+            *ops[ends[-1] :]
+        )
 
     converted = [
         jax.make_jaxpr(taking_all(j, ends[i], ends[i + 1]))(*operands) for i, j in enumerate(closed)
