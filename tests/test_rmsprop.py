@@ -282,8 +282,9 @@ def _temporary_bytes_of_donated_step(tx) -> int:
 def test_coupled_weight_decay_needs_no_more_scratch_than_optax(momentum, centered):
     """PyTorch's ``g + wd·p`` feeds every loop of the step. With momentum, XLA:CPU writes it to a
     leaf-sized temporary instead of recomputing it in each loop, as it does for optax's own
-    ``add_decayed_weights`` chain (which needs it even without momentum): same bytes moved, and
-    never more scratch memory than optax."""
+    ``add_decayed_weights`` chain (which needs it even without momentum): never more scratch
+    memory than optax. (XLA's cost analysis, for the record: 56 / 72 B/param with momentum
+    against optax's 52 / 68, 32 / 52 without against 40 / 56; not asserted here.)"""
     ours = jrmsprop.compat.torch(lr=1e-3, momentum=momentum, centered=centered, weight_decay=0.01)
     theirs = optax.chain(
         optax.add_decayed_weights(0.01),
