@@ -64,19 +64,17 @@ def split_pairs(
             f"{abbreviated([v.name for _, v in pairs])}. "
             f"Provided `grads_and_vars` is {abbreviated(pairs)}."
         )
-    if len({v for _, v in kept}) != len(kept):
-        seen: set[Variable] = set()
-        for _, twice in kept:
-            if twice in seen:
-                break
-            seen.add(twice)
-        raise ValueError(
-            f"apply_gradients: variable {twice.name!r} appears more than once in "
-            "`grads_and_vars`. TF 2.x Keras would apply its gradients one after the other in "
-            "one step, sharing one slot (and list an unused copy of that slot in its weights); "
-            "jrmsprop does not reproduce that. Pass each variable once (e.g. with its "
-            "gradients summed, which is a different step)"
-        )
+    seen: set[Variable] = set()
+    for _, var in kept:
+        if var in seen:
+            raise ValueError(
+                f"apply_gradients: variable {var.name!r} appears more than once in "
+                "`grads_and_vars`. TF 2.x Keras would apply its gradients one after the other "
+                "in one step, sharing one slot (and list an unused copy of that slot in its "
+                "weights); jrmsprop does not reproduce that. Pass each variable once (e.g. with "
+                "its gradients summed, which is a different step)"
+            )
+        seen.add(var)
     return kept, [v.name for g, v in pairs if g is None]
 
 
