@@ -526,3 +526,51 @@ def test_packed_params_probe_times_both_layouts(capsys):
     for argv in (["--model", "bogus"], ["--leaves", "1"], ["--steps", "0"]):
         with pytest.raises(SystemExit):
             packed_params_probe.main(argv)
+
+
+def test_jit_vs_optax_probe_hands_each_slot_to_its_counterpart():
+    """The probe's contestants take turns on one set of buffers: jrmsprop's rms / momentum / mg
+    must become optax's nu / trace / mu (a swap would time a different computation)."""
+    import jax.numpy as jnp
+
+    import jrmsprop
+    from benchmarks.probes import jit_vs_optax as probe
+
+    params = [jnp.zeros(3), jnp.zeros(2)]
+    ours = jrmsprop.rmsprop(0.1, momentum=0.9, centered=True).init(params)
+    ours = ours._replace(
+        rms=[jnp.full(3, 1.0), jnp.full(2, 2.0)],
+        momentum=[jnp.full(3, 3.0), jnp.full(2, 4.0)],
+        mg=[jnp.full(3, 5.0), jnp.full(2, 6.0)],
+    )
+    theirs = probe.with_slots(modes.optax_tx(0.9, True).init(params), probe.slots_of(ours))
+    stddev, _, trace = theirs
+    assert stddev.nu[0] is ours.rms[0] and stddev.nu[1] is ours.rms[1]
+    assert stddev.mu[0] is ours.mg[0] and stddev.mu[1] is ours.mg[1]
+    assert trace.trace[0] is ours.momentum[0] and trace.trace[1] is ours.momentum[1]
+    back = probe.with_slots(ours._replace(rms=None, mg=None, momentum=None), {})
+    assert back.rms is None  # a state without slots passes through
+    ids = {k: [id(a) for a in v] for k, v in probe.slots_of(ours).items()}
+    assert {k: [id(a) for a in v] for k, v in probe.slots_of(theirs).items()} == ids
+
+
+@pytest.mark.skipif(not (ROOT / ".git").exists(), reason="needs the git checkout")
+def test_jit_vs_optax_probe_runs_against_a_baseline_revision():
+    out = subprocess.run(
+        [sys.executable, "benchmarks/probes/jit_vs_optax.py", "--size", "64", "--rounds", "1"]
+        + ["--variants", "centered", "--baseline", "HEAD"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "jrmsprop/baseline" in out.stdout and out.stdout.startswith("centered ")
+    bad = subprocess.run(
+        [sys.executable, "benchmarks/probes/jit_vs_optax.py", "--variants", "sideways"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert bad.returncode == 2 and "--variants: unknown ['sideways']" in bad.stderr
