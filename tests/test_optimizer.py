@@ -186,6 +186,55 @@ def test_sparse_matches_core_bit_for_bit(momentum, centered):
     assert _equal_trees(opt.state, state)
 
 
+def test_sparse_gradient_of_any_form_gives_the_same_step():
+    """A JAX IndexedSlices of the variable's dtype goes to the step as it is; NumPy parts,
+    int64 indices, a list dense_shape and a tf.IndexedSlices lookalike are converted first:
+    all give the same bits."""
+    rng = np.random.default_rng(5)
+    values = rng.standard_normal((3, 2)).astype(np.float32)
+    indices = np.array([3, 0, 3], np.int32)
+
+    class Lookalike:  # tf.IndexedSlices' attributes
+        def __init__(self, values, indices, dense_shape):
+            self.values, self.indices, self.dense_shape = values, indices, dense_shape
+
+    forms = [
+        IndexedSlices(jnp.asarray(values), jnp.asarray(indices), (4, 2)),
+        IndexedSlices(values, indices, (4, 2)),
+        IndexedSlices(jnp.asarray(values), jnp.asarray(indices, jnp.int32), [4, 2]),
+        IndexedSlices(values.astype(np.float64), indices.astype(np.int64), (4, 2)),
+        Lookalike(values, indices, None),
+    ]
+    results = []
+    for grad in forms:
+        var = Variable(jnp.arange(8.0, dtype=jnp.float32).reshape(4, 2))
+        opt = RMSprop(learning_rate=0.1, momentum=0.9)
+        opt.apply_gradients([(grad, var)])
+        opt.apply_gradients([(grad, var)])
+        results.append((var.value, opt.get_weights()))
+    for other in results[1:]:
+        assert _equal_trees(other, results[0])
+
+
+def test_sparse_gradient_rebuilt_by_a_tree_utility_is_still_range_checked():
+    """An IndexedSlices made by tree_unflatten never ran its constructor's checks: the step
+    still refuses its out-of-range rows, before any state changes."""
+    good = IndexedSlices(jnp.ones((2, 2)), jnp.array([0, 3]), (4, 2))
+    rebuilt = jax.tree.unflatten(jax.tree.structure(good), [good.values, jnp.array([0, 4])])
+    var = Variable(jnp.ones((4, 2)))
+    opt = RMSprop(learning_rate=0.1, momentum=0.9)
+    with pytest.raises(ValueError, match=r"`indices` must lie in \[0, 4\) .*got 4"):
+        opt.apply_gradients([(rebuilt, var)])
+    assert int(opt.iterations) == 0 and opt.variables() == [opt.iterations]
+    np.testing.assert_array_equal(var.value, np.ones((4, 2)))
+    negative = jax.tree.map(lambda x: x, good)
+    negative.indices = jnp.array([-1, 0])
+    with pytest.raises(ValueError, match=r"got -1"):
+        opt.apply_gradients([(negative, var)])
+    opt.apply_gradients([(good, var)])
+    assert int(opt.iterations) == 1
+
+
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16, jnp.complex64])
 def test_other_dtypes_match_core(dtype):
     rng = np.random.default_rng(8)

@@ -76,19 +76,7 @@ class IndexedSlices:
         indices_dtype = getattr(indices, "dtype", None)
         if indices_dtype is not None and not jnp.issubdtype(indices_dtype, jnp.integer):
             raise TypeError(f"IndexedSlices: `indices` must be integers, got {indices_dtype}")
-        if not isinstance(indices, jax.core.Tracer) and np.size(indices):
-            try:
-                concrete = np.asarray(indices)
-            except (TypeError, ValueError):
-                concrete = None
-            if concrete is not None and concrete.dtype.kind in "iu":
-                low, high = concrete.min(), concrete.max()
-                if low < 0 or high >= self.dense_shape[0]:
-                    bad = low if low < 0 else high
-                    raise ValueError(
-                        f"IndexedSlices: `indices` must lie in [0, {self.dense_shape[0]}) "
-                        f"(dense_shape[0]), got {int(bad)}"
-                    )
+        check_index_range(indices, self.dense_shape[0])
         self.values = values
         self.indices = indices
 
@@ -182,7 +170,28 @@ def _is_bool(value: Any) -> bool:
     return isinstance(value, (bool, np.bool_)) or getattr(value, "dtype", None) == np.bool_
 
 
+def check_index_range(indices: Any, num_rows: int) -> None:
+    """A ``ValueError`` unless concrete ``indices`` lie in ``[0, num_rows)``, as TF checks them;
+    traced indices cannot be checked (inside ``jit`` an out-of-range row is dropped)."""
+    if isinstance(indices, jax.core.Tracer) or not np.size(indices):
+        return
+    try:
+        concrete = np.asarray(indices)
+    except (TypeError, ValueError):
+        return
+    if concrete.dtype.kind in "iu":
+        low, high = concrete.min(), concrete.max()
+        if low < 0 or high >= num_rows:
+            bad = low if low < 0 else high
+            raise ValueError(
+                f"IndexedSlices: `indices` must lie in [0, {num_rows}) (dense_shape[0]), "
+                f"got {int(bad)}"
+            )
+
+
 def _as_shape(dense_shape: Any) -> tuple[int, ...]:
+    if type(dense_shape) is tuple and all(type(d) is int for d in dense_shape):
+        return _checked_shape(dense_shape)  # the common case, and what __init__ stores
     if dense_shape is None or isinstance(dense_shape, (str, bytes)) or _is_bool(dense_shape):
         raise TypeError(
             f"IndexedSlices: `dense_shape` must be a tuple of ints, got {_describe(dense_shape)}"

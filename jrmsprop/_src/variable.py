@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jrmsprop._src.sparse import IndexedSlices
+from jrmsprop._src.sparse import IndexedSlices, check_index_range
 from jrmsprop._src.validation import abbreviated, check_bool
 
 __all__ = ["Variable", "as_gradient"]
@@ -601,6 +601,21 @@ def as_gradient(grad: Any, var: Variable) -> Any:
             array = array.astype(np.float64)
         return jnp.array(array, dtype=var.dtype)
 
+    if (
+        type(grad) is IndexedSlices
+        and isinstance(grad.values, jax.Array)
+        and isinstance(grad.indices, jax.Array)
+        and grad.dense_shape == var.shape
+        and grad.values.dtype == var.dtype
+        and grad.indices.ndim == 1
+        and dtype_kind(grad.indices.dtype) in "iu"
+        and grad.values.shape == (*grad.indices.shape, *var.shape[1:])
+    ):
+        # Already what the step takes (the common case: JAX arrays of the variable's dtype):
+        # only the range of concrete indices is checked again, since an IndexedSlices rebuilt
+        # by a tree utility never ran its constructor's checks.
+        check_index_range(grad.indices, var.shape[0])
+        return grad
     if isinstance(grad, IndexedSlices):
         indices = grad.indices if isinstance(grad.indices, jax.Array) else jnp.asarray(grad.indices)
         result = IndexedSlices(values(grad.values), indices, grad.dense_shape)
