@@ -4,14 +4,14 @@ optionally against jrmsprop at another git revision, taking turns on the same bu
 ``python benchmarks/probes/jit_vs_optax.py [--size 16777216] [--leaves 1] [--rounds 30]
 [--variants plain,momentum,centered,centered_momentum] [--baseline REV]``
 
-The benchmark's ``jit_vs_optax`` compares two medians taken in separate groups, each step on
-arrays of its own. Here the contestants update *the same physical buffers* in turn: every step
-donates the parameters and the slots and gets them back in the same buffers (the probe checks
-the addresses and names a contestant whose step allocated new ones), and the next contestant's
-state is rebuilt around those buffers (jrmsprop's ``rms`` / ``momentum`` / ``mg`` are optax's
-``nu`` / ``trace`` / ``mu``). So neither side profits from a luckier placement of its pages, and
-a drift of the shared machine hits all alike; the order alternates round by round. It prints
-each median and the ratios.
+The benchmark's ``jit_vs_optax`` compares two medians of steps interleaved with the other
+compiled modes of the workload, each step on arrays of its own. Here the contestants update
+*the same physical buffers* in turn: every step donates the parameters and the slots and gets
+them back in the same buffers (the probe checks the addresses and names a contestant whose step
+allocated new ones), and the next contestant's state is rebuilt around those buffers
+(jrmsprop's ``rms`` / ``momentum`` / ``mg`` are optax's ``nu`` / ``trace`` / ``mu``). So neither
+side profits from a luckier placement of its pages, and a drift of the shared machine hits all
+alike; the order alternates round by round. It prints each median and the ratios.
 
 ``--baseline REV`` adds jrmsprop as it was at git revision ``REV`` of this checkout (extracted
 with ``git archive`` into a temporary directory and imported as ``jrmsprop_baseline``): the
