@@ -57,8 +57,10 @@ def baseline_package(rev: str) -> Any:
         capture_output=True,
     ).stdout
     target = Path(tempfile.mkdtemp(prefix="jrmsprop-baseline-"))
+    # (the extraction filters exist from Python 3.12 and in later patch releases of 3.10 / 3.11)
+    safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-        tar.extractall(target, filter="data")
+        tar.extractall(target, **safe)
     package = target / "jrmsprop_baseline"
     (target / "jrmsprop").rename(package)
     for source in package.rglob("*.py"):
