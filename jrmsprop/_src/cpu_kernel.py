@@ -404,10 +404,10 @@ def fused_steps(
     for i in range(n_leaves):
         shape = tuple(jnp.shape(columns["grads"][i]))
         for name, column in columns.items():
-            if _one_leaf:
-                _check_leaf(who, _SINGULAR[name], column[i], shape, "grad")
-            else:
-                _check_leaf(who, f"{name}[{i}]", column[i], shape, f"grads[{i}]")
+            label, reference = (
+                (_SINGULAR[name], "grad") if _one_leaf else (f"{name}[{i}]", f"grads[{i}]")
+            )
+            _check_leaf(who, label, column[i], shape, reference)
         first = len(results)
         if overwrite_grad:
             aliases[len(operands)] = first
