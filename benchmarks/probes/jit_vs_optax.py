@@ -70,12 +70,17 @@ def baseline_package(rev: str) -> Any:
     return importlib.import_module("jrmsprop_baseline")
 
 
+def slot_at(path: tuple[Any, ...]) -> str | None:
+    """The slot that a state leaf at ``path`` belongs to (None for the count and the like)."""
+    names = [k.name for k in path if isinstance(k, jax.tree_util.GetAttrKey)]
+    return next((SLOT_OF_FIELD[n] for n in names if n in SLOT_OF_FIELD), None)
+
+
 def slots_of(state: Any) -> dict[str, list[Any]]:
     """The state's slot arrays by slot name (leaves in the parameters' order)."""
     slots: dict[str, list[Any]] = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
-        names = [k.name for k in path if isinstance(k, jax.tree_util.GetAttrKey)]
-        slot = next((SLOT_OF_FIELD[n] for n in names if n in SLOT_OF_FIELD), None)
+        slot = slot_at(path)
         if slot is not None:
             slots.setdefault(slot, []).append(leaf)
     return slots
@@ -87,8 +92,7 @@ def with_slots(state: Any, slots: dict[str, list[Any]]) -> Any:
     remaining = {name: iter(arrays) for name, arrays in slots.items()}
     leaves = []
     for path, leaf in paths_and_leaves:
-        names = [k.name for k in path if isinstance(k, jax.tree_util.GetAttrKey)]
-        slot = next((SLOT_OF_FIELD[n] for n in names if n in SLOT_OF_FIELD), None)
+        slot = slot_at(path)
         leaves.append(leaf if slot is None else next(remaining[slot]))
     return jax.tree_util.tree_unflatten(treedef, leaves)
 
