@@ -58,6 +58,17 @@ _NATIVE_NAMES = {
 Grad = Any  # np.ndarray (dense) or a (values, indices) pair (sparse rows)
 
 
+def summed_rows(values: Any, indices: Sequence[int], dtype: Any) -> dict[int, np.ndarray]:
+    """TF's ``unique`` + ``unsorted_segment_sum``: each row (in first-seen order) with its
+    values added one by one in input order, starting from 0, in ``dtype``."""
+    summed: dict[int, np.ndarray] = {}
+    for k, v in zip(indices, values, strict=True):
+        row = int(k)
+        start = summed.get(row, np.zeros(np.shape(v), dtype))
+        summed[row] = start + np.asarray(v).astype(dtype)
+    return summed
+
+
 @dataclass
 class Reference:
     """One RMSprop optimizer of framework ``rule``, on NumPy arrays.
@@ -245,10 +256,8 @@ class Reference:
             self._h("epsilon"),
             self._one_minus_rho(),
         )
-        rows = list(dict.fromkeys(int(k) for k in indices))  # tf.unique: first-seen order
-        summed = {k: np.zeros(p_stored.shape[1:], self.dtype) for k in rows}
-        for k, v in zip(indices, values, strict=True):
-            summed[int(k)] = summed[int(k)] + np.asarray(v).astype(self.dtype)
+        summed = summed_rows(values, indices, self.dtype)
+        rows = list(summed)  # tf.unique: first-seen order
         rms = self._slot("rms", i, p_stored).copy()
         mg = self._slot("mg", i, p_stored).copy() if self.centered else None
         p = p_stored.copy()

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from numpy_reference import Reference
+from numpy_reference import Reference, summed_rows
 
 import jrmsprop
 
@@ -216,10 +216,8 @@ def _numpy_deduplicate(values: np.ndarray, indices: np.ndarray, num_rows: int):
     rows = np.where(rows < 0, num_rows, rows)
     unique = np.full(len(rows), num_rows, np.int32)
     summed = np.zeros_like(values)
-    for k, row in enumerate(sorted(set(rows.tolist()))):
-        unique[k] = row
-        for i in np.flatnonzero(rows == row):
-            summed[k] = summed[k] + values[i]
+    for k, (row, total) in enumerate(sorted(summed_rows(values, rows, values.dtype).items())):
+        unique[k], summed[k] = row, total
     return unique, summed
 
 
