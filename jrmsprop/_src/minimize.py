@@ -11,6 +11,12 @@ the duration, notes which Variables the loss reads and how:
   :class:`jrmsprop.IndexedSlices` gradient, like TF's gather gradient: the loss is evaluated a
   second time with one zero "row input" added to every such read, and the gradients of those
   inputs are the rows' gradients.
+
+Gradients follow TF's convention for complex numbers, the conjugate of JAX's: for a real loss of
+a complex ``z``, TF's gradient is ``dL/dRe(z) + i·dL/dIm(z)`` (the ascent direction) where
+``jax.grad`` gives its conjugate, and a complex loss is differentiated with ``grad_loss`` (ones by
+default) as TF's ``output_gradients``. So the cotangent and the gradients are conjugated around
+``jax.vjp`` (a no-op for real values).
 """
 
 from __future__ import annotations
@@ -102,10 +108,10 @@ def flatten_variables(var_list: Any) -> list[Variable]:
 
 
 def _loss_array(out: Any) -> jax.Array:
-    """The value ``loss()`` returned as an array, which must be real floating point (a scalar,
-    or an array that is summed). Checked from its dtype (while ``jax.vjp`` traces the loss), so
-    that a string, an integer, a boolean or a complex loss is refused naming `loss` instead of
-    failing inside JAX (a complex loss was accepted; ``jax.grad`` refuses one too)."""
+    """The value ``loss()`` returned as an array, which must be floating point or complex (a
+    scalar, or an array that is summed). Checked from its dtype (while ``jax.vjp`` traces the
+    loss), so that a string, an integer or a boolean loss is refused naming `loss` instead of
+    failing inside JAX."""
     got = None
     if out is None or isinstance(out, (str, bytes)):
         got = repr(out)
@@ -115,12 +121,12 @@ def _loss_array(out: Any) -> jax.Array:
         except (TypeError, ValueError):
             got = type(out).__name__
         else:
-            if not jnp.issubdtype(array.dtype, jnp.floating):
+            if not jnp.issubdtype(array.dtype, jnp.inexact):
                 got = f"dtype {jnp.dtype(array.dtype).name}"
     if got is not None:
         raise TypeError(
-            "`loss` must return a real floating-point scalar (or a floating-point array, which "
-            f"is summed), got {validation.abbreviated(got, 80)}"
+            "`loss` must return a floating-point or complex scalar (or such an array, which is "
+            f"summed), got {validation.abbreviated(got, 80)}"
         )
     return array
 
@@ -131,8 +137,8 @@ def compute_gradients(
     """The ``(gradient, variable)`` pairs of ``loss()`` for ``var_list`` (see the module doc).
 
     Args:
-      loss: callable of no arguments returning the loss, real floating point (a non-scalar
-        loss is summed, as ``tape.gradient`` does, unless ``grad_loss`` is given).
+      loss: callable of no arguments returning the loss, floating point or complex (a
+        non-scalar loss is summed, as ``tape.gradient`` does, unless ``grad_loss`` is given).
       var_list: Variables, or a callable returning them (called after ``loss`` has run once, so
         the loss may create them).
       grad_loss: optional cotangent of the loss, shaped like the loss.
@@ -184,11 +190,11 @@ def compute_gradients(
         ct = as_array(grad_loss, out.dtype, copy=False)
         if ct.shape != out.shape:
             raise ValueError(f"`grad_loss` has shape {ct.shape} but the loss has shape {out.shape}")
-        return ct
+        return jnp.conj(ct)  # TF's convention (module doc); the gradients are conjugated back
 
     first = ReadRecorder()
     out, vjp = jax.vjp(lambda vals: evaluate(vals, first), values)
-    (dense,) = vjp(cotangent(out))
+    dense = [jnp.conj(g) for g in vjp(cotangent(out))[0]]
     keys = [id(v) for v in variables]
     sparse_only = [i for i, k in enumerate(keys) if k in first.sparse and k not in first.dense]
     grads: list[Any] = [
@@ -214,13 +220,14 @@ def compute_gradients(
 
     out, vjp, (used, dense_keys) = jax.vjp(evaluate_rows, values, plan, has_aux=True)
     dense, row_grads = vjp(cotangent(out))
+    dense = [jnp.conj(g) for g in dense]
     dense_keys = set(dense_keys)
     for i in sparse_only:
         key, var = keys[i], variables[i]
         n = len(used[key])
         if n:
             indices = jnp.concatenate([jnp.asarray(ix, jnp.int32) for ix in used[key]])
-            rows = jnp.concatenate(row_grads[key][:n], axis=0)
+            rows = jnp.conj(jnp.concatenate(row_grads[key][:n], axis=0))
         if key in dense_keys:  # also read densely (or a read without its row input)
             grad = dense[i]
             if n:
