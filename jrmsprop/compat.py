@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
 import optax
 
 from jrmsprop._src import validation
@@ -53,7 +54,7 @@ __all__ = (
 def keras2(
     learning_rate: ScalarOrSchedule = 0.001,
     rho: ScalarOrSchedule = 0.9,
-    momentum: ScalarOrSchedule = 0.0,
+    momentum: ScalarOrSchedule | None = None,
     epsilon: ScalarOrSchedule = 1e-7,
     centered: bool = False,
     **kwargs: Any,
@@ -81,7 +82,7 @@ def keras2(
 def keras3(
     learning_rate: ScalarOrSchedule = 0.001,
     rho: ScalarOrSchedule = 0.9,
-    momentum: ScalarOrSchedule = 0.0,
+    momentum: ScalarOrSchedule | None = None,
     epsilon: ScalarOrSchedule = 1e-7,
     centered: bool = False,
     weight_decay: ScalarOrSchedule | None = None,
@@ -121,7 +122,7 @@ def torch(
     alpha: ScalarOrSchedule = 0.99,
     eps: ScalarOrSchedule = 1e-8,
     weight_decay: ScalarOrSchedule = 0,
-    momentum: ScalarOrSchedule = 0,
+    momentum: ScalarOrSchedule | None = None,
     centered: bool = False,
     maximize: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
@@ -194,7 +195,7 @@ def optax_rmsprop(
     learning_rate: ScalarOrSchedule,
     decay: ScalarOrSchedule = 0.9,
     eps: ScalarOrSchedule = 1e-8,
-    initial_scale: float = 0.0,
+    initial_scale: float | jax.Array = 0.0,
     eps_in_sqrt: bool = True,
     centered: bool = False,
     momentum: ScalarOrSchedule | None = None,
@@ -220,15 +221,15 @@ def optax_rmsprop(
         raise ValueError("optax_rmsprop: `nesterov=True` is not supported by jrmsprop")
     if bias_correction:
         raise ValueError("optax_rmsprop: `bias_correction=True` is not supported by jrmsprop")
-    initial_scale = validation.check_hyperparameter("initial_scale", initial_scale, "initial_rms")
-    if initial_scale is None:
-        raise TypeError("`initial_scale` must be a number (it sets the initial `rms`)")
-    rule = _OPTAX._replace(eps_in_sqrt=bool(eps_in_sqrt), initial_rms=initial_scale)
+    if validation.is_schedule(initial_scale):
+        raise TypeError("`initial_scale` must be a number or a 0-d array, not a schedule")
+    concrete = validation.check_hyperparameter("initial_scale", initial_scale, "initial_rms")
     return build(
-        rule,
+        _OPTAX._replace(eps_in_sqrt=bool(eps_in_sqrt)),
+        initial_rms=initial_scale if concrete is None else concrete,
         learning_rate=learning_rate,
         rho=decay,
-        momentum=0.0 if momentum is None else momentum,
+        momentum=momentum,
         epsilon=eps,
         centered=centered,
     )

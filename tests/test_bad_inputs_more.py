@@ -3,8 +3,6 @@ and the leaf, where before JAX failed with a message that named neither (or the 
 accepted and the state drifted).
 
 * ``init`` with a leaf that is not an array or a number (a string): JAX's dtype error.
-* ``state.momentum_on`` that is not None or a boolean scalar: JAX's ``Pred must be a scalar``,
-  or its "Error interpreting argument" for a string.
 * a complex ``state.rms`` for a real parameter: accepted, and the state (and the updates)
   turned complex. ``init`` gives a real parameter a real ``rms`` in every preset; only
   ``compat.torch`` gives a complex parameter a complex one.
@@ -12,12 +10,9 @@ accepted and the state drifted).
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 import jrmsprop
@@ -69,78 +64,6 @@ def test_init_refuses_leaves_that_are_not_arrays_naming_params_and_the_leaf(
 def test_init_still_takes_python_and_numpy_numbers():
     state = jrmsprop.rmsprop().init({"a": 1.0, "b": np.float32(2.0), "c": 1 + 2j})
     assert state.rms["a"].dtype == jnp.float32 and state.rms["c"].dtype == jnp.float32
-
-
-# ---- state.momentum_on ------------------------------------------------------------------------
-
-
-def _traced_momentum_state(momentum: float = 0.9) -> tuple[Any, Any]:
-    """A state whose ``momentum_on`` is set: a momentum that was traced at init."""
-    tx = optax.inject_hyperparams(jrmsprop.rmsprop)(learning_rate=0.1, momentum=momentum)
-    state = jax.jit(tx.init)(PARAMS)
-    assert state.inner_state.momentum_on is not None
-    return tx, state
-
-
-def _with_momentum_on(state: Any, value: Any) -> Any:
-    return state._replace(inner_state=state.inner_state._replace(momentum_on=value))
-
-
-BAD_MOMENTUM_ON = [
-    pytest.param("abc", TypeError, "str 'abc'", id="string"),
-    pytest.param(jnp.array([True, False]), ValueError, r"shape \(2,\)", id="vector"),
-    pytest.param(np.array([[1]]), ValueError, r"shape \(1, 1\)", id="matrix"),
-    pytest.param(1j, TypeError, "complex", id="complex"),
-    pytest.param(jnp.asarray(1j), TypeError, "complex64", id="complex-array"),
-    pytest.param(np.array(["a"]), TypeError, "dtype", id="string-array"),
-    pytest.param(object(), TypeError, "object", id="object"),
-]
-
-
-# What can be an argument of a caller's jit (a string or an object cannot).
-JITTABLE_MOMENTUM_ON = [p for p in BAD_MOMENTUM_ON if p.id in ("vector", "matrix", "complex-array")]
-
-
-@pytest.mark.parametrize(
-    "jit, value, error, words",
-    [pytest.param(False, *p.values, id=p.id) for p in BAD_MOMENTUM_ON]
-    + [pytest.param(True, *p.values, id=f"jit-{p.id}") for p in JITTABLE_MOMENTUM_ON],
-)
-def test_garbage_momentum_on_is_refused_naming_it(jit, value, error, words):
-    tx, state = _traced_momentum_state()
-    bad = _with_momentum_on(state, value)
-    update = jax.jit(tx.update) if jit else tx.update
-    snapshot = _snapshot(state)
-    with pytest.raises(
-        error, match=rf"`state.momentum_on` must be None or a boolean scalar.*{words}"
-    ):
-        update(GRADS, bad, PARAMS)
-    _assert_unchanged(state, snapshot)
-
-
-@pytest.mark.parametrize("value, error, words", BAD_MOMENTUM_ON[:3])
-def test_garbage_momentum_on_is_refused_also_where_the_state_has_a_momentum_slot(
-    value, error, words
-):
-    tx = jrmsprop.rmsprop(0.1, momentum=0.9)
-    with pytest.raises(error, match=rf"`state.momentum_on`.*{words}"):
-        tx.update(GRADS, tx.init(PARAMS)._replace(momentum_on=value), PARAMS)
-
-
-@pytest.mark.parametrize("value", [jnp.asarray(True), np.bool_(True), True, jnp.int32(1)])
-def test_valid_momentum_on_values_still_work(value):
-    tx, state = _traced_momentum_state()
-    expected = tx.update(GRADS, state, PARAMS)
-    got = tx.update(GRADS, _with_momentum_on(state, value), PARAMS)
-    jax.tree.map(np.testing.assert_array_equal, got[0], expected[0])
-
-
-@pytest.mark.parametrize("value", [jnp.asarray(False), np.bool_(False), False, 0])
-def test_valid_momentum_on_off_values_still_work(value):
-    tx, state = _traced_momentum_state(0.0)
-    expected = tx.update(GRADS, state, PARAMS)
-    got = tx.update(GRADS, _with_momentum_on(state, value), PARAMS)
-    jax.tree.map(np.testing.assert_array_equal, got[0], expected[0])
 
 
 # ---- a complex rms for a real parameter -------------------------------------------------------

@@ -146,7 +146,7 @@ def test_float64_slots_compute_float32_gradients_in_float64(x64):
     p = jnp.array([1.0, 2.0], jnp.float32)
     g = jnp.array([0.1, 0.3], jnp.float32)
     u, s = tx.update(g, tx.init(p))
-    assert s.rms.dtype == jnp.float64 and u.dtype == jnp.float64
+    assert s.rms.dtype == jnp.float64 and u.dtype == jnp.float32  # updates: the gradient's dtype
     g64 = np.asarray(g, np.float64)
     rms = (1 - np.float64(np.float32(0.9))) * g64 * g64
     np.testing.assert_array_equal(np.asarray(s.rms), rms)
@@ -209,19 +209,27 @@ def test_inject_hyperparams_is_exact_in_every_calling_style(jit_init, jit_update
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_injected_momentum_leaving_zero_without_a_buffer_raises():
-    tx = optax.inject_hyperparams(jrmsprop.rmsprop)(learning_rate=0.1)
-    p = jnp.ones(3)
-    state = tx.init(p)
+@pytest.mark.parametrize("jit", [False, True])
+def test_injected_momentum_picks_the_formula_by_its_value_at_each_step(jit):
+    """An injected momentum keeps its slot; 0 computes what no momentum does, 0.9 what 0.9 does."""
+    tx = optax.inject_hyperparams(jrmsprop.rmsprop)(learning_rate=0.1, momentum=0.0)
+    p, g = jnp.array([1.0, -2.0, 3.0]), jnp.array([0.3, -0.7, 1.1])
+    init, update = (jax.jit(tx.init), jax.jit(tx.update)) if jit else (tx.init, tx.update)
+    state = init(p)
+    u0, state = update(g, state, p)
+    np.testing.assert_array_equal(
+        u0, jrmsprop.rmsprop(0.1).update(g, jrmsprop.rmsprop(0.1).init(p))[0]
+    )
+    np.testing.assert_array_equal(state.inner_state.momentum, np.zeros(3))  # the buffer untouched
     state.hyperparams["momentum"] = jnp.asarray(0.9)
-    with pytest.raises(ValueError, match="no momentum buffer"):
-        tx.update(jnp.ones(3), state, p)
-    with pytest.raises(Exception, match="no momentum buffer"):
-        jax.block_until_ready(jax.jit(tx.update)(jnp.ones(3), state, p))
+    plain = jrmsprop.rmsprop(0.1, momentum=0.9)
+    ref_state = plain.init(p)._replace(rms=state.inner_state.rms, count=state.inner_state.count)
+    u1, _ = update(g, state, p)
+    np.testing.assert_array_equal(u1, plain.update(g, ref_state)[0])
 
 
 def test_negative_count_does_not_produce_nan():
-    for tx in (jrmsprop.rmsprop(0.1), jrmsprop.rmsprop(0.1, decay=0.5, momentum=0.9)):
+    for tx in (jrmsprop.rmsprop(0.1), jrmsprop.rmsprop(0.1, decay=0.01, momentum=0.9)):
         p = jnp.ones(3)
         state = tx.init(p)._replace(count=jnp.asarray(-4, jnp.int32))
         u, _ = tx.update(jnp.full(3, 0.5), state, p)

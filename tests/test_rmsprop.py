@@ -13,6 +13,7 @@ import pytest
 from numpy_reference import Reference
 
 import jrmsprop
+from jrmsprop import compat
 
 SHAPES = [(), (3,), (2, 5)]
 STEPS = 25
@@ -452,15 +453,96 @@ def test_chain_with_clipping_and_weight_decay():
     chex.assert_trees_all_close(p, params, rtol=1e-6)
 
 
-def test_inject_hyperparams_equivalence():
-    for config in [dict(momentum=0.0), dict(momentum=0.9, centered=True)]:
-        plain, _, _ = _train(jrmsprop.rmsprop(0.02, rho=0.8, epsilon=1e-3, **config), steps=10)
-        injected_tx = optax.inject_hyperparams(jrmsprop.rmsprop)(
-            learning_rate=0.02, rho=0.8, epsilon=1e-3, **config
-        )
-        injected, state, _ = _train(injected_tx, steps=10)
-        chex.assert_trees_all_equal(plain, injected)
-        assert set(state.hyperparams) >= {"learning_rate", "rho", "momentum", "epsilon"}
+# One row per preset: values exact in float32, so that "the same values" are the same whether
+# they reach the factory as Python numbers or (optax.inject_hyperparams) as float32 arrays.
+OPTAX_BATTERY = {
+    "rmsprop": (jrmsprop.rmsprop, dict(learning_rate=0.03125)),
+    "rmsprop-mom-centered": (
+        jrmsprop.rmsprop,
+        dict(learning_rate=0.03125, momentum=0.875, centered=True, rho=0.75),
+    ),
+    "rmsprop-decay": (jrmsprop.rmsprop, dict(learning_rate=0.25, decay=0.0625, rho=0.75)),
+    "keras3": (compat.keras3, dict(learning_rate=0.125, rho=0.75, weight_decay=0.0625)),
+    "keras3-mom": (compat.keras3, dict(rho=0.75, momentum=0.5, centered=True)),
+    "torch": (compat.torch, dict(lr=0.0625, alpha=0.75)),
+    "torch-mom": (
+        compat.torch,
+        dict(lr=0.0625, alpha=0.75, momentum=0.5, weight_decay=0.125, centered=True),
+    ),
+    "tf1": (compat.tf1, dict(learning_rate=0.125)),
+    "tf1-mom": (compat.tf1, dict(learning_rate=0.125, momentum=0.5, centered=True)),
+    "optax": (compat.optax_rmsprop, dict(learning_rate=0.125, eps=1.0, initial_scale=0.5)),
+    "optax-mom": (compat.optax_rmsprop, dict(learning_rate=0.125, momentum=0.5)),
+}
+BATTERY_PARAMS = [-jnp.ones((2, 3)), jnp.arange(20.0).reshape(2, 5, 2) / 7]
+BATTERY_GRADS = [jnp.full((2, 3), 0.375), jnp.sin(jnp.arange(20.0)).reshape(2, 5, 2)]
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+@pytest.mark.parametrize("name", list(OPTAX_BATTERY))
+def test_inject_hyperparams_equals_the_plain_transformation(name, jit):
+    """optax's contract (alias_test, inject_test): every numeric argument injected, defaults
+    included, gives the plain transformation's state (structure and values) and updates."""
+    factory, kwargs = OPTAX_BATTERY[name]
+    plain, injected = factory(**kwargs), optax.inject_hyperparams(factory)(**kwargs)
+    wrap = jax.jit if jit else (lambda f: f)
+    state, state_inj = wrap(plain.init)(BATTERY_PARAMS), wrap(injected.init)(BATTERY_PARAMS)
+    assert set(state_inj.hyperparams) >= {k for k, v in kwargs.items() if k != "centered"}
+    assert jax.tree.structure(state_inj.inner_state) == jax.tree.structure(state)
+    chex.assert_trees_all_equal(state_inj.inner_state, state)
+    params = BATTERY_PARAMS
+    for step in range(3):
+        grads = jax.tree.map(lambda g, s=step: g * (s + 1), BATTERY_GRADS)
+        updates, state = wrap(plain.update)(grads, state, params)
+        updates_inj, state_inj = wrap(injected.update)(grads, state_inj, params)
+        chex.assert_trees_all_equal(updates_inj, updates)
+        chex.assert_trees_all_equal(state_inj.inner_state, state)
+        params = optax.apply_updates(params, updates)
+
+
+@pytest.mark.parametrize("name", list(OPTAX_BATTERY))
+def test_abstract_init_gives_the_state_structure(name):
+    """``jax.eval_shape(tx.init, ...)`` on abstract params: how a sharded state is laid out."""
+    factory, kwargs = OPTAX_BATTERY[name]
+    tx = optax.inject_hyperparams(factory)(**kwargs)
+    abstract = jax.eval_shape(
+        tx.init, jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), BATTERY_PARAMS)
+    )
+    concrete = tx.init(BATTERY_PARAMS)
+    assert jax.tree.structure(abstract) == jax.tree.structure(concrete)
+    assert [(x.shape, x.dtype) for x in jax.tree.leaves(abstract)] == [
+        (x.shape, x.dtype) for x in jax.tree.leaves(concrete)
+    ]
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16, jnp.float32])
+@pytest.mark.parametrize("name", list(OPTAX_BATTERY))
+def test_updates_come_back_in_the_gradients_dtype(name, dtype):
+    """optax's test_preserve_dtype, with and without ``params`` (float16 gets float32 slots)."""
+    factory, kwargs = OPTAX_BATTERY[name]
+    tx = factory(**kwargs)
+    params = jnp.array([1.0, 2.0], dtype)
+    grads = jax.grad(lambda p: jnp.sum(p.astype(jnp.float32) ** 2).astype(dtype))(params)
+    state = tx.init(params)
+    assert tx.update(grads, state, params)[0].dtype == dtype
+    if "weight_decay" not in kwargs:
+        assert tx.update(grads, state)[0].dtype == dtype
+
+
+def test_bfloat16_params_with_float32_slots_get_bfloat16_updates():
+    tx = jrmsprop.rmsprop(0.1, slot_dtype=jnp.float32)
+    params = jnp.array([1.0, 2.0], jnp.bfloat16)
+    state = tx.init(params)
+    assert state.rms.dtype == jnp.float32
+    updates, _ = tx.update(params, state)
+    reference, _ = jrmsprop.rmsprop(0.1).update(params.astype(jnp.float32), tx.init(params))
+    np.testing.assert_array_equal(updates, reference.astype(jnp.bfloat16))
+
+
+@pytest.mark.parametrize("decay", [0.5, 0.9, 0.99, 1])
+def test_a_decay_that_looks_like_rho_warns_naming_rho(decay):
+    with pytest.warns(UserWarning, match=r"`decay`=.* inverse-time .*pass that as `rho`"):
+        jrmsprop.rmsprop(0.01, decay=decay)
 
 
 def test_inject_hyperparams_can_change_learning_rate_without_retracing():

@@ -139,15 +139,6 @@ def compute_dtype(*dtypes: Any) -> jnp.dtype:
     return jnp.dtype(jnp.complex128 if width >= 8 else jnp.complex64) if is_complex else real
 
 
-def result_dtype(*dtypes: Any) -> jnp.dtype:
-    """The promoted dtype of gradient and slot (no float32 floor): an update's dtype."""
-    floor = [jnp.dtype(d) for d in dtypes if d is not None]
-    widest = max(floor, key=lambda d: (jnp.dtype(real_dtype(d)).itemsize, d == jnp.float32))
-    if any(jnp.issubdtype(d, jnp.complexfloating) for d in floor):
-        return compute_dtype(*floor)
-    return widest
-
-
 def real_dtype(dtype: jnp.dtype) -> jnp.dtype:
     """The real dtype matching ``dtype`` (``complex64`` -> ``float32``)."""
     return jnp.finfo(dtype).dtype

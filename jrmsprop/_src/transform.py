@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import warnings
 import weakref
 from collections.abc import Callable
 from typing import Any, NamedTuple, Union
@@ -30,18 +31,15 @@ class RMSpropState(NamedTuple):
         ``None`` when the configuration has no momentum slot.
       mg: running mean of gradients (Keras ``mg``, PyTorch ``grad_avg``, Keras 3
         ``average_gradient``) when ``centered``, else ``None``.
-      momentum_on: ``None`` in all but one case: when ``momentum`` was an abstract (traced)
-        value at ``init`` -- e.g. ``optax.inject_hyperparams`` under a jitted ``init`` -- the
-        buffer is created and this boolean scalar records whether the momentum given was
-        non-zero, so that the update follows the formula of the momentum the user wrote
-        (ε outside the root for 0), exactly as an eager ``init`` would.
+
+    The structure depends only on the factory's static arguments (``centered``, and whether
+    ``momentum`` is ``None``/a number, an array or a schedule), never on a traced value.
     """
 
     count: jax.Array
     rms: optax.Updates
     momentum: optax.Updates | None
     mg: optax.Updates | None
-    momentum_on: jax.Array | None = None
 
 
 _NAMES = ("learning_rate", "rho", "momentum", "epsilon", "decay", "weight_decay")
@@ -68,7 +66,7 @@ class _Config(NamedTuple):
     rule: arithmetic.Rule
     schedules: tuple[_Schedule | None, ...]  # per hyperparameter of _NAMES
     centered: bool
-    momentum_slot: bool | None  # None: momentum is an array; decided from its value at init
+    momentum_slot: bool | None  # None: an array; slot kept, each step's value picks the formula
     use_weight_decay: bool | None  # None: a traced value; applied when params are given
     slot_dtype: Any  # None: each parameter's (float32 for float16 parameters)
     epsilon_nonzero: bool = False  # ε is a number that is not 0 in float32 (Rule.variant)
@@ -95,7 +93,7 @@ def slot_dtype_of(
     treats it as two real ones (PyTorch) and for ``momentum`` / ``mg``."""
     dtype = default_slot_dtype(param_dtype, slot_dtype)
     if jnp.issubdtype(param_dtype, jnp.complexfloating) and (not real or complex_as_real):
-        return jnp.dtype(jnp.promote_types(dtype, jnp.complex64))
+        return arithmetic.compute_dtype(dtype, jnp.complex64)
     return jnp.dtype(arithmetic.real_dtype(dtype)) if real else dtype
 
 
@@ -111,7 +109,7 @@ def _check_float(who: str, kind: str, path: tuple[Any, ...], dtype: Any) -> None
         )
 
 
-def _init(params: optax.Params, config: _Config, momentum: Any) -> RMSpropState:
+def _init(params: optax.Params, config: _Config, initial_rms: Any) -> RMSpropState:
     rule = config.rule
 
     def slot(path, p, value, real):
@@ -132,19 +130,11 @@ def _init(params: optax.Params, config: _Config, momentum: Any) -> RMSpropState:
     def slots(value, real):
         return jax.tree_util.tree_map_with_path(lambda path, p: slot(path, p, value, real), params)
 
-    momentum_on = None
-    has_slot = config.momentum_slot
-    if has_slot is None:  # an array: decided by its value, also when it is traced
-        value = validation.concrete_scalar("momentum", momentum)
-        has_slot = True if value is None else value != 0.0
-        if value is None:
-            momentum_on = jnp.asarray(momentum) != 0
     return RMSpropState(
         count=jnp.zeros([], jnp.int32),
-        rms=slots(rule.initial_rms, True),
-        momentum=slots(0, False) if has_slot else None,
+        rms=slots(initial_rms, True),
+        momentum=slots(0, False) if config.momentum_slot is not False else None,
         mg=slots(0, False) if config.centered else None,
-        momentum_on=momentum_on,
     )
 
 
@@ -192,43 +182,16 @@ def _check_state(state: Any, config: _Config) -> None:
             f"{who}: `state` {'lacks' if config.centered else 'has'} the `mg` slot but "
             f"this transformation has centered={config.centered}"
         )
-    if config.momentum_slot is not None and config.momentum_slot != (state.momentum is not None):
+    has_slot = config.momentum_slot is not False
+    if has_slot != (state.momentum is not None):
         raise ValueError(
             f"{who}: `state` "
             + (
-                "lacks a momentum slot but momentum is non-zero"
-                if config.momentum_slot
-                else "has a momentum slot but momentum is 0"
+                "lacks the momentum slot that this transformation's momentum needs"
+                if has_slot
+                else "has a momentum slot but momentum is None or 0"
             )
             + "; build the state with the same transformation's init"
-        )
-
-
-def _check_momentum_on(who: str, momentum_on: Any) -> None:
-    """``state.momentum_on`` is None or a boolean scalar (what ``init`` makes; a number, which
-    the update reads as ``!= 0``, is accepted too). Checked on the host before the update is
-    called (a string cannot even enter ``jit``), from shapes and dtypes only, also for tracers."""
-    if momentum_on is None:
-        return
-    if not isinstance(momentum_on, (jax.Array, np.ndarray, np.generic, bool, int, float)):
-        raise TypeError(
-            f"{who}: `state.momentum_on` must be None or a boolean scalar, got "
-            f"{type(momentum_on).__name__} {validation.abbreviated(repr(momentum_on), 80)}"
-        )
-    dtype = np.result_type(momentum_on) if isinstance(momentum_on, (bool, int, float)) else None
-    dtype = jnp.dtype(momentum_on.dtype if dtype is None else dtype)
-    if not (
-        dtype == jnp.bool_
-        or jnp.issubdtype(dtype, jnp.integer)
-        or jnp.issubdtype(dtype, jnp.floating)
-    ):
-        raise TypeError(
-            f"{who}: `state.momentum_on` must be None or a boolean scalar, got dtype {dtype.name}"
-        )
-    if jnp.ndim(momentum_on) != 0:
-        raise ValueError(
-            f"{who}: `state.momentum_on` must be None or a boolean scalar, got shape "
-            f"{tuple(jnp.shape(momentum_on))}"
         )
 
 
@@ -367,7 +330,8 @@ def _leaf_update(
         )
     slot_dtype = (mom if mom is not None else rms).dtype
     dtype = arithmetic.compute_dtype(g.dtype, slot_dtype, None if param is None else param.dtype)
-    out_dtype = param.dtype if param is not None else arithmetic.result_dtype(g.dtype, slot_dtype)
+    # optax's contract: the parameter's dtype, else the gradient's (never the slots').
+    out_dtype = g.dtype if param is None else param.dtype
     if apply == "fused":
         if _takes_kernel(g, param, rms, mom, mg, momentum_on, config):
             return _KernelLeaf(g, param, rms, mom, mg)
@@ -464,7 +428,8 @@ def _leaf_step(
         )
         return update.astype(out_dtype), rms2, mom2, mg2
 
-    # The momentum was traced at init: follow the formula of the value it had then.
+    # An array momentum (e.g. optax.inject_hyperparams): the slot exists, and the step's value
+    # picks the formula, so that 0 computes what a Python 0 does (no buffer, ε outside for Keras).
     def without_momentum():
         update, rms2, _, mg2 = step(None, False)
         return update, rms2, mom, mg2
@@ -553,23 +518,14 @@ def _kernel_apply_jvp(variant, primals, tangents):
     return jax.jvp(lambda *args: _xla_apply(*args, variant), primals, tangents)
 
 
-# Why a hyperparameter that is only known on the device (traced) must be 0: checked on the host.
-_MUST_BE_ZERO = {
-    "weight_decay": "`params` were not passed: weight decay needs them, call "
-    "update(grads, state, params)",
-    "momentum": "the optimizer state has no momentum buffer (it was created with momentum 0, "
-    "e.g. optax.inject_hyperparams({framework})({momentum}=0.0) then changed); create the "
-    "optimizer with a non-zero momentum to change it later",
-}
-
-
-def _check_zero(rule: arithmetic.Rule, name: str, value: Any) -> None:
-    """Host-side check (see ``_update``): raises unless ``value`` is 0 (see ``_MUST_BE_ZERO``),
-    naming the argument and the factory as the user wrote them."""
+def _check_no_weight_decay(rule: arithmetic.Rule, value: Any) -> None:
+    """Host-side check of a traced weight decay called without ``params``: it must be 0."""
     value = np.asarray(value)
     if value != 0:
-        why = _MUST_BE_ZERO[name].format(framework=rule.framework, momentum=rule.user_name(name))
-        raise ValueError(f"{rule.framework}: `{rule.user_name(name)}` is {value} but {why}")
+        raise ValueError(
+            f"{rule.framework}: `weight_decay` is {value} but `params` were not passed: weight "
+            "decay needs them, call update(grads, state, params)"
+        )
 
 
 def _schedule_value(
@@ -626,7 +582,6 @@ def _tree_update(
     params,
     dynamic,
     config: _Config,
-    check_momentum: bool,
     apply: str = "updates",
 ):
     """The whole-tree update (see :data:`_update`).
@@ -671,12 +626,11 @@ def _tree_update(
     hp = arithmetic.Hyperparams(*values, step=count)
     if config.use_weight_decay is None and params is None and rms_leaves:
         jax.debug.callback(
-            functools.partial(_check_zero, config.rule, "weight_decay"), hp.weight_decay
+            functools.partial(_check_no_weight_decay, config.rule), hp.weight_decay
         )  # a traced weight decay
-    momentum_on = state.momentum_on
-    if check_momentum and (not has_momentum or momentum_on is not None):
-        off = hp.momentum if momentum_on is None else jnp.where(momentum_on, 0, hp.momentum)
-        jax.debug.callback(functools.partial(_check_zero, config.rule, "momentum"), off)
+    momentum_on = None
+    if config.momentum_slot is None and has_momentum:
+        momentum_on = jnp.asarray(hp.momentum) != 0
 
     scalars: dict[Any, arithmetic.Scalars] = {}  # resolved once per real compute dtype
 
@@ -723,7 +677,6 @@ def _tree_update(
         rms=unflatten(columns[1]),
         momentum=unflatten(columns[2]) if has_momentum else None,
         mg=unflatten(columns[3]) if mg_leaves is not None else None,
-        momentum_on=momentum_on,
     )
     return unflatten(columns[0]), new_state
 
@@ -731,7 +684,7 @@ def _tree_update(
 # Compiled once per tree signature and configuration: an eager ``update`` is one cached call.
 # Inside a user's ``jit`` (the state is traced) the tree update is traced inline instead: a
 # nested call with one argument per leaf and slot only adds work for XLA's call inliner.
-_update = jax.jit(_tree_update, static_argnames=("config", "check_momentum", "apply"))
+_update = jax.jit(_tree_update, static_argnames=("config", "apply"))
 
 
 _FLOAT32_TINY = float(np.finfo(np.float32).tiny)
@@ -800,19 +753,21 @@ def build(
     *,
     learning_rate: ScalarOrSchedule,
     rho: ScalarOrSchedule,
-    momentum: ScalarOrSchedule,
+    momentum: ScalarOrSchedule | None,
     epsilon: ScalarOrSchedule,
     centered: bool,
     decay: ScalarOrSchedule = 0.0,
     weight_decay: ScalarOrSchedule | None = None,
     slot_dtype: Any | None = None,
     momentum_slot: bool | None = None,
+    initial_rms: Any = None,
     apply_fn: bool = False,
 ) -> Any:
     """The transformation for ``rule`` (used by :func:`rmsprop` and every preset).
 
     ``momentum_slot=True`` keeps a momentum buffer even for momentum 0 (Keras: a tensor or
-    callable momentum; used by the stateful wrapper). ``apply_fn=True`` returns
+    callable momentum; used by the stateful wrapper). ``initial_rms`` (a number or 0-d array)
+    overrides ``rule.initial_rms``. ``apply_fn=True`` returns
     ``(transformation, apply)`` where ``apply(grads, state, params, fused=False)`` returns
     ``(new_params, new_state)``: the update already added to the parameters, as
     :func:`jrmsprop.apply_updates` would; with ``fused=True`` eligible float32 leaves on CPU take
@@ -821,10 +776,11 @@ def build(
     (:func:`cpu_kernel.where_kernel_runs`). The same ``apply`` is kept for every transformation
     (``apply_fn`` or not) for :func:`jrmsprop.update_and_apply`.
     """
+    no_momentum = momentum is None
     hyperparams = dict(
         learning_rate=learning_rate,
         rho=rho,
-        momentum=momentum,
+        momentum=0.0 if no_momentum else momentum,
         epsilon=epsilon,
         decay=decay,
         weight_decay=0.0 if weight_decay is None else weight_decay,
@@ -855,14 +811,16 @@ def build(
             raise TypeError(f"`slot_dtype` must be a floating dtype, got {slot_kind.name}")
         slot_dtype = slot_kind
 
-    # Is there a momentum slot? Decided by what the user wrote: a Python number by its value, a
-    # schedule always (as Keras does for a callable), an array by its value at init.
+    # Is there a momentum slot? Decided by static information only (optax's rule: the state's
+    # structure never depends on a traced value): None and a Python number by its value, a
+    # schedule always (as Keras does for a callable); an array (optax.inject_hyperparams) gets
+    # the slot and its value picks the formula at each step (momentum_slot None).
     if momentum_slot is None:
         momentum_slot = rule.momentum_slot
     if momentum_slot is None:
         if validation.is_schedule(momentum):
             momentum_slot = True
-        elif _is_python_number(momentum):
+        elif no_momentum or _is_python_number(momentum):
             momentum_slot = concrete["momentum"] != 0.0
     one_minus_rho = None
     if rule.one_minus_rho_in_double and _is_python_number(rho):
@@ -886,32 +844,13 @@ def build(
     ) + (one_minus_rho,)
 
     def init_fn(params: optax.Params) -> RMSpropState:
-        return _init(params, config, momentum)
+        return _init(params, config, rule.initial_rms if initial_rms is None else initial_rms)
 
     def run(updates, state, params, apply):
         _check_count(rule, getattr(state, "count", None))
-        if isinstance(state, RMSpropState):
-            _check_momentum_on(rule.framework, state.momentum_on)
-        check_momentum = False
-        if config.momentum_slot is None and isinstance(state, RMSpropState):
-            # An array momentum (e.g. optax.inject_hyperparams): it may only be non-zero when
-            # the state has a momentum buffer in use. Checked here when concrete, else on host.
-            no_buffer = state.momentum is None
-            if _is_traced(momentum) or _is_traced(state.momentum_on):
-                check_momentum = no_buffer or state.momentum_on is not None
-            elif no_buffer or (state.momentum_on is not None and not bool(state.momentum_on)):
-                _check_zero(rule, "momentum", momentum)
         update = _tree_update if _is_traced(getattr(state, "count", None)) else _update
         try:
-            return update(
-                updates,
-                state,
-                params,
-                dynamic,
-                config=config,
-                check_momentum=check_momentum,
-                apply=apply,
-            )
+            return update(updates, state, params, dynamic, config=config, apply=apply)
         except TypeError as e:  # JAX refuses a leaf as a jit argument: name it, if it is ours
             what = "updates" if apply == "updates" else "grads"
             _name_a_leaf_that_is_not_an_array(rule.framework, e, what, updates)
@@ -969,7 +908,7 @@ def _is_python_number(value: Any) -> bool:
 def rmsprop(
     learning_rate: ScalarOrSchedule = 0.001,
     rho: ScalarOrSchedule = 0.9,
-    momentum: ScalarOrSchedule = 0.0,
+    momentum: ScalarOrSchedule | None = None,
     epsilon: ScalarOrSchedule = 1e-7,
     centered: bool = False,
     *,
@@ -995,11 +934,15 @@ def rmsprop(
       \text{no momentum slot:}\quad u &= -\frac{lr\, g}{\sqrt{v} + \epsilon}
 
     So, as in Keras 2, ε sits *inside* the root when there is a momentum slot and *outside*
-    otherwise. Whether there is one is decided by what you wrote: a number by its value (0: no
-    slot), a schedule always (as Keras does for a callable), an array (e.g. under
-    ``optax.inject_hyperparams``) by its value at ``init`` -- the same whether ``init`` and
-    ``update`` are jitted or not. A state without a momentum slot refuses a momentum that later
-    becomes non-zero (a ``ValueError``; under ``jit`` raised from the host when the step runs).
+    otherwise. Whether there is a slot is decided by what you wrote, never by a traced value
+    (optax's rule, so that a state has one structure in every calling style): ``None`` (the
+    default) or a number by its value (0: no slot); a schedule always, as Keras does for a
+    callable. An array -- ``optax.inject_hyperparams`` turns every number into one -- always
+    gets the slot, and its value at each step picks the formula: 0 computes exactly what a
+    Python 0 does (ε outside, the buffer untouched), anything else what that number does. So
+    injected values give the plain transformation's numbers; Keras's own rule (a tensor
+    momentum is "on" whatever its value) is what a schedule gives. Leave ``momentum`` at
+    ``None`` under ``inject_hyperparams`` and the state has no buffer, as the plain one.
 
     Numerics:
 
@@ -1023,12 +966,13 @@ def rmsprop(
     Args:
       learning_rate: step size ``lr`` (finite number >= 0, 0-d array, or schedule of the step).
       rho: discounting factor of the moving averages, in ``[0, 1]``.
-      momentum: heavy-ball momentum ``μ`` in ``[0, 1]``.
+      momentum: heavy-ball momentum ``μ`` in ``[0, 1]``, or ``None`` (no momentum slot).
       epsilon: ``ε`` against division by zero (finite, ``>= 0``). As Keras's ``epsilon or
         backend.epsilon()``, a number ``0`` or ``None`` means ``1e-7``; an array (e.g. under
         ``optax.inject_hyperparams``) or a schedule is used as it is.
       centered: normalise by the estimated variance (keeps the ``mg`` slot).
-      decay: Keras's inverse-time learning-rate decay, ``lr / (1 + decay·t)`` (finite, ``>= 0``).
+      decay: Keras's inverse-time learning-rate decay, ``lr / (1 + decay·t)`` (finite, ``>= 0``;
+        a value in ``[0.5, 1]`` looks like a moving-average factor and warns, naming ``rho``).
       slot_dtype: dtype of the slots (default: as described under Numerics).
 
     Returns:
@@ -1052,6 +996,15 @@ def rmsprop(
     """
     if epsilon is None or (_is_python_number(epsilon) and epsilon == 0):
         epsilon = validation.KERAS_EPSILON  # Keras 2: ``epsilon or backend.epsilon()``
+    if _is_python_number(decay) and 0.5 <= decay <= 1:
+        # optax and PyTorch users write ρ as `decay`; Keras recipes decay the rate by 1e-6..1e-2.
+        warnings.warn(
+            f"rmsprop: `decay`={decay} is Keras's inverse-time learning-rate decay "
+            f"lr / (1 + decay·t) (the rate is {1 + 10 * decay:g}x smaller by step 10), not the "
+            "moving-average factor; pass that as `rho`",
+            UserWarning,
+            stacklevel=2,
+        )
     return build(
         KERAS2,
         learning_rate=learning_rate,
