@@ -207,7 +207,7 @@ def test_fit_equals_a_manual_jrmsprop_loop(momentum, centered, keras_promotion, 
     monkeypatch.setattr(cpu_kernel, "fused_steps", counting_fused_steps)
     # traced anew, whatever ran before in this process
     transform._leaf_step.clear_cache()
-    transform._apply_columns_with_kernel.clear_cache()
+    cpu_kernel._apply_columns_with_kernel.clear_cache()
     x, y = _regression_data()
     hyper = dict(
         learning_rate=0.01, rho=0.9, momentum=momentum, epsilon=1e-7, centered=centered, decay=0.01

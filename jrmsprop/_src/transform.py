@@ -195,6 +195,10 @@ def _check_state(state: Any, config: _Config) -> None:
         )
 
 
+def _variant(config: _Config, has_momentum: bool) -> arithmetic.Variant:
+    return config.rule.variant(has_momentum, config.epsilon_nonzero)
+
+
 def _leaf_dtype(leaf: Any) -> Any:
     """The dtype of a gradient or parameter leaf (an IndexedSlices' values'), or None."""
     if isinstance(leaf, sparse.IndexedSlices):
@@ -283,16 +287,15 @@ def _as_complex(x: jax.Array | None, like: jax.Array | None) -> jax.Array | None
 
 def _leaf_update(
     path, g, param, rms, mom, mg, momentum_on, scalars_for, config: _Config, apply: str
-) -> tuple[Any, jax.Array, jax.Array | None, jax.Array | None] | _KernelLeaf:
+) -> tuple[Any, jax.Array, jax.Array | None, jax.Array | None] | cpu_kernel.Leaf:
     """One leaf: the checks that name its path, then :func:`_leaf_step`.
 
     Returns ``(update, rms, momentum, mg)``; the update is in the parameter's dtype (when
     ``param`` is given) or in the promoted dtype of the gradient and the slot. With ``apply``
     other than ``"updates"`` the first result is the new parameter instead (``param + update``,
-    as ``jrmsprop.apply_updates`` computes it). With ``"fused"``, a leaf that the one-pass kernel
-    of :mod:`jrmsprop._src.cpu_kernel` may take (:func:`_takes_kernel`) is returned unchanged as
-    a :class:`_KernelLeaf`: the tree update then runs them in kernel calls of up to
-    :data:`_KERNEL_GROUP` leaves each, bit for bit what ``"params"`` computes.
+    as ``jrmsprop.apply_updates`` computes it). With ``"fused"``, a leaf that the one-pass CPU
+    kernel may take (:func:`cpu_kernel.takes`) is returned unchanged as a ``cpu_kernel.Leaf``,
+    for :func:`cpu_kernel.apply_leaves`: bit for bit what ``"params"`` computes.
     """
     rule = config.rule
     param = None if param is None else jnp.asarray(param)
@@ -333,8 +336,12 @@ def _leaf_update(
     # optax's contract: the parameter's dtype, else the gradient's (never the slots').
     out_dtype = g.dtype if param is None else param.dtype
     if apply == "fused":
-        if _takes_kernel(g, param, rms, mom, mg, momentum_on, config):
-            return _KernelLeaf(g, param, rms, mom, mg)
+        if (
+            config.use_weight_decay is False
+            and momentum_on is None
+            and cpu_kernel.takes(g, param, rms, mom, mg, _variant(config, mom is not None))
+        ):
+            return cpu_kernel.Leaf(g, param, rms, mom, mg)
         apply = "params"  # the same numbers through XLA (and the same cached trace)
     sc = scalars_for(dtype)
     return _leaf_step(
@@ -349,39 +356,6 @@ def _leaf_update(
         apply=apply,
         dtype=dtype,
         out_dtype=jnp.dtype(out_dtype),
-    )
-
-
-#: Leaves per call of the CPU kernel. One call for a group of leaves instead of one per leaf
-#: steps as fast (XLA's runtime runs independent calls side by side anyway) and, without
-#: momentum, compiles faster (512 leaves of 32768: about 0.7x; with momentum no consistent
-#: difference was measured); XLA's compile time grows much faster than the operands of one call
-#: (one call for all 512 leaves: 6.8 s against 1.4 s), so the groups stay small.
-#: ``benchmarks/kernel_group_probe.py`` compares sizes.
-_KERNEL_GROUP = 32
-
-
-class _KernelLeaf(NamedTuple):
-    """A checked leaf that the CPU kernel may take: updated with the others in one call."""
-
-    g: jax.Array
-    param: jax.Array
-    rms: jax.Array
-    mom: jax.Array | None
-    mg: jax.Array | None
-
-
-def _takes_kernel(g, param, rms, mom, mg, momentum_on, config: _Config) -> bool:
-    """Whether a checked leaf may take :mod:`jrmsprop._src.cpu_kernel` (where it runs, see
-    :func:`cpu_kernel.where_kernel_runs`): dense, every array float32, no weight decay (the
-    parameter is only added to), no traced momentum switch, and a formula the kernel computes."""
-    return (
-        config.use_weight_decay is False
-        and momentum_on is None
-        and not isinstance(g, sparse.IndexedSlices)
-        and all(x is None or x.dtype == jnp.float32 for x in (g, param, rms, mom, mg))
-        and cpu_kernel.supports(config.rule.variant(mom is not None, config.epsilon_nonzero))
-        and cpu_kernel.available()
     )
 
 
@@ -448,74 +422,6 @@ def _leaf_step(
         return (sparse.apply_updates(param_in, update), *slots)
 
     return applied(*dispatch())
-
-
-def _apply_with_kernel(leaves: list[_KernelLeaf], sc: arithmetic.Scalars, variant):
-    """The new ``(param, rms, mom, mg)`` of a group of leaves the kernel may take: one kernel
-    call for them all where it runs (:func:`cpu_kernel.where_kernel_runs`), else XLA leaf by
-    leaf. Columns of leaves go in (``None`` entries where a slot is absent)."""
-    return _apply_columns_with_kernel(*(list(c) for c in zip(*leaves, strict=True)), sc, variant)
-
-
-# Traced and lowered once per group signature, as :func:`_leaf_step` once per leaf signature (the
-# groups of a tree of same-shaped leaves share one); XLA inlines the calls.
-@functools.partial(jax.jit, static_argnums=6)
-def _apply_columns_with_kernel(gs, ps, rmss, moms, mgs, sc, variant):
-    return cpu_kernel.where_kernel_runs(
-        lambda *args: _kernel_apply(*args, variant),
-        lambda *args: _xla_apply(*args, variant),
-        gs,
-        ps,
-        rmss,
-        moms,
-        mgs,
-        sc,
-    )
-
-
-@functools.partial(jax.jit, static_argnums=6)
-def _xla_apply_leaf(g, p, rms, mom, mg, sc, variant):
-    """What :func:`_leaf_step` computes for a leaf the CPU kernel can take (dense float32, no
-    weight decay, no traced momentum switch): the new parameter and slots, through XLA. Traced
-    once per leaf signature, as :func:`_leaf_step`."""
-    update, rms, mom, mg = arithmetic.rmsprop_step(
-        g, None, rms, mom, mg, sc, variant, jnp.float32, negate=True
-    )
-    return sparse.apply_updates(p, update), rms, mom, mg
-
-
-def _xla_apply(gs, ps, rmss, moms, mgs, sc, variant):
-    """:func:`_xla_apply_leaf` on columns of leaves: a list of ``(param, rms, mom, mg)``."""
-    return [
-        _xla_apply_leaf(*leaf, sc, variant) for leaf in zip(gs, ps, rmss, moms, mgs, strict=True)
-    ]
-
-
-@functools.partial(jax.custom_jvp, nondiff_argnums=(6,))
-def _kernel_apply(gs, ps, rmss, moms, mgs, sc, variant):
-    """:func:`_xla_apply` in one pass of the CPU kernel over every leaf; differentiated through
-    the XLA path (the kernel is a foreign call without derivatives; both compute the same
-    values)."""
-    has_mom, has_mg = moms[0] is not None, mgs[0] is not None  # a slot is in every leaf or none
-    new_ps, new_rms, new_moms, new_mgs = cpu_kernel.fused_steps(
-        gs,
-        rmss,
-        moms if has_mom else None,
-        mgs if has_mg else None,
-        sc,
-        variant,
-        output="param",
-        params=ps,
-        who="update_and_apply",
-    )
-    return list(
-        zip(new_ps, new_rms, new_moms if has_mom else moms, new_mgs if has_mg else mgs, strict=True)
-    )
-
-
-@_kernel_apply.defjvp
-def _kernel_apply_jvp(variant, primals, tangents):
-    return jax.jvp(lambda *args: _xla_apply(*args, variant), primals, tangents)
 
 
 def _check_no_weight_decay(rule: arithmetic.Rule, value: Any) -> None:
@@ -659,15 +565,13 @@ def _tree_update(
             )
         )
 
-    kernel_at = [i for i, leaf in enumerate(out) if isinstance(leaf, _KernelLeaf)]
-    if kernel_at:  # float32 leaves on CPU, in groups of _KERNEL_GROUP
-        variant = rule.variant(has_momentum, config.epsilon_nonzero)
-        sc = scalars_for(jnp.float32)
-        for start in range(0, len(kernel_at), _KERNEL_GROUP):
-            group = kernel_at[start : start + _KERNEL_GROUP]
-            new = _apply_with_kernel([out[i] for i in group], sc, variant)
-            for i, leaf in zip(group, new, strict=True):
-                out[i] = tuple(leaf)
+    kernel_at = [i for i, leaf in enumerate(out) if isinstance(leaf, cpu_kernel.Leaf)]
+    if kernel_at:
+        new = cpu_kernel.apply_leaves(
+            [out[i] for i in kernel_at], scalars_for(jnp.float32), _variant(config, has_momentum)
+        )
+        for i, leaf in zip(kernel_at, new, strict=True):
+            out[i] = tuple(leaf)
 
     new_count = jnp.where(count < validation.INT32_MAX, count + 1, count).astype(jnp.int32)
     unflatten = treedef.unflatten
