@@ -740,3 +740,14 @@ def test_traced_hyperparameters_are_not_validated_but_work():
         return tx.update(p, tx.init(p))[0]
 
     np.testing.assert_allclose(f(jnp.float32(0.1)), 9.683772 - 10.0, rtol=1e-6)
+
+
+def test_keras_legacy_lr_replaces_learning_rate_with_keras_warning():
+    with pytest.warns(UserWarning, match=r"The `lr` argument is deprecated, use `learning_rate`"):
+        tx = jrmsprop.rmsprop(0.001, lr=0.5)
+    p = jnp.array([2.0])
+    np.testing.assert_array_equal(
+        tx.update(p, tx.init(p))[0], jrmsprop.rmsprop(0.5).update(p, tx.init(p))[0]
+    )
+    with pytest.raises(ValueError, match=r"`lr` must be finite and >= 0"):
+        jrmsprop.rmsprop(lr=-1.0)

@@ -818,6 +818,7 @@ def rmsprop(
     *,
     decay: ScalarOrSchedule = 0.0,
     slot_dtype: Any | None = None,
+    lr: ScalarOrSchedule | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""RMSprop with the exact arithmetic of the TensorFlow 2.x Keras optimizer.
 
@@ -878,6 +879,7 @@ def rmsprop(
       decay: Keras's inverse-time learning-rate decay, ``lr / (1 + decay·t)`` (finite, ``>= 0``;
         a value in ``[0.5, 1]`` looks like a moving-average factor and warns, naming ``rho``).
       slot_dtype: dtype of the slots (default: as described under Numerics).
+      lr: Keras's deprecated name of ``learning_rate``: replaces it, with Keras's warning.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` whose state is :class:`RMSpropState`.
@@ -898,6 +900,8 @@ def rmsprop(
       Hinton, *Neural Networks for Machine Learning*, lecture 6e (2012);
       ``tf.keras.optimizers.RMSprop`` (TensorFlow 2.0–2.10; ``tf_keras.optimizers.legacy``).
     """
+    if lr is not None:
+        learning_rate = validation.legacy_lr(learning_rate, {"lr": lr})
     if epsilon is None or (_is_python_number(epsilon) and epsilon == 0):
         epsilon = validation.KERAS_EPSILON  # Keras 2: ``epsilon or backend.epsilon()``
     if _is_python_number(decay) and 0.5 <= decay <= 1:
