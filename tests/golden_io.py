@@ -303,11 +303,13 @@ def deviation(ref: Any, got: Any, *, rtol: float = RTOL, atol: float = ATOL) -> 
     )
 
 
-def traj_deviation(refs: Sequence[np.ndarray], gots: Sequence[np.ndarray]) -> Deviation:
+def traj_deviation(
+    refs: Sequence[np.ndarray], gots: Sequence[np.ndarray], atol: float = ATOL
+) -> Deviation:
     """The worst deviation over a list of per-parameter arrays (each with its own scale)."""
     dev = ZERO
     for ref, got in zip(refs, gots, strict=True):
-        dev = dev.merge(deviation(ref, got))
+        dev = dev.merge(deviation(ref, got, atol=atol))
     return dev
 
 

@@ -2,14 +2,15 @@
 
 Run from the repository root (no framework needed)::
 
-    /work/venv/bin/python tests/golden/deviation_table.py
+    python tests/golden/deviation_table.py
 
 Columns: the framework, the configuration (constructor arguments in the framework's own names),
 the number of steps, the largest absolute deviation of the parameters over the whole trajectory,
 that deviation divided by the largest parameter magnitude of the trajectory ("/ scale"; one
 float32 ulp at the scale is 6e-8 to 1.2e-7 of it), the largest element-wise relative deviation
 (|Δ| / |p| over all elements, blown up by elements that pass near 0), the worst element measured
-in units of the test tolerance (``|Δ| / (ATOL·scale + RTOL·|p|)``, <= 1 passes), and the largest
+in units of the framework's test tolerance (``|Δ| / (atol_for(framework)·scale + RTOL·|p|)``,
+<= 1 passes), and the largest
 deviation of the final slots divided by each slot's scale.
 """
 
@@ -44,13 +45,14 @@ def rows() -> list[list[str]]:
     out = []
     for path in gio.golden_files():
         case = gio.load_case(path)
+        atol = gio.atol_for(case.framework)
         traj, state = gio.replay(case)
-        dev = gio.traj_deviation(case.traj, traj)
+        dev = gio.traj_deviation(case.traj, traj, atol)
         ours = gio.state_slots(state)
         slot_dev = gio.ZERO
         for name, theirs in case.slots.items():
             if ours[name] is not None:
-                slot_dev = slot_dev.merge(gio.traj_deviation(theirs, ours[name]))
+                slot_dev = slot_dev.merge(gio.traj_deviation(theirs, ours[name], atol))
         out.append(_row(case, _config(case), case.steps, dev, slot_dev))
         k = case.transfer_at
         if k is None:
@@ -66,11 +68,11 @@ def rows() -> list[list[str]]:
             )
             how = "continued from `compat.state_from_keras2`"
         traj, state = gio.replay(case, start=k, params=params, state=st)
-        dev = gio.traj_deviation([t[k:] for t in case.traj], traj)
+        dev = gio.traj_deviation([t[k:] for t in case.traj], traj, atol)
         ours = gio.state_slots(state)
         slot_dev = gio.ZERO
         for name, theirs in case.slots.items():
-            slot_dev = slot_dev.merge(gio.traj_deviation(theirs, ours[name]))
+            slot_dev = slot_dev.merge(gio.traj_deviation(theirs, ours[name], atol))
         out.append(_row(case, f"{_config(case)}; {how}", case.steps - k, dev, slot_dev))
     return out
 
