@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import shutil
+import subprocess
 import sys
 import zipfile
 from pathlib import Path
@@ -21,7 +24,7 @@ import numpy as np
 import optax
 import pytest
 
-pytest.importorskip("h5py")
+h5py = pytest.importorskip("h5py")
 
 import jrmsprop  # noqa: E402
 from jrmsprop._src import saved_state  # noqa: E402
@@ -638,7 +641,9 @@ def test_errors_while_loading_a_file_name_the_loader(tmp_path: Path) -> None:
     with h5py.File(path, "r+") as f:
         f["optimizer_weights/RMSprop/iter:0"][()] = 2**40
     with pytest.raises(
-        ValueError, match=r"^load_keras2_h5: '.*m\.h5': 'RMSprop/iter:0' \(iterations\) must be at"
+        ValueError,
+        match=r"^load_keras2_h5: '.*m\.h5': '/optimizer_weights/RMSprop/iter:0' \(iterations\) "
+        r"must be at",
     ):
         load_keras2_h5(path, _zeros())
     with h5py.File(path, "r+") as f:
@@ -646,8 +651,8 @@ def test_errors_while_loading_a_file_name_the_loader(tmp_path: Path) -> None:
         f["optimizer_weights/RMSprop/dense/bias/rms:0"][1] = -1.0
     with pytest.raises(
         ValueError,
-        match=r"^load_keras2_h5: '.*m\.h5': rms\[1\]: 'RMSprop/dense/bias/rms:0' \(for the "
-        r"parameter at \[1\]\) holds the negative value -1.0 at index \[1\]",
+        match=r"^load_keras2_h5: '.*m\.h5': rms\[1\]: '/optimizer_weights/RMSprop/dense/bias/"
+        r"rms:0' \(for the parameter at \[1\]\) holds the negative value -1.0 at index \[1\]",
     ):
         load_keras2_h5(path, _zeros())
 
@@ -666,3 +671,394 @@ def test_errors_while_loading_a_file_name_the_loader(tmp_path: Path) -> None:
         r"the parameter at \[1\]\) holds the negative value -4.0 at index \[0\]",
     ):
         load_keras3_archive(archive, _zeros())
+
+
+# ---- hostile and huge files: refused before any large allocation ------------------------------
+
+HUGE = 2**36  # floats: 256 GiB if a loader read them
+CHUNKED = {"shape": (HUGE,), "dtype": "f4", "chunks": (1024,)}  # declared, never written
+RMS0 = r"'/optimizer_weights/RMSprop/dense_\d+/kernel/rms:0'"  # the first variable's rms slot
+
+
+def _replacing(suffix: str, put):
+    """An edit of an ``.h5`` file: the first optimizer dataset named ``...suffix`` is deleted and
+    ``put(group, name)`` puts something else in its place."""
+
+    def edit(f):
+        group, names = f["optimizer_weights/RMSprop"], []
+        group.visit(names.append)
+        name = next(n for n in names if n.endswith(suffix))
+        del group[name]
+        put(group, name)
+
+    return edit
+
+
+def _replaced(suffix: str, **dataset):
+    """``create_dataset(**dataset)`` in place of the dataset (a group without arguments)."""
+    return _replacing(
+        suffix, lambda g, n: g.create_dataset(n, **dataset) if dataset else g.create_group(n)
+    )
+
+
+def _linked(target):
+    return _replacing("kernel/rms:0", lambda g, n: g.__setitem__(n, target))
+
+
+def _virtual():
+    layout = h5py.VirtualLayout(shape=(4, 3), dtype="f4")
+    layout[:] = h5py.VirtualSource("elsewhere.h5", "x", shape=(4, 3))
+    return _replacing("kernel/rms:0", lambda g, n: g.create_virtual_dataset(n, layout, fillvalue=0))
+
+
+def _attribute(group: str, name: str, value):
+    def edit(f):
+        f[group].attrs[name] = value
+
+    return edit
+
+
+def _edited_h5(tmp_path: Path, edit) -> Path:
+    path = tmp_path / "edited.h5"
+    path.write_bytes((SAVED / "keras2_mom0.9.h5").read_bytes())
+    with h5py.File(path, "r+") as f:
+        edit(f)
+    return path
+
+
+def _edited_keras3(tmp_path: Path, edit) -> Path:
+    """keras3_mom0.9_centered.keras with its model.weights.h5 passed through ``edit(file)``."""
+
+    def weights(member: str, data: bytes) -> bytes:
+        if member != "model.weights.h5":
+            return data
+        buffer = io.BytesIO(data)
+        with h5py.File(buffer, "r+") as f:
+            edit(f)
+        return buffer.getvalue()
+
+    return _rezip(SAVED / "keras3_mom0.9_centered.keras", tmp_path / "edited.keras", weights)
+
+
+def _keras3_var(key: str, **dataset):
+    def edit(f):
+        del f[f"optimizer/vars/{key}"]
+        if dataset:
+            f.create_dataset(f"optimizer/vars/{key}", **dataset)
+        else:
+            f.create_group(f"optimizer/vars/{key}")
+
+    return edit
+
+
+def test_a_huge_declared_slot_is_refused_by_its_shape(tmp_path: Path) -> None:
+    """An rms slot declaring 2**36 floats, chunked and never written: refused naming the dataset
+    and both shapes before any read (which would try to allocate 256 GiB)."""
+    path = _edited_h5(tmp_path, _replaced("kernel/rms:0", **CHUNKED))
+    with pytest.raises(
+        ValueError,
+        match=r"^load_keras2_h5: .* `params` leaf 0 \(\[0\]\) has shape \(4, 3\), but saved "
+        rf"variable 0 \(dense_\d+/kernel\) has shape \({HUGE},\) \(dataset {RMS0}\)",
+    ):
+        load_keras2_h5(path, _zeros())
+    # Without `params`, the file bounds the read: it stores none of the declared bytes.
+    with pytest.raises(
+        ValueError,
+        match=rf"^keras2_h5_weights: .*: dataset {RMS0} declares shape \({HUGE},\) "
+        rf"\({4 * HUGE} bytes\) but the file stores 0 bytes of it",
+    ):
+        keras2_h5_weights(path)
+
+
+@pytest.mark.parametrize(
+    ("suffix", "dataset", "expected"),
+    [
+        (
+            "kernel/momentum:0",
+            CHUNKED,
+            rf"holds float32 data of shape \({HUGE},\); expected floats shaped as {RMS0}, \(4, 3\)",
+        ),
+        (
+            "kernel/momentum:0",
+            {**CHUNKED, "compression": "gzip"},
+            rf"holds float32 data of shape \({HUGE},\); expected floats shaped as {RMS0}",
+        ),
+        (
+            "iter:0",
+            {**CHUNKED, "dtype": "i8"},
+            rf"holds int64 data of shape \({HUGE},\); expected an integer scalar",
+        ),
+    ],
+    ids=["momentum", "gzip momentum", "counter"],
+)
+def test_huge_declared_momentum_and_counter_are_refused(
+    tmp_path: Path, suffix: str, dataset: dict, expected: str
+) -> None:
+    path = _edited_h5(tmp_path, _replaced(suffix, **dataset))
+    for fn, args in ((load_keras2_h5, (path, _zeros())), (keras2_h5_weights, (path,))):
+        with pytest.raises(
+            ValueError, match=rf"^{fn.__name__}: .*: dataset '/optimizer_weights/.*{expected}"
+        ):
+            fn(*args)
+
+
+def test_huge_declared_keras3_variables_are_refused(tmp_path: Path) -> None:
+    """Velocity (vars/2), momentum (vars/6), average_gradient (vars/10) and the iteration count
+    (vars/0) of a Keras 3 archive, each declaring 2**36 values."""
+    with pytest.raises(
+        ValueError,
+        match=rf"leaf 0 \(\[0\]\) has shape \(4, 3\), but saved variable 0 \(velocity 0\) has "
+        rf"shape \({HUGE},\) \(dataset '/optimizer/vars/2'\)",
+    ):
+        load_keras3_archive(_edited_keras3(tmp_path, _keras3_var("2", **CHUNKED)), _zeros())
+    for key in ("6", "10"):
+        with pytest.raises(
+            ValueError,
+            match=rf"^load_keras3_archive: .*: dataset '/optimizer/vars/{key}' holds float32 data "
+            rf"of shape \({HUGE},\); expected floats shaped as '/optimizer/vars/2', \(4, 3\)$",
+        ):
+            load_keras3_archive(_edited_keras3(tmp_path, _keras3_var(key, **CHUNKED)), _zeros())
+    counter = _keras3_var("0", **{**CHUNKED, "dtype": "i8"})
+    with pytest.raises(ValueError, match=r"'/optimizer/vars/0' holds int64 .* an integer scalar$"):
+        load_keras3_archive(_edited_keras3(tmp_path, counter), _zeros())
+
+
+# Loads a small archive (JAX and h5py warm), then each big one, printing the growth of the peak
+# RSS in MiB over each.
+_PEAK_RSS = """
+import resource, sys
+import jax.numpy as jnp
+from jrmsprop._src.saved_state import load_keras3_archive
+
+params = [jnp.zeros(s) for s in [(4, 3), (3,), (3, 2), (2,)]]
+small = load_keras3_archive(sys.argv[1], params)
+for path in sys.argv[2:]:
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    state = load_keras3_archive(path, params)
+    assert int(state.count) == int(small.count)
+    print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
+"""
+
+
+def _archive_with_a_big_layer(tmp_path: Path, size: int, compression: int) -> Path:
+    """keras3_plain.keras whose model.weights.h5 holds a layer of ``size`` bytes of zeros before
+    the optimizer state (a zip bomb when deflated, or a big model with a small trained part)."""
+    weights = tmp_path / "model.weights.h5"
+    with zipfile.ZipFile(SAVED / "keras3_plain.keras") as z:
+        config, saved = z.read("config.json"), z.read("model.weights.h5")
+    with h5py.File(io.BytesIO(saved), "r") as src, h5py.File(weights, "w") as dst:
+        # One element written: the space is allocated (sparse on disk) ahead of the state.
+        dst.create_dataset("layers/big/vars/0", shape=(size // 4,), dtype="f4")[-1] = 0.0
+        src.copy("optimizer", dst)
+    target = tmp_path / f"big_{compression}.keras"
+    with zipfile.ZipFile(target, "w", compression, compresslevel=1) as z:
+        z.writestr("config.json", config)
+        with weights.open("rb") as src, z.open("model.weights.h5", "w", force_zip64=True) as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+    weights.unlink()
+    return target
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss is in KiB on Linux only")
+def test_a_big_weights_member_is_read_in_place(tmp_path: Path) -> None:
+    """A model.weights.h5 inflating to 256 MiB from ~1 MB (deflated: a zip bomb) and one of
+    128 MiB stored as Keras writes it, each holding a few hundred bytes of optimizer state:
+    loading either raises the peak RSS by far less than the member (reading it whole took
+    twice the member; 1 GiB behaves the same, only slower to build)."""
+    deflated = _archive_with_a_big_layer(tmp_path, 256 << 20, zipfile.ZIP_DEFLATED)
+    assert deflated.stat().st_size < 2 << 20
+    stored = _archive_with_a_big_layer(tmp_path, 128 << 20, zipfile.ZIP_STORED)
+    out = subprocess.run(
+        [sys.executable, "-c", _PEAK_RSS, str(SAVED / "keras3_plain.keras"), deflated, stored],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(SAVED.parents[1])},
+    )
+    assert out.returncode == 0, out.stderr
+    growth_mib = [int(line) for line in out.stdout.split()]
+    assert len(growth_mib) == 2 and max(growth_mib) < 32, growth_mib
+
+
+def test_a_zip_bomb_beyond_keras_limits_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A compressed member inflating past 4 GiB and 100x its size is refused, as Keras 3 does
+    (the 4 GiB scaled down to 1 MiB here)."""
+    monkeypatch.setattr(saved_state, "_MAX_INFLATED_BYTES", 1 << 20)
+    bomb = _archive_with_a_big_layer(tmp_path, 8 << 20, zipfile.ZIP_DEFLATED)
+    with pytest.raises(ValueError, match=r"model\.weights\.h5 inflates 8\d{6} bytes \(a zip bomb"):
+        load_keras3_archive(bomb, _zeros())
+
+
+def test_compressed_archives_load_as_stored_ones(tmp_path: Path) -> None:
+    src = SAVED / "keras3_mom0.9_centered.keras"
+    expected = jax.tree.leaves(load_keras3_archive(src, _zeros()))
+    for method in (zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA):
+        target = tmp_path / f"m{method}.keras"
+        with zipfile.ZipFile(src) as zi, zipfile.ZipFile(target, "w", method) as zo:
+            for member in zi.namelist():
+                zo.writestr(member, zi.read(member))
+        for got, want in zip(
+            jax.tree.leaves(load_keras3_archive(target, _zeros())), expected, strict=True
+        ):
+            np.testing.assert_array_equal(got, want)
+
+
+def _optimizer_config(**config) -> str:
+    return json.dumps({"optimizer_config": {"class_name": "RMSprop", "config": config}})
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("{oops", r"attribute 'training_config' is not valid JSON"),
+        (np.int64(5), r"attribute 'training_config' is not valid JSON .*not int64"),
+        ("[1, 2]", r"the optimizer's entry in attribute 'training_config' is damaged: \[1, 2\]"),
+        (json.dumps({"optimizer_config": {"class_name": 5}}), r"optimizer's class_name in "),
+        (json.dumps({"optimizer_config": {"class_name": "R", "config": [1]}}), r"'s config in "),
+        (_optimizer_config(centered="no"), r"optimizer's centered in attribute 'training_config'"),
+        (_optimizer_config(momentum=-1), r"optimizer's momentum in attribute 'training_config'"),
+    ],
+    ids=["not JSON", "not text", "a list", "class_name", "config", "centered", "momentum"],
+)
+def test_a_damaged_training_config_is_reported(tmp_path: Path, value, expected: str) -> None:
+    """Not JSON, or an optimizer entry with fields of the wrong type: every loader reports a
+    damaged file naming the attribute (no silent load without the config)."""
+    path = _edited_h5(tmp_path, _attribute("/", "training_config", value))
+    for fn, args in (
+        (load_keras2_h5, (path, _zeros())),
+        (keras2_h5_weights, (path,)),
+        (saved_optimizer_config, (path,)),
+    ):
+        with pytest.raises(ValueError, match=rf"^{fn.__name__}: '.*edited\.h5': .*{expected}"):
+            fn(*args)
+
+
+@pytest.mark.parametrize(
+    ("entry", "field"),
+    [
+        ({"class_name": 5}, "class_name"),
+        ({"registered_name": 5}, "registered_name"),
+        ({"config": [1]}, "config"),
+        ({"config": {"momentum": "abc"}}, "momentum"),
+        ({"config": {"momentum": float("nan")}}, "momentum"),
+        ({"config": {"centered": "false"}}, "centered"),
+    ],
+    ids=["class_name", "registered_name", "config", "momentum", "NaN momentum", "centered"],
+)
+def test_a_damaged_keras3_optimizer_config_is_reported(
+    tmp_path: Path, entry: dict, field: str
+) -> None:
+    path = _with_optimizer_entry(tmp_path, "damaged.keras", **entry)
+    for fn, args in ((load_keras3_archive, (path, _zeros())), (saved_optimizer_config, (path,))):
+        with pytest.raises(
+            ValueError,
+            match=rf"^{fn.__name__}: .*damaged\.keras': the optimizer's {field} in config\.json "
+            "is damaged",
+        ):
+            fn(*args)
+
+
+def test_an_oversized_config_json_is_refused_unread(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(saved_state, "_MAX_CONFIG_BYTES", 1000)
+    with pytest.raises(ValueError, match=r"config\.json has \d+ bytes, too many for a model"):
+        load_keras3_archive(SAVED / "keras3_plain.keras", _zeros())
+
+
+UNSTORED = r"declares shape \(4, 3\) \(48 bytes\) but the file stores 0 bytes of it"
+HOSTILE_H5 = {
+    "strings": (_replaced("kernel/rms:0", data=np.full((4, 3), b"ab")), r"holds \|S2 data of"),
+    "ints": (_replaced("kernel/rms:0", data=np.ones((4, 3), "i4")), r"holds int32 data of"),
+    "bools": (_replaced("kernel/rms:0", data=np.ones((4, 3), bool)), r"holds bool data of"),
+    "complex": (_replaced("kernel/rms:0", data=np.ones((4, 3), "c8")), r"holds complex64 da"),
+    "float count": (_replaced("iter:0", data=np.float32(5)), r"iter:0' holds float32 data"),
+    "vector count": (_replaced("iter:0", data=np.array([5, 6])), r"shape \(2,\); expected an"),
+    "no dataspace": (_replaced("kernel/rms:0", data=h5py.Empty("f4")), r"rms:0' is .* not a dat"),
+    "a group": (_replaced("kernel/rms:0"), r"rms:0' is listed but is not a dataset in '/optim"),
+    "soft link": (_linked(h5py.SoftLink("/model_weights")), r"rms:0' is listed but is a link"),
+    "external link": (_linked(h5py.ExternalLink("x.h5", "/y")), r"rms:0' is listed but is a l"),
+    "never written": (_replaced("kernel/rms:0", shape=(4, 3), dtype="f4"), UNSTORED),
+    "virtual": (_virtual(), UNSTORED),
+    "external data": (
+        _replaced("kernel/rms:0", shape=(4, 3), dtype="f4", external=[("secret.bin", 0, 48)]),
+        UNSTORED,
+    ),
+    "names not a list": (
+        _attribute("optimizer_weights", "weight_names", 5),
+        r"attribute 'weight_names' of '/optimizer_weights' is not a list of names",
+    ),
+    "names as numbers": (
+        _attribute("optimizer_weights", "weight_names", np.arange(3)),
+        r"attribute 'weight_names' of '/optimizer_weights' is not a list of names",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", HOSTILE_H5)
+def test_a_hostile_h5_file_is_refused_naming_the_part(tmp_path: Path, case: str) -> None:
+    """Wrong dataset types or shapes, links, groups, data outside the file or never written,
+    malformed names: a ValueError naming the dataset or attribute from both loaders."""
+    (tmp_path / "secret.bin").write_bytes(np.arange(12, dtype="f4").tobytes())
+    edit, expected = HOSTILE_H5[case]
+    path = _edited_h5(tmp_path, edit)
+    for fn, args in ((load_keras2_h5, (path, _zeros())), (keras2_h5_weights, (path,))):
+        with pytest.raises(ValueError, match=rf"^{fn.__name__}: '.*edited\.h5': .*{expected}"):
+            fn(*args)
+
+
+def _unexpected_var(f):
+    f["optimizer/vars/²"] = np.zeros(1)
+
+
+def _no_optimizer(f):
+    del f["optimizer"]
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (_keras3_var("3", data=np.array([b"a"] * 3)), r"'/optimizer/vars/3' holds \|S1 data"),
+        (_keras3_var("3", data=np.ones(3, "i4")), r"'/optimizer/vars/3' holds int32 data"),
+        (_keras3_var("3"), r"'3' is listed but is not a dataset in '/optimizer/vars'"),
+        (_keras3_var("3", data=h5py.Empty("f4")), r"'3' is listed but is not a dataset"),
+        (_unexpected_var, r"unexpected optimizer variables \['0', '1', '10', .*'²'\]"),
+        (_no_optimizer, r"holds no optimizer state \(no 'optimizer/vars' in the weights\)"),
+    ],
+    ids=["strings", "ints", "a group", "no dataspace", "unexpected name", "no optimizer"],
+)
+def test_a_hostile_keras3_archive_is_refused_naming_the_part(
+    tmp_path: Path, edit, expected: str
+) -> None:
+    with pytest.raises(ValueError, match=rf"^load_keras3_archive: '.*edited\.keras'.*{expected}"):
+        load_keras3_archive(_edited_keras3(tmp_path, edit), _zeros())
+
+
+def test_archive_members_are_read_by_name_only(tmp_path: Path) -> None:
+    """A member named ``../x`` is neither extracted nor read; one named ``../model.weights.h5``
+    is not the weights; an unknown compression method is a damaged archive."""
+    src = SAVED / "keras3_mom0.9_centered.keras"
+    extra = tmp_path / "extra.keras"
+    shutil.copy(src, extra)
+    with zipfile.ZipFile(extra, "a") as z:
+        z.writestr("../escaped.txt", b"x")
+    assert int(load_keras3_archive(extra, _zeros()).count) == 5
+    assert not (tmp_path.parent / "escaped.txt").exists()
+    moved = tmp_path / "moved.keras"
+    with zipfile.ZipFile(src) as zi, zipfile.ZipFile(moved, "w") as zo:
+        for member in zi.namelist():
+            zo.writestr(member.replace("model.weights", "../model.weights"), zi.read(member))
+    with pytest.raises(ValueError, match=r"zip archive without \['model\.weights\.h5'\]"):
+        load_keras3_archive(moved, _zeros())
+    raw = bytearray(src.read_bytes())
+    for signature, at in ((b"PK\x03\x04", 8), (b"PK\x01\x02", 10)):  # every member's method
+        i = raw.find(signature)
+        while i >= 0:
+            raw[i + at : i + at + 2] = (99).to_bytes(2, "little")
+            i = raw.find(signature, i + 4)
+    unknown = tmp_path / "unknown.keras"
+    unknown.write_bytes(bytes(raw))
+    with pytest.raises(
+        ValueError, match=r"the zip archive could not be read .*compression method is not support"
+    ):
+        load_keras3_archive(unknown, _zeros())

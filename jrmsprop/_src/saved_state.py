@@ -13,8 +13,9 @@ Two formats:
   every ``velocity``, every ``momentum`` (when ``momentum > 0``), every ``average_gradient``
   (when centered). The datasets carry no names: the order and the config identify them.
 
-Only numeric HDF5 datasets and JSON are read; nothing is unpickled or executed. h5py is needed
-(``pip install 'jrmsprop[h5]'``) and imported on first use.
+Only numeric HDF5 datasets and JSON are read; nothing is unpickled or executed; no dataset is
+read before its type, shape and storage are checked, nor an archive's member loaded whole. h5py
+is needed (``pip install 'jrmsprop[h5]'``) and imported on first use.
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ import json
 import math
 import numbers
 import os
+import tempfile
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +58,10 @@ _NEW_OPTIMIZER_NAMES = ("iteration", "velocity", "average_gradient")
 _JRMSPROP_KERAS = "jrmsprop>RMSprop"
 # What a damaged file makes h5py / zipfile / zlib raise (our own errors are ValueError/TypeError).
 _READ_ERRORS = (OSError, RuntimeError, KeyError, EOFError, zipfile.BadZipFile, zlib.error)
+# config.json is parsed whole; a model.weights.h5 member inflating past 4 GiB and 100x its size is
+# a zip bomb (Keras 3 refuses it too); no compressed dataset expands past deflate's 1032x.
+_MAX_CONFIG_BYTES, _MAX_FILTER_RATIO = 1 << 26, 1032
+_MAX_INFLATED_BYTES, _MAX_INFLATION = 1 << 32, 100
 
 
 # ---- file access ------------------------------------------------------------------------------
@@ -99,10 +105,10 @@ def _reading(where: str, what: str) -> Iterator[None]:
         ) from e
 
 
-def _json_text(raw: bytes, where: str, name: str) -> Any:
+def _json_text(raw: Any, where: str, name: str) -> Any:
     try:
-        return json.loads(raw.decode("utf8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        return json.loads(raw.decode("utf8") if isinstance(raw, bytes) else raw)
+    except (UnicodeDecodeError, json.JSONDecodeError, TypeError) as e:
         raise ValueError(
             f"{where}: {name} is not valid JSON (is the file truncated or corrupt?): {e}"
         ) from e
@@ -112,83 +118,122 @@ def _is_zip(p: Path) -> bool:
     return p.is_file() and zipfile.is_zipfile(p)
 
 
-def _read_name_list(group: Any, name: str) -> list[str]:
+def _read_name_list(group: Any, name: str, where: str) -> list[str]:
     """A list-of-names attribute as Keras writes it (split into ``name0``, ``name1``, ... when
     large)."""
-    if name in group.attrs:
-        raw = list(group.attrs[name])
-    else:
-        raw, chunk = [], 0
-        while f"{name}{chunk}" in group.attrs:
-            raw.extend(group.attrs[f"{name}{chunk}"])
-            chunk += 1
-    return [n.decode("utf8") if isinstance(n, bytes) else str(n) for n in raw]
+    keys = [name] if name in group.attrs else []
+    while name not in group.attrs and f"{name}{len(keys)}" in group.attrs:
+        keys.append(f"{name}{len(keys)}")
+    values = [group.attrs[k] for k in keys]
+    if not all(isinstance(v, np.ndarray) and v.ndim == 1 and v.dtype.kind in "SUO" for v in values):
+        raise ValueError(f"{where}: attribute {name!r} of {group.name!r} is not a list of names")
+    raw = [n for v in values for n in v]
+    return [n.decode("utf8", "replace") if isinstance(n, bytes) else str(n) for n in raw]
 
 
-def _read_dataset(group: Any, key: str, where: str) -> np.ndarray:
+def _dataset(group: Any, key: str, where: str) -> Any:
+    """Dataset ``key`` of ``group`` (not a link, not a group), unread."""
     h5py = _h5py()
-    item = group.get(key)
-    if not isinstance(item, h5py.Dataset):
-        raise ValueError(f"{where}: {key!r} is listed but is not a dataset in the file")
-    value = np.asarray(item[()])
-    if value.dtype.kind not in "biuf":
-        raise ValueError(f"{where}: {key!r} holds {value.dtype} data, not numbers")
-    return value
+    link = group.get(key, getlink=True)
+    item = group.get(key) if isinstance(link, h5py.HardLink) else None
+    if not isinstance(item, h5py.Dataset) or item.shape is None:
+        what = "missing" if link is None else "a link" if item is None else "not a dataset"
+        raise ValueError(f"{where}: {key!r} is listed but is {what} in {group.name!r}")
+    return item
 
 
-def _json_attr(f: Any, name: str) -> Any:
-    raw = f.attrs.get(name)
-    if raw is None:
-        return None
-    if isinstance(raw, bytes):
-        raw = raw.decode("utf8")
-    try:
-        return json.loads(str(raw))
-    except json.JSONDecodeError:
-        return None
+def _read_state(weights: Sequence[Any], n: int, where: str) -> list[np.ndarray]:
+    """Reads ``[counter, *slots]`` (``n`` variables a slot) once each dataset is known to be an
+    integer scalar / floats shaped as its variable's first slot, stored whole in the file."""
+    for j, d in enumerate(weights):
+        first = weights[1 + (j - 1) % n] if j else None
+        kinds, shape = ("f", first.shape) if j else ("iu", ())
+        if d.dtype.kind not in kinds or d.shape != shape:
+            expected = f"floats shaped as {first.name!r}, {shape}" if j else "an integer scalar"
+            raise ValueError(
+                f"{where}: dataset {d.name!r} holds {d.dtype} data of shape {d.shape}; expected "
+                f"{expected}"
+            )
+        declared = math.prod(d.shape) * d.dtype.itemsize
+        stored = 0 if d.external or d.is_virtual else d.id.get_storage_size()
+        if declared > stored * (_MAX_FILTER_RATIO if d.id.get_create_plist().get_nfilters() else 1):
+            raise ValueError(
+                f"{where}: dataset {d.name!r} declares shape {d.shape} ({declared} bytes) but the "
+                f"file stores {stored} bytes of it (is the file damaged?)"
+            )
+    return [np.asarray(d[()]) for d in weights]
+
+
+def _optimizer_entry(opt: Any, where: str, source: str) -> dict:
+    """A saved optimizer ``{class_name, config, ...}``, its fields' types checked."""
+    entry = opt if isinstance(opt, dict) else {}
+    config = entry.get("config") or {}
+    fields = config if isinstance(config, dict) else {}
+    m = fields.get("momentum") or 0
+    for field, ok in (
+        ("entry", isinstance(opt, dict)),
+        ("class_name", isinstance(entry.get("class_name"), str)),
+        ("registered_name", isinstance(entry.get("registered_name") or "", str)),
+        ("config", isinstance(config, dict)),
+        ("momentum", type(m) in (int, float) and 0 <= m < math.inf),
+        ("centered", isinstance(fields.get("centered", False), bool)),
+    ):
+        if not ok:
+            raise ValueError(
+                f"{where}: the optimizer's {field} in {source} is damaged: {opt!r:.99}"
+            )
+    return {**entry, "config": config}
+
+
+def _keras2_optimizer(f: Any, where: str) -> dict | None:
+    """The optimizer entry in an ``.h5`` file's ``training_config`` (``None`` without one)."""
+    raw, name = f.attrs.get("training_config"), "attribute 'training_config'"
+    training = {} if raw is None else _json_text(raw, where, name)
+    opt = training.get("optimizer_config") if isinstance(training, dict) else training
+    return None if opt is None else _optimizer_entry(opt, where, name)
 
 
 # ---- Keras 2 (.h5) ----------------------------------------------------------------------------
 
 
-def _keras2_h5(path: Any, fn: str) -> tuple[list[str], list[np.ndarray], dict | None, Path]:
-    """The optimizer's (names, values) in file order, and its ``{class_name, config}``."""
+@contextmanager
+def _keras2_h5(path: Any, fn: str) -> Iterator[tuple[list[str], list[Any], dict | None, str]]:
+    """The optimizer's (names, datasets) in file order, its ``{class_name, config}`` and the
+    ``"fn: 'path'"`` prefix of errors, while the file is open."""
     h5py = _h5py()
     p = _existing_file(path, fn)
+    where = f"{fn}: {str(p)!r}"
     if p.is_dir() or not h5py.is_hdf5(p):
         hint = (
             " (it is a zip archive, e.g. a Keras 3 .keras file: use load_keras3_archive)"
             if _is_zip(p)
             else ""
         )
-        raise ValueError(f"{fn}: {str(p)!r} is not an HDF5 file{hint}")
-    with _reading(f"{fn}: {str(p)!r}", "the HDF5 file"), h5py.File(p, "r") as f:
-        training = _json_attr(f, "training_config")
-        opt_config = training.get("optimizer_config") if isinstance(training, dict) else None
+        raise ValueError(f"{where} is not an HDF5 file{hint}")
+    with _reading(where, "the HDF5 file"), h5py.File(p, "r") as f:
+        opt_config = _keras2_optimizer(f, where)
         group = f.get("optimizer_weights")
         if not isinstance(group, h5py.Group):
             raise ValueError(
-                f"{fn}: {str(p)!r} holds no optimizer state (no 'optimizer_weights' group): it was "
+                f"{where} holds no optimizer state (no 'optimizer_weights' group): it was "
                 "saved with include_optimizer=False, by save_weights(), or before the model was "
                 "compiled"
             )
-        names = _read_name_list(group, "weight_names")
+        names = _read_name_list(group, "weight_names", where)
         if not names:
             raise ValueError(
-                f"{fn}: {str(p)!r} has an empty optimizer state (the optimizer never ran a step)"
+                f"{where} has an empty optimizer state (the optimizer never ran a step)"
             )
-        values = [_read_dataset(group, n, f"{fn}: {str(p)!r}") for n in names]
-    return names, values, opt_config, p
+        yield names, [_dataset(group, n, where) for n in names], opt_config, where
 
 
 def _split_keras2(
-    names: list[str], values: list[np.ndarray], opt_config: dict | None, p: Path, fn: str
-) -> tuple[list[np.ndarray], list[str], bool, bool]:
+    names: list[str], values: list[Any], opt_config: dict | None, where: str
+) -> tuple[list[Any], list[str], bool, bool]:
     """Orders the Keras 2 RMSprop variables as ``get_weights()``; checks it is RMSprop's state.
 
     Returns ``(weights, variable names, has momentum slot, centered)``.
     """
-    where = f"{fn}: {str(p)!r}"
     class_name = (opt_config or {}).get("class_name")
     config = (opt_config or {}).get("config") or {}
     parts = [n.split(":")[0].split("/") for n in names]
@@ -221,7 +266,7 @@ def _split_keras2(
         raise ValueError(
             f"{where}: expected the iteration counter first and once, got variables {names}"
         )
-    slots_by_var: dict[str, dict[str, np.ndarray]] = {}
+    slots_by_var: dict[str, dict[str, Any]] = {}
     var_names: dict[str, str] = {}
     order: list[str] = []
     for name, ps, value in zip(names[1:], parts[1:], values[1:], strict=True):
@@ -262,24 +307,24 @@ def _split_keras2(
     return weights, [var_names[k] for k in order], momentum, centered
 
 
-def _check_params(params: Any, shapes: Sequence[tuple], var_names: Sequence[str], where: str):
-    """Same number of leaves as saved variables, leaf by leaf the same shape."""
+def _check_params(params: Any, datasets: Sequence[Any], var_names: Sequence[str], where: str):
+    """Same number of leaves as saved variables, leaf by leaf the shape of the dataset."""
     leaves_with_path = jax.tree_util.tree_flatten_with_path(params)[0]
-    if len(leaves_with_path) != len(shapes):
+    if len(leaves_with_path) != len(datasets):
         raise ValueError(
             f"{where}: `params` has {len(leaves_with_path)} leaves but the saved optimizer state "
-            f"is for {len(shapes)} variables ({', '.join(var_names)}); `params` must hold the "
+            f"is for {len(datasets)} variables ({', '.join(var_names)}); `params` must hold the "
             "model's trainable weights, in model.trainable_weights order"
         )
-    for i, ((kp, leaf), shape, var) in enumerate(
-        zip(leaves_with_path, shapes, var_names, strict=True)
+    for i, ((kp, leaf), d, var) in enumerate(
+        zip(leaves_with_path, datasets, var_names, strict=True)
     ):
         leaf_shape = tuple(np.shape(leaf))
-        if leaf_shape != tuple(shape):
+        if leaf_shape != d.shape:
             raise ValueError(
                 f"{where}: `params` leaf {i} ({jax.tree_util.keystr(kp) or 'the root'}) has shape "
-                f"{leaf_shape}, but saved variable {i} ({var}) has shape {tuple(shape)}; "
-                "`params` leaves must follow model.trainable_weights order"
+                f"{leaf_shape}, but saved variable {i} ({var}) has shape {d.shape} (dataset "
+                f"{d.name!r}); `params` leaves must follow model.trainable_weights order"
             )
 
 
@@ -305,9 +350,9 @@ def keras2_h5_weights(path: str | os.PathLike) -> list[np.ndarray]:
       opt.build(variables)
       opt.set_weights(keras2_h5_weights("m.h5"))
     """
-    fn = "keras2_h5_weights"
-    names, values, opt_config, p = _keras2_h5(path, fn)
-    return _split_keras2(names, values, opt_config, p, fn)[0]
+    with _keras2_h5(path, "keras2_h5_weights") as (names, datasets, opt_config, where):
+        weights, var_names, _, _ = _split_keras2(names, datasets, opt_config, where)
+        return _read_state(weights, len(var_names), where)
 
 
 def load_keras2_h5(path: str | os.PathLike, params: Any) -> RMSpropState:
@@ -331,8 +376,10 @@ def load_keras2_h5(path: str | os.PathLike, params: Any) -> RMSpropState:
 
     Raises:
       FileNotFoundError: ``path`` does not exist.
-      ValueError: not an HDF5 file, no optimizer state, another optimizer's state, or ``params``
-        with a different number of leaves or a different shape (the leaf is named).
+      ValueError: not an HDF5 file or a damaged one (a dataset of the wrong type or shape, or
+        declaring more data than the file holds: refused before it is read), no optimizer state,
+        another optimizer's state, or ``params`` with a different number of leaves or a
+        different shape (the leaf is named).
       ImportError: h5py is not installed.
 
     Example (``m.h5`` from ``model.save`` in TF 2.x, ``RMSprop(0.01, momentum=0.9)``)::
@@ -342,47 +389,37 @@ def load_keras2_h5(path: str | os.PathLike, params: Any) -> RMSpropState:
       tx = jrmsprop.rmsprop(learning_rate=0.01, momentum=0.9)
       updates, state = tx.update(grads, state, params)
     """
-    fn = "load_keras2_h5"
-    names, values, opt_config, p = _keras2_h5(path, fn)
-    weights, var_names, momentum, centered = _split_keras2(names, values, opt_config, p, fn)
-    n = len(var_names)
-    where = f"{fn}: {str(p)!r}"
-    _check_params(params, [w.shape for w in weights[1 : 1 + n]], var_names, where)
-    name_of = {id(v): name for name, v in zip(names, values, strict=True)}  # weights are values
-    return _state_from_keras2(
-        weights, params, momentum, centered, where, lambda j: repr(name_of[id(weights[j])])
-    )
+    with _keras2_h5(path, "load_keras2_h5") as (names, datasets, opt_config, where):
+        weights, var_names, momentum, centered = _split_keras2(names, datasets, opt_config, where)
+        _check_params(params, weights[1 : 1 + len(var_names)], var_names, where)
+        labels = [repr(d.name) for d in weights]
+        values = _read_state(weights, len(var_names), where)
+    return _state_from_keras2(values, params, momentum, centered, where, labels.__getitem__)
 
 
 # ---- Keras 3 (.keras) -------------------------------------------------------------------------
 
 
-def _keras3_archive(path: Any, fn: str) -> tuple[dict, dict, bytes | Path, Path]:
-    """``(model config, optimizer {class_name, config}, weights file bytes or path, path)``."""
+def _keras3_archive(path: Any, fn: str) -> tuple[dict, Path]:
+    """``(optimizer {class_name, config}, path)`` from a ``.keras`` archive or folder."""
     p = _existing_file(path, fn)
     where = f"{fn}: {str(p)!r}"
     if p.is_dir():  # model.save(..., zipped=False): the same files in a folder
-        try:
-            raw = (p / "config.json").read_bytes()
-        except FileNotFoundError:
-            raise ValueError(
-                f"{where} is a folder without config.json, not a Keras 3 model"
-            ) from None
-        config = _json_text(raw, where, "config.json")
-        weights: bytes | Path = p / "model.weights.h5"
-        if not weights.is_file():
+        if not (p / "config.json").is_file():
+            raise ValueError(f"{where} is a folder without config.json, not a Keras 3 model")
+        if not (p / "model.weights.h5").is_file():
             raise ValueError(f"{where} is a folder without model.weights.h5")
+        size = (p / "config.json").stat().st_size
+        raw = (p / "config.json").read_bytes() if size <= _MAX_CONFIG_BYTES else b""
     elif _is_zip(p):
         with _reading(where, "the zip archive"), zipfile.ZipFile(p) as z:
-            members = set(z.namelist())
-            missing = {"config.json", "model.weights.h5"} - members
+            missing = {"config.json", "model.weights.h5"} - set(z.namelist())
             if missing:
                 raise ValueError(
                     f"{where} is a zip archive without {sorted(missing)}, not a Keras 3 .keras file"
                 )
-            raw = z.read("config.json")
-            weights = z.read("model.weights.h5")
-        config = _json_text(raw, where, "config.json")
+            size = z.getinfo("config.json").file_size
+            raw = z.read("config.json") if size <= _MAX_CONFIG_BYTES else b""
     else:
         h5py = _h5py()
         hint = (
@@ -391,6 +428,9 @@ def _keras3_archive(path: Any, fn: str) -> tuple[dict, dict, bytes | Path, Path]
             else ""
         )
         raise ValueError(f"{where} is not a zip archive (a Keras 3 .keras file){hint}")
+    if size > _MAX_CONFIG_BYTES:
+        raise ValueError(f"{where}: config.json has {size} bytes, too many for a model config")
+    config = _json_text(raw, where, "config.json")
     if not isinstance(config, dict):
         raise ValueError(f"{where}: config.json does not hold a model config")
     compile_config = config.get("compile_config") or {}
@@ -400,28 +440,78 @@ def _keras3_archive(path: Any, fn: str) -> tuple[dict, dict, bytes | Path, Path]
             f"{where} holds no optimizer state: the model was saved without being compiled "
             "with an optimizer"
         )
-    return config, opt, weights, p
+    return _optimizer_entry(opt, where, "config.json"), p
 
 
-def _keras3_optimizer_vars(weights: bytes | Path, where: str) -> list[np.ndarray]:
-    """The optimizer's variables in order. Under a ``mixed_float16`` policy Keras 3 wraps the
-    optimizer in a ``LossScaleOptimizer``, whose own variables (loss scale, step counter) come
+class _Window(io.RawIOBase):
+    """Bytes ``[start, start + size)`` of an open binary file, read in place (as h5py reads)."""
+
+    def __init__(self, f: Any, start: int, size: int):
+        self._f, self._start, self._size, self._pos = f, start, size, 0
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        self._pos = max(0, pos + (0, self._pos, self._size)[whence])
+        return self._pos
+
+    def readinto(self, b: Any) -> int:
+        self._f.seek(self._start + self._pos)
+        n = self._f.readinto(memoryview(b)[: max(0, self._size - self._pos)])
+        self._pos += n
+        return n
+
+
+@contextmanager
+def _keras3_weights(p: Path, where: str) -> Iterator[Any]:
+    """``model.weights.h5`` of a ``.keras`` archive or folder open with h5py, read in place."""
+    h5py = _h5py()
+    with ExitStack() as stack, _reading(where, "model.weights.h5"):
+        if p.is_dir():
+            source: Any = p / "model.weights.h5"
+        else:
+            z = stack.enter_context(zipfile.ZipFile(p))
+            info = z.getinfo("model.weights.h5")
+            if info.compress_type == zipfile.ZIP_STORED and not info.flag_bits & 1:
+                # As Keras writes it: the member's bytes sit in the archive, after a 30-byte
+                # header and the name and extra field whose lengths end it.
+                f = stack.enter_context(open(p, "rb"))
+                f.seek(info.header_offset + 26)
+                b = f.read(4)
+                start = info.header_offset + 30 + int.from_bytes(b[:2], "little")
+                start += int.from_bytes(b[2:], "little")
+                source = _Window(f, start, info.file_size)
+            elif info.file_size > max(_MAX_INFLATED_BYTES, _MAX_INFLATION * info.compress_size):
+                raise ValueError(
+                    f"{where}: model.weights.h5 inflates {info.file_size} bytes (a zip bomb?)"
+                )
+            else:
+                # Random access to compressed data would inflate it again on every backward
+                # seek: inflate it once, in chunks, into a temporary file (zeros as holes).
+                source = stack.enter_context(tempfile.TemporaryFile())
+                with z.open(info) as m:
+                    for chunk in iter(lambda: m.read(1 << 20), b""):
+                        if chunk.count(0) == len(chunk):
+                            source.seek(len(chunk), os.SEEK_CUR)
+                        else:
+                            source.write(chunk)
+                    source.truncate()
+        yield stack.enter_context(h5py.File(source, "r"))
+
+
+def _keras3_optimizer_vars(f: Any, where: str) -> list[Any]:
+    """The optimizer's variables in order, unread. Under a ``mixed_float16`` policy Keras 3 wraps
+    the optimizer in a ``LossScaleOptimizer``, whose own variables (loss scale, step counter) come
     first in ``optimizer/vars``; the wrapped optimizer's variables are in
     ``optimizer/inner_optimizer/vars``, in the usual order: those are read."""
     h5py = _h5py()
-    source = io.BytesIO(weights) if isinstance(weights, bytes) else weights
-    with _reading(where, "model.weights.h5"), h5py.File(source, "r") as f:
-        group = f.get("optimizer/inner_optimizer/vars")
-        if not isinstance(group, h5py.Group):
-            group = f.get("optimizer/vars")
-        if not isinstance(group, h5py.Group):
-            raise ValueError(
-                f"{where} holds no optimizer state (no 'optimizer/vars' in the weights)"
-            )
-        keys = sorted(group.keys(), key=lambda k: (not k.isdigit(), int(k) if k.isdigit() else 0))
-        if keys != [str(i) for i in range(len(keys))]:
-            raise ValueError(f"{where}: unexpected optimizer variables {list(group.keys())}")
-        return [_read_dataset(group, k, where) for k in keys]
+    group = f.get("optimizer/inner_optimizer/vars")
+    if not isinstance(group, h5py.Group):
+        group = f.get("optimizer/vars")
+    if not isinstance(group, h5py.Group):
+        raise ValueError(f"{where} holds no optimizer state (no 'optimizer/vars' in the weights)")
+    keys = [str(i) for i in range(len(group))]
+    if set(group.keys()) != set(keys):
+        raise ValueError(f"{where}: unexpected optimizer variables {list(group.keys())}")
+    return [_dataset(group, k, where) for k in keys]
 
 
 def _registered_name(opt: Mapping[str, Any]) -> str | None:
@@ -492,10 +582,9 @@ def load_keras3_archive(
     fn = "load_keras3_archive"
     if not isinstance(jrmsprop_keras, (bool, np.bool_)):
         raise TypeError(f"{fn}: `jrmsprop_keras` must be True or False, got {jrmsprop_keras!r}")
-    _, opt, weights_file, p = _keras3_archive(path, fn)
+    opt, p = _keras3_archive(path, fn)
     where = f"{fn}: {str(p)!r}"
-    class_name = str(opt.get("class_name"))
-    config = opt.get("config") or {}
+    class_name, config = opt["class_name"], opt["config"]
     registered = _registered_name(opt)
     if class_name.split(">")[-1] != "RMSprop":
         raise ValueError(f"{where} holds the state of a {class_name} optimizer, not RMSprop")
@@ -527,33 +616,26 @@ def load_keras3_archive(
                 f"{where}: the optimizer has {option}={config[option]!r}, which jrmsprop does not "
                 "reproduce"
             )
-    values = _keras3_optimizer_vars(weights_file, where)
     momentum = float(config.get("momentum") or 0.0) > 0
-    centered = bool(config.get("centered", False))
+    centered = config.get("centered", False)
     # iteration, then learning_rate when it is a number (a schedule is not a variable).
     head = 2 if isinstance(config.get("learning_rate"), (int, float)) else 1
     blocks = 1 + int(momentum) + int(centered)
-    if len(values) <= head:
-        raise ValueError(f"{where}: no slot variables (the optimizer never ran a step)")
-    if (len(values) - head) % blocks:
-        raise ValueError(
-            f"{where}: {len(values) - head} slot variables cannot be {blocks} equal blocks "
-            f"(momentum={config.get('momentum')}, centered={centered})"
-        )
-    n_saved = (len(values) - head) // blocks
-    slots = [values[head + k * n_saved : head + (k + 1) * n_saved] for k in range(blocks)]
-    names = [f"velocity {i}" for i in range(n_saved)]
-    _check_params(params, [v.shape for v in slots[0]], names, where)
-    for k, slot in enumerate(slots[1:], start=1):
-        for i, (a, b) in enumerate(zip(slots[0], slot, strict=True)):
-            if a.shape != b.shape:
-                raise ValueError(
-                    f"{where}: slot block {k} variable {i} has shape {b.shape}, "
-                    f"velocity {i} has {a.shape}"
-                )
-    # Keras 3 keeps Keras 2's layout (every velocity, every momentum, every average_gradient),
-    # and the same slot dtypes: state_from_keras2 builds its state.
-    weights = [values[0], *(v for block in slots for v in block)]
+    with _keras3_weights(p, where) as f:
+        values = _keras3_optimizer_vars(f, where)
+        if len(values) <= head:
+            raise ValueError(f"{where}: no slot variables (the optimizer never ran a step)")
+        if (len(values) - head) % blocks:
+            raise ValueError(
+                f"{where}: {len(values) - head} slot variables cannot be {blocks} equal blocks "
+                f"(momentum={config.get('momentum')}, centered={centered})"
+            )
+        n_saved = (len(values) - head) // blocks
+        names = [f"velocity {i}" for i in range(n_saved)]
+        _check_params(params, values[head : head + n_saved], names, where)
+        # Keras 3 keeps Keras 2's layout (every velocity, every momentum, every
+        # average_gradient), and the same slot dtypes: state_from_keras2 builds its state.
+        weights = _read_state([values[0], *values[head:]], n_saved, where)
     # Saved variable k of the optimizer: weights[0] is variable 0, weights[j] variable head-1+j.
     return _state_from_keras2(
         weights,
@@ -583,19 +665,18 @@ def saved_optimizer_config(path: str | os.PathLike) -> dict[str, Any]:
     fn = "saved_optimizer_config"
     p = _existing_file(path, fn)
     if _is_zip(p) or p.is_dir():
-        _, opt, _, _ = _keras3_archive(p, fn)
+        opt: dict | None = _keras3_archive(p, fn)[0]
     else:
         h5py = _h5py()
         if not h5py.is_hdf5(p):
             raise ValueError(f"{fn}: {str(p)!r} is neither an HDF5 file nor a .keras archive")
         with _reading(f"{fn}: {str(p)!r}", "the HDF5 file"), h5py.File(p, "r") as f:
-            training = _json_attr(f, "training_config")
-        opt = training.get("optimizer_config") if isinstance(training, dict) else None
-        if not isinstance(opt, dict):
+            opt = _keras2_optimizer(f, f"{fn}: {str(p)!r}")
+        if opt is None:
             raise ValueError(f"{fn}: {str(p)!r} holds no optimizer config (no 'training_config')")
     return {
-        "class_name": opt.get("class_name"),
-        "config": opt.get("config") or {},
+        "class_name": opt["class_name"],
+        "config": opt["config"],
         "registered_name": _registered_name(opt),
     }
 
