@@ -86,6 +86,7 @@ def keras3(
     epsilon: ScalarOrSchedule = 1e-7,
     centered: bool = False,
     weight_decay: ScalarOrSchedule | None = None,
+    **options: Any,
 ) -> optax.GradientTransformationExtraArgs:
     """Keras 3 ``keras.optimizers.RMSprop``, also TF >= 2.11's default ``tf.keras`` RMSprop.
 
@@ -97,6 +98,11 @@ def keras3(
     0.99999988 in float32, so ``1 − ρ`` is 19% larger). Complex parameters: ``|g|²``, real ``rms``.
     :data:`tf_keras_2_11` is an alias.
 
+    ``keras3(**optimizer.get_config())`` works: of the other ``options``, ``name``,
+    ``jit_compile`` and the EMA settings change no number; clipping, ``use_ema``,
+    ``loss_scale_factor``, ``gradient_accumulation_steps`` and ``is_legacy_optimizer`` are not
+    reproduced, so anything but ``None`` / ``False`` (off) raises a ``ValueError`` naming it.
+
     Example:
       >>> import jax.numpy as jnp
       >>> from jrmsprop import compat
@@ -106,6 +112,15 @@ def keras3(
       >>> p + u
       Array([-0.5811..., 0.4189..., 1.4189..., 2.4189...], dtype=float32)
     """
+    unknown = {k: v for k, v in options.items() if k not in _KERAS3_OFF and k not in _KERAS3_INERT}
+    if unknown:
+        raise ValueError(f"Argument(s) not recognized: {unknown}")  # Keras 3's own message
+    for key, instead in _KERAS3_OFF.items():
+        if options.get(key) is not None and options[key] is not False:
+            raise ValueError(
+                f"compat.keras3: `{key}`={options[key]!r} is not reproduced, only None/False "
+                f"(off): {instead}"
+            )
     return build(
         _KERAS3,
         learning_rate=learning_rate,
@@ -125,6 +140,11 @@ def torch(
     momentum: ScalarOrSchedule | None = None,
     centered: bool = False,
     maximize: bool = False,
+    *,
+    capturable: bool = False,
+    foreach: bool | None = None,
+    differentiable: bool = False,
+    params: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
     """PyTorch ``torch.optim.RMSprop``.
 
@@ -136,6 +156,10 @@ def torch(
     ``square_avg``, the layout of torch's ``state_dict``). ``1 − α`` is computed in double
     precision from a Python ``alpha``, as torch does.
 
+    ``torch(**optimizer.state_dict()["param_groups"][0])`` works: ``capturable``, ``foreach``,
+    ``differentiable`` (how torch runs the step, not its numbers) are only type-checked and
+    ``params`` is ignored. A value torch refuses raises its ``ValueError`` and message.
+
     Example:
       >>> import jax.numpy as jnp
       >>> from jrmsprop import compat
@@ -145,8 +169,16 @@ def torch(
       >>> p + u  # 1 - 0.01 * 2 / (sqrt(0.01 * 4) + 1e-8)
       Array(0.9, dtype=float32)
     """
-    validation.check_bool("maximize", maximize)
-    validation.check_hyperparameter("weight_decay", weight_decay)  # None is refused, as in torch
+    del params
+    flags = dict(maximize=maximize, capturable=capturable, differentiable=differentiable)
+    for name, flag in {**flags, "foreach": False if foreach is None else foreach}.items():
+        validation.check_bool(name, flag)
+    # torch's checks, in its order, for its messages (weight_decay None is refused, as in torch)
+    checked = dict(learning_rate=lr, epsilon=eps, momentum=momentum, weight_decay=weight_decay)
+    for kind, value in {**checked, "rho": alpha}.items():
+        if value is not None or kind == "weight_decay":
+            name, checks = _TORCH.user_name(kind), validation.TORCH_MESSAGES
+            validation.check_hyperparameter(name, value, kind, messages=checks)
     return build(
         _TORCH._replace(maximize=bool(maximize)),
         learning_rate=lr,
@@ -245,6 +277,19 @@ _KERAS3 = Rule(
     # stay Python numbers, cast to the variable's dtype.
     float32_hyperparameters=frozenset({"learning_rate"}),
 )
+# Keras 3's optimizer options in a saved config (tf_keras >= 2.11's too) that change the numbers:
+# refused unless off, with what to do instead. Keras 3 rounds a norm its own way on each backend.
+_KERAS3_OFF = {
+    **dict.fromkeys(
+        ("clipnorm", "clipvalue", "global_clipnorm"),
+        "clip before; optax.chain(jrmsprop.clip_by_value(c), tx) is Keras 3's clipvalue",
+    ),
+    **dict.fromkeys(
+        ("use_ema", "loss_scale_factor", "gradient_accumulation_steps"), "leave it out"
+    ),
+    "is_legacy_optimizer": "a legacy optimizer's config is for compat.keras2",
+}
+_KERAS3_INERT = ("name", "ema_momentum", "ema_overwrite_frequency", "jit_compile")
 _TORCH = Rule(
     framework="compat.torch",
     arg_names=(("learning_rate", "lr"), ("rho", "alpha"), ("epsilon", "eps")),

@@ -46,6 +46,8 @@ if (
 import jax.numpy as jnp
 
 import jrmsprop
+from jrmsprop._src import validation
+from jrmsprop._src.transform import KERAS2, build
 from jrmsprop._src.validation import KERAS_EPSILON, check_bool, check_hyperparameter
 
 __all__ = ("RMSprop",)
@@ -64,8 +66,9 @@ def _check_backend() -> None:
 
 
 def _static_float(name: str, value: Any, kind: str | None = None) -> float:
-    """A hyperparameter that must be a concrete number (it goes into the saved config)."""
-    scalar = check_hyperparameter(name, value, kind)
+    """A hyperparameter that must be a concrete number (it goes into the saved config); TF 2.x
+    Keras's message for a ``momentum``, ``decay`` or clip threshold out of range."""
+    scalar = check_hyperparameter(name, value, kind, messages=validation.KERAS2_MESSAGES)
     if scalar is None:
         raise TypeError(
             f"`{name}` must be a number for jrmsprop.keras.RMSprop (it is part of the "
@@ -114,7 +117,8 @@ class RMSprop(keras.optimizers.Optimizer):
         default 0.0. (Keras 3 dropped this argument; it is kept here because TF 2.x recipes use
         it.)
       name: name of the optimizer (prefix of its variables); default ``"rmsprop"``.
-      **kwargs: the options every Keras 3 optimizer takes, applied by Keras itself around the
+      **kwargs: ``lr``, TF 2.x's deprecated alias of ``learning_rate`` (with its warning), and
+        the options every Keras 3 optimizer takes, applied by Keras itself around the
         step: ``clipnorm``, ``clipvalue``, ``global_clipnorm``, ``weight_decay`` (Keras 3's
         decoupled ``p ← p − p·wd·lr`` before the step; TF 2.x had none), ``use_ema``,
         ``ema_momentum``, ``ema_overwrite_frequency``, ``loss_scale_factor``,
@@ -152,6 +156,7 @@ class RMSprop(keras.optimizers.Optimizer):
         **kwargs: Any,
     ):
         _check_backend()
+        learning_rate = validation.legacy_lr(learning_rate, kwargs)  # TF 2.x (Keras 3: refused)
         scalar_lr = check_hyperparameter("learning_rate", learning_rate)
         if scalar_lr is not None:
             learning_rate = scalar_lr  # Keras 3 insists on a Python float
@@ -189,7 +194,9 @@ class RMSprop(keras.optimizers.Optimizer):
         self._mgs = self.add_optimizer_variables(var_list, "mg") if self.centered else None
 
     def _transform(self, learning_rate: Any):
-        return jrmsprop.rmsprop(
+        # jrmsprop.rmsprop's rule, without its warning on `decay`: here it is TF 2.x's decay
+        return build(
+            KERAS2,
             learning_rate=learning_rate,
             rho=self.rho,
             momentum=self.momentum,  # a Python float: the slot decision is static

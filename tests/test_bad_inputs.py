@@ -22,6 +22,7 @@ import pytest
 
 import jrmsprop
 from jrmsprop import compat
+from jrmsprop._src import validation
 
 # --------------------------------------------------------------------------- the table
 
@@ -146,6 +147,7 @@ def _cases() -> list[Any]:
 def _assert_names(message: str, arg: str, core_name: str) -> None:
     __tracebackhide__ = True
     assert re.search(rf"\b{re.escape(arg)}\b", message), f"{arg!r} not named in: {message}"
+    message = re.sub(r"^Invalid epsilon value: \S+ ", "", message)  # torch's own text for `eps`
     if core_name != arg:
         assert not re.search(rf"\b{re.escape(core_name)}\b", message), (
             f"the message uses jrmsprop's internal name {core_name!r} instead of {arg!r}: {message}"
@@ -176,6 +178,89 @@ def test_bad_hyperparameter_is_refused_naming_the_users_argument(
 def test_the_issue_examples(call, arg):
     with pytest.raises(ValueError, match=rf"\b{arg}\b"):
         call()
+
+
+# check_hyperparameter with a framework's checks: the framework's message where it refuses the
+# value too, jrmsprop's rule after it; jrmsprop's message alone where the framework accepts it.
+FRAMEWORK_MESSAGES = [
+    (
+        "torch",
+        "lr",
+        "learning_rate",
+        -1,
+        "Invalid learning rate: -1 (`lr` must be finite and >= 0, got -1.0)",
+    ),
+    (
+        "torch",
+        "eps",
+        "epsilon",
+        np.float32(-0.5),
+        "Invalid epsilon value: -0.5 (`eps` must be finite and >= 0, got -0.5)",
+    ),
+    (
+        "torch",
+        "alpha",
+        "rho",
+        float("nan"),
+        "Invalid alpha value: nan (`alpha` must be in [0, 1], got nan)",
+    ),
+    ("torch", "lr", "learning_rate", float("inf"), "`lr` must be finite and >= 0, got inf"),
+    ("torch", "alpha", "rho", 1.5, "`alpha` must be in [0, 1], got 1.5"),
+    (
+        "keras2",
+        "momentum",
+        None,
+        1.5,
+        "`momentum` must be between [0, 1]. Received: "
+        "momentum=1.5 (of type <class 'float'>). (`momentum` must be in [0, 1], got 1.5)",
+    ),
+    ("keras2", "momentum", None, float("nan"), "`momentum` must be in [0, 1], got nan"),
+    (
+        "keras2",
+        "decay",
+        None,
+        -2,
+        "Expected decay >= 0, received: -2 (`decay` must be finite and >= 0, got -2.0)",
+    ),
+    ("keras2", "rho", None, 2, "`rho` must be in [0, 1], got 2.0"),  # Keras has no check
+    (None, "momentum", None, -1, "`momentum` must be in [0, 1], got -1.0"),
+]
+
+
+@pytest.mark.parametrize("framework, name, kind, value, message", FRAMEWORK_MESSAGES)
+def test_framework_messages(framework, name, kind, value, message):
+    checks = {"torch": validation.TORCH_MESSAGES, "keras2": validation.KERAS2_MESSAGES}
+    with pytest.raises(ValueError) as info:
+        validation.check_hyperparameter(name, value, kind, messages=checks.get(framework))
+    assert str(info.value) == message
+
+
+# legacy_lr(learning_rate, kwargs): (kwargs, the learning rate, warns, error and message)
+LEGACY_LR = [
+    ({}, 0.5, False, None),
+    ({"lr": 0.1}, 0.1, True, None),
+    ({"lr": None}, 0.5, True, None),
+    ({"lr": -1}, None, False, (ValueError, r"^Expected lr >= 0, received: -1 \(`lr`")),
+    ({"lr": 1e39}, None, False, (ValueError, r"^`lr` must be at most .* largest float32")),
+    ({"lr": "0.1"}, None, False, (TypeError, "`lr` must be a real number")),
+]
+
+
+@pytest.mark.parametrize("kwargs, want, warns, error", LEGACY_LR, ids=str)
+def test_legacy_lr(kwargs, want, warns, error):
+    """Keras 2's deprecated ``lr``: replaces ``learning_rate``, with Keras's warning."""
+    kwargs = {**kwargs, "decay": 0.1}
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        if error:
+            with pytest.raises(error[0], match=error[1]):
+                validation.legacy_lr(0.5, kwargs)
+        else:
+            assert validation.legacy_lr(0.5, kwargs) == want
+            assert kwargs == {"decay": 0.1}  # ``lr`` taken out, the rest left
+    assert [(w.category, str(w.message)) for w in record] == warns * [
+        (UserWarning, "The `lr` argument is deprecated, use `learning_rate` instead.")
+    ]
 
 
 @pytest.mark.parametrize("factory_name", list(FACTORIES))
@@ -468,8 +553,7 @@ def test_malformed_state_raises_naming_the_slot_and_path(bad_state, error, words
         pytest.param(lambda tx, p, s: jax.jit(tx.update)(tuple(p), s, p), id="jit-update"),
         pytest.param(lambda tx, p, s: jrmsprop.apply_updates(p, tuple(p)), id="apply_updates"),
         pytest.param(
-            lambda tx, p, s: jrmsprop.packed(tx).update(tuple(p), jrmsprop.packed(tx).init(p), p),
-            id="packed",
+            lambda tx, p, s: jrmsprop.pack(tuple(p), like=jrmsprop.pack(p)), id="pack-like"
         ),
         pytest.param(
             lambda tx, p, s: jrmsprop.RMSprop().apply_gradients(

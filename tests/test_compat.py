@@ -409,3 +409,152 @@ def _sd(step=1, momentum=0, params=(0,), centered=False):
 def test_loaders_refuse_bad_values_naming_the_argument(call, error, words):
     with pytest.raises(error, match=words):
         call([jnp.ones(2)])
+
+
+# ---- framework errors and configs taken as they are -------------------------------------------
+
+# compat.torch: (arguments, torch.optim.RMSprop's own message). Verified against torch 2.13 in
+# test_live_frameworks.py; jrmsprop's rule follows in parentheses.
+TORCH_ERRORS = [
+    (dict(lr=-1), "Invalid learning rate: -1"),
+    (dict(lr=float("nan")), "Invalid learning rate: nan"),
+    (dict(lr=jnp.asarray(-0.5)), "Invalid learning rate: -0.5"),
+    (dict(eps=-1e-8), "Invalid epsilon value: -1e-08"),
+    (dict(momentum=-1.0), "Invalid momentum value: -1.0"),
+    (dict(weight_decay=-2), "Invalid weight_decay value: -2"),
+    (dict(alpha=-0.5), "Invalid alpha value: -0.5"),
+]
+
+
+@pytest.mark.parametrize("kwargs, message", TORCH_ERRORS, ids=lambda x: str(x)[:30])
+def test_torch_raises_torchs_message(kwargs, message):
+    (arg,) = kwargs
+    with pytest.raises(ValueError) as info:
+        compat.torch(**kwargs)
+    assert str(info.value).startswith(f"{message} (`{arg}` must be")
+
+
+# Values torch accepts but jrmsprop refuses: jrmsprop's own message, naming torch's argument.
+TORCH_STRICTER = [
+    (dict(alpha=1.5), "`alpha` must be in [0, 1], got 1.5"),
+    (dict(momentum=2.5), "`momentum` must be in [0, 1], got 2.5"),
+    (dict(lr=float("inf")), "`lr` must be finite and >= 0, got inf"),
+    (dict(eps=1e39), "`eps` must be at most"),
+]
+
+
+@pytest.mark.parametrize("kwargs, message", TORCH_STRICTER, ids=lambda x: str(x)[:30])
+def test_torch_stricter_checks_keep_jrmsprops_message(kwargs, message):
+    with pytest.raises(ValueError) as info:
+        compat.torch(**kwargs)
+    assert str(info.value).startswith(message)
+
+
+# torch 2.13's optimizer.state_dict()["param_groups"][0] of RMSprop([p], lr=0.1, momentum=0.5,
+# maximize=True)
+TORCH_GROUP = {
+    "lr": 0.1,
+    "momentum": 0.5,
+    "alpha": 0.99,
+    "eps": 1e-08,
+    "centered": False,
+    "weight_decay": 0,
+    "capturable": False,
+    "foreach": None,
+    "maximize": True,
+    "differentiable": False,
+    "params": [0],
+}
+
+
+def test_torch_takes_a_param_group_as_it_is():
+    p = jnp.array([1.0, -2.0])
+    grads = [jnp.array([0.5, 0.25])] * 3
+    want, _ = _steps(compat.torch(lr=0.1, momentum=0.5, maximize=True), p, grads)
+    for flags in ({}, dict(capturable=True, foreach=True, differentiable=True)):
+        got, _ = _steps(compat.torch(**{**TORCH_GROUP, **flags}), p, grads)
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize(
+    "flag, value", [("capturable", "yes"), ("foreach", 1), ("differentiable", None)]
+)
+def test_torch_execution_flags_must_be_booleans(flag, value):
+    with pytest.raises(TypeError, match=f"`{flag}` must be True or False"):
+        compat.torch(**{flag: value})
+
+
+# Keras 3.15's keras.optimizers.RMSprop(0.01, momentum=0.9, weight_decay=0.004).get_config(),
+# and tf_keras 2.21's tf_keras.optimizers.RMSprop(0.01).get_config() (TF >= 2.11's RMSprop).
+KERAS3_CONFIG = {
+    "name": "rm_sprop",
+    "learning_rate": 0.009999999776482582,
+    "weight_decay": 0.004,
+    "clipnorm": None,
+    "global_clipnorm": None,
+    "clipvalue": None,
+    "use_ema": False,
+    "ema_momentum": 0.99,
+    "ema_overwrite_frequency": None,
+    "loss_scale_factor": None,
+    "gradient_accumulation_steps": None,
+    "rho": 0.9,
+    "momentum": 0.9,
+    "epsilon": 1e-07,
+    "centered": False,
+}
+TF_KERAS_2_11_CONFIG = {
+    "name": "RMSprop",
+    "weight_decay": None,
+    "clipnorm": None,
+    "global_clipnorm": None,
+    "clipvalue": None,
+    "use_ema": False,
+    "ema_momentum": 0.99,
+    "ema_overwrite_frequency": 100,
+    "jit_compile": False,
+    "is_legacy_optimizer": False,
+    "learning_rate": np.float32(0.01),
+    "rho": 0.9,
+    "momentum": 0.0,
+    "epsilon": 1e-07,
+    "centered": False,
+}
+
+
+@pytest.mark.parametrize("config", [KERAS3_CONFIG, TF_KERAS_2_11_CONFIG], ids=["keras3", "tf"])
+def test_keras3_takes_a_saved_config_as_it_is(config):
+    p = jnp.array([1.0, -2.0])
+    grads = [jnp.array([0.5, 0.25])] * 3
+    got, _ = _steps(compat.keras3(**config), p, grads)
+    numbers = ("learning_rate", "rho", "momentum", "epsilon", "centered", "weight_decay")
+    want, _ = _steps(compat.keras3(**{k: config[k] for k in numbers}), p, grads)
+    np.testing.assert_array_equal(got, want)
+
+
+# Options that change the numbers: refused by name unless off (None / False).
+KERAS3_REFUSED = [
+    ("clipnorm", 1.0, "clip before"),
+    ("clipvalue", 0.5, r"jrmsprop\.clip_by_value"),
+    ("global_clipnorm", 0.0, "clip before"),
+    ("use_ema", True, "leave it out"),
+    ("loss_scale_factor", 128.0, "leave it out"),
+    ("gradient_accumulation_steps", 2, "leave it out"),
+    ("is_legacy_optimizer", True, r"compat\.keras2"),
+]
+
+
+@pytest.mark.parametrize("key, value, instead", KERAS3_REFUSED)
+def test_keras3_refuses_options_it_does_not_reproduce(key, value, instead):
+    with pytest.raises(ValueError, match=rf"compat\.keras3: `{key}`={value!r} is not reproduced"):
+        compat.keras3(**{**KERAS3_CONFIG, key: value})
+    with pytest.raises(ValueError, match=instead):
+        compat.keras3(**{key: value})
+
+
+@pytest.mark.parametrize("kwargs", [dict(lr=0.1), dict(foo=1, decay=0.1)], ids=["lr", "foo"])
+def test_keras3_refuses_unknown_arguments_as_keras3(kwargs):
+    """Keras 3 has no ``lr`` (nor ``decay``): its own ValueError (live: test_live_frameworks)."""
+    with pytest.raises(ValueError) as info:
+        compat.keras3(**kwargs)
+    assert str(info.value) == f"Argument(s) not recognized: {kwargs}"

@@ -201,3 +201,131 @@ def test_variable_trainable_follows_tf_variable(trainable: Any, synchronization:
     kwargs = {} if trainable is None else {"trainable": trainable}
     expected = tf.Variable(1.0, synchronization=sync, **kwargs).trainable
     assert Variable(1.0, synchronization=synchronization, **kwargs).trainable is expected
+
+
+# ---- errors and configs: jrmsprop speaks the framework's language -----------------------------
+
+
+def _error(call: Any) -> Exception:
+    try:
+        call()
+    except Exception as e:  # the framework's own exception, whatever its type
+        return e
+    raise AssertionError("no error raised")
+
+
+def _assert_same_error(theirs: Exception, ours: Exception) -> None:
+    assert type(ours) is type(theirs), (ours, theirs)
+    assert str(ours).startswith(str(theirs)), (str(ours), str(theirs))
+
+
+TORCH_REFUSED = [
+    dict(lr=-1),
+    dict(lr=float("nan")),
+    dict(eps=-1e-8),
+    dict(momentum=-1),
+    dict(momentum=-1.0),
+    dict(weight_decay=-2),
+    dict(alpha=-0.5),
+]
+
+
+@pytest.mark.parametrize("kwargs", TORCH_REFUSED, ids=str)
+def test_torch_errors_are_torchs(kwargs: dict[str, Any]) -> None:
+    """compat.torch raises torch.optim.RMSprop's exception with its message first."""
+    import torch
+
+    from jrmsprop import compat
+
+    theirs = _error(lambda: torch.optim.RMSprop([torch.zeros(2, requires_grad=True)], **kwargs))
+    _assert_same_error(theirs, _error(lambda: compat.torch(**kwargs)))
+
+
+def test_torch_param_group_is_accepted_as_it_is() -> None:
+    """``compat.torch(**param_group)`` with torch's own keys (and the literal test_compat uses)."""
+    import torch
+    from test_compat import TORCH_GROUP
+
+    from jrmsprop import compat
+
+    p = torch.zeros(2, requires_grad=True)
+    group = torch.optim.RMSprop([p], lr=0.1, momentum=0.5, maximize=True).state_dict()
+    group = group["param_groups"][0]
+    assert group == TORCH_GROUP
+    compat.torch(**group)
+
+
+KERAS2_REFUSED = [
+    dict(momentum=2.5),
+    dict(momentum=-1),
+    dict(lr=-1),
+    dict(decay=-1),
+    dict(clipnorm=-1),
+    dict(clipvalue=-0.5),
+    dict(global_clipnorm=-2),
+    dict(clipnorm=1.0, global_clipnorm=1.0),
+]
+
+
+@pytest.mark.parametrize("kwargs", KERAS2_REFUSED, ids=str)
+def test_wrapper_errors_are_keras2s(kwargs: dict[str, Any]) -> None:
+    """jrmsprop.RMSprop raises tf_keras's legacy RMSprop exception with its message first."""
+    import tf_keras
+
+    from jrmsprop import RMSprop
+
+    theirs = _error(lambda: tf_keras.optimizers.legacy.RMSprop(**kwargs))
+    _assert_same_error(theirs, _error(lambda: RMSprop(**kwargs)))
+
+
+def test_wrapper_unknown_keyword_is_keras2s() -> None:
+    import tf_keras
+
+    from jrmsprop import RMSprop
+
+    theirs = _error(lambda: tf_keras.optimizers.legacy.RMSprop(foo=1))
+    ours = _error(lambda: RMSprop(foo=1))
+    assert type(ours) is type(theirs)
+    # the same text, but for the order in which each prints the set of allowed keywords
+    head, _, allowed = str(theirs).partition("{")
+    assert str(ours).startswith(head) and ours.args[0].count("'") == allowed.count("'")
+
+
+def test_lr_warns_as_keras2() -> None:
+    """``lr``: tf_keras's legacy optimizer's UserWarning, and ``lr`` wins, in both."""
+    import tf_keras
+
+    from jrmsprop import RMSprop
+
+    with warnings.catch_warnings(record=True) as theirs:
+        warnings.simplefilter("always")
+        keras_opt = tf_keras.optimizers.legacy.RMSprop(learning_rate=0.5, lr=0.25)
+    with pytest.warns(UserWarning) as ours:
+        opt = RMSprop(learning_rate=0.5, lr=0.25)
+    want = [(w.category, str(w.message)) for w in theirs if "lr" in str(w.message)]
+    assert [(w.category, str(w.message)) for w in ours] == want
+    assert float(opt.learning_rate) == float(keras_opt.learning_rate) == 0.25
+
+
+def test_keras3_takes_keras3_configs() -> None:
+    """Keras 3's ``get_config()`` (and the literal test_compat uses) goes to compat.keras3 as is;
+    an option jrmsprop does not reproduce is refused by name, ``lr`` with Keras 3's error."""
+    import keras
+    import tf_keras
+    from test_compat import KERAS3_CONFIG, TF_KERAS_2_11_CONFIG
+
+    from jrmsprop import compat
+
+    config = keras.optimizers.RMSprop(0.01, momentum=0.9, weight_decay=0.004).get_config()
+    assert config == KERAS3_CONFIG
+    compat.keras3(**config)
+    config = tf_keras.optimizers.RMSprop(0.01).get_config()
+    assert config == TF_KERAS_2_11_CONFIG
+    compat.keras3(**config)
+    for option in (dict(clipnorm=1.0), dict(use_ema=True), dict(gradient_accumulation_steps=2)):
+        (key,) = option
+        config = keras.optimizers.RMSprop(**option).get_config()
+        with pytest.raises(ValueError, match=f"`{key}`"):
+            compat.keras3(**config)
+    theirs = _error(lambda: keras.optimizers.RMSprop(lr=0.1))
+    _assert_same_error(theirs, _error(lambda: compat.keras3(lr=0.1)))

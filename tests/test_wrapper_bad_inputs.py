@@ -85,6 +85,80 @@ def test_constructor_refuses_both_norm_clips():
         RMSprop(clipnorm=1.0, global_clipnorm=1.0)
 
 
+# (arguments, tf_keras.optimizers.legacy.RMSprop's own message): jrmsprop raises Keras's
+# ValueError with Keras's text first (verified live in test_live_frameworks.py).
+KERAS_ERRORS = [
+    (
+        dict(momentum=2.5),
+        "`momentum` must be between [0, 1]. Received: momentum=2.5 (of type <class 'float'>).",
+    ),
+    (
+        dict(momentum=-1),
+        "`momentum` must be between [0, 1]. Received: momentum=-1 (of type <class 'int'>).",
+    ),
+    (dict(lr=-1), "Expected lr >= 0, received: -1"),
+    (dict(decay=-1), "Expected decay >= 0, received: -1"),
+    (dict(clipnorm=-1), "Expected clipnorm >= 0, received: -1"),
+    (dict(clipvalue=-0.5), "Expected clipvalue >= 0, received: -0.5"),
+    (dict(global_clipnorm=-2), "Expected global_clipnorm >= 0, received: -2"),
+    (
+        dict(clipnorm=1.0, global_clipnorm=1.0),
+        "Cannot accept both `clipnorm` and "
+        "`global_clipnorm`. Received: `clipnorm`=1.0, `global_clipnorm`=1.0.",
+    ),
+    (dict(foo=1), "Unexpected keyword argument passed to optimizer: foo."),
+]
+
+
+@pytest.mark.parametrize("kwargs, message", KERAS_ERRORS, ids=lambda x: str(x)[:30])
+def test_constructor_raises_keras_message(kwargs, message):
+    error = TypeError if "foo" in kwargs else ValueError
+    with pytest.raises(error) as info:
+        RMSprop(**kwargs)
+    assert str(info.value).startswith(message)
+
+
+# Values Keras accepts but jrmsprop refuses: jrmsprop's own message alone.
+KERAS_STRICTER = [
+    (dict(momentum=NAN), "`momentum` must be in [0, 1], got nan"),
+    (dict(lr=INF), "`lr` must be finite and >= 0, got inf"),
+    (dict(rho=-0.5), "`rho` must be in [0, 1], got -0.5"),
+    (dict(clipnorm=NAN), "`clipnorm` must be finite and >= 0, got nan"),
+]
+
+
+@pytest.mark.parametrize("kwargs, message", KERAS_STRICTER, ids=lambda x: str(x)[:30])
+def test_stricter_checks_keep_jrmsprops_message(kwargs, message):
+    with pytest.raises(ValueError) as info:
+        RMSprop(**kwargs)
+    assert str(info.value) == message
+
+
+def test_lr_is_keras_deprecated_alias():
+    """Keras 2's rule: ``lr`` replaces ``learning_rate``, with Keras's warning."""
+    with pytest.warns(UserWarning) as record:
+        opt = RMSprop(learning_rate=0.5, lr=0.1)
+    assert [str(w.message) for w in record] == [
+        "The `lr` argument is deprecated, use `learning_rate` instead."
+    ]
+    assert record[0].filename == __file__  # the warning points at the caller
+    assert opt.get_config()["learning_rate"] == 0.1
+
+
+def test_keras3_optimizer_raises_keras_messages():
+    """``jrmsprop.keras.RMSprop`` has TF 2.x's ``momentum``, ``decay`` and ``lr``."""
+    jk = pytest.importorskip("jrmsprop.keras")
+    if jk.keras.backend.backend() != "jax":
+        pytest.skip("Keras runs on another backend in this process")
+    for kwargs, message in KERAS_ERRORS[:4]:
+        with pytest.raises(ValueError) as info:
+            jk.RMSprop(**kwargs)
+        assert str(info.value).startswith(message)
+    with pytest.warns(UserWarning, match="^The `lr` argument is deprecated"):
+        opt = jk.RMSprop(lr=0.25)
+    assert float(opt.learning_rate.value) == 0.25
+
+
 def test_accepted_edge_values():
     """The ranges' ends are valid, and Keras's ``epsilon or 1e-7`` still holds."""
     opt = RMSprop(learning_rate=0.0, rho=1.0, momentum=1.0, epsilon=0, decay=0.0, clipnorm=0.0)

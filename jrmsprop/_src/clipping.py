@@ -28,7 +28,7 @@ from jax import lax
 
 from jrmsprop._src import arithmetic
 from jrmsprop._src.sparse import IndexedSlices
-from jrmsprop._src.validation import check_hyperparameter, is_schedule, jit_value
+from jrmsprop._src.validation import KERAS2_MESSAGES, check_hyperparameter, is_schedule, jit_value
 
 __all__ = [
     "check_clip_arguments",
@@ -92,7 +92,9 @@ def _check_threshold(name: str, value: Any) -> Any:
     """
     if is_schedule(value):
         raise TypeError(f"`{name}` must be a number or a scalar array, got {value!r}")
-    return jit_value(value, check_hyperparameter(name, value, kind="clip"))
+    # Keras's own message for its argument names (``clipnorm``; not ``clip_norm``)
+    scalar = check_hyperparameter(name, value, kind="clip", messages=KERAS2_MESSAGES)
+    return jit_value(value, scalar)
 
 
 def check_clip_arguments(

@@ -41,15 +41,10 @@ from typing import Any
 import jax
 import numpy as np
 
-from jrmsprop._src import keras_config
+from jrmsprop._src import keras_config, validation
 from jrmsprop._src.clipping import check_clip_arguments
 from jrmsprop._src.transform import KERAS2
-from jrmsprop._src.validation import (
-    KERAS_EPSILON,
-    as_jit_scalar,
-    check_hyperparameter,
-    concrete_scalar,
-)
+from jrmsprop._src.validation import KERAS_EPSILON, as_jit_scalar, concrete_scalar
 from jrmsprop._src.variable import Variable
 
 __all__ = [
@@ -69,6 +64,10 @@ _VARIABLE_HYPERS = ("learning_rate", "rho", "momentum", "decay")  # Keras: float
 _FIXED_HYPERS = ("decay",)  # Keras: steps and get_config use `_initial_decay`, the constructor's
 _CONFIG_ORDER = ("learning_rate", "decay", "rho", "momentum", "epsilon")  # Keras 2's get_config
 _FLOAT32_HYPERS = KERAS2.float32_hyperparameters  # TF stores them as float32 (see `check`)
+# The core's check, with Keras's messages where Keras has a check of its own.
+_check_hyperparameter = functools.partial(
+    validation.check_hyperparameter, messages=validation.KERAS2_MESSAGES
+)
 
 
 def constructor_value(name: str, value: Any) -> Any:
@@ -98,7 +97,7 @@ def check(name: str, value: Any, kind: str | None = None) -> Any:
     the variables' dtype (:data:`jrmsprop._src.transform.KERAS2`), so a value beyond float32's
     range is refused for them also when JAX's x64 mode is on.
     """
-    check_hyperparameter(name, value, kind, float32=(kind or name) in _FLOAT32_HYPERS)
+    _check_hyperparameter(name, value, kind, float32=(kind or name) in _FLOAT32_HYPERS)
     return value
 
 
@@ -150,7 +149,7 @@ def _check_assigned(name: str, value: Any) -> None:
     """The check of a hyperparameter Variable's assignments (``opt.rho.assign(2)`` raises)."""
     if isinstance(value, np.ndarray) and value.dtype.kind == "O" and value.size == 1:
         value = value.item()  # a Python int beyond 64 bits, as given
-    check_hyperparameter(name, value)
+    _check_hyperparameter(name, value)
 
 
 def _checked_on_assign(variable: Variable, name: str) -> bool:
@@ -245,7 +244,7 @@ class KerasHyperparameters:
                     return value.value
                 value = value.value
             try:
-                check_hyperparameter(name, value)
+                _check_hyperparameter(name, value)
             except (TypeError, ValueError) as e:
                 raise type(e)(
                     f"RMSprop: the current value of the variable given as `{name}`: {e}"
@@ -262,7 +261,7 @@ class KerasHyperparameters:
         if isinstance(value, Variable):
             value = value.value
         try:  # evaluated eagerly, so concrete: the core's full check applies
-            check_hyperparameter(name, value)
+            _check_hyperparameter(name, value)
         except (TypeError, ValueError) as e:
             raise type(e)(f"RMSprop: the value the callable `{name}` returned: {e}") from e
         return value

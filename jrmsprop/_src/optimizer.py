@@ -21,7 +21,6 @@ deleted. The ``iterations`` counter (a scalar) is not donated.
 from __future__ import annotations
 
 import functools
-import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -36,7 +35,7 @@ from jrmsprop._src.clipping import keras_clipping
 from jrmsprop._src.keras_hyperparameters import KerasHyperparameters, optimizer_property
 from jrmsprop._src.keras_slots import OptimizerVariables
 from jrmsprop._src.transform import KERAS2, RMSpropState, build, slot_dtype_of
-from jrmsprop._src.validation import check_bool
+from jrmsprop._src.validation import check_bool, legacy_lr
 from jrmsprop._src.variable import Variable, dtype_kind, exact_array
 
 __all__ = ["RMSprop"]
@@ -158,8 +157,7 @@ class RMSprop(OptimizerVariables):
         hyper_lib.check_keywords(kwargs)
         if name is not None and not isinstance(name, str):
             raise TypeError(f"`name` must be a string, got {name!r}")
-        if kwargs.get("lr") is not None:
-            learning_rate = hyper_lib.check("lr", kwargs["lr"], kind="learning_rate")
+        learning_rate = legacy_lr(learning_rate, kwargs)
         hypers = dict(
             learning_rate=learning_rate,
             rho=rho,
@@ -172,10 +170,6 @@ class RMSprop(OptimizerVariables):
             name or "RMSprop", hypers, {key: kwargs.get(key) for key in hyper_lib.CLIPS}
         )
         centered = check_bool("centered", centered)
-        if "lr" in kwargs:
-            warnings.warn(
-                "The `lr` argument is deprecated, use `learning_rate` instead.", stacklevel=2
-            )
         super().__init__(name or "RMSprop")
         self._hyperparameters = hyperparameters
         self._centered = centered

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import inspect
 import math
+import warnings
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -31,6 +33,35 @@ RANGES: dict[str, tuple[float, float | None]] = {
     "one_minus_rho": (0.0, 1.0),
     # gradient-clipping thresholds (an infinite clipnorm turns every gradient into inf/inf = NaN)
     "clip": (0.0, None),
+}
+
+
+# A framework's own checks, by its argument names: ``(message, refuses)``. Where the framework
+# refuses a value too, an entry point with its API raises its ValueError with its text first, so
+# code that matches the message keeps working (``{value}``: as given, ``{type}``: its type).
+FrameworkChecks = Mapping[str, tuple[str, Callable[[float], bool]]]
+
+# tf_keras.optimizers.legacy.RMSprop (OptimizerV2)
+KERAS2_MESSAGES: FrameworkChecks = {
+    "momentum": (
+        "`momentum` must be between [0, 1]. Received: momentum={value} (of type {type}).",
+        lambda x: x < 0 or x > 1,
+    ),
+    **{
+        name: (f"Expected {name} >= 0, received: {{value}}", lambda x: x < 0)
+        for name in ("lr", "decay", "clipnorm", "clipvalue", "global_clipnorm")
+    },
+}
+# torch.optim.RMSprop (``if not 0.0 <= lr``: NaN refused too)
+TORCH_MESSAGES: FrameworkChecks = {
+    name: (f"Invalid {what}: {{value}}", lambda x: not 0 <= x)
+    for name, what in (
+        ("lr", "learning rate"),
+        ("eps", "epsilon value"),
+        ("alpha", "alpha value"),
+        ("momentum", "momentum value"),
+        ("weight_decay", "weight_decay value"),
+    )
 }
 
 
@@ -168,7 +199,11 @@ def check_range(name: str, scalar: float, kind: str | None = None, float32: bool
 
 
 def check_hyperparameter(
-    name: str, value: Any, kind: str | None = None, float32: bool = False
+    name: str,
+    value: Any,
+    kind: str | None = None,
+    float32: bool = False,
+    messages: FrameworkChecks | None = None,
 ) -> float | None:
     """Checks one hyperparameter; returns its value when concrete, else None (traced, schedule).
 
@@ -178,11 +213,35 @@ def check_hyperparameter(
       kind: which range applies (a key of :data:`RANGES`); defaults to ``name``.
       float32: the value is used as a float32 whatever the parameters' dtype (see
         :func:`check_range`).
+      messages: the framework's checks by argument name (:data:`KERAS2_MESSAGES`,
+        :data:`TORCH_MESSAGES`): a value out of range that the framework refuses too raises
+        the ``ValueError`` with the framework's message.
     """
     scalar = concrete_scalar(name, value)
     if scalar is None:
         return None
-    return check_range(name, scalar, kind, float32)
+    try:
+        return check_range(name, scalar, kind, float32)
+    except ValueError as e:
+        template, refuses = (messages or {}).get(name, (None, None))
+        if template is None or not refuses(scalar):
+            raise
+        raise ValueError(f"{template.format(value=value, type=type(value))} ({e})") from None
+
+
+def legacy_lr(learning_rate: Any, kwargs: dict[str, Any]) -> Any:
+    """The learning rate, given Keras 2's deprecated ``lr`` keyword (removed from ``kwargs``).
+
+    ``tf_keras.optimizers.legacy``'s rule: ``lr`` (checked, unless None) replaces
+    ``learning_rate``, with Keras's ``UserWarning``. Keras 3 (and ``compat.keras3``) refuse it.
+    """
+    if "lr" not in kwargs:
+        return learning_rate
+    lr = kwargs.pop("lr")
+    if lr is not None:
+        check_hyperparameter("lr", lr, "learning_rate", float32=True, messages=KERAS2_MESSAGES)
+    warnings.warn("The `lr` argument is deprecated, use `learning_rate` instead.", stacklevel=3)
+    return learning_rate if lr is None else lr
 
 
 def jit_value(value: Any, scalar: float | None) -> Any:
