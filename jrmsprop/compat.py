@@ -1,18 +1,18 @@
 """Presets that reproduce other frameworks' RMSprop, and state transfer from them.
 
 Each preset takes that framework's own argument names and defaults and returns an optax
-``GradientTransformationExtraArgs`` built on :func:`jrmsprop.rmsprop` (the same arithmetic; the
-presets only choose its options):
+``GradientTransformationExtraArgs`` with the arithmetic of :func:`jrmsprop.rmsprop` (which is TF
+2.x Keras, ``tf_keras.optimizers.legacy.RMSprop``); the presets only choose its options:
 
-============  =========================  ==========  ============  =============  ===========
-preset        framework                  ε           lr and mom.   weight decay   rms starts
-============  =========================  ==========  ============  =============  ===========
-``keras2``    TF 2.x Keras (tf_keras)    in iff mom  inside buffer  --            0
-``keras3``    Keras 3 / TF >= 2.11       inside      inside buffer  decoupled      0
-``torch``     ``torch.optim.RMSprop``    outside     outside        coupled (L2)   0
-``tf1``       ``tf.compat.v1.train``     inside      inside buffer  --            1
-``optax``     ``optax.rmsprop``          as given    inside buffer  --            as given
-============  =========================  ==========  ============  =============  ===========
+=================  =========================  ==========  ============  =============  ==========
+preset             framework                  ε           lr and mom.   weight decay   rms starts
+=================  =========================  ==========  ============  =============  ==========
+``rmsprop``        TF 2.x Keras (tf_keras)    in iff mom  inside buffer  --            0
+``keras3``         Keras 3 / TF >= 2.11       inside      inside buffer  decoupled      0
+``torch``          ``torch.optim.RMSprop``    outside     outside        coupled (L2)   0
+``tf1``            ``tf.compat.v1.train``     inside      inside buffer  --            1
+``optax_rmsprop``  ``optax.rmsprop``          as given    inside buffer  --            as given
+=================  =========================  ==========  ============  =============  ==========
 """
 
 from __future__ import annotations
@@ -32,10 +32,9 @@ from jrmsprop._src.saved_state import (
     state_from_keras2,
     state_from_torch,
 )
-from jrmsprop._src.transform import ScalarOrSchedule, build, rmsprop
+from jrmsprop._src.transform import ScalarOrSchedule, build
 
 __all__ = (
-    "keras2",
     "keras2_h5_weights",
     "load_keras2_h5",
     "load_keras3_archive",
@@ -45,38 +44,8 @@ __all__ = (
     "state_from_keras2",
     "state_from_torch",
     "tf1",
-    "tf_keras_2_11",
-    "tf_keras_legacy",
     "torch",
 )
-
-
-def keras2(
-    learning_rate: ScalarOrSchedule = 0.001,
-    rho: ScalarOrSchedule = 0.9,
-    momentum: ScalarOrSchedule | None = None,
-    epsilon: ScalarOrSchedule = 1e-7,
-    centered: bool = False,
-    **kwargs: Any,
-) -> optax.GradientTransformationExtraArgs:
-    """TF 2.0–2.10 ``tf.keras.optimizers.RMSprop``: the same as :func:`jrmsprop.rmsprop`.
-
-    TF >= 2.11 ships this optimizer as ``tf.keras.optimizers.legacy.RMSprop`` (and
-    ``tf_keras.optimizers.legacy.RMSprop``); :data:`tf_keras_legacy` is an alias of this preset.
-    ε inside the root with a momentum slot, outside without; lr inside the momentum buffer.
-    Keyword arguments (``decay``: inverse-time lr decay, ``slot_dtype``) are those of
-    :func:`jrmsprop.rmsprop`.
-
-    Example:
-      >>> import jax.numpy as jnp, optax
-      >>> from jrmsprop import compat
-      >>> tx = compat.keras2(learning_rate=0.1)
-      >>> p = jnp.array(10.0)
-      >>> u, _ = tx.update(p, tx.init(p))
-      >>> p + u
-      Array(9.683772, dtype=float32)
-    """
-    return rmsprop(learning_rate, rho, momentum, epsilon, centered, **kwargs)
 
 
 def keras3(
@@ -86,22 +55,31 @@ def keras3(
     epsilon: ScalarOrSchedule = 1e-7,
     centered: bool = False,
     weight_decay: ScalarOrSchedule | None = None,
-    **options: Any,
+    *,
+    name: str | None = None,
+    clipnorm: float | None = None,
+    clipvalue: float | None = None,
+    global_clipnorm: float | None = None,
+    use_ema: bool = False,
+    ema_momentum: float = 0.99,
+    ema_overwrite_frequency: int | None = None,
+    loss_scale_factor: float | None = None,
+    gradient_accumulation_steps: int | None = None,
+    jit_compile: bool | None = None,
+    is_legacy_optimizer: bool | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """Keras 3 ``keras.optimizers.RMSprop``, also TF >= 2.11's default ``tf.keras`` RMSprop.
 
     ε always inside the root; with ``weight_decay``, ``p ← p − p·wd·lr`` before the step
     (decoupled). Pass ``params`` to ``update`` when ``weight_decay`` is set. ``1 − ρ`` is
     computed in double precision from a Python ``rho`` as Keras does (under
-    ``optax.inject_hyperparams`` ρ arrives as a float32 array and ``1 − ρ`` is computed from it,
-    which differs from Keras in the last bit, and by far more for ρ near 1: 0.9999999 is
-    0.99999988 in float32, so ``1 − ρ`` is 19% larger). Complex parameters: ``|g|²``, real ``rms``.
-    :data:`tf_keras_2_11` is an alias.
+    ``optax.inject_hyperparams`` ρ arrives as a float32 array and ``1 − ρ`` is computed from
+    that float32 value). Complex parameters: ``|g|²``, real ``rms``.
 
-    ``keras3(**optimizer.get_config())`` works: of the other ``options``, ``name``,
-    ``jit_compile`` and the EMA settings change no number; clipping, ``use_ema``,
-    ``loss_scale_factor``, ``gradient_accumulation_steps`` and ``is_legacy_optimizer`` are not
-    reproduced, so anything but ``None`` / ``False`` (off) raises a ``ValueError`` naming it.
+    ``keras3(**optimizer.get_config())`` works: ``name``, ``jit_compile`` and the EMA settings
+    change no number; clipping, ``use_ema``, ``loss_scale_factor``,
+    ``gradient_accumulation_steps`` and ``is_legacy_optimizer`` are not reproduced, so anything
+    but ``None`` / ``False`` (off) raises a ``ValueError`` naming it and what to use instead.
 
     Example:
       >>> import jax.numpy as jnp
@@ -112,14 +90,21 @@ def keras3(
       >>> p + u
       Array([-0.5811..., 0.4189..., 1.4189..., 2.4189...], dtype=float32)
     """
-    unknown = {k: v for k, v in options.items() if k not in _KERAS3_OFF and k not in _KERAS3_INERT}
-    if unknown:
-        raise ValueError(f"Argument(s) not recognized: {unknown}")  # Keras 3's own message
-    for key, instead in _KERAS3_OFF.items():
-        if options.get(key) is not None and options[key] is not False:
+    del name, ema_momentum, ema_overwrite_frequency, jit_compile  # change no number
+    options = dict(
+        clipnorm=clipnorm,
+        clipvalue=clipvalue,
+        global_clipnorm=global_clipnorm,
+        use_ema=use_ema,
+        loss_scale_factor=loss_scale_factor,
+        gradient_accumulation_steps=gradient_accumulation_steps,
+        is_legacy_optimizer=is_legacy_optimizer,
+    )
+    for key, value in options.items():
+        if value is not None and value is not False:
             raise ValueError(
-                f"compat.keras3: `{key}`={options[key]!r} is not reproduced, only None/False "
-                f"(off): {instead}"
+                f"compat.keras3: `{key}`={value!r} is not reproduced, only None/False (off): "
+                f"{_KERAS3_INSTEAD[key]}"
             )
     return build(
         _KERAS3,
@@ -279,17 +264,16 @@ _KERAS3 = Rule(
 )
 # Keras 3's optimizer options in a saved config (tf_keras >= 2.11's too) that change the numbers:
 # refused unless off, with what to do instead. Keras 3 rounds a norm its own way on each backend.
-_KERAS3_OFF = {
+_KERAS3_INSTEAD = {
     **dict.fromkeys(
-        ("clipnorm", "clipvalue", "global_clipnorm"),
-        "clip before; optax.chain(jrmsprop.clip_by_value(c), tx) is Keras 3's clipvalue",
+        ("clipnorm", "global_clipnorm"), "clip the gradients before, e.g. optax.chain(clip, tx)"
     ),
-    **dict.fromkeys(
-        ("use_ema", "loss_scale_factor", "gradient_accumulation_steps"), "leave it out"
-    ),
-    "is_legacy_optimizer": "a legacy optimizer's config is for compat.keras2",
+    "clipvalue": "optax.chain(optax.clip(clipvalue), tx) is Keras 3's clipvalue",
+    "use_ema": "leave it out (optax.ema keeps an average of the parameters)",
+    "loss_scale_factor": "leave it out (scale the loss yourself)",
+    "gradient_accumulation_steps": "optax.MultiSteps(tx, every_k_schedule=steps) accumulates",
+    "is_legacy_optimizer": "a legacy optimizer's config is for jrmsprop.rmsprop",
 }
-_KERAS3_INERT = ("name", "ema_momentum", "ema_overwrite_frequency", "jit_compile")
 _TORCH = Rule(
     framework="compat.torch",
     arg_names=(("learning_rate", "lr"), ("rho", "alpha"), ("epsilon", "eps")),
@@ -315,9 +299,3 @@ _OPTAX = Rule(
     arg_names=(("rho", "decay"), ("epsilon", "eps")),
     fused_order=False,
 )
-
-tf_keras_legacy = keras2
-"""TF >= 2.11 ``tf.keras.optimizers.legacy.RMSprop`` (``tf_keras`` too): :func:`keras2`."""
-
-tf_keras_2_11 = keras3
-"""TF >= 2.11's default ``tf.keras.optimizers.RMSprop`` (Keras 3 arithmetic): :func:`keras3`."""

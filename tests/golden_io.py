@@ -192,7 +192,7 @@ def transform_kwargs(case: GoldenCase) -> dict[str, Any]:
 def build_transform(case: GoldenCase) -> optax.GradientTransformationExtraArgs:
     """``jrmsprop.compat.<framework>(**kwargs)`` with the case's own constructor arguments."""
     factory = {
-        "keras2": jrmsprop.compat.keras2,
+        "keras2": jrmsprop.rmsprop,
         "keras3": jrmsprop.compat.keras3,
         "torch": jrmsprop.compat.torch,
         "tf1": jrmsprop.compat.tf1,

@@ -41,17 +41,6 @@ FACTORIES: dict[str, tuple[Callable[..., Any], dict[str, Any], dict[str, tuple[s
             "decay": ("nonneg", "decay"),
         },
     ),
-    "keras2": (
-        compat.keras2,
-        {},
-        {
-            "learning_rate": ("nonneg", "learning_rate"),
-            "rho": ("fraction", "rho"),
-            "momentum": ("fraction", "momentum"),
-            "epsilon": ("nonneg", "epsilon"),
-            "decay": ("nonneg", "decay"),
-        },
-    ),
     "keras3": (
         compat.keras3,
         {},
@@ -114,12 +103,8 @@ ABOVE_ONE = ("1.5", 1.5, ValueError)
 # None is a valid value of these: "no weight decay", "no momentum", Keras 2's ε default.
 NONE_IS_VALID = {
     ("keras3", "weight_decay"),
-    *(
-        (name, "momentum")
-        for name in ("rmsprop", "keras2", "keras3", "torch", "tf1", "optax_rmsprop")
-    ),
+    *((name, "momentum") for name in ("rmsprop", "keras3", "torch", "tf1", "optax_rmsprop")),
     ("rmsprop", "epsilon"),
-    ("keras2", "epsilon"),
 }
 
 

@@ -21,10 +21,7 @@ from tests.test_bad_inputs import _assert_unchanged, _snapshot
 
 PRESETS = {
     "rmsprop": lambda **kw: jrmsprop.rmsprop(0.1, **kw),
-    "keras2": lambda **kw: compat.keras2(0.1, **kw),
-    "tf_keras_legacy": lambda **kw: compat.tf_keras_legacy(0.1, **kw),
     "keras3": lambda **kw: compat.keras3(0.1, **kw),
-    "tf_keras_2_11": lambda **kw: compat.tf_keras_2_11(0.1, **kw),
     "torch": lambda **kw: compat.torch(0.1, **kw),
     "tf1": lambda **kw: compat.tf1(0.1, **kw),
     "optax_rmsprop": lambda **kw: compat.optax_rmsprop(0.1, **kw),

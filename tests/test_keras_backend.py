@@ -260,7 +260,7 @@ def test_gradient_accumulation_counts_real_updates():
     rng = np.random.default_rng(3)
     p0 = rng.normal(size=(5,)).astype(np.float32)
     grads = [rng.normal(size=(5,)).astype(np.float32) for _ in range(6)]
-    hyper = dict(learning_rate=0.1, momentum=0.9, centered=True, decay=0.5)
+    hyper = dict(learning_rate=0.1, momentum=0.9, centered=True, decay=0.25)
     v = keras.Variable(p0)
     opt = RMSprop(**hyper, gradient_accumulation_steps=2)
     for g in grads:

@@ -99,11 +99,7 @@ def test_keras2_float64_rounds_hyperparameters_to_float32_like_tf(x64, name):
         momentum_centered=dict(learning_rate=0.1, rho=0.9, momentum=0.9, centered=True),
         decay_eps=dict(learning_rate=0.1, rho=0.9, momentum=0.3, decay=0.1, epsilon=0.1),
     )[name]
-    for tx in (
-        jrmsprop.rmsprop(**kwargs),
-        compat.keras2(**kwargs),
-        compat.tf_keras_legacy(**kwargs),
-    ):
+    for tx in (jrmsprop.rmsprop(**kwargs),):
         p = jnp.asarray(data["p0"], jnp.float64)
         state = tx.init(p)
         for t, g in enumerate(data["grads"]):
@@ -376,14 +372,11 @@ def test_non_finite_values_match_the_reference(framework, momentum, centered):
 @pytest.mark.parametrize("epsilon", [0, 0.0, np.float32(0), None])
 def test_keras2_epsilon_zero_or_none_means_keras_default(momentum, epsilon):
     """Keras 2 stores ``epsilon or backend.epsilon()``: ε = 0 or None trains with 1e-7, in
-    ``rmsprop``, ``compat.keras2`` and the wrapper alike. tf_keras 2.21, lr 0.1, p 1, g 1e-4, one
+    ``rmsprop`` and the wrapper alike. tf_keras 2.21, lr 0.1, p 1, g 1e-4, one
     step: 0.68476915 without momentum, 0.9685342 with (ε = 0 itself gives 0.68377227)."""
     expected = {0.0: np.float32(0.68476915), 0.9: np.float32(0.9685342)}[momentum]
     g, p = jnp.asarray(1e-4, jnp.float32), jnp.asarray(1.0, jnp.float32)
-    for tx in (
-        jrmsprop.rmsprop(0.1, momentum=momentum, epsilon=epsilon),
-        compat.keras2(0.1, momentum=momentum, epsilon=epsilon),
-    ):
+    for tx in (jrmsprop.rmsprop(0.1, momentum=momentum, epsilon=epsilon),):
         u, _ = tx.update(g, tx.init(p), p)
         assert np.float32(p + u) == expected
     opt = jrmsprop.RMSprop(0.1, momentum=momentum, epsilon=epsilon)

@@ -136,7 +136,7 @@ CORE_CONFIGS = [
     dict(centered=True),
     dict(momentum=0.5, centered=True),
     dict(decay=0.25),
-    dict(momentum=0.3, decay=0.5, centered=True),
+    dict(momentum=0.3, decay=0.25, centered=True),
 ]
 
 
@@ -441,11 +441,11 @@ def test_constructor_validation():
 
 def test_iterations_assignment_drives_decay_and_schedules():
     v = Variable([1.0, 2.0])
-    opt = RMSprop(learning_rate=lambda: 0.1, decay=0.5, momentum=0.5)
+    opt = RMSprop(learning_rate=lambda: 0.1, decay=0.25, momentum=0.5)
     opt.build([v])
     opt.iterations.assign(5)
     opt.apply_gradients([(jnp.array([0.3, -0.2]), v)])
-    tx = rmsprop(0.1, decay=0.5, momentum=0.5)
+    tx = rmsprop(0.1, decay=0.25, momentum=0.5)
     p = (jnp.array([1.0, 2.0]),)
     state = tx.init(p)._replace(count=jnp.int32(5))
     u, state = tx.update((jnp.array([0.3, -0.2]),), state)
