@@ -1,19 +1,15 @@
-"""``jrmsprop demo``: a TF 2.x Keras RMSprop recipe ported to JAX, with optax and with jrmsprop.
+"""A TF 2.x Keras RMSprop recipe ported to JAX, with optax and with jrmsprop.
 
-The recipe is ``tf.keras.optimizers.RMSprop(learning_rate=2.5e-4, rho=0.95, epsilon=0.01)``, the
-large-ε setting of many Keras DQN ports, applied full batch to a 9-64-1 ReLU MLP that predicts
-fuel efficiency from the Auto MPG data bundled with ``vega_datasets``. Without momentum Keras
-divides the gradient by ``sqrt(rms) + ε``; ``optax.rmsprop(lr, decay=rho, eps=ε)`` divides by
-``sqrt(rms + ε)``, which for small ``rms`` acts like ``sqrt(rms) + sqrt(ε)``: at ε = 0.01, ten
-times the damping, so optax's steps shrink wherever the gradients are small. (With momentum Keras
-moves ε inside the root and optax agrees; at the default ε = 1e-7 the difference is invisible.)
+    python benchmarks/demo.py [--steps N] [--lr LR] [--seed S] [--out PATH] [--no-progress]
 
-The demo trains the same model from the same NumPy initialisation on the same data with
-``jrmsprop.rmsprop`` and ``optax.rmsprop`` and compares both with the loss curve and final weights
-recorded from the real ``tf_keras`` run (``demo_reference.npz``, written by
-``tests/golden/generate_demo_reference.py``). It prints a table and writes a PNG of the curves.
-The recording matches only the default ``--seed`` and ``--lr`` (and covers ``--steps`` up to its
-length); the demo says so when the flags leave it behind.
+The recipe, ``tf.keras.optimizers.RMSprop(learning_rate=2.5e-4, rho=0.95, epsilon=0.01)`` (the
+large ε of many Keras DQN ports), trains a 9-64-1 ReLU MLP on Auto MPG (from ``vega_datasets``)
+full batch. Keras divides by ``sqrt(rms) + ε``, ``optax.rmsprop(lr, decay=rho, eps=ε)`` by
+``sqrt(rms + ε)``: at ε = 0.01 ten times the damping where ``rms`` is small. Both runs start from
+the same NumPy weights and are compared with the real ``tf_keras`` run: recorded in
+``demo_reference.npz`` (default ``--seed`` and ``--lr``, up to its length; no TensorFlow
+needed), else run live where ``tf_keras`` is installed. A table, and a PNG of the curves
+(default ``out/jrmsprop-demo.png`` in the checkout); ``--record`` rewrites the recording.
 """
 
 from __future__ import annotations
@@ -21,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import importlib.util
 import json
 import math
 import sys
@@ -29,19 +26,22 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-import optax
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
-import jrmsprop
-from jrmsprop._src import output_path
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
 
-__all__ = ["Data", "Result", "Run", "init_params", "load_auto_mpg", "main", "mlp", "run"]
+import jrmsprop  # noqa: E402
+from benchmarks.run import unwritable_reason  # noqa: E402
 
 LEARNING_RATE, RHO, EPSILON = 2.5e-4, 0.95, 0.01  # the Keras 2 recipe
 STEPS, SEED, HIDDEN = 1000, 0, 64
 REFERENCE = Path(__file__).with_name("demo_reference.npz")
+OUT = ROOT / "out" / "jrmsprop-demo.png"
 FEATURES = ("Cylinders", "Displacement", "Horsepower", "Weight_in_lbs", "Acceleration", "Year")
 ORIGINS = ("USA", "Europe", "Japan")
 
@@ -51,13 +51,12 @@ class MissingExtraError(ImportError):
 
 
 def _require(module: str) -> Any:
-    """Import ``module`` or raise :class:`MissingExtraError` naming the ``demo`` extra."""
     try:
         return importlib.import_module(module)
     except ImportError as err:
         raise MissingExtraError(
-            f"`jrmsprop demo` needs the optional package {module!r}, which is not installed. "
-            "Install the demo extra: pip install 'jrmsprop[demo]'"
+            f"the demo needs the optional package {module!r}, which is not installed. "
+            "Install the demo extra: pip install -e '.[demo]'"
         ) from err
 
 
@@ -72,18 +71,9 @@ class Data(NamedTuple):
 
 
 def load_auto_mpg(seed: int = SEED, cars_json: str | Path | None = None) -> Data:
-    """Auto MPG: complete rows, a seeded 80/20 split, standardised with the training statistics.
-
-    Inputs are the six numeric columns (model year as a number) and a one-hot ``Origin``; the
-    target is miles per gallon.
-
-    Args:
-      seed: seed of the split.
-      cars_json: the ``cars.json`` file; by default the copy bundled with ``vega_datasets``.
-
-    Returns:
-      A :class:`Data` with 314 training and 78 test cars.
-    """
+    """Auto MPG: the 392 complete rows, a seeded 80/20 split, standardised with the training
+    statistics. Inputs: the six numeric columns (model year as a number) and a one-hot
+    ``Origin``; target: miles per gallon. ``cars_json``: default, ``vega_datasets``' copy."""
     if cars_json is None:
         cars_json = _require("vega_datasets").local_data.cars.filepath
     rows = []
@@ -107,11 +97,8 @@ def load_auto_mpg(seed: int = SEED, cars_json: str | Path | None = None) -> Data
 
 
 def init_params(seed: int = SEED, n_in: int = 9, hidden: int = HIDDEN) -> list[np.ndarray]:
-    """He-normal hidden layer, LeCun-normal output layer, zero biases, drawn with NumPy.
-
-    Returns ``[kernel1, bias1, kernel2, bias2]`` in the layout of Keras ``Dense`` weights, so
-    ``model.set_weights`` loads them unchanged.
-    """
+    """He-normal hidden layer, LeCun-normal output layer, zero biases, drawn with NumPy, as
+    ``[kernel1, bias1, kernel2, bias2]``: Keras ``Dense`` weights (``model.set_weights``)."""
     rng = np.random.default_rng(seed)
     w1 = rng.standard_normal((n_in, hidden)) * np.sqrt(2.0 / n_in)
     w2 = rng.standard_normal((hidden, 1)) * np.sqrt(1.0 / hidden)
@@ -129,7 +116,7 @@ def _mse(params: Sequence[jax.Array], x: jax.Array, y: jax.Array) -> jax.Array:
 
 
 def _data_check(data: Data) -> np.ndarray:
-    """Statistics that identify the training set (the reference stores them)."""
+    """Statistics that identify the training set (the recording stores them)."""
     x, y = data.x_train.astype(np.float64), data.y_train.astype(np.float64)
     return np.concatenate([[len(y), y.sum(), (y * y).sum()], x.sum(0), (x * x).sum(0), x.T @ y])
 
@@ -154,6 +141,48 @@ def _train(tx, params, data: Data, steps: int, on_progress, chunk: int = 100):
     return np.concatenate(losses), [np.asarray(a) for a in carry[0]], time.perf_counter() - start
 
 
+def tf_keras_run(data: Data, init: list[np.ndarray], steps: int, learning_rate: float) -> dict:
+    """The recipe with the real ``tf_keras`` (single-threaded, reproducible): the model as a
+    ``tf_keras.Sequential`` from ``init``, ``model.fit`` full batch, no shuffling. Returns the
+    loss before each step (as ``fit`` logs it) and the final weights."""
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+    import tf_keras
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:  # TF already started in this process: its thread pools stay
+        pass
+    dense = tf_keras.layers.Dense
+    inputs = tf_keras.Input((data.x_train.shape[1],))
+    model = tf_keras.Sequential([inputs, dense(HIDDEN, activation="relu"), dense(1)])
+    model.set_weights(init)
+    opt = tf_keras.optimizers.legacy.RMSprop(learning_rate=learning_rate, rho=RHO, epsilon=EPSILON)
+    model.compile(optimizer=opt, loss="mse")
+    history = model.fit(data.x_train, data.y_train[:, None], batch_size=len(data.y_train),
+                        epochs=steps, shuffle=False, verbose=0)  # fmt: skip
+    assert int(opt.iterations.numpy()) == steps
+    final = {f"final_{i}": np.asarray(a, np.float32) for i, a in enumerate(model.get_weights())}
+    versions = {"tensorflow": tf.__version__, "tf_keras": tf_keras.__version__}
+    loss = np.asarray(history.history["loss"], dtype=np.float32)
+    return {"loss": loss, **{f"init_{i}": a for i, a in enumerate(init)}, **final, **versions}
+
+
+def record(out: Path = REFERENCE) -> Path:
+    """Rewrites the recording: the default flags, run with tf_keras."""
+    data = load_auto_mpg(SEED)
+    ref = tf_keras_run(data, init_params(SEED), STEPS, LEARNING_RATE)
+    versions = {k: ref.pop(k) for k in ("tensorflow", "tf_keras")}
+    meta = {"optimizer": "tf_keras.optimizers.legacy.RMSprop", "steps": STEPS, "seed": SEED,
+            "kwargs": {"learning_rate": LEARNING_RATE, "rho": RHO, "epsilon": EPSILON},
+            "hidden": HIDDEN, "versions": versions}  # fmt: skip
+    np.savez_compressed(out, data_check=_data_check(data), meta=np.asarray(json.dumps(meta)), **ref)
+    return out
+
+
 @dataclasses.dataclass
 class Run:
     """One optimizer's run: the loss before each step and, where known, the final weights."""
@@ -167,7 +196,7 @@ class Run:
 
 
 class Result(NamedTuple):
-    """What :func:`run` returns; ``runs`` starts with the tf_keras recording when it applies."""
+    """What :func:`run` returns; ``runs`` starts with tf_keras's when there is one."""
 
     data: Data
     learning_rate: float
@@ -176,18 +205,16 @@ class Result(NamedTuple):
     note: str | None
 
 
-def _reference(steps: int, learning_rate: float, seed: int, data: Data):
+def _recorded(steps: int, learning_rate: float, seed: int, data: Data):
     """The tf_keras recording, or ``(None, why not)`` when these flags leave it behind."""
     if not REFERENCE.is_file():
-        return None, f"no tf_keras reference: {REFERENCE.name} is not installed"
+        return None, f"no tf_keras reference: {REFERENCE.name} is missing"
     with np.load(REFERENCE) as f:
         ref = dict(f)
     n_ref = len(ref["loss"])
     if seed != SEED or learning_rate != LEARNING_RATE or steps > n_ref:
-        return None, (
-            f"no tf_keras reference for these flags: it was recorded for --seed {SEED} "
-            f"--lr {LEARNING_RATE:g}, up to --steps {n_ref}"
-        )
+        return None, (f"no tf_keras reference for these flags: it was recorded for --seed "
+                      f"{SEED} --lr {LEARNING_RATE:g}, up to --steps {n_ref}")  # fmt: skip
     if not np.allclose(_data_check(data), ref["data_check"], rtol=1e-5, atol=1e-3):
         return None, "no tf_keras reference: this Auto MPG file differs from the recorded one"
     if steps < n_ref:
@@ -195,29 +222,19 @@ def _reference(steps: int, learning_rate: float, seed: int, data: Data):
     return ref, None
 
 
-def run(
-    steps: int = STEPS,
-    learning_rate: float = LEARNING_RATE,
-    seed: int = SEED,
-    *,
-    progress: bool = True,
-) -> Result:
-    """Train with ``jrmsprop.rmsprop`` and ``optax.rmsprop`` and compare with tf_keras.
-
-    Args:
-      steps: full-batch steps per optimizer.
-      learning_rate: the recipe's learning rate (``rho`` 0.95 and ``epsilon`` 0.01 are fixed).
-      seed: seed of the split and of the initial weights.
-      progress: show a tqdm bar on stderr.
-
-    Returns:
-      A :class:`Result`. Its loss gaps are set when the tf_keras recording applies (default
-      ``seed`` and ``learning_rate``, ``steps`` up to the recording's length), its parameter gaps
-      when ``steps`` is that length.
-    """
+def run(steps: int = STEPS, learning_rate: float = LEARNING_RATE, seed: int = SEED, *,
+        progress: bool = True) -> Result:  # fmt: skip
+    """Trains with ``jrmsprop.rmsprop`` and ``optax.rmsprop`` and compares both with tf_keras:
+    the recording where it covers the flags, else a live tf_keras run where it is installed.
+    The loss gaps are set when there is a tf_keras run, the weight gaps when it has the final
+    weights (the recording: at its full length)."""
     tqdm = _require("tqdm").tqdm
     data = load_auto_mpg(seed)
-    ref, note = _reference(steps, learning_rate, seed, data)
+    ref, note = _recorded(steps, learning_rate, seed, data)
+    name = "tf_keras RMSprop (recorded)"
+    if ref is None and importlib.util.find_spec("tf_keras") is not None:
+        name, note = "tf_keras RMSprop (run live)", None
+        ref = tf_keras_run(data, init_params(seed), steps, learning_rate)
     lr = f"{learning_rate:g}"
     txs = {
         f"jrmsprop.rmsprop({lr}, rho={RHO}, epsilon={EPSILON})": jrmsprop.rmsprop(
@@ -230,13 +247,13 @@ def run(
     runs = []
     if ref is not None:
         final = [ref[f"final_{i}"] for i in range(4)] if steps == len(ref["loss"]) else None
-        runs.append(Run("tf_keras RMSprop (recorded)", ref["loss"][:steps], final))
+        runs.append(Run(name, ref["loss"][:steps], final))
     init = [ref[f"init_{i}"] for i in range(4)] if ref is not None else init_params(seed)
     bar = tqdm(total=steps * len(txs), desc="jrmsprop demo", unit="step", file=sys.stderr,
                disable=not progress, dynamic_ncols=True)  # fmt: skip
     with bar:
-        for name, tx in txs.items():
-            runs.append(Run(name, *_train(tx, init, data, steps, bar.update)))
+        for label, tx in txs.items():
+            runs.append(Run(label, *_train(tx, init, data, steps, bar.update)))
             if ref is not None:
                 runs[-1].loss_gap = float(np.max(np.abs(runs[-1].loss / runs[0].loss - 1)))
                 if runs[0].params is not None:
@@ -272,21 +289,17 @@ def format_table(result: Result) -> str:
         f"{len(data.y_test)} held-out cars (the mean is off by {baseline:.2f} mpg)"
     )
     if result.reference:
-        lines.append(
-            "gaps vs tf_keras: max over steps of |loss / loss(tf_keras) - 1|; "
-            "max |Δ| of the final weights"
-        )
-    if result.note:
-        lines.append(result.note)
-    return "\n".join(lines)
+        lines.append("gaps vs tf_keras: max over steps of |loss / loss(tf_keras) - 1|; "
+                     "max |Δ| of the final weights")  # fmt: skip
+    return "\n".join(lines + ([result.note] if result.note else []))
 
 
 def plot(result: Result, out: str | Path) -> Path:
-    """Write the loss curves and their relative gaps to the reference as a PNG."""
+    """Writes the loss curves and their relative gaps to the first run as a PNG."""
     matplotlib = _require("matplotlib")
     matplotlib.use("Agg", force=True)
     plt = importlib.import_module("matplotlib.pyplot")
-    ref = result.runs[0]  # tf_keras when recorded, else jrmsprop
+    ref = result.runs[0]  # tf_keras when there is a run of it, else jrmsprop
     ref_short = ref.name.split()[0]
     fig, (ax, gap_ax) = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
     styles = {"tf_keras": ("black", "-", 5, 0.3), "jrmsprop": ("C0", "--", 1.6, 1),
@@ -316,46 +329,45 @@ def plot(result: Result, out: str | Path) -> Path:
     return out
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``jrmsprop demo`` argument parser."""
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python benchmarks/demo.py [options]``; returns the exit code."""
     p = argparse.ArgumentParser(
-        prog="jrmsprop demo",
+        prog="python benchmarks/demo.py",
         description="Port a Keras 2 RMSprop recipe (rho=0.95, epsilon=0.01) to JAX with optax and "
-        "with jrmsprop, and compare both with the loss curve recorded from tf_keras (recorded for "
-        "the default --steps, --lr and --seed; fewer steps compare with its first part).",
+        "with jrmsprop, and compare both with tf_keras's loss curve (recorded for the default "
+        "--lr and --seed, up to 1000 steps; other flags: run live when tf_keras is installed).",
     )
     p.add_argument("--steps", type=int, default=STEPS, help=f"full-batch steps ({STEPS})")
     p.add_argument("--lr", type=float, default=LEARNING_RATE, help=f"step size ({LEARNING_RATE:g})")
     p.add_argument("--seed", type=int, default=SEED, help=f"seed of the split and init ({SEED})")
-    p.add_argument("--out", default="jrmsprop-demo.png", help="PNG path (./jrmsprop-demo.png)")
+    p.add_argument("--out", default=str(OUT), help="the PNG (default: out/ in the checkout)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``jrmsprop demo``; returns the exit code."""
-    args = build_parser().parse_args(argv)
-    if args.steps < 1:
-        print("jrmsprop demo: --steps must be at least 1", file=sys.stderr)
-        return 2
-    if not (math.isfinite(args.lr) and args.lr > 0):
-        print(f"jrmsprop demo: --lr must be positive and finite, got {args.lr}", file=sys.stderr)
-        return 2
-    if args.seed < 0:
-        print(f"jrmsprop demo: --seed must be >= 0, got {args.seed}", file=sys.stderr)
-        return 2
-    why = output_path.unwritable_reason(args.out)
-    if why is not None:
-        print(f"jrmsprop demo: --out {args.out}: {why}", file=sys.stderr)
-        return 2
+    p.add_argument("--record", action="store_true", help=f"rewrite {REFERENCE.name} (tf_keras)")
+    args = p.parse_args(argv)
+    if args.record:
+        print(f"wrote {record()}")
+        return 0
+    for bad, message in (
+        (args.steps < 1, "--steps must be at least 1"),
+        (not 0 < args.lr < math.inf, f"--lr must be positive and finite, got {args.lr}"),
+        (args.seed < 0, f"--seed must be >= 0, got {args.seed}"),
+        (why := unwritable_reason(args.out), f"--out {args.out}: {why}"),
+    ):
+        if bad:
+            print(f"demo.py: {message}", file=sys.stderr)
+            return 2
     try:
         for module in ("matplotlib", "tqdm", "vega_datasets"):
             _require(module)
         result = run(args.steps, args.lr, args.seed, progress=not args.no_progress)
         out = plot(result, args.out)
     except MissingExtraError as err:
-        print(f"jrmsprop demo: {err}", file=sys.stderr)
+        print(f"demo.py: {err}", file=sys.stderr)
         return 1
     print(format_table(result))
     print(f"loss curves written to {out}")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
