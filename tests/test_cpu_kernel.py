@@ -484,20 +484,8 @@ def test_failed_build_falls_back(monkeypatch, tmp_path):
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
 @pytest.mark.parametrize("centered", [False, True])
 def test_core_apply_path_takes_the_kernel_and_matches_the_xla_path(momentum, centered):
-    from jrmsprop._src import transform
-
     if not cpu_kernel.available():
         pytest.skip(cpu_kernel.unavailable_reason())
-    _, apply = transform.build(
-        transform.KERAS2,
-        learning_rate=0.01,
-        rho=0.9,
-        momentum=momentum,
-        epsilon=1e-7,
-        centered=centered,
-        decay=0.01,
-        apply_fn=True,
-    )
     tx = jrmsprop.rmsprop(0.01, momentum=momentum, centered=centered, decay=0.01)
     rng = np.random.default_rng(7)
     params = {
@@ -505,8 +493,8 @@ def test_core_apply_path_takes_the_kernel_and_matches_the_xla_path(momentum, cen
         "b": jnp.asarray(rng.normal(size=7), jnp.float32),
         "h": jnp.asarray(rng.normal(size=5), jnp.bfloat16),  # not float32: the XLA path
     }
-    fused = jax.jit(lambda g, s, p: apply(g, s, p, fused=True))
-    plain = jax.jit(lambda g, s, p: apply(g, s, p, fused=False))
+    fused = jax.jit(lambda g, s, p: jrmsprop.update_and_apply(tx, g, s, p, fused=True))
+    plain = jax.jit(lambda g, s, p: jrmsprop.update_and_apply(tx, g, s, p, fused=False))
     state = tx.init(params)
     grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), p.dtype), params)
     hlo = fused.lower(grads, state, params).as_text()

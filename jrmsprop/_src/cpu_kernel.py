@@ -635,7 +635,6 @@ def _varying_like(outputs: Any, operands: Any) -> Any:
 #: momentum, compiles faster (512 leaves of 32768: about 0.7x; with momentum no consistent
 #: difference was measured); XLA's compile time grows much faster than the operands of one call
 #: (one call for all 512 leaves: 6.8 s against 1.4 s), so the groups stay small.
-#: ``benchmarks/kernel_group_probe.py`` compares sizes.
 GROUP = 32
 
 

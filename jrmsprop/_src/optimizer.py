@@ -35,6 +35,7 @@ from jrmsprop._src.clipping import keras_clipping
 from jrmsprop._src.keras_hyperparameters import KerasHyperparameters, optimizer_property
 from jrmsprop._src.keras_slots import OptimizerVariables
 from jrmsprop._src.transform import KERAS2, RMSpropState, build, slot_dtype_of
+from jrmsprop._src.update_and_apply import update_and_apply
 from jrmsprop._src.validation import check_bool, legacy_lr
 from jrmsprop._src.variable import Variable, dtype_kind, exact_array
 
@@ -46,11 +47,11 @@ __all__ = ["RMSprop"]
 
 def _transforms(
     values: dict[str, Any], clip: dict[str, Any], centered: bool, momentum_slot: bool
-) -> tuple[optax.GradientTransformation, optax.GradientTransformation, Callable[..., Any]]:
-    """``(keras_clipping(...), rmsprop(...), its update-and-apply function)`` for hyperparameter
+) -> tuple[optax.GradientTransformation, optax.GradientTransformationExtraArgs]:
+    """``(keras_clipping(...), rmsprop(...))`` for hyperparameter
     values (numbers, arrays, tracers or step schedules). Used by the compiled step and by
     :attr:`RMSprop.transformation`."""
-    core, apply = build(
+    core = build(
         KERAS2,
         learning_rate=values["learning_rate"],
         rho=values["rho"],
@@ -59,20 +60,19 @@ def _transforms(
         centered=centered,
         decay=values["decay"],
         momentum_slot=momentum_slot,  # Keras: a tensor or callable momentum keeps its slot
-        apply_fn=True,
     )
-    return keras_clipping(**clip), core, apply
+    return keras_clipping(**clip), core
 
 
 @functools.partial(jax.jit, static_argnames=("centered", "momentum_slot"), donate_argnums=(0, 1))
 def _step(params, slots, count, grads, values, clip, *, centered, momentum_slot):
     """Clipping, the core's update and ``apply_updates`` for every variable, in one program."""
-    clipper, _, apply = _transforms(values, clip, centered, momentum_slot)
+    clipper, core = _transforms(values, clip, centered, momentum_slot)
     grads, _ = clipper.update(grads, clipper.init(params), params)
     # The core updates and applies in one go: on CPU a float32 leaf takes the one-pass kernel
     # (same bits as update + apply_updates), since the buffers here are donated; a program
     # over arrays laid out on several devices keeps the XLA path (decided when it is lowered).
-    params, state = apply(grads, RMSpropState(count, *slots), params, fused=True)
+    params, state = update_and_apply(core, grads, RMSpropState(count, *slots), params)
     return params, (state.rms, state.momentum, state.mg), state.count
 
 
@@ -372,7 +372,7 @@ class RMSprop(OptimizerVariables):
         ``optax.chain`` whose state ends with that :class:`RMSpropState`.
         """
         values, clip = self._hyperparameters.transformation_values()
-        clipper, core, _ = _transforms(values, clip, self._centered, self._momentum)
+        clipper, core = _transforms(values, clip, self._centered, self._momentum)
         return optax.chain(clipper, core) if clip else core
 
     # -- the step --------------------------------------------------------------------------------

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import warnings
-import weakref
 from collections.abc import Callable
 from typing import Any, NamedTuple, Union
 
@@ -665,20 +664,13 @@ def build(
     slot_dtype: Any | None = None,
     momentum_slot: bool | None = None,
     initial_rms: Any = None,
-    apply_fn: bool = False,
-) -> Any:
+) -> optax.GradientTransformationExtraArgs:
     """The transformation for ``rule`` (used by :func:`rmsprop` and every preset).
 
     ``momentum_slot=True`` keeps a momentum buffer even for momentum 0 (Keras: a tensor or
     callable momentum; used by the stateful wrapper). ``initial_rms`` (a number or 0-d array)
-    overrides ``rule.initial_rms``. ``apply_fn=True`` returns
-    ``(transformation, apply)`` where ``apply(grads, state, params, fused=False)`` returns
-    ``(new_params, new_state)``: the update already added to the parameters, as
-    :func:`jrmsprop.apply_updates` would; with ``fused=True`` eligible float32 leaves on CPU take
-    the one-pass kernel (same bits, fewer bytes moved; worth it when the caller donates
-    ``params`` and ``state``, as the stateful wrapper does), in programs on one device only
-    (:func:`cpu_kernel.where_kernel_runs`). The same ``apply`` is kept for every transformation
-    (``apply_fn`` or not) for :func:`jrmsprop.update_and_apply`.
+    overrides ``rule.initial_rms``. The ``update`` is an :class:`Update`, whose ``apply`` method
+    :func:`jrmsprop.update_and_apply` calls.
     """
     no_momentum = momentum is None
     hyperparams = dict(
@@ -761,38 +753,33 @@ def build(
             _name_a_leaf_that_is_not_an_array(rule.framework, e, "params", params)
             raise
 
-    def update_fn(
+    return optax.GradientTransformationExtraArgs(init_fn, Update(run))
+
+
+class Update:
+    """The ``update`` of a jrmsprop transformation: ``update(updates, state, params=None)``.
+
+    ``apply(grads, state, params, fused=False)`` returns ``(new_params, new_state)`` instead:
+    the update added to the parameters (see :func:`jrmsprop.update_and_apply`).
+    """
+
+    __slots__ = ("_run", "__weakref__")  # jax.jit keeps weak references to what it compiles
+
+    def __init__(self, run: Callable[..., Any]):
+        self._run = run
+
+    def __call__(
+        self,
         updates: optax.Updates,
         state: RMSpropState,
         params: optax.Params | None = None,
         **extra_args: Any,
     ) -> tuple[optax.Updates, RMSpropState]:
         del extra_args
-        return run(updates, state, params, "updates")
+        return self._run(updates, state, params, "updates")
 
-    def apply(grads: Any, state: RMSpropState, params: Any, fused: bool = False):
-        return run(grads, state, params, "fused" if fused else "params")
-
-    tx = optax.GradientTransformationExtraArgs(init_fn, update_fn)
-    _APPLY_OF_UPDATE[update_fn] = apply
-    return (tx, apply) if apply_fn else tx
-
-
-# The ``apply`` of every transformation :func:`build` made, keyed by its update function (weakly:
-# an entry lives as long as the transformation). :func:`apply_function_of` looks it up.
-_APPLY_OF_UPDATE: weakref.WeakKeyDictionary[Callable[..., Any], Callable[..., Any]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def apply_function_of(tx: Any) -> Callable[..., Any] | None:
-    """The update-and-apply function of a transformation made by :func:`build` (see there), or
-    None for any other object (another optax transformation, or one wrapped around ours)."""
-    update = getattr(tx, "update", None)
-    try:
-        return _APPLY_OF_UPDATE.get(update)
-    except TypeError:  # not weakly referenceable, so not ours
-        return None
+    def apply(self, grads: Any, state: RMSpropState, params: Any, fused: bool = False):
+        return self._run(grads, state, params, "fused" if fused else "params")
 
 
 # TF 2.x Keras stores learning_rate, rho and momentum as float32 hyperparameter variables, and

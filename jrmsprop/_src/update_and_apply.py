@@ -18,7 +18,7 @@ def update_and_apply(
 
     For :func:`jrmsprop.rmsprop` and the :mod:`jrmsprop.compat` presets. On CPU a dense float32
     leaf of a preset with the learning rate inside the momentum buffer (``rmsprop`` /
-    ``compat.keras2``, ``compat.tf1``, ``compat.optax_rmsprop``) takes a one-pass C++ kernel
+    ``compat.tf1``, ``compat.optax_rmsprop``) takes a one-pass C++ kernel
     that reads the gradient, the parameter and the slots once and writes the parameter and the
     slots in place: 20 / 28 / 28 / 36 bytes per parameter (plain / momentum / centered / both)
     where XLA:CPU's separate loops move 28 / 40 / 44 / 56. Other leaves (other dtypes, sparse,
@@ -36,7 +36,7 @@ def update_and_apply(
       tx: a transformation made by :func:`jrmsprop.rmsprop` or a :mod:`jrmsprop.compat` preset,
         itself (clip or scale the gradients before the call: a transformation wrapped by
         ``optax.chain``, ``optax.inject_hyperparams``, ``optax.MultiSteps`` or
-        :func:`jrmsprop.packed` has no fused step; use ``tx.update`` and
+        ``optax.flatten`` has no fused step; use ``tx.update`` and
         :func:`jrmsprop.apply_updates` for those). For hyperparameters that change at run
         time, build it inside the ``jit`` from traced values (one compilation serves them all).
       grads: the gradients, a pytree like ``params`` (dense arrays, :class:`jrmsprop.IndexedSlices`
@@ -60,16 +60,16 @@ def update_and_apply(
       >>> params["w"]  # 1 - 0.1·1 / (sqrt(0.1·1²) + 1e-7)
       Array([0.6837723, 0.6837723, 0.6837723], dtype=float32)
     """
-    apply = transform.apply_function_of(tx)
-    if apply is None:
+    update = getattr(tx, "update", None)
+    if not isinstance(update, transform.Update):
         raise TypeError(
             "update_and_apply: `tx` must be a transformation made by jrmsprop.rmsprop or a "
             "jrmsprop.compat preset, itself, not wrapped (optax.chain, inject_hyperparams, "
-            f"MultiSteps, jrmsprop.packed); got {validation.abbreviated(repr(tx), 200)}. For any "
+            f"MultiSteps, optax.flatten); got {validation.abbreviated(repr(tx), 200)}. For any "
             "other transformation use `updates, state = tx.update(grads, state, params)` and "
             "`jrmsprop.apply_updates(params, updates)`"
         )
     validation.check_bool("fused", fused)
     if params is None:
         raise ValueError("update_and_apply: `params` are required (the step is added to them)")
-    return apply(grads, state, params, fused=fused)
+    return update.apply(grads, state, params, fused=fused)
