@@ -22,7 +22,7 @@ import pytest
 
 import jrmsprop
 from jrmsprop import compat
-from jrmsprop._src import validation
+from jrmsprop._src import sparse, validation
 
 # --------------------------------------------------------------------------- the table
 
@@ -536,7 +536,7 @@ def test_malformed_state_raises_naming_the_slot_and_path(bad_state, error, words
     [
         pytest.param(lambda tx, p, s: tx.update(tuple(p), s, p), id="update"),
         pytest.param(lambda tx, p, s: jax.jit(tx.update)(tuple(p), s, p), id="jit-update"),
-        pytest.param(lambda tx, p, s: jrmsprop.apply_updates(p, tuple(p)), id="apply_updates"),
+        pytest.param(lambda tx, p, s: sparse.apply_updates(p, tuple(p)), id="apply_updates"),
         pytest.param(
             lambda tx, p, s: jrmsprop.pack(tuple(p), like=jrmsprop.pack(p)), id="pack-like"
         ),

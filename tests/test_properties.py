@@ -298,7 +298,7 @@ def test_indexed_slices_match_the_reference(config, problem, preset, jit):
 
     def step(p, s, g):
         u, s = tx.update(g, s, p)
-        return jrmsprop.apply_updates(p, u), s
+        return optax.apply_updates(p, u), s
 
     step = jax.jit(step) if jit else step
     p, s = [jnp.asarray(x) for x in params], tx.init(params)
@@ -322,7 +322,7 @@ def test_indexed_slices_equal_their_dense_gradient_without_momentum(config, prob
     for values, indices in batches:
         g = jrmsprop.IndexedSlices(jnp.asarray(values), jnp.asarray(indices), table.shape)
         u, s_sparse = tx.update(g, s_sparse)
-        p_sparse = jrmsprop.apply_updates(p_sparse, u)
+        p_sparse = optax.apply_updates(p_sparse, u)
         u, s_dense = tx.update(g.to_dense(), s_dense)
         p_dense = optax.apply_updates(p_dense, u)
         touched = np.zeros(table.shape[0], bool)

@@ -11,6 +11,7 @@ import pytest
 from numpy_reference import Reference, summed_rows
 
 import jrmsprop
+from jrmsprop._src import sparse
 
 ROWS, DIM, STEPS = 12, 3, 20
 
@@ -50,7 +51,7 @@ def test_sparse_matches_numpy_reference(config):
     def step(p, s, vals, idx):
         g = {"emb": jrmsprop.IndexedSlices(vals, idx, (ROWS, DIM))}
         u, s = tx.update(g, s, p)
-        return jrmsprop.apply_updates(p, u), s
+        return optax.apply_updates(p, u), s
 
     for vals, idx in batches:
         (expected,) = ref.apply([(vals, idx)], [expected])
@@ -71,7 +72,7 @@ def test_lazy_rows_with_momentum_and_decay_everywhere_without():
         tx = jrmsprop.rmsprop(0.1, momentum=momentum)
         state = tx.init(table)._replace(rms=jnp.full((5, 2), 4.0))
         u, s = tx.update(g, state)
-        new = jrmsprop.apply_updates(table, u)
+        new = optax.apply_updates(table, u)
         untouched = np.array([0, 1, 3, 4])
         np.testing.assert_array_equal(np.asarray(new)[untouched], 1.0)  # only row 2 moves
         assert np.all(np.asarray(new)[2] < 1.0)
@@ -94,7 +95,7 @@ def test_sparse_equals_dense_when_every_row_is_touched_once():
         # with momentum, TF's sparse kernel orders the float operations its own way
         tol = dict(rtol=1e-6, atol=1e-7) if config["momentum"] else dict(rtol=0, atol=0)
         np.testing.assert_allclose(
-            jrmsprop.apply_updates(p, u_sparse), optax.apply_updates(p, u_dense), **tol
+            optax.apply_updates(p, u_sparse), optax.apply_updates(p, u_dense), **tol
         )
         np.testing.assert_allclose(s_sparse.rms, s_dense.rms, **tol)
 
@@ -131,11 +132,11 @@ def test_sparse_shape_mismatch_and_apply_updates_errors():
     with pytest.raises(ValueError, match=r"shape \(5, 3\)"):
         tx.update(jrmsprop.IndexedSlices(jnp.ones((1, 3)), jnp.array([0]), (5, 3)), state)
     with pytest.raises(ValueError, match="dense_shape"):
-        jrmsprop.apply_updates(
+        sparse.apply_updates(
             jnp.ones((4, 3)), jrmsprop.IndexedSlices(jnp.ones((1, 3)), jnp.array([0]), (5, 3))
         )
     with pytest.raises(ValueError, match="structure"):
-        jrmsprop.apply_updates({"a": jnp.ones(2)}, {"b": jnp.ones(2)})
+        sparse.apply_updates({"a": jnp.ones(2)}, {"b": jnp.ones(2)})
 
 
 def test_sparse_momentum_path_touches_only_named_rows_in_place_under_donation():
@@ -145,7 +146,7 @@ def test_sparse_momentum_path_touches_only_named_rows_in_place_under_donation():
 
     def step(p, s, vals, idx):
         u, s = tx.update(jrmsprop.IndexedSlices(vals, idx, (1000, 8)), s)
-        return jrmsprop.apply_updates(p, u), s
+        return optax.apply_updates(p, u), s
 
     compiled = (
         jax.jit(step, donate_argnums=(0, 1))
@@ -171,16 +172,16 @@ def test_apply_updates_wrong_shape_names_the_leaf():
         ),
     ]:
         with pytest.raises(ValueError, match=rf"update at {where} has shape {shape}"):
-            jrmsprop.apply_updates(params, bad)
+            sparse.apply_updates(params, bad)
         with pytest.raises(ValueError, match=rf"update at {where}"):
-            jax.jit(jrmsprop.apply_updates)(params, bad)
+            jax.jit(sparse.apply_updates)(params, bad)
     with pytest.raises(ValueError, match=r"IndexedSlices update at <root> has dense_shape"):
-        jrmsprop.apply_updates(
+        sparse.apply_updates(
             jnp.ones((4, 3)), jrmsprop.IndexedSlices(jnp.ones((1, 3)), jnp.array([0]), (5, 3))
         )
     # same shapes and broadcasts that keep the parameter's shape: exactly optax's result
     for updates in (ok, {**ok, "a": jnp.float32(0.25), "layers": [jnp.ones(1), jnp.ones((1, 2))]}):
-        got, want = jrmsprop.apply_updates(params, updates), optax.apply_updates(params, updates)
+        got, want = sparse.apply_updates(params, updates), optax.apply_updates(params, updates)
         assert jax.tree.structure(got) == jax.tree.structure(want)
         for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
             assert x.shape == y.shape and np.asarray(x).tobytes() == np.asarray(y).tobytes()
@@ -200,7 +201,7 @@ def test_traced_negative_index_is_the_same_row_as_its_positive_twin(momentum):
 
     def run(indices):
         updates, new = step(jnp.asarray(indices, jnp.int32))
-        return jrmsprop.apply_updates(table, updates), new
+        return optax.apply_updates(table, updates), new
 
     chex.assert_trees_all_equal(run([-1, 3]), run([3, 3]))
     chex.assert_trees_all_equal(run([-5, 3]), run([4, 3]))
@@ -291,7 +292,7 @@ def test_apply_updates_refuses_updates_the_parameter_cannot_hold(param, update, 
     """optax.apply_updates drops the imaginary part of a complex update on a real parameter and
     truncates a float update on an integer one; jrmsprop's refuses, naming the leaf."""
     params = {"b": jnp.ones(2), "w": param}
-    for fn in (jrmsprop.apply_updates, jax.jit(jrmsprop.apply_updates)):
+    for fn in (sparse.apply_updates, jax.jit(sparse.apply_updates)):
         with pytest.raises(TypeError, match="apply_updates") as info:
             fn(params, {"b": jnp.ones(2), "w": update})
         for word in words:
@@ -315,12 +316,12 @@ def test_apply_updates_refuses_updates_the_parameter_cannot_hold(param, update, 
 def test_apply_updates_keeps_optax_results_for_lossless_kinds(param, update):
     params, updates = {"w": param, "n": None}, {"w": update, "n": None}
     with jax.numpy_dtype_promotion("standard"):  # the suite is strict; users' code is not
-        got, want = jrmsprop.apply_updates(params, updates), optax.apply_updates(params, updates)
+        got, want = sparse.apply_updates(params, updates), optax.apply_updates(params, updates)
     assert got["n"] is None
     assert got["w"].dtype == param.dtype == want["w"].dtype
     np.testing.assert_array_equal(got["w"], want["w"])
     # a None update leaves any parameter alone, whatever its dtype
-    assert jrmsprop.apply_updates({"w": param}, {"w": None})["w"] is param
+    assert sparse.apply_updates({"w": param}, {"w": None})["w"] is param
 
 
 # ---- IndexedSlices checks what a user builds, not what JAX rebuilds ---------------------------

@@ -115,6 +115,24 @@ class IndexedSlices:
         zeros = jnp.zeros(self.dense_shape, self.values.dtype)
         return zeros.at[self.indices].add(self.values, mode="drop")
 
+    # NumPy defers ``ndarray + IndexedSlices`` to ``__radd__`` instead of broadcasting it.
+    __array_ufunc__ = None
+
+    def __radd__(self, param: Any) -> jax.Array:
+        """``param + self``: the rows added to the named rows of ``param`` only (duplicates add
+        up; out-of-range padding rows are dropped), so ``optax.apply_updates`` applies sparse
+        updates. The result has ``param``'s dtype.
+
+        Example:
+          >>> import jax.numpy as jnp, optax, jrmsprop
+          >>> u = jrmsprop.IndexedSlices(jnp.ones((1, 2)), jnp.array([1]), (3, 2))
+          >>> optax.apply_updates({"w": jnp.zeros((3, 2))}, {"w": u})["w"]
+          Array([[0., 0.],
+                 [1., 1.],
+                 [0., 0.]], dtype=float32)
+        """
+        return _apply_one((), param, self)
+
     def __repr__(self) -> str:
         return (
             f"IndexedSlices(values={self.values!r}, indices={self.indices!r}, "
@@ -369,13 +387,12 @@ def sparse_step(
 def densify(tree: Any) -> Any:
     """Replaces every :class:`IndexedSlices` leaf of ``tree`` by its dense array.
 
-    optax's own transforms and wrappers that do arithmetic on the whole gradient tree
-    (``optax.clip_by_global_norm``, ``optax.MultiSteps``, ``optax.apply_updates``, ...) see an
-    ``IndexedSlices`` as two arrays (values *and* indices) and fail on it. Densify the gradients
-    before them -- or use jrmsprop's own helpers, which understand sparse leaves:
-    :func:`jrmsprop.clip_by_global_norm` / :func:`jrmsprop.keras_clipping` and
-    :func:`jrmsprop.apply_updates`. (Densifying gives up the lazy-row semantics of sparse
-    updates: the dense gradient is zero on the other rows.)
+    optax's transforms and wrappers that do arithmetic on the whole gradient tree
+    (``optax.clip_by_global_norm``, ``optax.MultiSteps``, ...) see an ``IndexedSlices`` as two
+    arrays (values *and* indices) and fail on it. Densify the gradients before them, or use
+    :func:`jrmsprop.keras_clipping`, which understands sparse leaves; ``optax.apply_updates``
+    applies sparse updates as they are (see ``IndexedSlices.__radd__``). Densifying gives up the
+    lazy-row semantics of sparse updates: the dense gradient is zero on the other rows.
 
     Example:
       >>> import jax.numpy as jnp, jrmsprop
