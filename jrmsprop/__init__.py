@@ -1,7 +1,7 @@
 """jrmsprop: RMSprop for JAX that reproduces TF/Keras, Keras 3, PyTorch and TF1 exactly."""
 
 from jrmsprop import compat
-from jrmsprop._src.clipping import clip_by_global_norm, clip_by_norm, clip_by_value, keras_clipping
+from jrmsprop._src.clipping import keras_clipping
 from jrmsprop._src.optimizer import RMSprop
 from jrmsprop._src.packed import PackedState, pack_state, packed, unpack_state
 from jrmsprop._src.packed_tree import PackedTree, pack, unpack
@@ -32,9 +32,6 @@ __all__ = (
     "ScalarOrSchedule",
     "Variable",
     "apply_updates",
-    "clip_by_global_norm",
-    "clip_by_norm",
-    "clip_by_value",
     "compat",
     "densify",
     "keras_clipping",

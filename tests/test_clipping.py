@@ -68,11 +68,11 @@ def _threshold(rng: np.random.Generator, size: int) -> float:
 
 
 def _norm(c, x):
-    return jrmsprop.clip_by_norm(c).update(x, None)[0]
+    return jrmsprop.keras_clipping(clipnorm=c).update(x, None)[0]
 
 
 def _global(c, x):
-    return jrmsprop.clip_by_global_norm(c).update(x, None)[0]
+    return jrmsprop.keras_clipping(global_clipnorm=c).update(x, None)[0]
 
 
 _norm_jit = jax.jit(lambda x, c: _norm(c, x))
@@ -146,9 +146,9 @@ def test_live_tf_clip_by_norm_and_global_norm():
 # ---- gradients that are not floating point ------------------------------------------------------
 
 CLIPPERS = [
-    ("clip_by_value", lambda: jrmsprop.clip_by_value(0.5)),
-    ("clip_by_norm", lambda: jrmsprop.clip_by_norm(0.5)),
-    ("clip_by_global_norm", lambda: jrmsprop.clip_by_global_norm(0.5)),
+    ("clipvalue", lambda: jrmsprop.keras_clipping(clipvalue=0.5)),
+    ("clipnorm", lambda: jrmsprop.keras_clipping(clipnorm=0.5)),
+    ("global_clipnorm", lambda: jrmsprop.keras_clipping(global_clipnorm=0.5)),
 ]
 
 
@@ -188,9 +188,9 @@ def test_string_gradient_is_refused_naming_the_leaf(who, make):
 
 def test_complex_gradients_are_named_by_clip_by_value_and_clipped_by_norm():
     g = {"w": jnp.array([3.0 + 4.0j])}
-    tx = jrmsprop.clip_by_value(1.0)
+    tx = jrmsprop.keras_clipping(clipvalue=1.0)
     with pytest.raises(TypeError, match=r"complex gradients cannot be clipped by value.*\['w'\]"):
         tx.update(g, tx.init(None))
-    for tx in (jrmsprop.clip_by_norm(1.0), jrmsprop.clip_by_global_norm(1.0)):
+    for tx in (jrmsprop.keras_clipping(clipnorm=1.0), jrmsprop.keras_clipping(global_clipnorm=1.0)):
         out = tx.update(g, tx.init(None))[0]["w"]
         np.testing.assert_allclose(np.asarray(out), [0.6 + 0.8j], rtol=1e-6)

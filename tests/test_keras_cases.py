@@ -22,7 +22,7 @@ import numpy as np
 import optax
 import pytest
 
-from jrmsprop._src.minimize import compute_gradients
+from jrmsprop._src.variable import compute_gradients
 from jrmsprop._src.optimizer import RMSprop
 from jrmsprop._src.sparse import IndexedSlices
 from jrmsprop._src.variable import Variable
@@ -720,7 +720,7 @@ def test_live_schedule_and_config_from_tf(tf_modules):
     _assert_trajectories(ours, theirs, rtol=2e-6)
     # a TF config (schedule dict with module/class_name) loads through from_config
     restored = RMSprop.from_config(tf_opt.get_config())
-    value = restored._hyperparameters.current("learning_rate", jnp.int32(4))
+    value = restored._current("learning_rate", jnp.int32(4))
     np.testing.assert_allclose(np.asarray(value), 0.05 * 0.5 ** (4 / 3), rtol=1e-6)
 
 

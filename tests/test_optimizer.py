@@ -16,13 +16,13 @@ import numpy as np
 import optax
 import pytest
 
-from jrmsprop._src import clipping, step_inputs
+from jrmsprop._src import clipping
 from jrmsprop._src import optimizer as optimizer_lib
-from jrmsprop._src.minimize import compute_gradients
+from jrmsprop._src.variable import compute_gradients
 from jrmsprop._src.optimizer import RMSprop
 from jrmsprop._src.sparse import IndexedSlices, apply_updates
 from jrmsprop._src.transform import RMSpropState, rmsprop
-from jrmsprop._src.variable import Variable
+from jrmsprop._src.variable import Variable, distinct_donations
 from tests.numpy_reference import Reference
 
 SHAPES = [(4, 3), (3,), (2, 2, 2)]
@@ -379,12 +379,12 @@ def test_gradient_aliasing_another_variable_and_a_shared_gradient():
 
 def test_distinct_donations_copies_repeated_buffers():
     a, b = jnp.ones(2), jnp.zeros(2)
-    groups, others = step_inputs.distinct_donations([[a, b], None, [a]], ({"g": b, "k": 1},))
+    groups, others = distinct_donations([[a, b], None, [a]], ({"g": b, "k": 1},))
     assert groups[0][0] is a and groups[0][1] is b and groups[1] is None
     assert groups[2][0] is not a and others[0]["g"] is not b and others[0]["k"] == 1
     np.testing.assert_array_equal(groups[2][0], a)
     np.testing.assert_array_equal(others[0]["g"], b)
-    groups, others = step_inputs.distinct_donations([[a], [b]], (jnp.ones(2),))
+    groups, others = distinct_donations([[a], [b]], (jnp.ones(2),))
     assert groups[0][0] is a and groups[1][0] is b  # nothing repeated: no copies
 
 
@@ -754,7 +754,7 @@ def test_from_config_loads_a_keras_schedule():
     }
     opt = RMSprop.from_config({"name": "x", "learning_rate": entry})
     assert type(opt.learning_rate).__name__ == "ExponentialDecay"
-    assert float(opt._hyperparameters.current("learning_rate", 4)) == pytest.approx(0.025)
+    assert float(opt._current("learning_rate", 4)) == pytest.approx(0.025)
 
 
 def test_config_rejects_plain_function_schedules():
@@ -797,34 +797,34 @@ def test_clipping_transforms_against_numpy():
     a = rng.standard_normal((3, 4)).astype(np.float32) * 3
     b = rng.standard_normal(5).astype(np.float32)
     tree = {"a": jnp.asarray(a), "b": jnp.asarray(b), "none": None}
-    out, _ = clipping.clip_by_value(1.0).update(tree, optax.EmptyState())
+    out, _ = clipping.keras_clipping(clipvalue=1.0).update(tree, optax.EmptyState())
     np.testing.assert_array_equal(out["a"], np.clip(a, -1, 1))
     assert out["none"] is None
-    out, _ = clipping.clip_by_norm(1.5).update(tree, optax.EmptyState())
+    out, _ = clipping.keras_clipping(clipnorm=1.5).update(tree, optax.EmptyState())
     np.testing.assert_allclose(out["a"], _np_clip_by_norm(a, 1.5), rtol=1e-6)
     np.testing.assert_allclose(out["b"], _np_clip_by_norm(b, 1.5), rtol=1e-6)
-    small, _ = clipping.clip_by_norm(100.0).update(tree, optax.EmptyState())
+    small, _ = clipping.keras_clipping(clipnorm=100.0).update(tree, optax.EmptyState())
     np.testing.assert_allclose(small["a"], a, rtol=1e-6)
-    zero, _ = clipping.clip_by_norm(1.0).update({"z": jnp.zeros(3)}, optax.EmptyState())
+    zero, _ = clipping.keras_clipping(clipnorm=1.0).update({"z": jnp.zeros(3)}, optax.EmptyState())
     np.testing.assert_array_equal(zero["z"], 0.0)
-    out, _ = clipping.clip_by_global_norm(2.0).update(tree, optax.EmptyState())
+    out, _ = clipping.keras_clipping(global_clipnorm=2.0).update(tree, optax.EmptyState())
     total = np.sqrt(np.sum(a.astype(np.float64) ** 2) + np.sum(b.astype(np.float64) ** 2))
     np.testing.assert_allclose(out["a"], a * 2.0 / total, rtol=1e-6)
     np.testing.assert_allclose(out["b"], b * 2.0 / total, rtol=1e-6)
-    nan, _ = clipping.clip_by_global_norm(2.0).update([jnp.array([np.inf, 1.0])], None)
+    nan, _ = clipping.keras_clipping(global_clipnorm=2.0).update([jnp.array([np.inf, 1.0])], None)
     assert np.isnan(np.asarray(nan[0])).all()  # TF: a non-finite norm gives NaN
 
 
 def test_clipping_indexed_slices_uses_values_as_given():
     values = np.array([[3.0, 4.0], [1.0, 1.0]], np.float32)
     g = IndexedSlices(jnp.asarray(values), jnp.array([2, 2]), (3, 2))
-    (out,), _ = clipping.clip_by_norm(1.0).update((g,), None)
+    (out,), _ = clipping.keras_clipping(clipnorm=1.0).update((g,), None)
     assert isinstance(out, IndexedSlices) and out.dense_shape == (3, 2)
     np.testing.assert_allclose(out.values, values / np.sqrt(27.0), rtol=1e-6)
     np.testing.assert_array_equal(out.indices, [2, 2])
-    (out,), _ = clipping.clip_by_value(2.0).update((g,), None)
+    (out,), _ = clipping.keras_clipping(clipvalue=2.0).update((g,), None)
     np.testing.assert_array_equal(out.values, np.clip(values, -2, 2))
-    (out, d), _ = clipping.clip_by_global_norm(1.0).update((g, jnp.array([0.0, 0.0])), None)
+    (out, d), _ = clipping.keras_clipping(global_clipnorm=1.0).update((g, jnp.array([0.0, 0.0])), None)
     np.testing.assert_allclose(out.values, values / np.sqrt(27.0), rtol=1e-6)
 
 
@@ -836,7 +836,7 @@ def test_keras_clipping_order_and_errors():
     with pytest.raises(ValueError, match="Cannot accept both"):
         clipping.keras_clipping(clipnorm=1.0, global_clipnorm=1.0)
     with pytest.raises(ValueError, match=">= 0"):
-        clipping.clip_by_value(-1.0)
+        clipping.keras_clipping(clipvalue=-1.0)
 
 
 @pytest.mark.parametrize(
@@ -999,7 +999,7 @@ def test_transformation_keeps_momentum_slot_for_callable_momentum():
 def test_is_step_schedule_needs_a_required_positional_argument():
     import functools
 
-    from jrmsprop._src.keras_config import is_step_schedule
+    from jrmsprop._src.optimizer import is_step_schedule
 
     assert is_step_schedule(optax.constant_schedule(0.1))
     assert is_step_schedule(lambda count: 0.1)

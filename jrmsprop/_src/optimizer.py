@@ -1,99 +1,276 @@
 """``jrmsprop.RMSprop``: the TF 2.x Keras ``RMSprop`` optimizer API, stateful, on JAX.
 
-A thin wrapper, in the manner of flax's ``nnx.Optimizer``: it holds the hyperparameters, the
-trained :class:`jrmsprop.Variable`\\ s' slots and the step counter, and delegates every decision:
-the update to :func:`jrmsprop.rmsprop` after the Keras clipping of :func:`jrmsprop.keras_clipping`,
-Keras's rules for storing and evaluating hyperparameters to ``keras_hyperparameters``, the
-variables and slots to ``keras_slots``, the checks of ``apply_gradients``' pairs and the
-donation rules to ``step_inputs``, the config format to ``keras_config`` and ``minimize``'s
-gradients to ``minimize``.
-
-How a step runs. ``apply_gradients`` first checks everything (variables, gradients' shapes and
-dtypes, the current values of the hyperparameters: schedules evaluated at ``iterations``,
-callables called), and only then creates missing slots and makes ONE call to a jitted function
-that clips, builds ``jrmsprop.rmsprop`` from those (traced) values and applies the update to
-every variable; a failing call changes nothing. The function is compiled once per distinct tree of
-shapes and dtypes; changing a hyperparameter's value never recompiles. The variables' and slots'
-old buffers are donated, so the update happens in place: arrays read from them earlier are
-deleted. The ``iterations`` counter (a scalar) is not donated.
+A wrapper in the manner of flax's ``nnx.Optimizer``: it holds the hyperparameters (stored by
+Keras 2's rules), the slots and ``iterations``, and does no numerics of its own. A step checks
+every input, then makes one donated call of a jitted function that applies
+:func:`jrmsprop.keras_clipping` and :func:`jrmsprop.rmsprop` (through
+:func:`jrmsprop.update_and_apply`) to every variable; hyperparameter values are its arguments,
+so changing one never recompiles.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
+import inspect
+import operator
+import sys
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
-from jrmsprop._src import keras_config, step_inputs
-from jrmsprop._src import keras_hyperparameters as hyper_lib
-from jrmsprop._src import minimize as minimize_lib
-from jrmsprop._src.clipping import keras_clipping
-from jrmsprop._src.keras_hyperparameters import KerasHyperparameters, optimizer_property
-from jrmsprop._src.keras_slots import OptimizerVariables
+from jrmsprop._src.clipping import check_clip_arguments, keras_clipping
 from jrmsprop._src.transform import KERAS2, RMSpropState, build, slot_dtype_of
 from jrmsprop._src.update_and_apply import update_and_apply
-from jrmsprop._src.validation import check_bool, legacy_lr
-from jrmsprop._src.variable import Variable, dtype_kind, exact_array
+from jrmsprop._src.validation import (
+    INT32_MAX,
+    KERAS2_MESSAGES,
+    KERAS_EPSILON,
+    as_jit_scalar,
+    check_bool,
+    check_hyperparameter,
+    concrete_scalar,
+    legacy_lr,
+    slot_values,
+)
+from jrmsprop._src.variable import (
+    AGGREGATIONS,
+    SYNCHRONIZATIONS,
+    Variable,
+    canonical_dtype,
+    compute_gradients,
+    convert,
+    distinct_donations,
+    dtype_kind,
+    enum_name,
+    exact_array,
+    flatten_variables,
+    step_inputs,
+)
 
 __all__ = ["RMSprop"]
 
+_CLIPS = ("clipnorm", "clipvalue", "global_clipnorm")
+_HYPERS = ("learning_rate", "decay", "rho", "momentum", "epsilon")  # Keras 2's config order
+_AS_VARIABLES = ("learning_rate", "rho", "momentum", "decay")  # Keras: float32 Variables
+_SLOTS = ("rms", "momentum", "mg")
+_PACKAGES = ("keras", "tf_keras", "tensorflow")
 
-# ---- the one transformation builder and the compiled step ------------------------------------
 
-
-def _transforms(
-    values: dict[str, Any], clip: dict[str, Any], centered: bool, momentum_slot: bool
-) -> tuple[optax.GradientTransformation, optax.GradientTransformationExtraArgs]:
-    """``(keras_clipping(...), rmsprop(...))`` for hyperparameter
-    values (numbers, arrays, tracers or step schedules). Used by the compiled step and by
-    :attr:`RMSprop.transformation`."""
-    core = build(
-        KERAS2,
-        learning_rate=values["learning_rate"],
-        rho=values["rho"],
-        momentum=values["momentum"],
-        epsilon=values["epsilon"],
-        centered=centered,
-        decay=values["decay"],
-        momentum_slot=momentum_slot,  # Keras: a tensor or callable momentum keeps its slot
-    )
+def _transforms(values: dict[str, Any], clip: dict[str, Any], centered: bool, momentum_slot: bool):
+    """``(keras_clipping(**clip), core)`` for hyperparameter values (numbers, arrays, tracers or
+    step schedules): the one builder of the step and of :attr:`RMSprop.transformation`."""
+    core = build(KERAS2, **values, centered=centered, momentum_slot=momentum_slot)
     return keras_clipping(**clip), core
 
 
 @functools.partial(jax.jit, static_argnames=("centered", "momentum_slot"), donate_argnums=(0, 1))
 def _step(params, slots, count, grads, values, clip, *, centered, momentum_slot):
-    """Clipping, the core's update and ``apply_updates`` for every variable, in one program."""
     clipper, core = _transforms(values, clip, centered, momentum_slot)
     grads, _ = clipper.update(grads, clipper.init(params), params)
-    # The core updates and applies in one go: on CPU a float32 leaf takes the one-pass kernel
-    # (same bits as update + apply_updates), since the buffers here are donated; a program
-    # over arrays laid out on several devices keeps the XLA path (decided when it is lowered).
     params, state = update_and_apply(core, grads, RMSpropState(count, *slots), params)
     return params, (state.rms, state.momentum, state.mg), state.count
 
 
-def _weight_array(value: Any, what: str) -> Any:
-    """A value to load into a weight: as it is when it is a Variable or JAX array, else as a
-    NumPy array, checked to be numbers (not ``None``, a string or a ragged list; the error
-    starts with ``what``, which names the weight)."""
-    if isinstance(value, (Variable, jax.Array)):
-        return value
-    return exact_array(value, what)
+# ---- Keras 2's rules for hyperparameters ------------------------------------------------------
 
 
-# ---- the optimizer ----------------------------------------------------------------------------
+def _check(name: str, value: Any) -> None:
+    """The core's check, with Keras's messages; TF holds lr, rho, momentum, decay as float32."""
+    float32 = name in KERAS2.float32_hyperparameters
+    check_hyperparameter(name, value, float32=float32, messages=KERAS2_MESSAGES)
 
 
-class RMSprop(OptimizerVariables):
+def _check_assigned(name: str, value: Any) -> None:
+    if isinstance(value, np.ndarray) and value.dtype.kind == "O" and value.size == 1:
+        value = value.item()  # a Python int beyond 64 bits, as given
+    _check(name, value)
+
+
+def _is_variable(value: Any) -> bool:
+    """A jrmsprop.Variable or a ``tf.Variable`` (which is not a ``tf.Tensor``)."""
+    tf = sys.modules.get("tensorflow")
+    return isinstance(value, Variable) or (
+        tf is not None
+        and isinstance(value, getattr(tf, "Variable", ()))
+        and not isinstance(value, getattr(tf, "Tensor", ()))
+    )
+
+
+def _is_tensor(value: Any) -> bool:
+    module = type(value).__module__ or ""
+    return isinstance(value, (jax.Array, Variable)) or (
+        module.startswith("tensorflow") and hasattr(value, "dtype")
+    )
+
+
+def _is_schedule_class(cls: Any) -> bool:
+    """A subclass of a Keras ``LearningRateSchedule`` (found without importing a framework)."""
+    return isinstance(cls, type) and any(
+        base.__name__ == "LearningRateSchedule"
+        and (base.__module__ or "").split(".")[0] in _PACKAGES
+        for base in cls.__mro__
+    )
+
+
+def is_step_schedule(value: Any) -> bool:
+    """A Keras ``LearningRateSchedule`` or a callable that requires a positional argument (an
+    optax schedule); a callable that can be called without arguments is called so (Keras)."""
+    if not callable(value) or isinstance(value, Variable):
+        return False
+    if _is_schedule_class(type(value)):
+        return True
+    try:
+        parameters = inspect.signature(value).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return any(p.kind in positional and p.default is inspect.Parameter.empty for p in parameters)
+
+
+def _is_keras_schedule(value: Any) -> bool:
+    """A step schedule object with ``get_config`` (serialisable, evaluated at float32 steps)."""
+    return (
+        is_step_schedule(value)
+        and callable(getattr(value, "get_config", None))
+        and not (inspect.isfunction(value) or inspect.ismethod(value))
+    )
+
+
+def _serialize(name: str, value: Any, number: Any = None) -> Any:
+    """A config entry: a number (``number``, the Python value behind a float32 Variable, while
+    the Variable holds it), a callable's current value, or a schedule's Keras dict."""
+    if isinstance(value, Variable):
+        if number is not None and np.float32(number) == value.numpy():
+            return number
+        return float(value.numpy())
+    if is_step_schedule(value):
+        if not _is_keras_schedule(value):
+            raise ValueError(
+                f"Cannot serialise `{name}`={value!r}: a schedule must have get_config() (e.g. a "
+                "Keras LearningRateSchedule) to appear in get_config(); optax schedules are plain "
+                "functions"
+            )
+        cls = type(value)
+        config = value.get_config()
+        return {
+            "module": cls.__module__,
+            "class_name": cls.__qualname__,
+            "config": config,
+            "registered_name": None,
+        }
+    value = value() if callable(value) else value
+    number = concrete_scalar(name, value)
+    return value if type(value) is int else number
+
+
+def _deserialize(config: Any, custom_objects: Mapping[str, Any] | None) -> Any:
+    """A schedule from its config dict: its class from ``custom_objects``, else only a Keras
+    ``LearningRateSchedule`` imported from keras, tf_keras or TensorFlow (a config read from a
+    file names what is imported and called)."""
+    if not isinstance(config, dict) or "class_name" not in config or "config" not in config:
+        raise ValueError(f"Cannot deserialize {config!r}: expected 'class_name' and 'config' keys")
+    name, module, inner = config["class_name"], config.get("module"), config["config"]
+    if not isinstance(name, str):
+        raise ValueError(f"Cannot deserialize {config!r}: 'class_name' must be a string")
+    cls = (custom_objects or {}).get(name)
+    if cls is None:
+        hint = f"pass the class in `custom_objects={{{name!r}: cls}}`"
+        if not isinstance(module, str) or module.split(".")[0] not in _PACKAGES:
+            raise ValueError(
+                f"Cannot deserialize {name!r} from module {module!r}: only Keras learning-rate "
+                f"schedules are imported from a config (keras, tf_keras, tensorflow); {hint}"
+            )
+        candidates = [module]
+        if module.startswith("keras."):  # TF 2.x Keras's public names: tf_keras first
+            candidates.insert(0, "tf_keras." + module[len("keras.") :])
+        for candidate in candidates:
+            try:
+                cls = functools.reduce(getattr, name.split("."), importlib.import_module(candidate))
+            except (ImportError, AttributeError):
+                continue
+            if not _is_schedule_class(cls):
+                raise ValueError(
+                    f"Cannot deserialize {name!r} from module {candidate!r}: it is not a Keras "
+                    f"LearningRateSchedule; {hint} if you trust it"
+                )
+            break
+        else:
+            raise ValueError(f"Cannot deserialize {name!r}: not found in {candidates}; {hint}")
+    if not isinstance(inner, dict):
+        raise ValueError(f"Cannot deserialize {name!r}: its 'config' must be a dict, got {inner!r}")
+    return cls.from_config(inner) if hasattr(cls, "from_config") else cls(**inner)
+
+
+def _hyperparameter(name: str, doc: str) -> property:
+    def get(self: RMSprop) -> Any:
+        return self._clip[name] if name in _CLIPS else self._hyper[name]
+
+    return property(get, lambda self, value: self._set(name, value), doc=doc)
+
+
+# ---- variables --------------------------------------------------------------------------------
+
+
+def _check_count(value: Any, label: str = "`iterations`") -> None:
+    array = np.asarray(value)
+    if array.size and not (array.min() >= 0 and array.max() <= INT32_MAX):
+        raise ValueError(f"{label} must be in [0, {INT32_MAX}], got {array.tolist()}")
+
+
+def _initial_value(initializer: Any, shape: Any, dtype: Any) -> jax.Array:
+    """``'zeros'``, ``'ones'``, a callable ``(shape, dtype)`` or a value (broadcast), after
+    checking that the shape and dtype make an array (XLA aborts, not raises, beyond 2**63 bytes)."""
+    if isinstance(shape, (str, bytes)) or not isinstance(shape, Iterable):
+        raise TypeError(f"`shape` must be a sequence of integers, got {shape!r}")
+    try:
+        sizes = list(shape)
+    except TypeError as e:  # a 0-d array
+        raise TypeError(f"`shape` must be a sequence of integers, got {shape!r}") from e
+    for d in sizes:
+        if isinstance(d, (bool, np.bool_)) or not hasattr(d, "__index__"):
+            kind = "a boolean size" if isinstance(d, (bool, np.bool_)) else type(d).__name__
+            raise TypeError(f"`shape` must be a sequence of integers, got {shape!r} ({kind} {d!r})")
+    shape = tuple(operator.index(d) for d in sizes)
+    if any(d < 0 for d in shape):
+        raise ValueError(f"`shape` must not have negative sizes, got {shape}")
+    try:
+        dtype = canonical_dtype(dtype)
+    except TypeError as e:
+        raise TypeError(f"`dtype` must be a dtype, got {dtype!r}") from e
+    product = int(np.prod([d or 1 for d in shape], dtype=object))
+    if product * dtype.itemsize > 2**63 - 1:
+        sizes = "its non-zero sizes" if 0 in shape else "its sizes"
+        raise ValueError(
+            f"`shape` {shape} is too large for an array of dtype {dtype.name}: {sizes} multiply "
+            f"to {product}, which times {dtype.itemsize} bytes is more than 2**63 - 1 bytes"
+        )
+    if isinstance(initializer, str):
+        if initializer.lower() not in ("zeros", "ones"):
+            raise ValueError(
+                f"Unknown `initializer` {initializer!r}: use 'zeros', 'ones', a callable "
+                "initializer(shape, dtype) or a value"
+            )
+        return (jnp.zeros if initializer.lower() == "zeros" else jnp.ones)(shape, dtype)
+    if callable(initializer) and not isinstance(initializer, Variable):
+        initializer = initializer(shape, dtype=dtype)
+    array = convert(exact_array(initializer, "`initializer`"), dtype, "`initializer`")
+    if array.shape != shape and array.ndim:
+        raise ValueError(f"`initializer` gave shape {array.shape}, expected {shape}")
+    return jnp.broadcast_to(array, shape)
+
+
+class RMSprop:
     r"""The TF 2.x Keras ``RMSprop`` optimizer, stateful, for :class:`jrmsprop.Variable`\ s.
 
-    Same constructor, methods, slot layout, ``get_weights`` order and config as
-    ``tf.keras.optimizers.RMSprop`` of TF 2.0--2.10 (``tf_keras.optimizers.legacy.RMSprop``), and
-    the same numbers: each step is :func:`jrmsprop.rmsprop` (after Keras's clipping)
+    The constructor, methods, slots, ``get_weights`` order, config and numbers of
+    ``tf.keras.optimizers.RMSprop`` of TF 2.0--2.10 (``tf_keras.optimizers.legacy.RMSprop``):
+    each step is :func:`jrmsprop.rmsprop` after Keras's clipping,
 
     .. math::
 
@@ -103,43 +280,29 @@ class RMSprop(OptimizerVariables):
     (without a momentum slot ``p ← p − lr·g / (√r + ε)``; ``centered`` uses ``r − m_g²``).
 
     Args:
-      learning_rate: a number ``>= 0``, a scalar array, a schedule (a callable that requires
-        one positional argument, the step, e.g. an optax schedule, or a Keras
-        ``LearningRateSchedule``; evaluated at ``iterations`` before the increment) or a callable
-        that can be called without arguments (called so at every step, as Keras does).
-      rho: discounting factor of the moving averages, in ``[0, 1]`` (same kinds of values).
-      momentum: heavy-ball momentum in ``[0, 1]`` (same kinds). Keras rule: a momentum slot
-        exists when momentum is a callable, an array/tensor, or a number > 0 (a ``tf.Variable``
-        or :class:`jrmsprop.Variable` counts by its value); then ε sits inside the square root,
-        otherwise outside.
-      epsilon: ε ``>= 0`` (a number, array or callable). ``0``/``None`` mean ``1e-7`` here, as
-        in Keras (``opt.epsilon = 0`` afterwards does set 0, also as in Keras).
-      centered: ``True`` keeps the ``mg`` slot and normalises by the variance estimate.
+      learning_rate: a number ``>= 0``, a scalar array, a schedule (a Keras
+        ``LearningRateSchedule`` or a callable of the step, evaluated at ``iterations``) or a
+        callable of no arguments (called at every step). Numbers are stored in float32
+        Variables, as in Keras.
+      rho: discounting factor in ``[0, 1]`` (same kinds of values).
+      momentum: in ``[0, 1]``. A momentum slot (and ε inside the root) exists for a callable, an
+        array or a number > 0; a ``tf.Variable`` or :class:`jrmsprop.Variable` counts by its value.
+      epsilon: ε ``>= 0``; ``0`` or ``None`` here mean ``1e-7`` (Keras's ``backend.epsilon()``).
+      centered: keep the ``mg`` slot and normalise by the variance estimate.
       name: prefix of the optimizer's variable names.
-      **kwargs: ``clipvalue``, ``clipnorm``, ``global_clipnorm`` (Keras 2 gradient clipping,
-        applied in that order; finite, ``>= 0``; ``clipnorm`` and ``global_clipnorm`` exclude
-        each other), ``decay`` (inverse-time decay: ``lr / (1 + decay·iterations)``) and ``lr``
-        (deprecated alias of ``learning_rate``, which it overrides). Any other keyword is a
-        ``TypeError``. ``decay`` is fixed at construction, as Keras's ``_initial_decay``.
+      **kwargs: ``clipvalue``, ``clipnorm``, ``global_clipnorm`` (finite, ``>= 0``, applied in
+        that order; not both norms), ``decay`` (``lr / (1 + decay·iterations)``, fixed at
+        construction as Keras's ``_initial_decay``) and ``lr`` (deprecated ``learning_rate``).
 
-    Every value is checked when it is given (constructor, setters, ``assign`` on the
-    hyperparameter Variables), a schedule's or callable's value whenever it is evaluated, and
-    the value of a Variable you passed (which you may assign later) at every step: a bad one
-    raises an error naming the argument and changes nothing. Numbers given for
-    ``learning_rate``, ``rho`` and ``momentum`` are stored, as in Keras, in float32
-    :class:`jrmsprop.Variable` objects; the precision rule for float64 variables is Keras's
-    (the core's rule: ``jrmsprop.rmsprop``).
-
-    The optimizer pickles and deep-copies (with its hyperparameters, slots and ``iterations``;
-    schedules and callables must themselves be picklable). Slots are keyed by the Variables
-    they belong to, so pickle the Variables together with it: ``pickle.dumps((opt, variables))``.
+    Every value is checked when given, evaluated or (for a Variable you passed) at every step; a
+    bad one raises an error naming the argument and changes nothing. The optimizer pickles with
+    its slots, which are keyed by the Variables: ``pickle.dumps((opt, variables))``.
 
     Example:
       >>> import jrmsprop
       >>> opt = jrmsprop.RMSprop(learning_rate=0.1)
       >>> var1 = jrmsprop.Variable(10.0)
-      >>> loss = lambda: (var1 ** 2) / 2.0  # d(loss) / d(var1) = var1
-      >>> step_count = opt.minimize(loss, [var1]).numpy()
+      >>> step_count = opt.minimize(lambda: (var1 ** 2) / 2.0, [var1]).numpy()
       >>> var1.numpy()
       array(9.683772, dtype=float32)
     """
@@ -154,60 +317,106 @@ class RMSprop(OptimizerVariables):
         name: str = "RMSprop",
         **kwargs: Any,
     ):
-        hyper_lib.check_keywords(kwargs)
+        for key in kwargs:
+            if key not in (*_CLIPS, "decay", "lr"):
+                raise TypeError(
+                    f"Unexpected keyword argument passed to optimizer: {key}. Allowed kwargs are "
+                    f"{set((*_CLIPS, 'decay', 'lr'))}."
+                )
         if name is not None and not isinstance(name, str):
             raise TypeError(f"`name` must be a string, got {name!r}")
         learning_rate = legacy_lr(learning_rate, kwargs)
-        hypers = dict(
+        if epsilon is None or (not callable(epsilon) and concrete_scalar("epsilon", epsilon) == 0):
+            epsilon = KERAS_EPSILON  # Keras: `epsilon or backend.epsilon()`, here only
+        hyper = dict(
             learning_rate=learning_rate,
             rho=rho,
             momentum=momentum,
             epsilon=epsilon,
             decay=kwargs.get("decay", 0.0),
         )
-        # Everything is checked before anything is stored.
-        hyperparameters = KerasHyperparameters(
-            name or "RMSprop", hypers, {key: kwargs.get(key) for key in hyper_lib.CLIPS}
-        )
-        centered = check_bool("centered", centered)
-        super().__init__(name or "RMSprop")
-        self._hyperparameters = hyperparameters
-        self._centered = centered
-        self._var_order: list[Variable] = []  # trained variables, in slot-creation order
-        self._momentum = hyper_lib.keeps_momentum_slot(momentum)
+        for key, value in hyper.items():
+            _check(key, value)
+        self._clip = {key: kwargs.get(key) for key in _CLIPS}
+        check_clip_arguments(**self._clip)
+        self._centered = check_bool("centered", centered)
+        self._name = name or "RMSprop"
+        self._hyper: dict[str, Any] = {}
+        self._numbers: dict[str, float] = {}  # the Python numbers behind our float32 Variables
+        for key, value in hyper.items():
+            self._set(key, value)
+        self._initial_decay = hyper["decay"]
+        if _is_variable(momentum):
+            self._momentum = bool(concrete_scalar("momentum", np.asarray(momentum)) > 0)
+        else:
+            self._momentum = bool(_is_tensor(momentum) or callable(momentum) or momentum > 0)
+        self._weights: list[Variable] = []  # iterations, then the slots, in creation order
+        self._slots: dict[Variable, dict[str, Variable]] = {}
+        self._slot_names: list[str] = []
+        self._unchecked: set[tuple[Variable, str]] = set()  # slots made since the last step
+        self._iterations: Variable | None = None
+        self._var_order: list[Variable] = []
 
-    # -- hyperparameters (stored by ``keras_hyperparameters``) -----------------------------------
+    # -- hyperparameters ---------------------------------------------------------------------------
 
-    learning_rate = optimizer_property(
-        "learning_rate", "The learning rate (a float32 Variable for numbers; else the value given)."
-    )
-    lr = learning_rate  # Keras' old alias
-    rho = optimizer_property("rho", "Discounting factor of the moving averages.")
-    momentum = optimizer_property(
-        "momentum",
-        "Momentum (whether a momentum slot exists was fixed at construction, as in Keras).",
-    )
-    decay = optimizer_property(
-        "decay",
-        "Inverse-time decay of the learning rate (a float32 Variable for numbers). As in Keras, "
-        "the steps and ``get_config`` use the constructor's ``decay``: setting or assigning this "
-        "changes neither.",
-    )
-    epsilon = optimizer_property(
-        "epsilon",
-        "ε (``0`` or ``None`` given to the constructor mean ``1e-7``; ``0`` set later is 0).",
-    )
-    clipnorm = optimizer_property(
-        "clipnorm", "``float`` or ``None``. If set, clips each gradient to this maximum norm."
-    )
-    global_clipnorm = optimizer_property(
-        "global_clipnorm",
-        "``float`` or ``None``. If set, clips all gradients together to this global norm.",
-    )
-    clipvalue = optimizer_property(
-        "clipvalue",
-        "``float`` or ``None``. If set, clips every gradient element to ``[-value, value]``.",
-    )
+    learning_rate = _hyperparameter("learning_rate", "The learning rate.")
+    lr = learning_rate
+    rho = _hyperparameter("rho", "Discounting factor of the moving averages.")
+    momentum = _hyperparameter("momentum", "Momentum (the slot was decided at construction).")
+    decay = _hyperparameter("decay", "Inverse-time decay (the steps use the constructor's).")
+    epsilon = _hyperparameter("epsilon", "ε (``0`` set after construction is 0).")
+    clipnorm = _hyperparameter("clipnorm", "Per-gradient norm bound, or ``None``.")
+    global_clipnorm = _hyperparameter("global_clipnorm", "Global norm bound, or ``None``.")
+    clipvalue = _hyperparameter("clipvalue", "Elementwise bound, or ``None``.")
+
+    def _set(self, name: str, value: Any) -> None:
+        if name in _CLIPS:
+            clip = {**self._clip, name: value}
+            check_clip_arguments(**clip)
+            self._clip = clip
+            return
+        _check(name, value)
+        number = None if callable(value) or _is_tensor(value) else float(np.asarray(value))
+        if name not in _AS_VARIABLES or number is None:
+            self._hyper[name] = value
+            self._numbers.pop(name, None)
+        elif isinstance(self._hyper.get(name), Variable):
+            self._hyper[name].assign(np.float32(number))  # Keras: backend.set_value
+            if name in self._numbers:
+                self._numbers[name] = number
+        else:
+            variable = Variable(np.float32(number), name=f"{self._name}/{name}", trainable=False)
+            variable._check = functools.partial(_check_assigned, name)
+            self._hyper[name], self._numbers[name] = variable, number
+
+    def _used(self, name: str) -> Any:
+        return self._initial_decay if name == "decay" else self._hyper[name]
+
+    def _current(self, name: str, step: Any) -> Any:
+        """A hyperparameter's value at ``step``: schedules evaluated, callables called, the
+        value of a Variable or array you passed (which may have changed) checked again."""
+        value = self._used(name)
+        if name in self._numbers and name != "decay":
+            return value.value  # our Variable: checked on assign
+        if isinstance(value, np.ndarray) or _is_variable(value):
+            what = f"the current value of the variable given as `{name}`"
+        elif callable(value):
+            what = f"the value the callable `{name}` returned"
+            if _is_keras_schedule(value):  # Keras: lr(tf.cast(iterations, var_dtype))
+                value = value(np.float32(int(step)))
+            else:
+                value = value(step) if is_step_schedule(value) else value()
+        else:
+            return value
+        value = value.value if isinstance(value, Variable) else value
+        try:
+            _check(name, value)
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"RMSprop: {what}: {e}") from e
+        return value
+
+    def _clip_values(self) -> dict[str, Any]:
+        return {k: as_jit_scalar(v) for k, v in self._clip.items() if v is not None}
 
     @property
     def centered(self) -> bool:
@@ -215,111 +424,257 @@ class RMSprop(OptimizerVariables):
 
     @centered.setter
     def centered(self, value: Any) -> None:
-        self._centered = check_bool("centered", value)  # mg slots appear at the next step
+        self._centered = check_bool("centered", value)
 
     @property
     def name(self) -> str:
         return self._name
 
-    # -- variables: iterations, slots, weights ---------------------------------------------------
+    # -- variables: iterations, slots, weights ------------------------------------------------------
 
-    def _needed_slots(self) -> tuple[str, ...]:
-        return (
-            ("rms",)
-            + (("momentum",) if self._momentum else ())
-            + (("mg",) if self._centered else ())
+    @property
+    def iterations(self) -> Variable:
+        """The int32 step counter. ``opt.iterations = n`` assigns ``n``; a Variable may be set
+        before the optimizer's weights exist (Keras)."""
+        if self._iterations is None:
+            kw = dict(dtype=np.int32, trainable=False, aggregation="only_first_replica")
+            self._install_iterations(self.add_weight("iter", shape=[], **kw))
+        return self._iterations
+
+    @iterations.setter
+    def iterations(self, variable: Any) -> None:
+        if not isinstance(variable, Variable):
+            self.iterations.assign(variable)
+            return
+        if self._iterations is not None:
+            raise RuntimeError(
+                "Cannot set `iterations` to a new Variable after the Optimizer weights have "
+                f"been created. Here it is attempting to set `iterations` to {variable}."
+            )
+        if variable.shape != () or variable.dtype != np.int32:
+            raise TypeError(
+                f"`iterations` must be an int32 scalar Variable, got shape {variable.shape} "
+                f"dtype {variable.dtype}"
+            )
+        _check_count(variable.value)
+        self._install_iterations(variable)
+
+    def _install_iterations(self, variable: Variable) -> None:
+        variable._check = _check_count
+        self._iterations = variable
+        self._weights.append(variable)
+
+    def add_weight(
+        self,
+        name: str,
+        shape: Sequence[int],
+        dtype: Any = None,
+        initializer: Any = "zeros",
+        trainable: bool | None = None,
+        synchronization: Any = "auto",
+        aggregation: Any = "none",
+    ) -> Variable:
+        """A new optimizer Variable ``f"{opt.name}/{name}"``, not added to ``weights`` (Keras 2).
+
+        ``initializer``: ``'zeros'``, ``'ones'``, a callable ``(shape, dtype=)`` or a value;
+        ``dtype`` defaults to float32; ``synchronization`` and ``aggregation`` are recorded.
+        """
+        if not isinstance(name, str):
+            raise TypeError(f"add_weight: `name` must be a string, got {name!r}")
+        sync = enum_name("synchronization", synchronization, SYNCHRONIZATIONS)
+        agg = enum_name("aggregation", aggregation, AGGREGATIONS)
+        if trainable is not None and check_bool("trainable", trainable) and sync == "on_read":
+            raise ValueError(
+                "Synchronization value can be set to VariableSynchronization.ON_READ only "
+                "for non-trainable variables. You have specified trainable=True and "
+                "synchronization=VariableSynchronization.ON_READ."
+            )
+        value = _initial_value(initializer, shape, np.float32 if dtype is None else dtype)
+        return Variable(
+            value,
+            name=f"{self._name}/{name}",
+            trainable=trainable,
+            synchronization=sync,
+            aggregation=agg,
         )
 
+    def add_slot(
+        self, var: Variable, slot_name: str, initializer: Any = "zeros", shape=None, *, dtype=None
+    ) -> Variable:
+        """The slot ``slot_name`` of ``var``, created (and appended to ``weights``) if new, with
+        ``var``'s shape and dtype unless given."""
+        if not isinstance(var, Variable):
+            raise TypeError(
+                f"add_slot: `var` must be a jrmsprop.Variable, got {type(var).__name__}"
+            )
+        if not isinstance(slot_name, str):
+            raise TypeError(f"add_slot: `slot_name` must be a string, got {slot_name!r}")
+        weight = self._slots.get(var, {}).get(slot_name)
+        if weight is None:
+            value = _initial_value(
+                initializer,
+                var.shape if shape is None else shape,
+                var.dtype if dtype is None else dtype,
+            )
+            weight = Variable(value, name=f"{self._name}/{var.name}/{slot_name}", trainable=False)
+            if slot_name not in self._slot_names:
+                self._slot_names.append(slot_name)
+            self._slots.setdefault(var, {})[slot_name] = weight
+            self._unchecked.add((var, slot_name))
+            self._weights.append(weight)
+        return weight
+
+    def get_slot(self, var: Variable, slot_name: str) -> Variable:
+        try:
+            return self._slots[var][slot_name]
+        except (KeyError, TypeError):
+            raise KeyError(
+                f"No slot {slot_name!r} for variable {getattr(var, 'name', var)!r}; slots: "
+                f"{sorted(self._slots.get(var, {})) if isinstance(var, Variable) else []}"
+            ) from None
+
+    def get_slot_names(self) -> list[str]:
+        return list(self._slot_names)
+
+    @property
+    def weights(self) -> list[Variable]:
+        """``iterations``, then every ``rms``, ``momentum``, ``mg`` slot (TF 2.x Keras's order)."""
+        return list(self._weights)
+
+    def variables(self) -> list[Variable]:
+        return list(self._weights)
+
+    @property
+    def var_list(self) -> list[Variable]:
+        """The trained variables, in slot-creation order (:attr:`state`'s)."""
+        return list(self._var_order)
+
+    def get_weights(self) -> list[np.ndarray]:
+        return [w.numpy() for w in self._weights]
+
+    def _needed(self) -> tuple[str, ...]:
+        return ("rms",) + ("momentum",) * self._momentum + ("mg",) * self._centered
+
     def _unbuilt(self, var_list: list[Variable]) -> list[Variable]:
-        """The variables of ``var_list`` that lack a slot, after checking their dtypes and the
-        shapes and dtypes of the slots made since the last check (e.g. by :meth:`add_slot`)."""
-        needed = self._needed_slots()
-        needed_set = frozenset(needed)
-        missing = [v for v in var_list if not self._slots.get(v, {}).keys() >= needed_set]
+        """The variables that lack a slot, after checking their dtypes and the slots made since
+        the last step (by :meth:`add_slot`)."""
+        needed = self._needed()
+        missing = [v for v in var_list if not self._slots.get(v, {}).keys() >= set(needed)]
         for var in missing:
             if dtype_kind(var.dtype) not in "fc":
                 raise TypeError(
                     f"RMSprop: variable {var.name!r} has dtype {var.dtype}; only floating-point "
                     "(or complex) variables can be trained"
                 )
-        if self._unchecked_slots:  # slots made since the last step: checked once, in order
-            checked = set()
-            for var in var_list:
-                for name in needed:
-                    if (var, name) in self._unchecked_slots:
-                        self._check_slot(var, name, self._slots[var][name])
-                        checked.add((var, name))
-            self._unchecked_slots -= checked
+        checked = set()
+        for var, name in ((v, n) for v in var_list for n in needed if self._unchecked):
+            if (var, name) in self._unchecked:
+                slot = self._slots[var][name]
+                if slot.shape != var.shape:
+                    raise ValueError(
+                        f"RMSprop: slot {name!r} of variable {var.name!r} has shape {slot.shape}, "
+                        f"but the variable has shape {var.shape}"
+                    )
+                kinds = "fc" if name != "rms" and dtype_kind(var.dtype) == "c" else "f"
+                if dtype_kind(slot.dtype) not in kinds:
+                    wanted = (
+                        "a floating-point or complex" if kinds == "fc" else "a real floating-point"
+                    )
+                    raise TypeError(
+                        f"RMSprop: slot {name!r} of variable {var.name!r} has dtype {slot.dtype}; "
+                        f"it must have {wanted} dtype"
+                    )
+                checked.add((var, name))
+        self._unchecked -= checked
         return missing
 
-    @staticmethod
-    def _check_slot(var: Variable, name: str, slot: Variable) -> None:
-        """A slot the step will use: the variable's shape, a floating-point dtype (``rms``
-        real; ``momentum`` and ``mg`` complex too for a complex variable)."""
-        if slot.shape != var.shape:
-            raise ValueError(
-                f"RMSprop: slot {name!r} of variable {var.name!r} has shape {slot.shape}, but "
-                f"the variable has shape {var.shape}"
-            )
-        kinds = "fc" if name != "rms" and dtype_kind(var.dtype) == "c" else "f"
-        if dtype_kind(slot.dtype) not in kinds:
-            wanted = "a floating-point or complex" if kinds == "fc" else "a real floating-point"
-            raise TypeError(
-                f"RMSprop: slot {name!r} of variable {var.name!r} has dtype {slot.dtype}; it "
-                f"must have {wanted} dtype"
-            )
-
     def _create_slots(self, var_list: list[Variable]) -> None:
-        """Keras's order: every ``rms``, then every ``momentum``, then every ``mg``."""
         _ = self.iterations
-        for slot in self._needed_slots():
-            for var in var_list:
-                # the core's rule: float32 for float16, a real rms for a complex variable
+        for slot in self._needed():
+            for var in var_list:  # the core's dtypes: float32 for float16, a real rms
                 dtype = slot_dtype_of(var.dtype, real=slot == "rms", complex_as_real=False)
                 self.add_slot(var, slot, dtype=dtype)
-        known = set(self._var_order)
-        self._var_order.extend(v for v in dict.fromkeys(var_list) if v not in known)
+        self._var_order.extend(v for v in dict.fromkeys(var_list) if v not in self._var_order)
 
     def build(self, var_list: Any) -> None:
-        """Creates ``iterations`` and every slot for ``var_list`` now (e.g. before set_weights)."""
-        variables = minimize_lib.flatten_variables(var_list)
-        self._create_slots(self._unbuilt(variables))
+        """Creates ``iterations`` and the slots of ``var_list`` now (e.g. before set_weights)."""
+        self._create_slots(self._unbuilt(flatten_variables(var_list)))
 
-    @property
-    def var_list(self) -> list[Variable]:
-        """The trained variables, in the order their slots were created (:attr:`state`'s)."""
-        return list(self._var_order)
+    def _load(self, targets: list[Variable], values: list[Any], what: str) -> None:
+        """Checks every value against its target, then loads them all (or none)."""
+        rms = {id(s["rms"]) for s in self._slots.values() if "rms" in s}
+        converted = []
+        for target, array in zip(targets, values, strict=True):
+            if tuple(array.shape) != target.shape:
+                raise ValueError(
+                    f"{what}: shape {tuple(array.shape)} is not compatible with {target.name!r}'s "
+                    f"shape {target.shape}"
+                )
+            kind, target_kind = dtype_kind(array.dtype), dtype_kind(target.dtype)
+            if kind not in (
+                "iu" if target_kind in "iu" else "iufc" if target_kind == "c" else "iuf"
+            ):
+                raise TypeError(
+                    f"Cannot load a value of dtype {array.dtype} into {target.name!r} (dtype "
+                    f"{target.dtype})"
+                )
+            if target_kind in "iu":
+                _check_count(array, repr(target.name))
+            else:
+                label = f"{what}: {target.name!r}"
+                array = slot_values(label, np.asarray(array), target.dtype, id(target) in rms)
+            converted.append(jnp.array(array, target.dtype, copy=True))
+        for target, value in zip(targets, converted, strict=True):
+            target._value = value
 
-    # -- the functional view ---------------------------------------------------------------------
+    def set_weights(self, weights: Sequence[Any]) -> None:
+        """Loads values in :attr:`weights` order, e.g. a TF 2.x Keras RMSprop's ``get_weights()``
+        (build first). All are checked before any is loaded. A list one shorter lacks
+        ``iterations``, which is then reset to 0 (Keras)."""
+        if isinstance(weights, (str, bytes, dict)) or not isinstance(weights, Iterable):
+            raise TypeError(f"set_weights: `weights` must be a list of arrays, got {weights!r}")
+        weights = list(weights)
+        offset = 1 if len(self._weights) == len(weights) + 1 else 0
+        if len(self._weights) != len(weights) + offset:
+            hint = (
+                ""
+                if self._slots
+                else (
+                    " The optimizer has no slots yet: call `build(var_list)` (or apply one step) first."
+                )
+            )
+            raise ValueError(
+                f"You called `set_weights(weights)` on optimizer {self._name} with a weight list "
+                f"of length {len(weights)}, but the optimizer was expecting {len(self._weights)} "
+                f"weights.{hint} Provided weights: {str(weights)[:50]}..."
+            )
+        values = [np.array(0)] * offset + [
+            exact_array(w, f"set_weights: weight {i} ({t.name!r})")
+            for i, (w, t) in enumerate(zip(weights, self._weights[offset:], strict=True))
+        ]
+        self._load(self._weights, values, "set_weights")
 
     @property
     def state(self) -> RMSpropState:
-        """The optimizer state as the functional core's :class:`jrmsprop.RMSpropState`.
+        """The state as the core's :class:`jrmsprop.RMSpropState` over :attr:`var_list` (the live
+        buffers, donated by the next step). Assigning one of the same structure loads it."""
 
-        ``count`` is ``iterations``; ``rms`` / ``momentum`` / ``mg`` are tuples over
-        :attr:`var_list` (``None`` without that slot). The arrays are the live buffers: the next
-        ``apply_gradients`` donates them (copy with ``jax.tree.map(jnp.copy, opt.state)`` to
-        keep them). Assigning a state of the same structure loads it (copied).
-        """
+        def slots(name: str) -> tuple[jax.Array, ...] | None:
+            needed = name in self._needed()
+            return tuple(self._slots[v][name]._value for v in self._var_order) if needed else None
 
-        def slot(name: str) -> tuple[jax.Array, ...] | None:
-            if name not in self._needed_slots():
-                return None
-            return tuple(self._slots[v][name]._value for v in self._var_order)
-
-        return RMSpropState(self.iterations._value, slot("rms"), slot("momentum"), slot("mg"))
+        return RMSpropState(self.iterations._value, *map(slots, _SLOTS))
 
     @state.setter
     def state(self, state: RMSpropState) -> None:
         if not isinstance(state, RMSpropState):
             raise TypeError(f"`state` must be an RMSpropState, got {type(state).__name__}")
-        targets, values = [self.iterations], [state.count]
-        needed = self._needed_slots()
-        for name in ("rms", "momentum", "mg"):
+        targets, values = [self.iterations], [exact_array(state.count, "`state.count`")]
+        for name in _SLOTS:
             tree = getattr(state, name)
-            if (tree is not None) != (name in needed):
+            if (tree is not None) != (name in self._needed()):
                 raise ValueError(
-                    f"`state.{name}` is {'missing' if name in needed else 'unexpected'} for this "
+                    f"`state.{name}` is {'unexpected' if tree is not None else 'missing'} for this "
                     "optimizer's configuration"
                 )
             if tree is None:
@@ -331,113 +686,69 @@ class RMSprop(OptimizerVariables):
                     "(one per variable of `var_list`)"
                 )
             targets += [self._slots[v][name] for v in self._var_order]
-            values += [_weight_array(leaf, f"`state.{name}[{i}]`") for i, leaf in enumerate(leaves)]
-        values[0] = _weight_array(values[0], "`state.count`")
+            values += [exact_array(x, f"`state.{name}[{i}]`") for i, x in enumerate(leaves)]
         self._load(targets, values, "state")
-
-    def set_weights(self, weights: Sequence[Any]) -> None:
-        """Loads values in :attr:`weights` order, e.g. a TF 2.x Keras RMSprop's ``get_weights()``.
-
-        All values are checked first (each must be an array of numbers: a ragged list, ``None``
-        or a string is refused naming its index; then length, shapes, dtypes: integers in
-        ``[0, 2**31 - 1]`` for ``iterations``, real numbers for real slots); on any error
-        nothing changes. As in Keras' RMSprop, a list one shorter than ``weights`` is taken to
-        lack ``iterations`` (which is then reset to 0). Build the optimizer first
-        (:meth:`build` or one step).
-        """
-        if not isinstance(weights, (str, bytes, dict)) and isinstance(weights, Iterable):
-            weights = list(weights)
-            offset = 1 if len(self._weights) == len(weights) + 1 else 0
-            names = [w.name for w in self._weights[offset:]]
-            if len(names) != len(weights):
-                names = []
-            weights = [
-                _weight_array(
-                    value,
-                    f"set_weights: weight {i}" + (f" ({names[i]!r})" if names else ""),
-                )
-                for i, value in enumerate(weights)
-            ]
-        super().set_weights(weights)
 
     @property
     def transformation(self) -> optax.GradientTransformation:
-        """The equivalent optax transformation (Keras clipping, then :func:`jrmsprop.rmsprop`).
-
-        Built from the current hyperparameter values, by the same builder as the step: numbers,
-        arrays and Variables as their current value, step schedules passed through (they must
-        then be JAX-traceable, like optax schedules), no-argument callables evaluated now.
-        Without clipping it is ``jrmsprop.rmsprop(...)`` itself, whose state has the layout of
-        :attr:`state` for ``params = tuple(v.value for v in opt.var_list)``; with clipping an
-        ``optax.chain`` whose state ends with that :class:`RMSpropState`.
-        """
-        values, clip = self._hyperparameters.transformation_values()
+        """The equivalent optax transformation, from the current values (step schedules passed
+        through): ``jrmsprop.rmsprop(...)``, chained after ``keras_clipping`` when clipping."""
+        values = {
+            name: self._used(name)
+            if is_step_schedule(self._used(name))
+            else as_jit_scalar(self._current(name, 0))
+            for name in _HYPERS
+        }
+        clip = self._clip_values()
         clipper, core = _transforms(values, clip, self._centered, self._momentum)
         return optax.chain(clipper, core) if clip else core
 
     # -- the step --------------------------------------------------------------------------------
 
     def apply_gradients(
-        self,
-        grads_and_vars: Iterable[tuple[Any, Variable]],
-        name: str | None = None,
-        experimental_aggregate_gradients: bool = True,
+        self, grads_and_vars: Iterable[Any], name=None, experimental_aggregate_gradients=True
     ) -> Variable:
-        """Applies ``(gradient, variable)`` pairs in place; returns :attr:`iterations`.
+        """Applies ``(gradient, Variable)`` pairs in place and returns :attr:`iterations`.
 
-        Gradients may be arrays (NumPy/JAX/TF; non-JAX ones are converted to the variable's
-        dtype), :class:`jrmsprop.IndexedSlices` (the sparse path) or ``tf.IndexedSlices``-like
-        objects. Pairs whose gradient is ``None`` are skipped with a warning; if all are ``None``
-        it is a ``ValueError``. Everything is checked before any slot is created or any value
-        changes. All variables move in one compiled call (see the module doc).
-
-        Args:
-          grads_and_vars: iterable of ``(gradient, Variable)``.
-          name: ignored (TF op name).
-          experimental_aggregate_gradients: ignored: there are no replicas to sum over.
-
-        Returns:
-          The ``iterations`` Variable, incremented.
+        Gradients: arrays, :class:`jrmsprop.IndexedSlices` or ``tf.IndexedSlices``-like objects;
+        a ``None`` gradient skips its pair with a warning. Everything is checked first.
         """
-        del name, experimental_aggregate_gradients
-        try:
-            if isinstance(grads_and_vars, (str, bytes)):  # iterable, but of characters
-                raise TypeError
-            grads_and_vars = iter(grads_and_vars)
-        except TypeError:
+        if isinstance(grads_and_vars, (str, bytes)) or not isinstance(grads_and_vars, Iterable):
             raise TypeError(
                 "apply_gradients: `grads_and_vars` must be an iterable of (gradient, variable) "
                 f"pairs, got {type(grads_and_vars).__name__}"
-            ) from None
-        return self._apply(grads_and_vars, stacklevel=3)
+            )
+        return self._apply(grads_and_vars)
 
-    def _apply(self, grads_and_vars: Iterable[tuple[Any, Variable]], stacklevel: int) -> Variable:
-        kept, missing = step_inputs.split_pairs(grads_and_vars)
-        var_list = [v for _, v in kept]
-        # Everything that can fail, before any state changes:
+    def _apply(self, grads_and_vars: Iterable[Any]) -> Variable:
+        var_list, grads, missing = step_inputs(grads_and_vars)
         unbuilt = self._unbuilt(var_list)
-        grads = step_inputs.as_gradients(kept)
-        count = (
-            self._iterations._value if self._iterations is not None else jnp.zeros((), jnp.int32)
-        )
-        values, clip = self._hyperparameters.step_values(count) if kept else (None, None)
-        step_inputs.warn_missing(missing, stacklevel)
+        if var_list:
+            count = (
+                self._iterations._value
+                if self._iterations is not None
+                else jnp.zeros((), jnp.int32)
+            )
+            values = {name: as_jit_scalar(self._current(name, count)) for name in _HYPERS}
+        if missing:
+            warnings.warn(
+                f"Gradients do not exist for variables {missing} when minimizing the loss. If "
+                "you're using `model.compile()`, did you forget to provide a `loss` argument?",
+                UserWarning,
+                stacklevel=3,
+            )
         self._create_slots(unbuilt)
-        if kept:
-            self._run_step(var_list, grads, values, clip)
-        return self.iterations
-
-    def _run_step(self, var_list, grads, values, clip) -> None:
+        if not var_list:
+            return self.iterations
         slots = [
-            [self._slots[v][name]._value for v in var_list]
-            if name in self._needed_slots()
-            else None
-            for name in ("rms", "momentum", "mg")
+            [self._slots[v][n]._value for v in var_list] if n in self._needed() else None
+            for n in _SLOTS
         ]
-        (params, *slots), (grads, values, clip, count) = step_inputs.distinct_donations(
-            [[v._value for v in var_list], *slots], (grads, values, clip, self.iterations._value)
+        (params, *slots), (grads, values, clip, count) = distinct_donations(
+            [[v._value for v in var_list], *slots],
+            (grads, values, self._clip_values(), self.iterations._value),
         )
-        new_params, new_slots, new_count = _step(
+        params, slots, count = _step(
             params,
             tuple(slots),
             count,
@@ -447,73 +758,52 @@ class RMSprop(OptimizerVariables):
             centered=self._centered,
             momentum_slot=self._momentum,
         )
-        for var, value in zip(var_list, new_params, strict=True):
-            var._replace(value)
-        for name, new in zip(("rms", "momentum", "mg"), new_slots, strict=True):
+        for var, value in zip(var_list, params, strict=True):
+            var._value = value
+        for name, new in zip(_SLOTS, slots, strict=True):
             for var, value in zip(var_list, new, strict=True) if new is not None else ():
-                self._slots[var][name]._replace(value)
-        self.iterations._replace(new_count)
+                self._slots[var][name]._value = value
+        self.iterations._value = count
+        return self.iterations
 
     def minimize(
-        self,
-        loss: Callable[[], Any],
-        var_list: Any,
-        grad_loss: Any = None,
-        name: str | None = None,
-        tape: Any = None,
-    ) -> Variable:
-        """Computes the gradients of ``loss()`` with JAX and applies them; returns ``iterations``.
-
-        ``loss`` is a callable of no arguments that reads the Variables (as in Keras); it runs
-        eagerly under ``jax.vjp`` (see ``jrmsprop._src.minimize``). A variable that the loss
-        never reads gets a ``None`` gradient (skipped with a warning, as in Keras); one read
-        *only* through :meth:`Variable.sparse_read` gets an :class:`IndexedSlices` gradient.
-
-        Args:
-          loss: callable of no arguments returning the loss (a non-scalar loss is summed, as
-            ``tape.gradient`` does, unless ``grad_loss`` is given).
-          var_list: Variables to train, or a callable returning them (called after ``loss``
-            has run once, so the loss may create them).
-          grad_loss: optional cotangent of the loss (its gradient), shaped like the loss.
-          name: ignored.
-          tape: unsupported (JAX has no gradient tape); must be None.
-
-        Returns:
-          The ``iterations`` Variable, incremented.
-        """
-        del name
-        grads_and_vars = minimize_lib.compute_gradients(loss, var_list, grad_loss, tape)
-        return self._apply(grads_and_vars, stacklevel=3)
+        self, loss: Callable[[], Any], var_list: Any, grad_loss=None, name=None, tape=None
+    ):
+        """Applies the gradients of ``loss()`` (a callable of no arguments that reads the
+        Variables), computed by JAX; returns :attr:`iterations`. ``var_list`` may be a callable
+        (called after ``loss``); ``grad_loss`` is the loss's cotangent; ``tape`` must be None."""
+        return self._apply(compute_gradients(loss, var_list, grad_loss, tape))
 
     # -- config ----------------------------------------------------------------------------------
 
     def get_config(self) -> dict[str, Any]:
-        """The Keras 2 config: name, (clipnorm, clipvalue, global_clipnorm when set),
-        learning_rate, decay, rho, momentum, epsilon, centered.
-
-        Numbers come back as given (float32 hyperparameters as stored when changed); a schedule
-        with ``get_config`` becomes a Keras-style ``{'module', 'class_name', 'config'}`` dict,
-        a callable of no arguments its current value (Keras' rule).
-        """
-        return {"name": self._name, **self._hyperparameters.config(), "centered": self._centered}
+        """Keras 2's config: name, the clip thresholds set, learning_rate, decay, rho, momentum,
+        epsilon, centered (schedules as Keras dicts, callables by their current value)."""
+        config: dict[str, Any] = {"name": self._name}
+        config.update({k: _serialize(k, v) for k, v in self._clip.items() if v is not None})
+        for key in _HYPERS:
+            number = None if key == "decay" else self._numbers.get(key)
+            config[key] = _serialize(key, self._used(key), number)
+        return {**config, "centered": self._centered}
 
     @classmethod
-    def from_config(
-        cls, config: dict[str, Any], custom_objects: dict[str, Any] | None = None
-    ) -> RMSprop:
-        """Creates an optimizer from :meth:`get_config`'s dict (or a TF 2.x Keras RMSprop's).
-
-        ``lr`` is renamed ``learning_rate``; dict values with ``class_name``/``config`` are
-        rebuilt: classes from ``custom_objects`` by name, else imported from ``module`` -- only
-        a Keras ``LearningRateSchedule`` from keras, tf_keras or TensorFlow, since a config read
-        from a file names what is imported and called (anything else is a ``ValueError``).
-        """
+    def from_config(cls, config: dict[str, Any], custom_objects: Any = None) -> RMSprop:
+        """An optimizer from :meth:`get_config`'s dict or a TF 2.x Keras RMSprop's (``lr``
+        renamed; schedules from ``custom_objects`` or Keras's own)."""
         if custom_objects is not None and not isinstance(custom_objects, Mapping):
             raise TypeError(
                 "from_config: `custom_objects` must be a dict mapping class names to classes, "
                 f"got {type(custom_objects).__name__}"
             )
-        return cls(**keras_config.config_to_kwargs(config, custom_objects))
+        if not isinstance(config, dict):
+            raise TypeError(f"`config` must be a dict, got {type(config).__name__}")
+        kwargs = {k: v for k, v in config.items() if k != "is_legacy_optimizer"}
+        if "lr" in kwargs:
+            kwargs["learning_rate"] = kwargs.pop("lr")
+        for key in _HYPERS:
+            if isinstance(kwargs.get(key), dict):
+                kwargs[key] = _deserialize(kwargs[key], custom_objects)
+        return cls(**kwargs)
 
     def __repr__(self) -> str:
         return f"<jrmsprop.RMSprop name={self._name!r} centered={self._centered}>"

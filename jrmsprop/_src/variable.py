@@ -1,110 +1,87 @@
-"""``jrmsprop.Variable``: a mutable holder of a ``jax.Array``, for the Keras-style optimizer.
+"""``jrmsprop.Variable`` and the conversion of the stateful optimizer's step inputs.
 
-JAX arrays are immutable; the stateful :class:`jrmsprop.RMSprop` needs something it can update in
-place, as Keras updates a ``tf.Variable``. A :class:`Variable` is that: a named box around one
-array whose value is *replaced* by ``assign`` and by the optimizer.
-
-Buffer ownership. The optimizer *donates* a variable's current buffer to its compiled update (no
-full-size copy), so an array previously read from ``v.value`` is deleted by the next
-``apply_gradients``. Take a copy (``v.numpy()`` or ``jnp.copy(v.value)``) to keep an old value.
-For the same reason the constructor and :meth:`Variable.assign` copy what they are given: the
-caller's array is never donated away.
+A :class:`Variable` is a named box around one ``jax.Array`` whose value ``assign`` and the
+optimizer replace. The optimizer donates a variable's buffer to its compiled step, so an array
+read from ``v.value`` earlier is deleted by the next step (``v.numpy()`` is a copy).
 """
 
 from __future__ import annotations
 
+import itertools
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jrmsprop._src.sparse import IndexedSlices, check_index_range
+from jrmsprop._src.sparse import IndexedSlices
 from jrmsprop._src.validation import abbreviated, check_bool
 
-__all__ = ["Variable", "as_gradient"]
+__all__ = ["Variable", "compute_gradients", "flatten_variables", "step_inputs"]
 
-# TF's rules for Python data: float -> float32, int -> int32 (tf.convert_to_tensor).
-_PYTHON_DTYPES = {bool: np.bool_, int: np.int32, float: np.float32, complex: np.complex64}
-
-# Keras' enum values for `synchronization` / `aggregation`, by lower-case name.
 SYNCHRONIZATIONS = ("auto", "none", "on_write", "on_read")
 AGGREGATIONS = ("none", "sum", "mean", "only_first_replica")
+_INT32 = np.iinfo(np.int32)
+
+
+def enum_name(what: str, value: Any, allowed: tuple[str, ...]) -> str:
+    """A Keras/TF enum value (a string, or an enum with ``.name``) as a lower-case name."""
+    name = getattr(value, "name", value)
+    if not isinstance(name, str) or name.lower() not in allowed:
+        raise ValueError(f"`{what}` must be one of {allowed} (or the TF enum), got {value!r}")
+    return name.lower()
 
 
 def canonical_dtype(dtype: Any) -> np.dtype:
-    """``dtype`` as JAX will store it (64-bit types narrowed unless x64 is enabled), silently."""
+    """``dtype`` as JAX stores it (64-bit types narrowed unless x64 is on)."""
     return np.dtype(jax.dtypes.canonicalize_dtype(np.dtype(dtype)))
 
 
 def dtype_kind(dtype: Any) -> str:
-    """NumPy's kind letter ('b', 'i', 'u', 'f', 'c', ...), with bfloat16 & co. counted as 'f'."""
+    """NumPy's kind letter, with bfloat16 & co. as ``'f'`` and Python ints (object) as ``'i'``."""
     dtype = np.dtype(dtype)
     if dtype.kind == "V" and jnp.issubdtype(dtype, jnp.floating):
         return "f"
-    return dtype.kind
+    return "i" if dtype.kind == "O" else dtype.kind
 
 
-_INT32 = np.iinfo(np.int32)
-
-
-def _python_int_dtype(array: np.ndarray) -> np.dtype:
-    """TF's dtype for Python ints: int32 when every value fits, else int64."""
-    if array.size and not (_INT32.min <= array.min() and array.max() <= _INT32.max):
-        return np.dtype(np.int64)
-    return np.dtype(np.int32)
-
-
-def _python_scalar_dtype(value: Any, exact: np.ndarray | None = None) -> np.dtype | None:
-    """The TF default dtype of Python data (scalars and nested lists), or None.
-
-    ``exact`` is ``value`` as a NumPy array (computed here when not given).
-    """
-    if type(value) not in _PYTHON_DTYPES and not isinstance(value, (list, tuple)):
-        return None
-    if exact is None:
-        exact = np.asarray(value)
-    kind = "i" if exact.dtype.kind == "O" else exact.dtype.kind
+def _default_dtype(value: Any, exact: Any) -> np.dtype:
+    """TF's dtype for ``value``: float32, int32 (int64 beyond int32), complex64 or bool for
+    Python data; an array's own dtype otherwise."""
+    if type(value) not in (bool, int, float, complex) and not isinstance(value, (list, tuple)):
+        return np.dtype(np.int64) if exact.dtype.kind == "O" else exact.dtype
+    kind = dtype_kind(exact.dtype)
     if kind in "iu":
-        return _python_int_dtype(exact)
-    return np.dtype({"b": np.bool_, "f": np.float32, "c": np.complex64}.get(kind, np.float32))
+        fits = not exact.size or (_INT32.min <= exact.min() and exact.max() <= _INT32.max)
+        return np.dtype(np.int32 if fits else np.int64)
+    return np.dtype({"b": np.bool_, "c": np.complex64}.get(kind, np.float32))
 
 
 def exact_array(value: Any, what: str) -> Any:
-    """``value`` as an array that holds it exactly, for the checks before a conversion.
-
-    A ``jax.Array`` (or a Variable's value) as it is; anything else as a NumPy array of its own
-    dtype (Python ints as int64, or as an object array beyond 64 bits). Raises a ``TypeError``
-    that starts with ``what`` for ragged nested sequences and for anything that is not numbers.
-    """
+    """``value`` as an array that holds it exactly: a ``jax.Array`` as it is, else a NumPy array
+    (Python ints beyond 64 bits as an object array). ``TypeError`` starting with ``what`` for
+    anything that is not an array of numbers."""
     if isinstance(value, Variable):
         value = value.value
     if isinstance(value, jax.Array):
         return value
     try:
         array = np.asarray(value)
-    except ValueError as e:  # NumPy: "setting an array element with a sequence"
+    except (TypeError, ValueError) as e:
         ragged = "inhomogeneous" in str(e) or "with a sequence" in str(e)
-        got = (
-            "a ragged nested list (sub-lists of different lengths)"
-            if ragged
-            else (f"{type(value).__name__} ({e})")
-        )
-        raise TypeError(f"{what} must be an array of numbers, got {got}") from e
-    except TypeError as e:
+        got = "a ragged nested list (sub-lists of different lengths)" if ragged else None
         raise TypeError(
-            f"{what} must be an array of numbers, got {type(value).__name__} ({e})"
+            f"{what} must be an array of numbers, got {got or f'{type(value).__name__} ({e})'}"
         ) from e
     if array.dtype.kind == "O" and array.size:
         if all(type(x) is int for x in array.flat):
-            return array  # Python ints beyond 64 bits
+            return array
         if all(isinstance(x, (int, float, complex, np.number)) for x in array.flat):
-            # numbers mixed with ints beyond 64 bits ([0.5, 2**70]): as floating point
-            complex_ = any(isinstance(x, (complex, np.complexfloating)) for x in array.flat)
+            is_complex = any(isinstance(x, (complex, np.complexfloating)) for x in array.flat)
             try:
-                return array.astype(np.complex128 if complex_ else np.float64)
+                return array.astype(np.complex128 if is_complex else np.float64)
             except OverflowError as e:
                 raise ValueError(f"{what}: {e}") from e
     if array.dtype.kind == "O" or not (
@@ -120,57 +97,36 @@ def exact_array(value: Any, what: str) -> Any:
     return array
 
 
-def _source_kind(dtype: Any) -> str:
-    return "i" if np.dtype(dtype).kind == "O" else dtype_kind(dtype)
-
-
 def _lossy(source: Any, target: np.dtype) -> bool:
-    """Whether converting ``source`` values to ``target`` can lose more than the rounding of a
-    floating-point conversion (so the values must be checked)."""
+    """Whether converting ``source`` to ``target`` can lose more than float rounding."""
     source = np.dtype(source)
-    if source == target:
+    s, t = dtype_kind(source), dtype_kind(target)
+    if source == target or (s == "b" and t != "b"):
         return False
-    s, t = _source_kind(source), dtype_kind(target)
-    if source.kind == "O":
+    if source.kind == "O" or t == "b" or (t in "iu" and s not in "iu"):
         return True
-    if t == "b":
-        return s != "b"
     if t in "iu":
-        if s == "b":
-            return False
-        if s in "iu":
-            si, ti = np.iinfo(source), np.iinfo(target)
-            return bool(si.min < ti.min or si.max > ti.max)
-        return True
-    if t in "fc":
-        if s == "c":
-            return t != "c"
-        if s in "iu":
-            return bool(np.iinfo(source).max > float(jnp.finfo(target).max))
-    return False
+        si, ti = np.iinfo(source), np.iinfo(target)
+        return bool(si.min < ti.min or si.max > ti.max)
+    if s == "c":
+        return t != "c"
+    return s in "iu" and bool(np.iinfo(source).max > float(jnp.finfo(target).max))
 
 
 def check_representable(exact: Any, target: Any, what: str, requested: Any = None) -> None:
-    """Refuses values that ``target`` cannot hold: integers out of its range, NaN, inf and
-    fractions for an integer dtype, values other than 0 and 1 for bool, integers beyond a float
-    dtype's range, and complex numbers for a real dtype.
-
-    ``exact`` is from :func:`exact_array`; ``what`` starts the message (it names the variable
-    and the argument); ``requested`` is the dtype asked for, when JAX narrowed it to ``target``.
-    The rounding of floating-point values (float64 to float32) is not a loss.
-    """
+    """Refuses values ``target`` cannot hold (out-of-range, NaN/inf or fractional integers,
+    bools other than 0/1, complex into real). ``requested``: the dtype asked for, when JAX
+    narrowed it to ``target``."""
     target = np.dtype(target)
     if not _lossy(exact.dtype, target):
         return
-    s, t = _source_kind(exact.dtype), dtype_kind(target)
+    s, t = dtype_kind(exact.dtype), dtype_kind(target)
     if s == "c" and t != "c":
         raise TypeError(
             f"{what}: a complex value cannot be stored in dtype {target} (the imaginary part "
             "would be dropped)"
         )
     flat = np.asarray(exact).reshape(-1)
-    if not flat.size:
-        return
     if s == "f":
         flat = flat.astype(np.float64)
     if t == "b":
@@ -178,8 +134,8 @@ def check_representable(exact: Any, target: Any, what: str, requested: Any = Non
         reason = "only 0 and 1 can be stored as booleans"
     elif t in "iu":
         info = np.iinfo(target)
-        low, high = float(info.min), float(info.max) + 1.0  # exact in float64
         if s == "f":
+            low, high = float(info.min), float(info.max) + 1.0
             bad = ~np.isfinite(flat) | (flat != np.trunc(flat)) | (flat < low) | (flat >= high)
         else:
             bad = np.asarray((flat < info.min) | (flat > info.max), bool)
@@ -188,7 +144,7 @@ def check_representable(exact: Any, target: Any, what: str, requested: Any = Non
         limit = float(jnp.finfo(target).max)
         bad = np.asarray(abs(flat) > limit, bool)
         reason = f"its largest finite value is {limit:g}"
-    if bad.any():
+    if bad.size and bad.any():
         value = flat[int(np.argmax(bad))]
         value = value.item() if isinstance(value, np.generic) else value
         if requested is not None and np.dtype(requested) != target:
@@ -196,37 +152,18 @@ def check_representable(exact: Any, target: Any, what: str, requested: Any = Non
         raise ValueError(f"{what}: {value!r} cannot be represented in dtype {target} ({reason})")
 
 
-def as_array(value: Any, dtype: Any = None, *, copy: bool = True) -> jax.Array:
-    """Converts ``value`` (number, list, NumPy/JAX array, TF tensor, Variable) to a jax.Array.
-
-    With ``dtype`` None the dtype follows TF: Python floats become float32 and Python ints int32;
-    arrays keep theirs (64-bit narrowed to 32-bit when JAX's x64 mode is off). With ``copy`` the
-    result never shares a buffer with the input.
-    """
-    if isinstance(value, Variable):
-        value = value.value
-    if dtype is None:
-        dtype = _python_scalar_dtype(value)
-    if dtype is None:
-        dtype = value.dtype if isinstance(value, jax.Array) else np.asarray(value).dtype
-    dtype = canonical_dtype(dtype)
-    if isinstance(value, jax.Array):
-        if value.dtype == dtype:
-            return jnp.array(value, copy=True) if copy else value
-        return value.astype(dtype)  # a new buffer
-    return jnp.array(np.asarray(value), dtype=dtype)  # always a new device buffer
+def convert(exact: Any, dtype: Any, what: str, requested: Any = None) -> jax.Array:
+    """An :func:`exact_array` in ``dtype`` (a new buffer), after :func:`check_representable`."""
+    check_representable(exact, dtype, what, requested)
+    if exact.dtype.kind == "O":  # Python ints beyond 64 bits, checked: a float dtype holds them
+        exact = exact.astype(np.float64)
+    if isinstance(exact, jax.Array):
+        return jnp.array(exact, dtype=dtype, copy=True)
+    return jnp.array(np.asarray(exact), dtype=dtype)
 
 
 def _exact_integer_op(a: np.ndarray, b: np.ndarray, add: bool) -> np.ndarray:
-    """``a + b`` (or ``a - b``) of integer (or bool) arrays, without wrapping: int64 when the
-    result fits, else Python ints (an object array)."""
-    if a.dtype.kind != "O" and b.dtype.kind != "O" and np.uint64 not in (a.dtype, b.dtype):
-        x, y = a.astype(np.int64), b.astype(np.int64)
-        result = x + y if add else x - y
-        # two's-complement overflow: the result's sign differs from both (add) / from x and -y
-        overflow = ((x ^ result) & ((y if add else ~y) ^ result)) < 0
-        if not overflow.any():
-            return result
+    """``a ± b`` of integer arrays without wrapping (int64, or Python ints beyond it)."""
     a, b = a.astype(object), b.astype(object)
     result = np.asarray(a + b if add else a - b, dtype=object)
     if all(-(2**63) <= int(v) < 2**63 for v in result.flat):
@@ -234,32 +171,14 @@ def _exact_integer_op(a: np.ndarray, b: np.ndarray, add: bool) -> np.ndarray:
     return result
 
 
-# ---- the hook of RMSprop.minimize -------------------------------------------------------------
-
-# While ``minimize`` computes gradients, a recorder (jrmsprop._src.minimize) is installed here and
-# every read of a Variable is reported to it (``read`` / ``sparse_read``).
+# While ``minimize`` computes gradients, every read of a Variable is reported to a recorder.
 _local = threading.local()
-
-
-def _recorder() -> Any:
-    return getattr(_local, "recorder", None)
-
-
-# ---- the Variable -----------------------------------------------------------------------------
 
 
 def _binary(op: Callable[[Any, Any], Any], reflected: bool = False):
     def method(self: Variable, other: Any) -> Any:
-        if isinstance(other, Variable):
-            other = other.value
+        other = other.value if isinstance(other, Variable) else other
         return op(other, self.value) if reflected else op(self.value, other)
-
-    return method
-
-
-def _unary(op: Callable[[Any], Any]):
-    def method(self: Variable) -> Any:
-        return op(self.value)
 
     return method
 
@@ -268,26 +187,18 @@ class Variable:
     """A mutable, named holder of a ``jax.Array`` (the JAX counterpart of ``tf.Variable``).
 
     Args:
-      initial_value: the first value: a number, nested list, NumPy/JAX array, TF tensor, another
-        Variable, or a callable of no arguments returning one. It is copied.
-      name: the variable's name (default ``"Variable"``); the optimizer names slots after it.
-      dtype: the dtype to store (default: float32 for Python floats, int32 for Python ints, an
-        array's own dtype otherwise; 64-bit types are narrowed unless JAX's x64 mode is on).
-      trainable: ``True`` or ``False``, recorded for Keras compatibility (JAX does not consult
-        it). The default, ``None``, means True unless ``synchronization`` is ``"on_read"``, as
-        in ``tf.Variable`` (which, unlike ``add_weight``, also accepts an explicit True with
-        ``"on_read"``).
-      synchronization: Keras/TF ``VariableSynchronization`` value (``"auto"``, ``"none"``,
-        ``"on_write"``, ``"on_read"``, or the enum); recorded only -- a single-process JAX
-        program has no replicas to synchronise.
-      aggregation: Keras/TF ``VariableAggregation`` value (``"none"``, ``"sum"``, ``"mean"``,
-        ``"only_first_replica"``, or the enum); recorded only, for the same reason.
+      initial_value: a number, nested list, array, tensor, Variable, or a callable returning
+        one. It is copied.
+      name: the name (default ``"Variable"``); the optimizer names slots after it.
+      dtype: the dtype to store (default: TF's rules, float32 for Python floats, int32 for
+        Python ints, an array's own dtype; 64-bit narrowed unless x64 is on). A value the dtype
+        cannot represent is refused, as by ``tf.Variable``.
+      trainable: ``True``/``False``; ``None`` means True unless ``synchronization="on_read"``.
+      synchronization: a TF ``VariableSynchronization`` name or enum (recorded only).
+      aggregation: a TF ``VariableAggregation`` name or enum (recorded only).
 
-    A Variable converts to arrays: ``np.asarray(v)`` (``__array__``, a copy), ``jnp.asarray(v)``
-    (``__jax_array__``), and supports arithmetic, indexing and comparisons, which return plain
-    ``jax.Array`` values. Recent JAX releases no longer call ``__jax_array__`` inside ``jnp``
-    functions themselves (``jnp.sin(v)`` raises), so pass ``v.value`` to them. ``==`` is
-    identity (Variables are hashable, like Python objects), not elementwise.
+    Arithmetic, indexing and comparisons return plain ``jax.Array`` values; ``==`` is identity
+    (Variables are hashable). Pass ``v.value`` to ``jnp`` functions.
 
     Example:
       >>> import jrmsprop
@@ -298,11 +209,9 @@ class Variable:
       dtype('float32')
     """
 
-    __array_priority__ = 100  # NumPy defers binary operators to ours
-
-    # Optional check of every assigned value (the optimizer's ``iterations`` and hyperparameter
-    # Variables refuse out-of-range values); raises before the value changes.
-    _check: Callable[[jax.Array], None] | None = None
+    __array_priority__ = 100
+    # A check of every assigned value (the optimizer's iterations and hyperparameters).
+    _check: Callable[[Any], None] | None = None
 
     def __init__(
         self,
@@ -318,52 +227,32 @@ class Variable:
             initial_value = initial_value()
         if name is not None and not isinstance(name, str):
             raise TypeError(f"Variable: `name` must be a string, got {name!r}")
-        if dtype is not None:
-            try:
-                dtype = np.dtype(dtype)
-            except TypeError as e:
-                raise TypeError(f"Variable: `dtype` must be a dtype, got {dtype!r}") from e
-        what = f"Variable {name if name is not None else 'Variable'!r}: `initial_value`"
-        exact = exact_array(initial_value, what)
-        requested = dtype
-        if requested is None:
-            requested = _python_scalar_dtype(initial_value, exact)
-        if requested is None:
-            requested = np.dtype(np.int64) if exact.dtype.kind == "O" else exact.dtype
-        target = canonical_dtype(requested)
-        check_representable(exact, target, what, requested)
-        if exact.dtype.kind == "O":  # Python ints beyond 64 bits, checked: a float dtype holds them
-            exact = exact.astype(np.float64)
         try:
-            value = as_array(exact, target)
-        except (TypeError, ValueError) as e:
-            raise TypeError(
-                f"{what} must be a number or an array of numbers, got "
-                f"{type(initial_value).__name__} ({e})"
-            ) from e
-        synchronization = enum_name("synchronization", synchronization, SYNCHRONIZATIONS)
-        if trainable is None:  # TF: trainable unless synchronised on read
-            trainable = synchronization != "on_read"
-        else:
-            trainable = check_bool("trainable", trainable)
-        self._value = value
-        self._name = name if name is not None else "Variable"
-        self._trainable = trainable
-        self._synchronization = synchronization
+            dtype = None if dtype is None else np.dtype(dtype)
+        except TypeError as e:
+            raise TypeError(f"Variable: `dtype` must be a dtype, got {dtype!r}") from e
+        self._name = "Variable" if name is None else name
+        what = f"Variable {self._name!r}: `initial_value`"
+        exact = exact_array(initial_value, what)
+        requested = _default_dtype(initial_value, exact) if dtype is None else dtype
+        self._value = convert(exact, canonical_dtype(requested), what, requested)
+        self._synchronization = enum_name("synchronization", synchronization, SYNCHRONIZATIONS)
         self._aggregation = enum_name("aggregation", aggregation, AGGREGATIONS)
-
-    # -- reading ---------------------------------------------------------------------------------
+        self._trainable = (
+            self._synchronization != "on_read"
+            if trainable is None
+            else check_bool("trainable", trainable)
+        )
 
     @property
     def value(self) -> jax.Array:
-        """The current value (the live buffer: invalidated when the optimizer donates it)."""
-        recorder = _recorder()
+        """The current value (the live buffer, deleted when the optimizer donates it)."""
+        recorder = getattr(_local, "recorder", None)
         if recorder is not None:
-            recorder.read(self)
+            recorder.dense.add(id(self))
         return self._value
 
     def read_value(self) -> jax.Array:
-        """The current value (``tf.Variable.read_value``)."""
         return self.value
 
     def numpy(self) -> np.ndarray:
@@ -371,66 +260,33 @@ class Variable:
         return np.array(self.value, copy=True)
 
     def sparse_read(self, indices: Any, name: str | None = None) -> jax.Array:
-        """Rows ``indices`` of the variable (``tf.Variable.sparse_read`` / an embedding lookup).
-
-        Under :meth:`jrmsprop.RMSprop.minimize`, a variable that the loss reads *only* this way
-        gets an :class:`jrmsprop.IndexedSlices` gradient (as TF's gather gradient), so it takes
-        the sparse update path (lazy rows with momentum).
-        """
+        """Rows ``indices`` (``tf.Variable.sparse_read``). Under ``RMSprop.minimize`` a variable
+        read only this way gets an :class:`jrmsprop.IndexedSlices` gradient."""
         del name
-        recorder = _recorder()
+        recorder = getattr(_local, "recorder", None)
         if recorder is not None:
             return recorder.sparse_read(self, jnp.asarray(indices))
         return jnp.take(self._value, jnp.asarray(indices), axis=0)
 
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return tuple(self._value.shape)
-
-    @property
-    def dtype(self) -> np.dtype:
-        return self._value.dtype
-
-    @property
-    def ndim(self) -> int:
-        return self._value.ndim
-
-    @property
-    def size(self) -> int:
-        return int(self._value.size)
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def trainable(self) -> bool:
-        return self._trainable
-
-    @property
-    def synchronization(self) -> str:
-        """The Keras ``VariableSynchronization`` name given at creation (informational)."""
-        return self._synchronization
-
-    @property
-    def aggregation(self) -> str:
-        """The Keras ``VariableAggregation`` name given at creation (informational)."""
-        return self._aggregation
-
-    # -- writing ---------------------------------------------------------------------------------
+    shape = property(lambda self: tuple(self._value.shape))
+    dtype = property(lambda self: self._value.dtype)
+    ndim = property(lambda self: self._value.ndim)
+    size = property(lambda self: int(self._value.size))
+    name = property(lambda self: self._name)
+    trainable = property(lambda self: self._trainable)
+    synchronization = property(lambda self: self._synchronization)
+    aggregation = property(lambda self: self._aggregation)
 
     def _coerce(self, value: Any, what: str) -> Any:
-        """``value`` as an exact array (see :func:`exact_array`) after checking that it is numbers
-        of this variable's shape and of a kind of number its dtype accepts; not yet converted."""
+        """``value`` as an exact array of this variable's shape and an accepted kind."""
         exact = exact_array(value, f"Variable {self._name!r}: the value to {what}")
-        source = exact.dtype
         allowed = {"b": "biufc", "i": "iufc", "u": "iufc", "f": "fc", "c": "c"}
-        if dtype_kind(self.dtype) not in allowed.get(_source_kind(source), ""):
+        if dtype_kind(self.dtype) not in allowed.get(dtype_kind(exact.dtype), ""):
             raise TypeError(
-                f"Variable {self._name!r}: cannot {what} a value of dtype {source} to a variable "
-                f"of dtype {self.dtype}"
+                f"Variable {self._name!r}: cannot {what} a value of dtype {exact.dtype} to a "
+                f"variable of dtype {self.dtype}"
             )
-        if tuple(exact.shape) != self._value.shape:
+        if tuple(exact.shape) != self.shape:
             raise ValueError(
                 f"Variable {self._name!r}: cannot {what} a value of shape {tuple(exact.shape)} "
                 f"to a variable of shape {self.shape}"
@@ -438,104 +294,52 @@ class Variable:
         return exact
 
     def _convert(self, exact: Any, what: str) -> jax.Array:
-        """An exact array (from :meth:`_coerce`) in this variable's dtype, after the variable's
-        own check (``iterations``' range, a hyperparameter's) of the value before it is narrowed
-        and the check that the dtype can represent it."""
         if self._check is not None and _lossy(exact.dtype, self.dtype):
-            # e.g. iterations = 2**32 (or 2**70, an object array of Python ints) names
-            # `iterations`, before int32 wraps
-            self._check(exact)
-        check_representable(exact, self.dtype, f"Variable {self._name!r}: {what}")
-        if exact.dtype.kind == "O":  # Python ints beyond 64 bits, checked: a float dtype holds them
-            exact = exact.astype(np.float64)
-        return as_array(exact, self.dtype)
+            self._check(exact)  # names e.g. `iterations` before int32 would refuse 2**32
+        return convert(exact, self.dtype, f"Variable {self._name!r}: {what}")
 
-    def assign(
-        self, value: Any, use_locking: Any = None, name: Any = None, read_value: bool = True
-    ) -> Variable | None:
-        """Replaces the value (same shape; cast to the variable's dtype). Returns the variable.
-
-        A value the dtype cannot represent (an integer out of range, NaN for an integer
-        variable) is refused, as by ``tf.Variable.assign``."""
-        del use_locking, name
-        self._store(self._convert(self._coerce(value, "assign"), "the value to assign"))
-        return self if read_value else None
-
-    def assign_add(
-        self, delta: Any, use_locking: Any = None, name: Any = None, read_value: bool = True
-    ) -> Variable | None:
-        """Adds ``delta`` to the value. Returns the variable.
-
-        For an integer variable a sum out of the dtype's range is refused (it does not wrap)."""
-        del use_locking, name
-        self._store(self._combine(delta, "add"))
-        return self if read_value else None
-
-    def assign_sub(
-        self, delta: Any, use_locking: Any = None, name: Any = None, read_value: bool = True
-    ) -> Variable | None:
-        """Subtracts ``delta`` from the value. Returns the variable (an integer variable refuses
-        a difference out of the dtype's range)."""
-        del use_locking, name
-        self._store(self._combine(delta, "subtract"))
-        return self if read_value else None
-
-    def _combine(self, delta: Any, what: str) -> jax.Array:
-        """The value plus (``what="add"``) or minus ``delta``, in the variable's dtype."""
-        exact = self._coerce(delta, what)
-        if dtype_kind(self.dtype) not in "biu":
-            delta = self._convert(exact, f"the value to {what}")
-            new = self._value + delta if what == "add" else self._value - delta
-            return new.astype(self.dtype)
-        # Integers: the exact result, checked before it is narrowed to the dtype.
-        old = np.asarray(self._value)
-        result = _exact_integer_op(old, np.asarray(exact), what == "add")
-        return self._convert(result, "the sum" if what == "add" else "the difference")
-
-    def _store(self, value: jax.Array) -> None:
+    def _store(self, value: jax.Array) -> Variable:
         if self._check is not None:
             self._check(value)
         self._value = value
+        return self
 
-    def _replace(self, value: jax.Array) -> None:
-        """Installs a new buffer without copying (the optimizer's outputs)."""
-        self._value = value
+    def assign(self, value: Any, use_locking=None, name=None, read_value=True) -> Any:
+        """Replaces the value (same shape, cast to the dtype). Returns the variable."""
+        self._store(self._convert(self._coerce(value, "assign"), "the value to assign"))
+        return self if read_value else None
 
-    # -- conversions -----------------------------------------------------------------------------
+    def _combine(self, delta: Any, add: bool, read_value: bool) -> Any:
+        what = "add" if add else "subtract"
+        exact = self._coerce(delta, what)
+        if dtype_kind(self.dtype) in "biu":  # exact, checked before narrowing: never wraps
+            result = _exact_integer_op(np.asarray(self._value), np.asarray(exact), add)
+            new = self._convert(result, "the sum" if add else "the difference")
+        else:
+            delta = self._convert(exact, f"the value to {what}")
+            new = (self._value + delta if add else self._value - delta).astype(self.dtype)
+        self._store(new)
+        return self if read_value else None
+
+    def assign_add(self, delta: Any, use_locking=None, name=None, read_value=True) -> Any:
+        """Adds ``delta`` (an integer sum out of the dtype's range is refused)."""
+        return self._combine(delta, True, read_value)
+
+    def assign_sub(self, delta: Any, use_locking=None, name=None, read_value=True) -> Any:
+        """Subtracts ``delta`` (an integer difference out of range is refused)."""
+        return self._combine(delta, False, read_value)
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        del copy  # always a copy: a view would pin the buffer and block donation
-        array = np.array(self.value, copy=True)
+        array = np.array(self.value, copy=True)  # never a view: it would block donation
         return array if dtype is None else array.astype(dtype)
 
     def __jax_array__(self) -> jax.Array:
         return self.value
 
-    def __float__(self) -> float:
-        return float(self.value)
-
-    def __int__(self) -> int:
-        return int(self.value)
-
-    def __index__(self) -> int:
-        return self.value.__index__()
-
-    def __complex__(self) -> complex:
-        return complex(self.value)
-
-    def __bool__(self) -> bool:
-        return bool(self.value)
-
     def __len__(self) -> int:
-        if not self._value.shape:
+        if not self.shape:
             raise TypeError("len() of a 0-d Variable")
-        return self._value.shape[0]
-
-    def __iter__(self) -> Iterator[jax.Array]:
-        return iter(self.value)
-
-    def __getitem__(self, index: Any) -> jax.Array:
-        return self.value[index]
+        return self.shape[0]
 
     def __repr__(self) -> str:
         return (
@@ -544,97 +348,284 @@ class Variable:
         )
 
     __hash__ = object.__hash__
-
-    __add__ = _binary(lambda a, b: a + b)
-    __radd__ = _binary(lambda a, b: a + b, reflected=True)
-    __sub__ = _binary(lambda a, b: a - b)
-    __rsub__ = _binary(lambda a, b: a - b, reflected=True)
-    __mul__ = _binary(lambda a, b: a * b)
-    __rmul__ = _binary(lambda a, b: a * b, reflected=True)
-    __truediv__ = _binary(lambda a, b: a / b)
-    __rtruediv__ = _binary(lambda a, b: a / b, reflected=True)
+    __float__ = lambda self: float(self.value)  # noqa: E731
+    __int__ = lambda self: int(self.value)  # noqa: E731
+    __index__ = lambda self: self.value.__index__()  # noqa: E731
+    __complex__ = lambda self: complex(self.value)  # noqa: E731
+    __bool__ = lambda self: bool(self.value)  # noqa: E731
+    __iter__ = lambda self: iter(self.value)  # noqa: E731
+    __getitem__ = lambda self, index: self.value[index]  # noqa: E731
+    __neg__ = lambda self: -self.value  # noqa: E731
+    __pos__ = lambda self: +self.value  # noqa: E731
+    __abs__ = lambda self: abs(self.value)  # noqa: E731
+    __add__, __radd__ = _binary(lambda a, b: a + b), _binary(lambda a, b: a + b, True)
+    __sub__, __rsub__ = _binary(lambda a, b: a - b), _binary(lambda a, b: a - b, True)
+    __mul__, __rmul__ = _binary(lambda a, b: a * b), _binary(lambda a, b: a * b, True)
+    __truediv__, __rtruediv__ = _binary(lambda a, b: a / b), _binary(lambda a, b: a / b, True)
     __floordiv__ = _binary(lambda a, b: a // b)
-    __rfloordiv__ = _binary(lambda a, b: a // b, reflected=True)
-    __mod__ = _binary(lambda a, b: a % b)
-    __rmod__ = _binary(lambda a, b: a % b, reflected=True)
-    __pow__ = _binary(lambda a, b: a**b)
-    __rpow__ = _binary(lambda a, b: a**b, reflected=True)
-    __matmul__ = _binary(lambda a, b: a @ b)
-    __rmatmul__ = _binary(lambda a, b: a @ b, reflected=True)
-    __lt__ = _binary(lambda a, b: a < b)
-    __le__ = _binary(lambda a, b: a <= b)
-    __gt__ = _binary(lambda a, b: a > b)
-    __ge__ = _binary(lambda a, b: a >= b)
-    __neg__ = _unary(lambda a: -a)
-    __pos__ = _unary(lambda a: +a)
-    __abs__ = _unary(abs)
+    __rfloordiv__ = _binary(lambda a, b: a // b, True)
+    __mod__, __rmod__ = _binary(lambda a, b: a % b), _binary(lambda a, b: a % b, True)
+    __pow__, __rpow__ = _binary(lambda a, b: a**b), _binary(lambda a, b: a**b, True)
+    __matmul__, __rmatmul__ = _binary(lambda a, b: a @ b), _binary(lambda a, b: a @ b, True)
+    __lt__, __le__ = _binary(lambda a, b: a < b), _binary(lambda a, b: a <= b)
+    __gt__, __ge__ = _binary(lambda a, b: a > b), _binary(lambda a, b: a >= b)
 
 
-def enum_name(what: str, value: Any, allowed: tuple[str, ...]) -> str:
-    """Normalises a Keras/TF enum value (a string, or an enum with ``.name``) to lower case."""
-    name = getattr(value, "name", value)
-    if not isinstance(name, str) or name.lower() not in allowed:
-        raise ValueError(f"`{what}` must be one of {allowed} (or the TF enum), got {value!r}")
-    return name.lower()
+# ---- the step's inputs ------------------------------------------------------------------------
 
 
-def as_gradient(grad: Any, var: Variable) -> Any:
-    """One gradient as a jax.Array or IndexedSlices of the variable's shape (else an error)."""
+def _gradient(grad: Any, var: Variable) -> Any:
+    """One gradient as a jax.Array or IndexedSlices of the variable's shape and dtype."""
+    what = f"Gradient for variable {var.name!r}"
 
     def values(value: Any) -> jax.Array:
-        if isinstance(value, Variable):
-            value = value.value
-        is_jax = isinstance(value, jax.Array)
-        array = exact_array(value, f"Gradient for variable {var.name!r}")
-        kind = _source_kind(array.dtype)
-        if kind not in ("fc" if is_jax else "iufc") or (
-            kind == "c" and dtype_kind(var.dtype) != "c"
-        ):
-            raise TypeError(
-                f"Gradient for variable {var.name!r} has dtype {array.dtype}, the variable "
-                f"{var.dtype}"
-            )
-        if is_jax:
-            return array
-        check_representable(array, var.dtype, f"Gradient for variable {var.name!r}")
-        if array.dtype.kind == "O":
-            array = array.astype(np.float64)
-        return jnp.array(array, dtype=var.dtype)
+        is_jax = isinstance(value.value if isinstance(value, Variable) else value, jax.Array)
+        array = exact_array(value, what)
+        kind = dtype_kind(array.dtype)
+        if kind not in ("fc" if is_jax else "iufc") or (kind == "c" and var.dtype.kind != "c"):
+            raise TypeError(f"{what} has dtype {array.dtype}, the variable {var.dtype}")
+        return array if is_jax else convert(array, var.dtype, what)
 
-    if (
-        type(grad) is IndexedSlices
-        and isinstance(grad.values, jax.Array)
-        and isinstance(grad.indices, jax.Array)
-        and grad.dense_shape == var.shape
-        and grad.values.dtype == var.dtype
-        and grad.indices.ndim == 1
-        and dtype_kind(grad.indices.dtype) in "iu"
-        and grad.values.shape == (*grad.indices.shape, *var.shape[1:])
+    if isinstance(grad, IndexedSlices) or all(
+        hasattr(grad, a) for a in ("values", "indices", "dense_shape")
     ):
-        # Already what the step takes (the common case: JAX arrays of the variable's dtype):
-        # only the range of concrete indices is checked again, since an IndexedSlices rebuilt
-        # by a tree utility never ran its constructor's checks.
-        check_index_range(grad.indices, var.shape[0])
-        return grad
-    if isinstance(grad, IndexedSlices):
-        indices = grad.indices if isinstance(grad.indices, jax.Array) else jnp.asarray(grad.indices)
-        result = IndexedSlices(values(grad.values), indices, grad.dense_shape)
-        shape = tuple(result.dense_shape)
-    elif all(hasattr(grad, a) for a in ("values", "indices", "dense_shape")):
         # tf.IndexedSlices and lookalikes: TF ignores dense_shape; the variable's shape rules.
-        result = IndexedSlices(
-            values(grad.values), jnp.asarray(np.asarray(grad.indices)), var.shape
-        )
-        shape = var.shape
+        shape = tuple(grad.dense_shape) if isinstance(grad, IndexedSlices) else var.shape
+        indices = grad.indices
+        indices = indices if isinstance(indices, jax.Array) else jnp.asarray(np.asarray(indices))
+        # (the constructor also checks the rows of one rebuilt by a tree utility)
+        result = IndexedSlices(values(grad.values), indices, shape)
     else:
         result = values(grad)
         shape = tuple(result.shape)
-    if isinstance(result, IndexedSlices) and (
-        result.indices.ndim != 1 or dtype_kind(result.indices.dtype) not in "iu"
-    ):
-        raise TypeError(f"Gradient for variable {var.name!r}: indices must be 1-d integers")
     if shape != var.shape:
-        raise ValueError(
-            f"Gradient for variable {var.name!r} has shape {shape}, the variable {var.shape}"
-        )
+        raise ValueError(f"{what} has shape {shape}, the variable {var.shape}")
     return result
+
+
+def step_inputs(grads_and_vars: Iterable[Any]) -> tuple[list[Variable], tuple, list[str]]:
+    """``apply_gradients``' pairs checked: the variables that have a gradient, their gradients
+    converted, and the names of those whose gradient is ``None`` (all ``None`` is a
+    ``ValueError``, as is a variable given twice)."""
+    pairs = []
+    for pair in grads_and_vars:
+        try:
+            grad, var = pair
+        except (TypeError, ValueError) as e:
+            raise TypeError(
+                f"`grads_and_vars` must contain (gradient, variable) pairs, got {pair!r}"
+            ) from e
+        if not isinstance(var, Variable):
+            raise TypeError(
+                f"apply_gradients: expected a jrmsprop.Variable, got {type(var).__name__}"
+            )
+        pairs.append((grad, var))
+    kept = [(g, v) for g, v in pairs if g is not None]
+    if pairs and not kept:
+        raise ValueError(
+            f"No gradients provided for any variable: {abbreviated([v.name for _, v in pairs])}"
+            f". Provided `grads_and_vars` is {abbreviated(pairs)}."
+        )
+    variables = [v for _, v in kept]
+    if len(set(variables)) != len(variables):
+        twice = next(v for i, v in enumerate(variables) if v in variables[:i])
+        raise ValueError(
+            f"apply_gradients: variable {twice.name!r} appears more than once in "
+            "`grads_and_vars`. TF 2.x Keras would apply its gradients one after the other in one "
+            "step, sharing one slot; jrmsprop does not reproduce that. Pass each variable once"
+        )
+    # A JAX array of the variable's own type, shape and dtype is taken as it is (fast path).
+    grads = tuple(
+        g if type(g) is type(v._value) and g.aval == v._value.aval else _gradient(g, v)
+        for g, v in kept
+    )
+    return variables, grads, [v.name for g, v in pairs if g is None]
+
+
+def distinct_donations(donated: Sequence[Sequence[jax.Array] | None], others: Any):
+    """``(donated, others)`` with a copy for every array already seen in a donated position:
+    a donated buffer may appear once among a call's arguments (``loss = p**2 / 2``)."""
+    present = [group for group in donated if group is not None]
+    seen: set[int] = set(map(id, itertools.chain.from_iterable(present)))
+    if len(seen) == sum(map(len, present)) and seen.isdisjoint(map(id, jax.tree.leaves(others))):
+        return [None if group is None else tuple(group) for group in donated], others
+    seen = set()
+
+    def once(array: Any) -> Any:
+        if id(array) in seen:
+            array = jnp.array(array, copy=True)
+        seen.add(id(array))
+        return array
+
+    groups = [None if group is None else tuple(map(once, group)) for group in donated]
+    others = jax.tree.map(
+        lambda x: jnp.array(x, copy=True) if isinstance(x, jax.Array) and id(x) in seen else x,
+        others,
+    )
+    return groups, others
+
+
+# ---- minimize's gradients ---------------------------------------------------------------------
+
+
+class _Reads:
+    """Which Variables a loss reads: densely, or through ``sparse_read`` (row inputs, 2nd pass)."""
+
+    def __init__(self, deltas: dict[int, list[jax.Array]] | None = None):
+        self.dense: set[int] = set()
+        self.sparse: dict[int, list[tuple[int, ...]]] = {}
+        self.deltas, self.used = deltas, {}
+
+    def sparse_read(self, var: Variable, indices: jax.Array) -> jax.Array:
+        key, value, flat = id(var), var._value, indices.reshape(-1)
+        if self.deltas is None:  # discovery: a plain gather
+            self.sparse.setdefault(key, []).append(tuple(flat.shape))
+            return jnp.take(value, indices, axis=0)
+        queue, used = self.deltas.get(key, []), self.used.setdefault(key, [])
+        if len(used) < len(queue) and queue[len(used)].shape == (*flat.shape, *value.shape[1:]):
+            rows = jnp.take(jax.lax.stop_gradient(value), flat, axis=0) + queue[len(used)]
+            used.append(flat)
+            return rows.reshape((*indices.shape, *value.shape[1:]))
+        self.dense.add(key)  # no matching row input: differentiated densely
+        return jnp.take(value, indices, axis=0)
+
+
+def flatten_variables(var_list: Any) -> list[Variable]:
+    """A Variable or a nested list/tuple/dict of them as a flat list."""
+    if isinstance(var_list, Variable):
+        return [var_list]
+    if isinstance(var_list, dict):
+        var_list = list(var_list.values())
+    if isinstance(var_list, (str, bytes)) or not isinstance(var_list, Iterable):
+        raise TypeError(f"`var_list` must be a list of jrmsprop.Variable, got {var_list!r}")
+    out: list[Variable] = []
+    for item in var_list:
+        if isinstance(item, (list, tuple, dict)):
+            out.extend(flatten_variables(item))
+        elif isinstance(item, Variable):
+            out.append(item)
+        else:
+            raise TypeError(
+                f"Expected jrmsprop.Variable objects in `var_list`, got {type(item).__name__}: "
+                f"{item!r}"
+            )
+    return out
+
+
+def _loss_array(out: Any) -> jax.Array:
+    got = None
+    if out is None or isinstance(out, (str, bytes)):
+        got = repr(out)
+    else:
+        try:
+            array = out if isinstance(out, jax.Array) else jnp.asarray(out)
+        except (TypeError, ValueError):
+            got = type(out).__name__
+        else:
+            if not jnp.issubdtype(array.dtype, jnp.inexact):
+                got = f"dtype {jnp.dtype(array.dtype).name}"
+    if got is not None:
+        raise TypeError(
+            "`loss` must return a floating-point or complex scalar (or such an array, which is "
+            f"summed), got {abbreviated(got, 80)}"
+        )
+    return array
+
+
+def compute_gradients(
+    loss: Callable[[], Any], var_list: Any, grad_loss: Any = None, tape: Any = None
+) -> list[tuple[Any, Variable]]:
+    """The ``(gradient, variable)`` pairs of ``loss()``, by ``jax.vjp``, in TF's convention.
+
+    Each Variable holds a tracer while ``loss`` runs. A variable never read gets ``None``; one
+    read only through ``sparse_read`` an :class:`IndexedSlices` (from a second evaluation with
+    zero row inputs). Complex gradients are TF's, the conjugate of JAX's.
+
+    Args:
+      loss: callable of no arguments returning a floating-point or complex loss (summed).
+      var_list: Variables, or a callable returning them (called after ``loss`` ran once).
+      grad_loss: optional cotangent of the loss, shaped like it.
+      tape: must be None.
+
+    Returns:
+      One ``(gradient or None, variable)`` pair per variable.
+
+    Example:
+      >>> import jrmsprop
+      >>> from jrmsprop._src.variable import compute_gradients
+      >>> v = jrmsprop.Variable([1.0, 2.0])
+      >>> [g.tolist() for g, _ in compute_gradients(lambda: (v.value ** 2).sum(), [v])]
+      [[2.0, 4.0]]
+    """
+    if tape is not None:
+        raise NotImplementedError(
+            "minimize(tape=...) is TF-only: JAX has no gradient tape. Pass `loss` as a "
+            "callable of no arguments, or compute gradients and call apply_gradients."
+        )
+    if not callable(loss) or isinstance(loss, Variable):
+        raise ValueError(
+            "`loss` must be a callable of no arguments (JAX differentiates functions, not "
+            f"tensors). Received: loss={loss!r}."
+        )
+    if callable(var_list) and not isinstance(var_list, Variable):
+        loss()
+        var_list = var_list()
+    variables = flatten_variables(var_list)
+    keys = [id(v) for v in variables]
+
+    def evaluate(vals: list[jax.Array], reads: _Reads) -> jax.Array:
+        saved = [v._value for v in variables]
+        previous = getattr(_local, "recorder", None)
+        try:
+            for var, x in zip(variables, vals, strict=True):
+                var._value = x
+            _local.recorder = reads
+            out = loss()
+        finally:
+            _local.recorder = previous
+            for var, x in zip(variables, saved, strict=True):
+                var._value = x
+        return _loss_array(out._value if isinstance(out, Variable) else out)
+
+    def cotangent(out: jax.Array) -> jax.Array:
+        if grad_loss is None:
+            return jnp.ones_like(out)
+        ct = jnp.asarray(grad_loss.value if isinstance(grad_loss, Variable) else grad_loss)
+        if ct.shape != out.shape:
+            raise ValueError(f"`grad_loss` has shape {ct.shape} but the loss has shape {out.shape}")
+        return jnp.conj(ct.astype(out.dtype))  # TF's convention; the gradients come back conj.
+
+    first = _Reads()
+    values = [v._value for v in variables]
+    out, vjp = jax.vjp(lambda vals: evaluate(vals, first), values)
+    dense = [jnp.conj(g) for g in vjp(cotangent(out))[0]]
+    grads: list[Any] = [
+        dense[i] if k in first.dense or k in first.sparse else None for i, k in enumerate(keys)
+    ]
+    sparse_only = [i for i, k in enumerate(keys) if k in first.sparse and k not in first.dense]
+    if sparse_only:
+        plan = {
+            keys[i]: [jnp.zeros((*s, *variables[i].shape[1:]), variables[i].dtype) for s in shapes]
+            for i in sparse_only
+            for shapes in [first.sparse[keys[i]]]
+        }
+
+        def evaluate_rows(vals, deltas):
+            second = _Reads(deltas)
+            out = evaluate(vals, second)
+            return out, ({k: list(second.used.get(k, [])) for k in deltas}, sorted(second.dense))
+
+        out, vjp, (used, dense_keys) = jax.vjp(evaluate_rows, values, plan, has_aux=True)
+        dense, row_grads = vjp(cotangent(out))
+        for i in sparse_only:
+            key, n = keys[i], len(used[keys[i]])
+            if n:
+                indices = jnp.concatenate([jnp.asarray(ix, jnp.int32) for ix in used[key]])
+                rows = jnp.conj(jnp.concatenate(row_grads[key][:n], axis=0))
+            if key in dense_keys:  # also read densely
+                grads[i] = jnp.conj(dense[i])
+                if n:
+                    grads[i] = grads[i].at[indices].add(rows.astype(grads[i].dtype))
+            else:
+                grads[i] = IndexedSlices(rows, indices, variables[i].shape) if n else None
+    return list(zip(grads, variables, strict=True))
