@@ -3,8 +3,7 @@
 from jrmsprop import compat
 from jrmsprop._src.clipping import keras_clipping
 from jrmsprop._src.optimizer import RMSprop
-from jrmsprop._src.packed import PackedState, pack_state, packed, unpack_state
-from jrmsprop._src.packed_tree import PackedTree, pack, unpack
+from jrmsprop._src.packing import PackedTree, pack, unpack
 from jrmsprop._src.sparse import IndexedSlices, apply_updates, densify
 from jrmsprop._src.transform import RMSpropState, ScalarOrSchedule, rmsprop
 from jrmsprop._src.update_and_apply import update_and_apply
@@ -25,7 +24,6 @@ def __getattr__(name: str):
 
 __all__ = (
     "IndexedSlices",
-    "PackedState",
     "PackedTree",
     "RMSprop",
     "RMSpropState",
@@ -36,10 +34,7 @@ __all__ = (
     "densify",
     "keras_clipping",
     "pack",
-    "pack_state",
-    "packed",
     "rmsprop",
     "unpack",
-    "unpack_state",
     "update_and_apply",
 )

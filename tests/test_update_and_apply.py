@@ -30,8 +30,8 @@ PRESETS = {
     "keras2-momentum": (lambda: jrmsprop.rmsprop(0.1, momentum=0.9), True),
     "keras2-centered-decay": (lambda: jrmsprop.rmsprop(0.1, centered=True, decay=0.01), True),
     "keras2-all": (lambda: jrmsprop.rmsprop(0.1, momentum=0.9, centered=True, decay=0.01), True),
-    "compat.keras2-schedule": (
-        lambda: jrmsprop.compat.keras2(optax.exponential_decay(0.1, 2, 0.5), momentum=0.5),
+    "keras2-schedule": (
+        lambda: jrmsprop.rmsprop(optax.exponential_decay(0.1, 2, 0.5), momentum=0.5),
         True,
     ),
     "tf1-centered": (lambda: jrmsprop.compat.tf1(0.1, momentum=0.9, centered=True), True),
@@ -429,7 +429,7 @@ BAD_TX = {
     "chain": lambda: optax.chain(optax.clip(1.0), jrmsprop.rmsprop(0.1)),
     "inject_hyperparams": lambda: optax.inject_hyperparams(jrmsprop.rmsprop)(learning_rate=0.1),
     "MultiSteps": lambda: optax.MultiSteps(jrmsprop.rmsprop(0.1), 2),
-    "packed": lambda: jrmsprop.packed(jrmsprop.rmsprop(0.1)),
+    "optax.flatten": lambda: optax.flatten(jrmsprop.rmsprop(0.1)),
     "a string": lambda: "rmsprop",
     "the factory": lambda: jrmsprop.rmsprop,
     "the wrapper": lambda: jrmsprop.RMSprop(0.1),
