@@ -172,7 +172,6 @@ def test_the_float32_leaves_of_a_tree_share_kernel_calls(momentum):
     """The 36 float32 leaves of a tree of mixed shapes (a scalar, an empty array, leaves above
     the kernel's chunk) are updated by one kernel call per group of ``_KERNEL_GROUP`` leaves, bit
     for bit the separate calls; a bfloat16 leaf and a None gradient stay on their own paths."""
-    from jrmsprop._src import transform
 
     tx = jrmsprop.rmsprop(0.05, momentum=momentum, centered=True, decay=0.01)
     rng = np.random.default_rng(6)
@@ -259,7 +258,6 @@ def test_derivatives_over_several_kernel_groups():
     """With more leaves than one kernel call takes, forward mode still equals the separate calls
     bit for bit; reverse mode sums the leaves' contributions to the shared learning rate group
     by group, so it agrees to float32 rounding of that sum, not bit for bit."""
-    from jrmsprop._src import transform
 
     rng = np.random.default_rng(3)
     shapes = [(3,), (40,), (5, 7)] * 15
