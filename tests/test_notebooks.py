@@ -36,6 +36,7 @@ KERNEL = "jrmsprop-tests"
 REQUIREMENTS = {
     "flax_and_equinox": ("flax", "equinox"),
     "save_and_restore": ("flax",),
+    "transfer_learning": ("sklearn",),
 }
 # Per-cell execution limit, in seconds. Every notebook runs in well under 20 s on 2 idle CPU
 # cores; the limits leave room for a loaded CI machine, and turn a hang into a failure.
@@ -51,6 +52,7 @@ EXPECTED_OUTPUT = {
     "data_parallel": "sharded jit  vs single device after 200 steps",
     "flax_and_equinox": "Equinox: train MSE",
     "many_small_leaves": "state round trip: identical",
+    "transfer_learning": "fine-tuning: validation accuracy",
 }
 
 
