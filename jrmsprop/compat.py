@@ -24,7 +24,7 @@ import optax
 
 from jrmsprop._src import validation
 from jrmsprop._src.arithmetic import Rule
-from jrmsprop._src.saved_state import (
+from jrmsprop._src.checkpoint import (
     keras2_h5_weights,
     load_keras2_h5,
     load_keras3_archive,

@@ -208,7 +208,7 @@ def test_state_from_torch_refuses_malformed_state_dicts(state_dict, error, words
 
 # ---- loaders: state_from_torch / state_from_keras2 (jrmsprop._src.saved_state) ----------------
 
-from jrmsprop._src import saved_state  # noqa: E402
+from jrmsprop._src import checkpoint as saved_state  # noqa: E402
 
 
 def _bits(a, b, what):

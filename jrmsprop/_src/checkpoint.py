@@ -1,0 +1,740 @@
+"""Optimizer state saved by Keras and PyTorch, as an :class:`jrmsprop.RMSpropState`.
+
+Two layers: the arrays of a Keras file, read by name and safely (numeric HDF5 datasets and JSON
+only, each dataset's type, shape and storage checked before it is read, no zip member loaded
+whole); then each framework's slot names (:data:`_SLOTS`) mapped onto the state. h5py is imported
+on first use (``pip install 'jrmsprop[h5]'``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import numbers
+import os
+import tempfile
+import zipfile
+import zlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jrmsprop._src.transform import RMSpropState, slot_dtype_of
+from jrmsprop._src.validation import INT32_MAX, check_bool, slot_values
+from jrmsprop._src.variable import exact_array
+
+__all__ = [
+    "keras2_h5_weights",
+    "load_keras2_h5",
+    "load_keras3_archive",
+    "saved_optimizer_config",
+    "state_from_keras2",
+    "state_from_torch",
+]
+
+# Each framework's (step counters, slots in RMSpropState order: rms, momentum, mg).
+_SLOTS = {
+    "keras2": (("iter", "iterations"), ("rms", "momentum", "mg")),
+    "keras3": (("iteration",), ("velocity", "momentum", "average_gradient")),
+    "torch": (("step",), ("square_avg", "momentum_buffer", "grad_avg")),
+}
+_KERAS3_ONLY = {*sum(_SLOTS["keras3"], ())} - {*sum(_SLOTS["keras2"], ())}
+# torch.optim.RMSprop's defaults of the hyperparameters on which param groups must agree.
+_TORCH_DEFAULTS = dict(
+    lr=0.01, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0, centered=False, maximize=False
+)
+_JRMSPROP_KERAS = "jrmsprop>RMSprop"  # how Keras registers jrmsprop.keras.RMSprop
+_KINDS = {
+    "h5": ("an HDF5 file", "load_keras2_h5"),
+    "keras": ("a zip archive", "load_keras3_archive"),
+}
+_MEMBERS = ("config.json", "model.weights.h5")  # of a .keras archive or folder
+# What a damaged file makes h5py / zipfile / zlib raise.
+_READ_ERRORS = (OSError, RuntimeError, KeyError, EOFError, zipfile.BadZipFile, zlib.error)
+# config.json is parsed whole; a model.weights.h5 member inflating past 4 GiB and 100x its size is
+# a zip bomb (Keras 3 refuses it too); no compressed dataset expands past deflate's 1032x.
+_MAX_CONFIG_BYTES, _MAX_FILTER_RATIO = 1 << 26, 1032
+_MAX_INFLATED_BYTES, _MAX_INFLATION = 1 << 32, 100
+
+
+# ---- files: arrays by name, read safely -------------------------------------------------------
+
+
+def _h5py() -> Any:
+    try:
+        import h5py
+    except ImportError as e:
+        raise ImportError("Reading Keras files needs h5py: pip install 'jrmsprop[h5]'") from e
+    return h5py
+
+
+def _open(path: Any, fn: str, want: str | None = None) -> tuple[Path, str, str]:
+    """``(path, "fn: 'path'", kind)`` of an existing file of kind ``want`` (either if None)."""
+    try:
+        p = Path(os.fspath(path))
+    except TypeError:
+        got = type(path).__name__
+        raise TypeError(f"{fn}: `path` must be a str or os.PathLike, got {got}") from None
+    if not p.exists():
+        raise FileNotFoundError(f"{fn}: no such file: {str(p)!r}")
+    where = f"{fn}: {str(p)!r}"
+    if (p.is_file() and zipfile.is_zipfile(p)) or (p.is_dir() and want != "h5"):
+        kind = "keras"
+    else:
+        kind = "h5" if p.is_file() and _h5py().is_hdf5(p) else None
+    if want is None and kind is None:
+        raise ValueError(f"{where} is neither an HDF5 file nor a .keras archive")
+    if want not in (None, kind):
+        use = f" (it is {_KINDS[kind][0]}: use {_KINDS[kind][1]})" if kind else ""
+        raise ValueError(f"{where} is not {_KINDS[want][0]}{use}")
+    return p, where, kind
+
+
+@contextlib.contextmanager
+def _reading(where: str, what: str) -> Iterator[None]:
+    """A damaged file's raw error (h5py's OSError, zipfile's BadZipFile, ...) as a ValueError."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise
+    except _READ_ERRORS as e:
+        why = f"(is the file truncated or corrupt?): {type(e).__name__}: {e}"
+        raise ValueError(f"{where}: {what} could not be read {why}") from e
+
+
+def _json(raw: Any, where: str, name: str) -> Any:
+    try:
+        return json.loads(raw.decode("utf8") if isinstance(raw, bytes) else raw)
+    except (UnicodeDecodeError, json.JSONDecodeError, TypeError) as e:
+        raise ValueError(f"{where}: {name} is not valid JSON (truncated or corrupt?): {e}") from e
+
+
+def _optimizer(p: Path, where: str, kind: str) -> dict | None:
+    """The saved optimizer ``{class_name, config, ...}``, its fields' types checked (``None`` for
+    an ``.h5`` file without ``training_config``)."""
+    if kind == "h5":
+        source = "attribute 'training_config'"
+        with _reading(where, "the HDF5 file"), _h5py().File(p, "r") as f:
+            raw = f.attrs.get("training_config")
+        training = {} if raw is None else _json(raw, where, source)
+        opt = training.get("optimizer_config") if isinstance(training, dict) else training
+        if opt is None:
+            return None
+    else:
+        source, folder = "config.json", p.is_dir()
+        with contextlib.ExitStack() as stack, _reading(where, "the zip archive"):
+            z = None if folder else stack.enter_context(zipfile.ZipFile(p))
+            found = {m for m in _MEMBERS if (p / m).is_file()} if folder else set(z.namelist())
+            if missing := sorted(set(_MEMBERS) - found):
+                what = "a folder" if folder else "a zip archive"
+                raise ValueError(f"{where} is {what} without {missing}, not a Keras 3 model")
+            size = (p / source).stat().st_size if folder else z.getinfo(source).file_size
+            if size > _MAX_CONFIG_BYTES:
+                raise ValueError(
+                    f"{where}: config.json has {size} bytes, too many for a model config"
+                )
+            model = _json((p / source).read_bytes() if folder else z.read(source), where, source)
+        compiled = model.get("compile_config") if isinstance(model, dict) else None
+        opt = compiled.get("optimizer") if isinstance(compiled, dict) else None
+        if not isinstance(opt, dict):
+            raise ValueError(f"{where} holds no optimizer state (not compiled with an optimizer)")
+    entry = opt if isinstance(opt, dict) else {}
+    config = entry.get("config") or {}
+    fields = config if isinstance(config, dict) else {}
+    m = fields.get("momentum") or 0
+    for field, ok in (
+        ("entry", isinstance(opt, dict)),
+        ("class_name", isinstance(entry.get("class_name"), str)),
+        ("registered_name", isinstance(entry.get("registered_name") or "", str)),
+        ("config", isinstance(config, dict)),
+        ("momentum", type(m) in (int, float) and 0 <= m < math.inf),
+        ("centered", isinstance(fields.get("centered", False), bool)),
+    ):
+        if not ok:
+            raise ValueError(
+                f"{where}: the optimizer's {field} in {source} is damaged: {opt!r:.99}"
+            )
+    return {**entry, "config": config}
+
+
+class _Window(io.RawIOBase):
+    """Bytes ``[start, start + size)`` of an open binary file, read in place."""
+
+    def __init__(self, f: Any, start: int, size: int):
+        self._f, self._start, self._size, self._pos = f, start, size, 0
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        self._pos = max(0, pos + (0, self._pos, self._size)[whence])
+        return self._pos
+
+    def readinto(self, b: Any) -> int:
+        self._f.seek(self._start + self._pos)
+        n = self._f.readinto(memoryview(b)[: max(0, self._size - self._pos)])
+        self._pos += n
+        return n
+
+
+@contextlib.contextmanager
+def _weights(p: Path, where: str, kind: str) -> Iterator[Any]:
+    """The weights open with h5py: the ``.h5`` file, or a ``.keras`` folder's or archive's
+    ``model.weights.h5`` (stored: read in place; compressed: inflated once to a sparse file)."""
+    member = _MEMBERS[1]
+    what = member if kind == "keras" else "the HDF5 file"
+    with contextlib.ExitStack() as stack, _reading(where, what):
+        source: Any = p / member if p.is_dir() else p
+        if kind == "keras" and not p.is_dir():
+            z = stack.enter_context(zipfile.ZipFile(p))
+            info = z.getinfo(member)
+            if info.compress_type == zipfile.ZIP_STORED and not info.flag_bits & 1:
+                # The data follows a 30-byte header ending with the name's and extra's lengths.
+                f = stack.enter_context(open(p, "rb"))
+                f.seek(info.header_offset + 26)
+                b = f.read(4)
+                start = info.header_offset + 30 + int.from_bytes(b[:2], "little")
+                source = _Window(f, start + int.from_bytes(b[2:], "little"), info.file_size)
+            elif info.file_size > max(_MAX_INFLATED_BYTES, _MAX_INFLATION * info.compress_size):
+                raise ValueError(f"{where}: {member} inflates {info.file_size} bytes (a zip bomb?)")
+            else:
+                source = stack.enter_context(tempfile.TemporaryFile())
+                with z.open(info) as m:
+                    for chunk in iter(lambda: m.read(1 << 20), b""):
+                        if chunk.count(0) == len(chunk):  # zeros: left as a hole
+                            source.seek(len(chunk), os.SEEK_CUR)
+                        else:
+                            source.write(chunk)
+                    source.truncate()
+        yield stack.enter_context(_h5py().File(source, "r"))
+
+
+def _datasets(group: Any, keys: Sequence[str], where: str) -> list:
+    """The datasets ``keys`` of ``group`` (not links, not groups), unread."""
+    h5py, out = _h5py(), []
+    for key in keys:
+        link = group.get(key, getlink=True)
+        out.append(group.get(key) if isinstance(link, h5py.HardLink) else None)
+        if not isinstance(out[-1], h5py.Dataset) or out[-1].shape is None:
+            what = "missing" if link is None else "a link" if out[-1] is None else "not a dataset"
+            raise ValueError(f"{where}: {key!r} is listed but is {what} in {group.name!r}")
+    return out
+
+
+def _read(datasets: Sequence[Any], expected: Sequence[tuple], where: str) -> list[np.ndarray]:
+    """The datasets' arrays, each read only once its dtype kind and shape are ``expected[j] =
+    (kinds, shape, description)`` and the file stores the bytes it declares."""
+    for d, (kinds, shape, description) in zip(datasets, expected, strict=True):
+        if d.dtype.kind not in kinds or d.shape != shape:
+            raise ValueError(
+                f"{where}: dataset {d.name!r} holds {d.dtype} data of shape {d.shape}; expected "
+                f"{description}"
+            )
+        declared = math.prod(d.shape) * d.dtype.itemsize
+        stored = 0 if d.external or d.is_virtual else d.id.get_storage_size()
+        if declared > stored * (_MAX_FILTER_RATIO if d.id.get_create_plist().get_nfilters() else 1):
+            raise ValueError(
+                f"{where}: dataset {d.name!r} declares shape {d.shape} ({declared} bytes) but the "
+                f"file stores {stored} bytes of it (is the file damaged?)"
+            )
+    return [np.asarray(d[()]) for d in datasets]
+
+
+# ---- slots: each framework's names, mapped onto RMSpropState ----------------------------------
+
+
+def _registered_name(opt: Mapping[str, Any]) -> str | None:
+    """The name Keras registered the optimizer class under; ``None`` for Keras's own."""
+    name, class_name, module = (opt.get(k) for k in ("registered_name", "class_name", "module"))
+    if isinstance(name, str) and name:
+        return name
+    if isinstance(class_name, str) and ">" in class_name:
+        return class_name
+    return _JRMSPROP_KERAS if str(module).split(".")[0] == "jrmsprop" else None
+
+
+def _keras2_layout(f: Any, opt: dict, where: str) -> tuple[list, list[str], bool, bool]:
+    """The Keras 2 RMSprop datasets (unread) in ``get_weights()`` order, the variables' names,
+    whether it has momentum slots, whether it is centered: the datasets listed by
+    ``optimizer_weights``, named ``<optimizer>/<variable>/<slot>:0``."""
+    if not isinstance(group := f.get("optimizer_weights"), _h5py().Group):
+        raise ValueError(
+            f"{where} holds no optimizer state (no 'optimizer_weights' group): it was saved with "
+            "include_optimizer=False, by save_weights(), or before the model was compiled"
+        )
+    keys = [name] if (name := "weight_names") in group.attrs else []
+    while name not in group.attrs and f"{name}{len(keys)}" in group.attrs:  # split when large
+        keys.append(f"{name}{len(keys)}")
+    lists = [group.attrs[k] for k in keys]
+    if not all(isinstance(v, np.ndarray) and v.ndim == 1 and v.dtype.kind in "SUO" for v in lists):
+        raise ValueError(f"{where}: attribute {name!r} of {group.name!r} is not a list of names")
+    names = [
+        n.decode("utf8", "replace") if isinstance(n, bytes) else str(n) for v in lists for n in v
+    ]
+    if len(names) < 2:
+        raise ValueError(f"{where} has an empty optimizer state (the optimizer never ran a step)")
+    datasets, config = _datasets(group, names, where), opt.get("config") or {}
+    parts = [n.split(":")[0].rsplit("/", 1) for n in names]  # [variable, slot]
+    words = {w for ps in parts for w in ps[0].split("/") + ps[-1:]}
+    if words & _KERAS3_ONLY or config.get("is_legacy_optimizer") is False:
+        if _registered_name(opt) == _JRMSPROP_KERAS:
+            raise ValueError(
+                f"{where} holds the state of jrmsprop.keras.RMSprop saved by Keras 3 (variables "
+                f"{names[:3]}...): save the model as .keras and read it with "
+                "load_keras3_archive(path, params, jrmsprop_keras=True)"
+            )
+        raise ValueError(
+            f"{where} holds the state of the TF >= 2.11 / Keras 3 optimizer (variables "
+            f"{names[:3]}...), whose RMSprop puts epsilon inside the root always; load_keras2_h5 "
+            "reads the TF 2.x (legacy) RMSprop state: save a Keras 3 model as .keras and use "
+            "load_keras3_archive"
+        )
+    (counters, slot_names), found = _SLOTS["keras2"], sorted({ps[-1] for ps in parts[1:]})
+    if opt.get("class_name", "RMSprop").split(">")[-1] != "RMSprop":
+        why = f"holds the state of a {opt['class_name']} optimizer (slots {found}), not RMSprop"
+        raise ValueError(f"{where} {why}")
+    for name, ps in zip(names[1:], parts[1:], strict=True):
+        if ps[-1] not in slot_names or len(ps) < 2:
+            why = f"(slots found: {found}; RMSprop has {list(slot_names)})"
+            raise ValueError(f"{where}: not RMSprop state: slot {ps[-1]!r} in {name!r} {why}")
+    variables = [ps[0] for ps in parts if ps[-1] == "rms"]
+    present = [s for s in slot_names if s in found]
+    expected = sorted(f"{v}/{s}" for s in present for v in variables)
+    got = sorted("/".join(ps) for ps in parts[1:])
+    if parts[0][-1] not in counters or got != expected or len({*variables}) < len(variables):
+        raise ValueError(
+            f"{where}: not the layout of RMSprop state (the iteration counter first, then one "
+            f"'rms' slot per variable and each other slot for all or none): {names}"
+        )
+    if "centered" in config and bool(config["centered"]) != ("mg" in present):
+        raise ValueError(f"{where}: its config says centered={config['centered']}, its slots not")
+    by_name = dict(zip(("/".join(ps) for ps in parts), datasets, strict=True))
+    ordered = [datasets[0], *(by_name[f"{v}/{s}"] for s in present for v in variables)]
+    short = [v.split("/", 1)[-1] for v in variables]  # without the optimizer's name
+    return ordered, short, "momentum" in present, "mg" in present
+
+
+def _keras3_layout(f: Any, where: str, head: int, blocks: int) -> tuple[list, list[str]]:
+    """The Keras 3 RMSprop datasets (unread) in Keras 2's order, and the variables' names:
+    ``optimizer/vars/0, 1, ...`` are ``iteration``, ``learning_rate`` (``head == 2``: not a
+    schedule), every ``velocity``, every ``momentum``, every ``average_gradient``, in
+    ``inner_optimizer`` under a ``LossScaleOptimizer`` (``mixed_float16``)."""
+    groups = [f.get(f"optimizer/{g}vars") for g in ("inner_optimizer/", "")]
+    if (group := next((g for g in groups if isinstance(g, _h5py().Group)), None)) is None:
+        raise ValueError(f"{where} holds no optimizer state (no 'optimizer/vars' in the weights)")
+    keys = [str(i) for i in range(len(group))]
+    if set(group.keys()) != set(keys):
+        raise ValueError(f"{where}: unexpected optimizer variables {list(group.keys())}")
+    datasets = _datasets(group, keys, where)
+    if len(keys) <= head or (len(keys) - head) % blocks:
+        raise ValueError(f"{where}: {len(keys) - head} slot variables, not {blocks} equal blocks")
+    names = [f"{_SLOTS['keras3'][1][0]} {i}" for i in range((len(keys) - head) // blocks)]
+    return [datasets[0], *datasets[head:]], names
+
+
+def _read_state(datasets: list, names: list[str], where: str, params: Any) -> list[np.ndarray]:
+    """Reads ``[counter, *slots]`` (``len(names)`` variables a slot): an integer scalar, then
+    floats shaped as the first slot's, which is shaped as ``params`` (when given)."""
+    n, leaves = len(names), jax.tree_util.tree_flatten_with_path(params)[0]
+    if params is not None and len(leaves) != n:
+        raise ValueError(
+            f"{where}: `params` has {len(leaves)} leaves but the saved optimizer state is for {n} "
+            f"variables ({', '.join(names)}); `params` must hold the model's trainable weights, "
+            "in model.trainable_weights order"
+        )
+    for i, ((kp, leaf), d) in enumerate(zip(leaves, datasets[1:], strict=False)):
+        if np.shape(leaf) != d.shape:
+            raise ValueError(
+                f"{where}: `params` leaf {i} ({jax.tree_util.keystr(kp) or 'the root'}) has shape "
+                f"{np.shape(leaf)}, but saved variable {i} ({names[i]}) has shape {d.shape} "
+                f"(dataset {d.name!r}); `params` leaves must follow model.trainable_weights order"
+            )
+    slots = [("f", d.shape, f"floats shaped as {d.name!r}, {d.shape}") for d in datasets[1 : n + 1]]
+    return _read(
+        datasets, [("iu", (), "an integer scalar"), *slots * ((len(datasets) - 1) // n)], where
+    )
+
+
+def _count(step: Any, what: str) -> jax.Array:
+    """The step counter as int32: an integer in ``[0, 2**31 - 1]``."""
+    try:
+        array = np.asarray(_numpy(step))
+        value = float(array.reshape(()))
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be a number (a scalar), got {step!r}") from None
+    if not math.isfinite(value) or value < 0 or value != int(value):
+        raise ValueError(f"{what} must be a non-negative integer, got {value}")
+    exact = int(array.reshape(())) if array.dtype.kind in "iu" else int(value)
+    if exact > INT32_MAX:
+        raise ValueError(f"{what} must be at most {INT32_MAX} (the int32 count), got {exact}")
+    return jnp.asarray(exact, jnp.int32)
+
+
+def _numpy(x: Any) -> Any:
+    return x.detach().cpu().numpy() if hasattr(x, "detach") else x  # torch, without importing it
+
+
+def _state(count: Any, params: Any, framework: str, fn: str, blocks: Sequence) -> RMSpropState:
+    """The state from ``blocks[k] = (arrays, sources)`` of slot ``k`` (rms, momentum, mg; ``None``
+    if absent), each array converted to ``init``'s dtype and checked by ``slot_values``."""
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+    at = [f"the parameter at {jax.tree_util.keystr(path) or '<root>'}" for path, _ in leaves]
+    dtypes = []
+    for i, (_, p) in enumerate(leaves):
+        dtype = None
+        if not isinstance(p, (str, bytes)):  # jnp.result_type would read "float32" as a dtype
+            with contextlib.suppress(TypeError, ValueError):
+                dtype = jnp.dtype(jnp.result_type(p))
+        if dtype is None:
+            got = repr(p) if isinstance(p, (str, bytes)) and len(p) <= 40 else None
+            raise TypeError(
+                f"{fn}: `params` leaf {i} ({at[i]}) is {got or f'of type {type(p).__name__}'}; "
+                "parameters must be arrays of floating-point (or complex) numbers"
+            )
+        if not jnp.issubdtype(dtype, jnp.inexact):
+            why = "RMSprop needs floating-point (or complex) parameters"
+            raise TypeError(f"{fn}: {at[i]} has dtype {dtype}; {why}")
+        dtypes.append(dtype)
+    slots: list[Any] = [None, None, None]
+    for k, (name, block) in enumerate(zip(_SLOTS[framework][1], blocks, strict=True)):
+        if block is None:
+            continue
+        out = []
+        for i, ((_, p), a, source) in enumerate(zip(leaves, *block, strict=True)):
+            what, label = f"{fn}: {name}[{i}]", f"{fn}: {name}[{i}]: {source} (for {at[i]})"
+            a = np.asarray(exact_array(_numpy(a), label))
+            if a.shape != np.shape(p):
+                why = f"shape {a.shape} does not match the parameter {np.shape(p)}"
+                raise ValueError(f"{what}: {why} ({source}, {at[i]})")
+            dtype = slot_dtype_of(dtypes[i], k == 0, framework == "torch")
+            if a.dtype.kind == "c" and dtype.kind != "c":
+                if np.any(a.imag != 0):
+                    why = "complex values with a non-zero imaginary part, but this slot is real"
+                    raise ValueError(f"{what}: {why} for a {dtypes[i]} parameter ({at[i]})")
+                a = a.real
+            out.append(jnp.asarray(slot_values(label, a, dtype, squares=k == 0), dtype=dtype))
+        slots[k] = treedef.unflatten(out)
+    return RMSpropState(count, *slots)
+
+
+def _from_keras2(
+    weights: Any,
+    params: Any,
+    momentum: Any,
+    centered: Any,
+    fn: str,
+    weight: Callable[[int], str] | None = None,
+) -> RMSpropState:
+    """:func:`state_from_keras2` for the caller ``fn``, whose weight ``j`` is ``weight(j)``."""
+    weight = weight or "`weights[{}]`".format
+    if isinstance(weights, (str, bytes, Mapping)) or not isinstance(weights, Sequence):
+        got = type(weights).__name__
+        raise TypeError(f"{fn}: `weights` must be a list of arrays (get_weights()), got {got}")
+    present = (True, check_bool("momentum", momentum), check_bool("centered", centered))
+    n, blocks = len(jax.tree.leaves(params)), sum(present)
+    if len(weights) != 1 + blocks * n:
+        slots = ", ".join(s for s, on in zip(_SLOTS["keras2"][1], present, strict=True) if on)
+        raise ValueError(
+            f"{fn}: `weights` must hold 1 + {blocks}·{n} = {1 + blocks * n} arrays (iterations, "
+            f"then {slots} for each of {n} variables), got {len(weights)}"
+        )
+    count = _count(weights[0], f"{fn}: {weight(0)} (iterations)")
+    starts = [1 + n * sum(present[:k]) for k in range(3)]
+    block = lambda s: (weights[s : s + n], [*map(weight, range(s, s + n))])
+    slots = [block(s) if on else None for s, on in zip(starts, present, strict=True)]
+    return _state(count, params, "keras2", fn, slots)
+
+
+# ---- the loaders ------------------------------------------------------------------------------
+
+
+def state_from_keras2(
+    weights: Sequence[Any], params: Any, *, momentum: bool, centered: bool
+) -> RMSpropState:
+    """The state of a TF 2.x Keras RMSprop's ``get_weights()``, for :func:`jrmsprop.rmsprop`.
+
+    Args:
+      weights: ``[iterations, rms(v0), ..., momentum(v0), ..., mg(v0), ...]`` (momentum only
+        with a momentum slot, mg only when centered). NaN and inf load as saved.
+      params: the parameters, their leaves in the Keras variable order.
+      momentum: whether the Keras optimizer had a momentum slot.
+      centered: whether it was centered.
+
+    Returns:
+      The state, with ``init``'s structure and dtypes, that continues where Keras stopped.
+
+    Example:
+      >>> import numpy as np, jax.numpy as jnp
+      >>> from jrmsprop import compat
+      >>> weights = [np.int64(3), np.ones(2, np.float32)]
+      >>> compat.state_from_keras2(weights, [jnp.zeros(2)], momentum=False, centered=False).count
+      Array(3, dtype=int32)
+    """
+    return _from_keras2(weights, params, momentum, centered, "state_from_keras2")
+
+
+def _keras2(path: Any, fn: str, params: Any = None) -> Any:
+    """:func:`keras2_h5_weights` (``params`` None) and :func:`load_keras2_h5`."""
+    p, where, _ = _open(path, fn, "h5")
+    opt = _optimizer(p, where, "h5") or {}
+    with _weights(p, where, "h5") as f:
+        datasets, variables, momentum, centered = _keras2_layout(f, opt, where)
+        labels = [repr(d.name) for d in datasets]
+        values = _read_state(datasets, variables, where, params)
+    if params is None:
+        return values
+    return _from_keras2(values, params, momentum, centered, where, labels.__getitem__)
+
+
+def keras2_h5_weights(path: str | os.PathLike) -> list[np.ndarray]:
+    """The TF 2.x Keras RMSprop state of an ``.h5`` file, as ``optimizer.get_weights()``.
+
+    Args:
+      path: a ``tf_keras`` ``model.save("m.h5")`` file (optimizer included), or any HDF5 file
+        with an ``optimizer_weights`` group laid out the same way.
+
+    Returns:
+      ``[iterations, rms(v0), ..., momentum(v0), ..., mg(v0), ...]``, NumPy arrays.
+
+    Example::
+
+      opt = jrmsprop.RMSprop.from_config(saved_optimizer_config("m.h5")["config"])
+      opt.build(variables)  # the model's trainable weights, as jrmsprop.Variable, in order
+      opt.set_weights(keras2_h5_weights("m.h5"))
+    """
+    return _keras2(path, "keras2_h5_weights")
+
+
+def load_keras2_h5(path: str | os.PathLike, params: Any) -> RMSpropState:
+    """The TF 2.x Keras RMSprop state of an ``.h5`` file, for :func:`jrmsprop.rmsprop`.
+
+    Args:
+      path: a ``tf_keras`` ``model.save("m.h5")`` file, optimizer included (TF <= 2.10's
+        ``RMSprop``, later ``tf_keras.optimizers.legacy.RMSprop``).
+      params: the parameters; their leaves the model's ``trainable_weights``, in order.
+
+    Returns:
+      The state; with the saved hyperparameters the next steps are Keras's, bit for bit.
+
+    Example::
+
+      state = load_keras2_h5("m.h5", params)
+    """
+    return _keras2(path, "load_keras2_h5", params)
+
+
+def load_keras3_archive(
+    path: str | os.PathLike, params: Any, *, jrmsprop_keras: bool = False
+) -> RMSpropState:
+    """The Keras 3 RMSprop state of a ``.keras`` file, for :func:`jrmsprop.compat.keras3`.
+
+    Args:
+      path: a Keras 3 ``model.save("m.keras")`` archive (or its ``zipped=False`` folder) of a
+        model compiled with ``keras.optimizers.RMSprop``.
+      params: the parameters; their leaves the model's ``trainable_variables``, in order.
+      jrmsprop_keras: read the state of :class:`jrmsprop.keras.RMSprop` instead, for
+        :func:`jrmsprop.rmsprop` with the saved ``decay``.
+
+    Returns:
+      The state (under ``mixed_float16``, the RMSprop's inside the ``LossScaleOptimizer``).
+
+    Example::
+
+      state = load_keras3_archive("m.keras", params)
+    """
+    fn = "load_keras3_archive"
+    jrmsprop_keras = check_bool("jrmsprop_keras", jrmsprop_keras)
+    p, where, _ = _open(path, fn, "keras")
+    opt = _optimizer(p, where, "keras")
+    registered, config, class_name = _registered_name(opt), opt["config"], opt["class_name"]
+    if class_name.split(">")[-1] != "RMSprop":
+        raise ValueError(f"{where} holds the state of a {class_name} optimizer, not RMSprop")
+    if registered == _JRMSPROP_KERAS and not jrmsprop_keras:
+        raise ValueError(
+            f"{where} was saved with jrmsprop.keras.RMSprop (TF 2.x arithmetic: epsilon outside "
+            "the root without momentum, lr inside the momentum buffer, `decay`), not Keras 3's "
+            "RMSprop that compat.keras3 reproduces: read it with load_keras3_archive(path, params, "
+            "jrmsprop_keras=True) and continue with jrmsprop.rmsprop(c['learning_rate'], c['rho'], "
+            "c['momentum'], c['epsilon'], c['centered'], decay=c['decay']), "
+            "c = saved_optimizer_config(path)['config']"
+        )
+    if registered not in (None, _JRMSPROP_KERAS):
+        raise ValueError(
+            f"{where} holds the state of a custom optimizer registered as {registered!r}, not "
+            "Keras 3's RMSprop; its arithmetic is unknown"
+        )
+    if jrmsprop_keras and registered != _JRMSPROP_KERAS:
+        raise ValueError(
+            f"{where} holds the state of Keras 3's own keras.optimizers.RMSprop, not of "
+            "jrmsprop.keras.RMSprop (jrmsprop_keras=True): read it without jrmsprop_keras and "
+            "continue with compat.keras3"
+        )
+    for option in ("use_ema", "gradient_accumulation_steps"):
+        if config.get(option):
+            raise ValueError(
+                f"{where}: the optimizer's {option}={config[option]!r} is not reproduced"
+            )
+    momentum, centered = (config.get("momentum") or 0) > 0, config.get("centered", False)
+    head = 2 if isinstance(config.get("learning_rate"), (int, float)) else 1
+    with _weights(p, where, "keras") as f:
+        datasets, variables = _keras3_layout(f, where, head, 1 + momentum + centered)
+        values = _read_state(datasets, variables, where, params)
+    label = lambda j: f"saved optimizer variable {j + head - 1 if j else 0}"
+    return _from_keras2(values, params, momentum, centered, where, label)
+
+
+def saved_optimizer_config(path: str | os.PathLike) -> dict[str, Any]:
+    """The optimizer's class and config stored in a Keras ``.h5`` or ``.keras`` file.
+
+    Args:
+      path: a ``tf_keras`` ``.h5`` model file or a Keras 3 ``.keras`` archive.
+
+    Returns:
+      ``{"class_name", "config", "registered_name"}`` as Keras wrote them; ``registered_name``
+      is ``"jrmsprop>RMSprop"`` for :class:`jrmsprop.keras.RMSprop`, ``None`` for Keras's own.
+
+    Example::
+
+      c = saved_optimizer_config("m.keras")["config"]
+      tx = compat.keras3(c["learning_rate"], c["rho"], c["momentum"], c["epsilon"], c["centered"])
+    """
+    p, where, kind = _open(path, "saved_optimizer_config")
+    if (opt := _optimizer(p, where, kind)) is None:
+        raise ValueError(f"{where} holds no optimizer config (no 'training_config')")
+    return {
+        **{k: opt[k] for k in ("class_name", "config")},
+        "registered_name": _registered_name(opt),
+    }
+
+
+def _torch_index(key: Any, what: str) -> int:
+    """A parameter index: an int, or its decimal string (a state_dict after JSON or YAML)."""
+    if (isinstance(key, str) and key.strip().isdecimal()) or (
+        isinstance(key, numbers.Integral) and not isinstance(key, (bool, np.bool_))
+    ):
+        return int(key)
+    raise ValueError(f"state_from_torch: {what} must be a parameter index (an int), got {key!r}")
+
+
+def _torch_value(group: Mapping, key: str) -> Any:
+    """A group's hyperparameter (torch's default if absent), comparable: NaN equals NaN."""
+    value = group.get(key, _TORCH_DEFAULTS[key])
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    try:
+        return "nan" if math.isnan(number := float(value)) else number
+    except (TypeError, ValueError, RuntimeError):
+        return repr(value)
+
+
+def state_from_torch(state_dict: Mapping[str, Any], params: Any) -> RMSpropState:
+    """The state of a ``torch.optim.RMSprop.state_dict()``, for :func:`jrmsprop.compat.torch`.
+
+    Args:
+      state_dict: the optimizer's ``state_dict()`` (tensors or NumPy arrays; parameter indices
+        ints or their decimal strings). Its param groups must agree on ``lr``, ``alpha``,
+        ``eps``, ``weight_decay``, ``momentum``, ``centered`` and ``maximize``; at momentum 0 a
+        ``momentum_buffer`` is ignored, as torch ignores it. NaN and inf load as saved.
+      params: the parameters, their leaves in the torch optimizer's parameter order.
+
+    Returns:
+      The state, with ``init``'s structure and dtypes; parameters torch never stepped get fresh
+      (zero) slots.
+
+    Example:
+      >>> import numpy as np, jax.numpy as jnp
+      >>> from jrmsprop import compat
+      >>> sd = {"state": {0: {"step": np.float32(3), "square_avg": np.ones(2, np.float32)}},
+      ...       "param_groups": [{"params": [0], "momentum": 0, "centered": False}]}
+      >>> compat.state_from_torch(sd, [jnp.zeros(2)]).count
+      Array(3, dtype=int32)
+    """
+    fn, sd = "state_from_torch", "`state_dict"
+    if not isinstance(state_dict, Mapping):
+        got = type(state_dict).__name__
+        raise TypeError(
+            f"{fn}: {sd}` must be a torch optimizer's state_dict() (a mapping), got {got}"
+        )
+    if not {"state", "param_groups"} <= set(state_dict):
+        keys = sorted(map(str, state_dict))
+        raise ValueError(
+            f"{fn}: {sd}` must be a torch optimizer's state_dict(), with 'state' and "
+            f"'param_groups'; got {keys}"
+        )
+    groups, raw = state_dict["param_groups"], state_dict["state"]
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"{fn}: {sd}['state']` must be a mapping, got {type(raw).__name__}")
+    if not isinstance(groups, Sequence) or not all(
+        isinstance(g, Mapping) and "params" in g for g in groups
+    ):
+        raise ValueError(f"{fn}: {sd}['param_groups']` must be a list of dicts with 'params' lists")
+    if differ := [k for k in _TORCH_DEFAULTS if len({_torch_value(g, k) for g in groups}) > 1]:
+        shown = "; ".join(
+            f"group {i} has " + json.dumps({k: _torch_value(g, k) for k in differ})
+            for i, g in enumerate(groups)
+            if i == 0 or any(_torch_value(g, k) != _torch_value(groups[0], k) for k in differ)
+        )
+        raise ValueError(
+            f"{fn}: the param groups of {sd}['param_groups']` differ in {differ} ({shown}; a "
+            "missing key counts as torch's default); one compat.torch(...) state serves groups "
+            "with equal hyperparameters only: split the state_dict into one per group"
+        )
+    first = groups[0] if groups else {}
+    m, c, at = first.get("momentum", 0), first.get("centered", False), f"{sd}['param_groups'][0]"
+    if isinstance(m, (bool, np.bool_)) or not (isinstance(m, numbers.Real) and 0 <= m < math.inf):
+        raise ValueError(f"{fn}: {at}['momentum']` must be a non-negative number, got {m!r}")
+    if not isinstance(c, (bool, np.bool_)):
+        raise ValueError(f"{fn}: {at}['centered']` must be True or False, got {c!r}")
+    order: list[int] = []
+    for k, g in enumerate(groups):
+        at = f"{sd}['param_groups'][{k}]['params']`"
+        if isinstance(g["params"], (str, bytes)) or not isinstance(g["params"], Sequence):
+            raise ValueError(f"{fn}: {at} must be a list of parameter indices")
+        order += [_torch_index(i, f"{at} entry") for i in g["params"]]
+    if twice := sorted({i for i in order if order.count(i) > 1}):
+        raise ValueError(f"{fn}: parameter indices {twice} appear more than once in the groups")
+    per_param: dict[int, Any] = {}
+    keys: dict[int, Any] = {}  # as written in the state_dict (an int, or its string)
+    for key, entry in raw.items():
+        if (i := _torch_index(key, f"{sd}['state']` key {key!r}:")) in per_param:
+            raise ValueError(f"{fn}: {sd}['state']` has two entries for parameter {i}")
+        if not isinstance(entry, Mapping):
+            raise ValueError(f"{fn}: {sd}['state'][{key!r}]` must be a mapping")
+        per_param[i], keys[i] = entry, key
+    if unmatched := sorted(set(per_param) - set(order)):
+        raise ValueError(
+            f"{fn}: {sd}['state']` has entries for parameters {unmatched}, which no "
+            f"param group lists (they list {order}); their state would be lost"
+        )
+    if len(order) != len(leaves := jax.tree.leaves(params)):
+        raise ValueError(
+            f"{fn}: the state_dict has {len(order)} parameters, `params` has {len(leaves)}"
+        )
+    present, ((counter,), names) = (True, m > 0, bool(c)), _SLOTS["torch"]
+    needed = [counter, *(s for s, on in zip(names, present, strict=True) if on)]
+    for i, entry in per_param.items():
+        if missing := [k for k in needed if k not in entry]:
+            raise ValueError(
+                f"{fn}: {sd}['state'][{keys[i]!r}]` lacks {missing} (needed: {needed})"
+            )
+    what = f"{fn}: {sd}['state'][{{!r}}]['{counter}']`"
+    steps = {int(_count(entry[counter], what.format(keys[i]))) for i, entry in per_param.items()}
+    if len(steps) > 1:
+        raise ValueError(f"{fn}: parameters were stepped unequally ({sorted(steps)})")
+
+    def block(name: str) -> tuple[list, list[str]]:  # never stepped: zeros
+        return [
+            per_param[i][name] if i in per_param else np.zeros(np.shape(p), np.float32)
+            for i, p in zip(order, leaves, strict=True)
+        ], [
+            f"{sd}['state'][{keys[i]!r}][{name!r}]`"
+            if i in per_param
+            else f"zeros (parameter {i} never stepped)"
+            for i in order
+        ]
+
+    slots = [block(s) if on else None for s, on in zip(names, present, strict=True)]
+    return _state(jnp.asarray(steps.pop() if steps else 0, jnp.int32), params, "torch", fn, slots)
