@@ -39,15 +39,12 @@ from jrmsprop._src.validation import (
     slot_values,
 )
 from jrmsprop._src.variable import (
-    AGGREGATIONS,
-    SYNCHRONIZATIONS,
     Variable,
     canonical_dtype,
     compute_gradients,
     convert,
     distinct_donations,
     dtype_kind,
-    enum_name,
     exact_array,
     flatten_variables,
     step_inputs,
@@ -156,14 +153,9 @@ def _serialize(name: str, value: Any, number: Any = None) -> Any:
                 "Keras LearningRateSchedule) to appear in get_config(); optax schedules are plain "
                 "functions"
             )
-        cls = type(value)
-        config = value.get_config()
-        return {
-            "module": cls.__module__,
-            "class_name": cls.__qualname__,
-            "config": config,
-            "registered_name": None,
-        }
+        cls, config = type(value), value.get_config()
+        entry = {"module": cls.__module__, "class_name": cls.__qualname__, "config": config}
+        return {**entry, "registered_name": None}
     value = value() if callable(value) else value
     number = concrete_scalar(name, value)
     return value if type(value) is int else number
@@ -186,9 +178,8 @@ def _deserialize(config: Any, custom_objects: Mapping[str, Any] | None) -> Any:
                 f"Cannot deserialize {name!r} from module {module!r}: only Keras learning-rate "
                 f"schedules are imported from a config (keras, tf_keras, tensorflow); {hint}"
             )
-        candidates = [module]
-        if module.startswith("keras."):  # TF 2.x Keras's public names: tf_keras first
-            candidates.insert(0, "tf_keras." + module[len("keras.") :])
+        # TF 2.x Keras writes its public "keras." names: tf_keras first
+        candidates = ["tf_keras" + module[5:]] * module.startswith("keras.") + [module]
         for candidate in candidates:
             try:
                 cls = functools.reduce(getattr, name.split("."), importlib.import_module(candidate))
@@ -325,16 +316,10 @@ class RMSprop:
                 )
         if name is not None and not isinstance(name, str):
             raise TypeError(f"`name` must be a string, got {name!r}")
-        learning_rate = legacy_lr(learning_rate, kwargs)
         if epsilon is None or (not callable(epsilon) and concrete_scalar("epsilon", epsilon) == 0):
             epsilon = KERAS_EPSILON  # Keras: `epsilon or backend.epsilon()`, here only
-        hyper = dict(
-            learning_rate=learning_rate,
-            rho=rho,
-            momentum=momentum,
-            epsilon=epsilon,
-            decay=kwargs.get("decay", 0.0),
-        )
+        hyper = dict(learning_rate=legacy_lr(learning_rate, kwargs), rho=rho, momentum=momentum)
+        hyper.update(epsilon=epsilon, decay=kwargs.get("decay", 0.0))
         for key, value in hyper.items():
             _check(key, value)
         self._clip = {key: kwargs.get(key) for key in _CLIPS}
@@ -402,10 +387,10 @@ class RMSprop:
             what = f"the current value of the variable given as `{name}`"
         elif callable(value):
             what = f"the value the callable `{name}` returned"
-            if _is_keras_schedule(value):  # Keras: lr(tf.cast(iterations, var_dtype))
-                value = value(np.float32(int(step)))
+            if is_step_schedule(value):  # Keras: lr(tf.cast(iterations, var_dtype))
+                value = value(np.float32(int(step)) if _is_keras_schedule(value) else step)
             else:
-                value = value(step) if is_step_schedule(value) else value()
+                value = value()
         else:
             return value
         value = value.value if isinstance(value, Variable) else value
@@ -418,19 +403,13 @@ class RMSprop:
     def _clip_values(self) -> dict[str, Any]:
         return {k: as_jit_scalar(v) for k, v in self._clip.items() if v is not None}
 
-    @property
-    def centered(self) -> bool:
-        return self._centered
+    centered = property(
+        lambda self: self._centered,
+        lambda self, value: setattr(self, "_centered", check_bool("centered", value)),
+    )
+    name = property(lambda self: self._name)
 
-    @centered.setter
-    def centered(self, value: Any) -> None:
-        self._centered = check_bool("centered", value)
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    # -- variables: iterations, slots, weights ------------------------------------------------------
+    # -- variables: iterations, slots, weights --------------------------------------------------
 
     @property
     def iterations(self) -> Variable:
@@ -465,38 +444,24 @@ class RMSprop:
         self._weights.append(variable)
 
     def add_weight(
-        self,
-        name: str,
-        shape: Sequence[int],
-        dtype: Any = None,
-        initializer: Any = "zeros",
-        trainable: bool | None = None,
-        synchronization: Any = "auto",
-        aggregation: Any = "none",
-    ) -> Variable:
-        """A new optimizer Variable ``f"{opt.name}/{name}"``, not added to ``weights`` (Keras 2).
-
-        ``initializer``: ``'zeros'``, ``'ones'``, a callable ``(shape, dtype=)`` or a value;
-        ``dtype`` defaults to float32; ``synchronization`` and ``aggregation`` are recorded.
-        """
+        self, name: str, shape: Sequence[int], dtype=None, initializer="zeros", trainable=None,
+        synchronization="auto", aggregation="none",
+    ) -> Variable:  # fmt: skip
+        """A new optimizer Variable ``f"{opt.name}/{name}"`` (float32 unless ``dtype``), not added
+        to ``weights`` (Keras 2). ``initializer``: ``'zeros'``, ``'ones'``, a callable
+        ``(shape, dtype=)`` or a value; ``synchronization`` and ``aggregation`` are recorded."""
         if not isinstance(name, str):
             raise TypeError(f"add_weight: `name` must be a string, got {name!r}")
-        sync = enum_name("synchronization", synchronization, SYNCHRONIZATIONS)
-        agg = enum_name("aggregation", aggregation, AGGREGATIONS)
-        if trainable is not None and check_bool("trainable", trainable) and sync == "on_read":
+        value = _initial_value(initializer, shape, np.float32 if dtype is None else dtype)
+        kw = dict(trainable=trainable, synchronization=synchronization, aggregation=aggregation)
+        variable = Variable(value, name=f"{self._name}/{name}", **kw)
+        if trainable and variable.synchronization == "on_read":
             raise ValueError(
                 "Synchronization value can be set to VariableSynchronization.ON_READ only "
                 "for non-trainable variables. You have specified trainable=True and "
                 "synchronization=VariableSynchronization.ON_READ."
             )
-        value = _initial_value(initializer, shape, np.float32 if dtype is None else dtype)
-        return Variable(
-            value,
-            name=f"{self._name}/{name}",
-            trainable=trainable,
-            synchronization=sync,
-            aggregation=agg,
-        )
+        return variable
 
     def add_slot(
         self, var: Variable, slot_name: str, initializer: Any = "zeros", shape=None, *, dtype=None
@@ -536,21 +501,20 @@ class RMSprop:
     def get_slot_names(self) -> list[str]:
         return list(self._slot_names)
 
+    def get_weights(self) -> list[np.ndarray]:
+        return [w.numpy() for w in self._weights]
+
     @property
     def weights(self) -> list[Variable]:
         """``iterations``, then every ``rms``, ``momentum``, ``mg`` slot (TF 2.x Keras's order)."""
         return list(self._weights)
 
-    def variables(self) -> list[Variable]:
-        return list(self._weights)
+    variables = lambda self: list(self._weights)  # noqa: E731
 
     @property
     def var_list(self) -> list[Variable]:
         """The trained variables, in slot-creation order (:attr:`state`'s)."""
         return list(self._var_order)
-
-    def get_weights(self) -> list[np.ndarray]:
-        return [w.numpy() for w in self._weights]
 
     def _needed(self) -> tuple[str, ...]:
         return ("rms",) + ("momentum",) * self._momentum + ("mg",) * self._centered
@@ -566,26 +530,18 @@ class RMSprop:
                     f"RMSprop: variable {var.name!r} has dtype {var.dtype}; only floating-point "
                     "(or complex) variables can be trained"
                 )
-        checked = set()
-        for var, name in ((v, n) for v in var_list for n in needed if self._unchecked):
-            if (var, name) in self._unchecked:
-                slot = self._slots[var][name]
-                if slot.shape != var.shape:
-                    raise ValueError(
-                        f"RMSprop: slot {name!r} of variable {var.name!r} has shape {slot.shape}, "
-                        f"but the variable has shape {var.shape}"
-                    )
-                kinds = "fc" if name != "rms" and dtype_kind(var.dtype) == "c" else "f"
-                if dtype_kind(slot.dtype) not in kinds:
-                    wanted = (
-                        "a floating-point or complex" if kinds == "fc" else "a real floating-point"
-                    )
-                    raise TypeError(
-                        f"RMSprop: slot {name!r} of variable {var.name!r} has dtype {slot.dtype}; "
-                        f"it must have {wanted} dtype"
-                    )
-                checked.add((var, name))
-        self._unchecked -= checked
+        for var, name in [(v, n) for v in var_list for n in needed if (v, n) in self._unchecked]:
+            slot, where = self._slots[var][name], f"RMSprop: slot {name!r} of variable {var.name!r}"
+            if slot.shape != var.shape:
+                raise ValueError(
+                    f"{where} has shape {slot.shape}, but the variable has {var.shape}"
+                )
+            if dtype_kind(slot.dtype) not in (
+                "fc" if name != "rms" and var.dtype.kind == "c" else "f"
+            ):
+                wanted = "real floating-point" if name == "rms" else "floating-point (or complex)"
+                raise TypeError(f"{where} has dtype {slot.dtype}; it must have a {wanted} dtype")
+            self._unchecked.discard((var, name))
         return missing
 
     def _create_slots(self, var_list: list[Variable]) -> None:
@@ -611,9 +567,7 @@ class RMSprop:
                     f"shape {target.shape}"
                 )
             kind, target_kind = dtype_kind(array.dtype), dtype_kind(target.dtype)
-            if kind not in (
-                "iu" if target_kind in "iu" else "iufc" if target_kind == "c" else "iuf"
-            ):
+            if kind not in {"i": "iu", "u": "iu", "c": "iufc"}.get(target_kind, "iuf"):
                 raise TypeError(
                     f"Cannot load a value of dtype {array.dtype} into {target.name!r} (dtype "
                     f"{target.dtype})"
@@ -637,12 +591,9 @@ class RMSprop:
         offset = 1 if len(self._weights) == len(weights) + 1 else 0
         if len(self._weights) != len(weights) + offset:
             hint = (
-                ""
-                if self._slots
-                else (
-                    " The optimizer has no slots yet: call `build(var_list)` (or apply one step) first."
-                )
+                " The optimizer has no slots yet: call `build(var_list)` (or apply one step) first."
             )
+            hint = "" if self._slots else hint
             raise ValueError(
                 f"You called `set_weights(weights)` on optimizer {self._name} with a weight list "
                 f"of length {len(weights)}, but the optimizer was expecting {len(self._weights)} "
@@ -725,9 +676,7 @@ class RMSprop:
         unbuilt = self._unbuilt(var_list)
         if var_list:
             count = (
-                self._iterations._value
-                if self._iterations is not None
-                else jnp.zeros((), jnp.int32)
+                jnp.zeros((), jnp.int32) if self._iterations is None else self._iterations._value
             )
             values = {name: as_jit_scalar(self._current(name, count)) for name in _HYPERS}
         if missing:
@@ -748,16 +697,8 @@ class RMSprop:
             [[v._value for v in var_list], *slots],
             (grads, values, self._clip_values(), self.iterations._value),
         )
-        params, slots, count = _step(
-            params,
-            tuple(slots),
-            count,
-            grads,
-            values,
-            clip,
-            centered=self._centered,
-            momentum_slot=self._momentum,
-        )
+        static = dict(centered=self._centered, momentum_slot=self._momentum)
+        params, slots, count = _step(params, tuple(slots), count, grads, values, clip, **static)
         for var, value in zip(var_list, params, strict=True):
             var._value = value
         for name, new in zip(_SLOTS, slots, strict=True):
