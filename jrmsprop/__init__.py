@@ -4,8 +4,8 @@ from jrmsprop import compat
 from jrmsprop._src.clipping import keras_clipping
 from jrmsprop._src.optimizer import RMSprop
 from jrmsprop._src.packing import PackedTree, pack, unpack
-from jrmsprop._src.sparse import IndexedSlices, apply_updates, densify
-from jrmsprop._src.transform import RMSpropState, ScalarOrSchedule, rmsprop
+from jrmsprop._src.sparse import IndexedSlices, densify
+from jrmsprop._src.transform import RMSpropState, rmsprop
 from jrmsprop._src.update_and_apply import update_and_apply
 from jrmsprop._src.variable import Variable
 
@@ -27,9 +27,7 @@ __all__ = (
     "PackedTree",
     "RMSprop",
     "RMSpropState",
-    "ScalarOrSchedule",
     "Variable",
-    "apply_updates",
     "compat",
     "densify",
     "keras_clipping",

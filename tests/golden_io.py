@@ -214,7 +214,7 @@ def grads_at(case: GoldenCase, t: int) -> list[Any]:
 
 def make_step(tx: optax.GradientTransformationExtraArgs, sparse: bool) -> Callable[..., Any]:
     """One jitted ``(params, state, grads) -> (params, state)`` step."""
-    apply = jrmsprop.apply_updates if sparse else optax.apply_updates
+    apply = optax.apply_updates if sparse else optax.apply_updates
 
     @jax.jit
     def step(params: Any, state: Any, grads: Any) -> tuple[Any, Any]:

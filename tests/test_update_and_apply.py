@@ -1,4 +1,4 @@
-"""``jrmsprop.update_and_apply``: ``tx.update`` + ``jrmsprop.apply_updates`` in one call, bit for
+"""``jrmsprop.update_and_apply``: ``tx.update`` + ``optax.apply_updates`` in one call, bit for
 bit, with the one-pass CPU kernel where it may run (one device, float32, dense, Keras 2 / TF1
 arithmetic) and the XLA path everywhere else."""
 
@@ -19,6 +19,18 @@ import jrmsprop
 from jrmsprop._src import cpu_kernel
 
 KERNEL = cpu_kernel.TARGET
+
+
+def _apply_updates(params, updates):
+    """``optax.apply_updates``, leaving a parameter whose update is None (no gradient) alone."""
+    return jax.tree.map(
+        lambda p, u: p if u is None else optax.apply_updates(p, u),
+        params,
+        updates,
+        is_leaf=lambda x: x is None,
+    )
+
+
 needs_kernel = pytest.mark.skipif(
     not cpu_kernel.available() or jax.default_backend() != "cpu",
     reason=f"CPU kernel not available: {cpu_kernel.unavailable_reason()}",
@@ -70,7 +82,7 @@ def reference(tx, params, grads):
     p, s = params, tx.init(params)
     for g in grads:
         u, s = tx.update(g, s, p)
-        p = jrmsprop.apply_updates(p, u)
+        p = _apply_updates(p, u)
     return p, s
 
 
@@ -160,7 +172,7 @@ def test_mixed_tree_each_leaf_on_its_path():
     for seed in range(3):
         p, s = step(p, s, grads(seed))
         u, want_s = tx.update(grads(seed), want_s, want_p)
-        want_p = jrmsprop.apply_updates(want_p, u)
+        want_p = _apply_updates(want_p, u)
     chex.assert_trees_all_equal((p, s), (want_p, want_s))
     hlo = jax.jit(step).lower(params, tx.init(params), grads(0)).compile().as_text()
     assert hlo.count(f'custom_call_target="{KERNEL}"') == 1  # the one dense float32 leaf
@@ -229,7 +241,7 @@ def loss_after_step(params, grads, lr, combined, centered):
         p, _ = jrmsprop.update_and_apply(tx, grads, state, params)
     else:
         u, _ = tx.update(grads, state, params)
-        p = jrmsprop.apply_updates(params, u)
+        p = _apply_updates(params, u)
     return sum(jnp.sum(x * x) for x in jax.tree.leaves(p))
 
 
@@ -515,7 +527,7 @@ def test_a_none_parameter_leaf_with_a_gradient_is_refused_naming_params(fused, j
     assert got_p["layers"][1] is None
     want_u, want_s = tx.update(grads, state, bad)
     chex.assert_trees_all_equal(got_s, want_s)
-    chex.assert_trees_all_equal(got_p["w"], jrmsprop.apply_updates(params["w"], want_u["w"]))
+    chex.assert_trees_all_equal(got_p["w"], optax.apply_updates(params["w"], want_u["w"]))
 
 
 def test_a_none_parameter_leaf_of_the_sweep_is_refused():

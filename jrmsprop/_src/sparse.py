@@ -410,38 +410,11 @@ def densify(tree: Any) -> Any:
 
 
 def apply_updates(params: Any, updates: Any) -> Any:
-    """Applies dense and sparse updates: ``params + updates`` leaf by leaf.
+    """``optax.apply_updates`` that refuses what a parameter cannot hold, naming the leaf.
 
-    Like ``optax.apply_updates`` (the result keeps each parameter's dtype; ``None`` updates leave
-    the parameter unchanged) and, for an ``IndexedSlices`` update, adds its rows to the named
-    rows of the parameter only (duplicates add up; out-of-range padding rows are dropped).
-
-    An update the parameter's dtype cannot hold raises a ``TypeError`` naming the leaf, where
-    ``optax.apply_updates`` silently loses it: a complex update on a real parameter (the
-    imaginary part) and a floating-point or complex update on an integer or boolean parameter
-    (truncated). A float32 update on a bfloat16 / float16 parameter is rounded to it, as optax
-    does.
-
-    The result also keeps each parameter's shape: an update of another shape raises a
-    ``ValueError`` naming the leaf, unless it broadcasts to the parameter's shape (a scalar, say).
-    ``optax.apply_updates`` would broadcast the parameter up instead (a ``(2,)`` parameter plus a
-    ``(3, 2)`` update becomes ``(3, 2)``), which its own documentation rules out.
-
-    Args:
-      params: a pytree of parameters.
-      updates: a pytree of the same structure whose leaves are arrays, ``IndexedSlices`` or None.
-
-    Returns:
-      The updated parameters.
-
-    Example:
-      >>> import jax.numpy as jnp, jrmsprop
-      >>> jrmsprop.apply_updates(
-      ...     {"w": jnp.zeros((3, 2))},
-      ...     {"w": jrmsprop.IndexedSlices(jnp.ones((1, 2)), jnp.array([1]), (3, 2))})["w"]
-      Array([[0., 0.],
-             [1., 1.],
-             [0., 0.]], dtype=float32)
+    An ``IndexedSlices`` update adds to its rows only; a complex update on a real parameter, a
+    floating update on an integer one, or an update of another shape raises (optax drops the
+    imaginary part, truncates, or broadcasts the parameter up). Used by the update-and-apply path.
     """
     paths_and_params, treedef = jax.tree_util.tree_flatten_with_path(params)
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import warnings
 from collections.abc import Callable
-from typing import Any, NamedTuple, Union
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -16,7 +16,7 @@ from jax.extend import core as jax_core
 from jrmsprop._src import arithmetic, cpu_kernel, sparse, validation
 
 Schedule = Callable[[jax.Array], jax.typing.ArrayLike]
-ScalarOrSchedule = Union[float, jax.typing.ArrayLike, Schedule]  # noqa: UP007
+ScalarOrSchedule = optax.ScalarOrSchedule
 
 
 class RMSpropState(NamedTuple):
@@ -292,7 +292,7 @@ def _leaf_update(
     Returns ``(update, rms, momentum, mg)``; the update is in the parameter's dtype (when
     ``param`` is given) or in the promoted dtype of the gradient and the slot. With ``apply``
     other than ``"updates"`` the first result is the new parameter instead (``param + update``,
-    as ``jrmsprop.apply_updates`` computes it). With ``"fused"``, a leaf that the one-pass CPU
+    as ``optax.apply_updates`` computes it). With ``"fused"``, a leaf that the one-pass CPU
     kernel may take (:func:`cpu_kernel.takes`) is returned unchanged as a ``cpu_kernel.Leaf``,
     for :func:`cpu_kernel.apply_leaves`: bit for bit what ``"params"`` computes.
     """
@@ -853,7 +853,7 @@ def rmsprop(
       to skip such steps.
 
     Sparse gradients may be given as :class:`jrmsprop.IndexedSlices` leaves (apply them with
-    :func:`jrmsprop.apply_updates`). The other frameworks' arithmetic is in :mod:`jrmsprop.compat`.
+    ``optax.apply_updates``). The other frameworks' arithmetic is in :mod:`jrmsprop.compat`.
 
     Args:
       learning_rate: step size ``lr`` (finite number >= 0, 0-d array, or schedule of the step).

@@ -10,7 +10,7 @@ from jrmsprop._src import transform, validation
 def update_and_apply(
     tx: Any, grads: Any, state: Any, params: Any, *, fused: bool = True
 ) -> tuple[Any, Any]:
-    r"""``tx.update`` and :func:`jrmsprop.apply_updates` in one step, bit for bit.
+    r"""``tx.update`` and ``optax.apply_updates`` in one step, bit for bit.
 
     .. math::
         (p', s') = \text{update\_and\_apply}(tx, g, s, p) \iff
@@ -24,7 +24,7 @@ def update_and_apply(
     where XLA:CPU's separate loops move 28 / 40 / 44 / 56. Other leaves (other dtypes, sparse,
     weight decay, the other presets), other platforms and programs that XLA partitions over
     several devices take the XLA path; all give the same bits as ``tx.update`` followed by
-    :func:`jrmsprop.apply_updates`.
+    ``optax.apply_updates``.
 
     Call it inside your ``jax.jit`` with ``params`` and ``state`` donated
     (``donate_argnums``): the kernel then writes into their buffers. Without donation XLA copies
@@ -37,7 +37,7 @@ def update_and_apply(
         itself (clip or scale the gradients before the call: a transformation wrapped by
         ``optax.chain``, ``optax.inject_hyperparams``, ``optax.MultiSteps`` or
         ``optax.flatten`` has no fused step; use ``tx.update`` and
-        :func:`jrmsprop.apply_updates` for those). For hyperparameters that change at run
+        ``optax.apply_updates`` for those). For hyperparameters that change at run
         time, build it inside the ``jit`` from traced values (one compilation serves them all).
       grads: the gradients, a pytree like ``params`` (dense arrays, :class:`jrmsprop.IndexedSlices`
         or None leaves), or a :class:`jrmsprop.PackedTree` for packed parameters.
@@ -67,7 +67,7 @@ def update_and_apply(
             "jrmsprop.compat preset, itself, not wrapped (optax.chain, inject_hyperparams, "
             f"MultiSteps, optax.flatten); got {validation.abbreviated(repr(tx), 200)}. For any "
             "other transformation use `updates, state = tx.update(grads, state, params)` and "
-            "`jrmsprop.apply_updates(params, updates)`"
+            "`optax.apply_updates(params, updates)`"
         )
     validation.check_bool("fused", fused)
     if params is None:
