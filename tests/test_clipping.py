@@ -1,4 +1,4 @@
-"""``clipnorm`` / ``global_clipnorm`` bit for bit against TF's order of float32 operations.
+"""``jrmsprop.keras_clipping``: ``clipnorm`` / ``global_clipnorm`` bit for bit in TF's order.
 
 ``tf.clip_by_norm``: ``s = reduce_sum(g*g)``, ``n = sqrt(s)`` where ``s > 0`` else ``s``,
 ``(g*c) / maximum(n, c)``. ``tf.clip_by_global_norm``: ``h_i = l2_loss(g_i) = Σ (g*g)*0.5``,
@@ -17,6 +17,7 @@ import warnings
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import jrmsprop
@@ -167,8 +168,8 @@ CLIPPERS = [
     ],
 )
 def test_integer_gradients_are_refused_naming_the_leaf(who, make, jit, grads, where, dtype):
-    """They raised NumPy's "not inexact" or JAX's is_finite error (clip_by_value clipped them
-    with the threshold truncated to an integer: 0.5 became 0)."""
+    """Named by the argument and the leaf (an integer gradient would be clipped with a
+    truncated threshold, or fail inside NumPy or JAX)."""
     tx = make()
     update = jax.jit(tx.update) if jit else tx.update
     with pytest.raises(
@@ -186,7 +187,7 @@ def test_string_gradient_is_refused_naming_the_leaf(who, make):
         tx.update({"w": "abc"}, tx.init(None))
 
 
-def test_complex_gradients_are_named_by_clip_by_value_and_clipped_by_norm():
+def test_complex_gradients_are_refused_by_clipvalue_and_clipped_by_norm():
     g = {"w": jnp.array([3.0 + 4.0j])}
     tx = jrmsprop.keras_clipping(clipvalue=1.0)
     with pytest.raises(TypeError, match=r"complex gradients cannot be clipped by value.*\['w'\]"):
@@ -194,3 +195,61 @@ def test_complex_gradients_are_named_by_clip_by_value_and_clipped_by_norm():
     for tx in (jrmsprop.keras_clipping(clipnorm=1.0), jrmsprop.keras_clipping(global_clipnorm=1.0)):
         out = tx.update(g, tx.init(None))[0]["w"]
         np.testing.assert_allclose(np.asarray(out), [0.6 + 0.8j], rtol=1e-6)
+
+
+# ---- Keras's order, IndexedSlices, None leaves, thresholds --------------------------------
+
+
+def _np_clip_by_norm64(g, c):
+    """A float64 reference (not TF's order of float32 operations)."""
+    norm = np.sqrt(np.sum(g.astype(np.float64) ** 2))
+    return g * c / max(norm, c)
+
+
+def test_clipping_transforms_against_numpy():
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((3, 4)).astype(np.float32) * 3
+    b = rng.standard_normal(5).astype(np.float32)
+    tree = {"a": jnp.asarray(a), "b": jnp.asarray(b), "none": None}
+    out, _ = jrmsprop.keras_clipping(clipvalue=1.0).update(tree, optax.EmptyState())
+    np.testing.assert_array_equal(out["a"], np.clip(a, -1, 1))
+    assert out["none"] is None
+    out, _ = jrmsprop.keras_clipping(clipnorm=1.5).update(tree, optax.EmptyState())
+    np.testing.assert_allclose(out["a"], _np_clip_by_norm64(a, 1.5), rtol=1e-6)
+    np.testing.assert_allclose(out["b"], _np_clip_by_norm64(b, 1.5), rtol=1e-6)
+    small, _ = jrmsprop.keras_clipping(clipnorm=100.0).update(tree, optax.EmptyState())
+    np.testing.assert_allclose(small["a"], a, rtol=1e-6)
+    zero, _ = jrmsprop.keras_clipping(clipnorm=1.0).update({"z": jnp.zeros(3)}, optax.EmptyState())
+    np.testing.assert_array_equal(zero["z"], 0.0)
+    out, _ = jrmsprop.keras_clipping(global_clipnorm=2.0).update(tree, optax.EmptyState())
+    total = np.sqrt(np.sum(a.astype(np.float64) ** 2) + np.sum(b.astype(np.float64) ** 2))
+    np.testing.assert_allclose(out["a"], a * 2.0 / total, rtol=1e-6)
+    np.testing.assert_allclose(out["b"], b * 2.0 / total, rtol=1e-6)
+    nan, _ = jrmsprop.keras_clipping(global_clipnorm=2.0).update([jnp.array([np.inf, 1.0])], None)
+    assert np.isnan(np.asarray(nan[0])).all()  # TF: a non-finite norm gives NaN
+
+
+def test_clipping_indexed_slices_uses_values_as_given():
+    values = np.array([[3.0, 4.0], [1.0, 1.0]], np.float32)
+    g = jrmsprop.IndexedSlices(jnp.asarray(values), jnp.array([2, 2]), (3, 2))
+    (out,), _ = jrmsprop.keras_clipping(clipnorm=1.0).update((g,), None)
+    assert isinstance(out, jrmsprop.IndexedSlices) and out.dense_shape == (3, 2)
+    np.testing.assert_allclose(out.values, values / np.sqrt(27.0), rtol=1e-6)
+    np.testing.assert_array_equal(out.indices, [2, 2])
+    (out,), _ = jrmsprop.keras_clipping(clipvalue=2.0).update((g,), None)
+    np.testing.assert_array_equal(out.values, np.clip(values, -2, 2))
+    (out, d), _ = jrmsprop.keras_clipping(global_clipnorm=1.0).update(
+        (g, jnp.array([0.0, 0.0])), None
+    )
+    np.testing.assert_allclose(out.values, values / np.sqrt(27.0), rtol=1e-6)
+
+
+def test_keras_clipping_order_and_errors():
+    g = np.array([10.0, -1.0, 0.5], np.float32)
+    tx = jrmsprop.keras_clipping(clipvalue=1.0, clipnorm=1.0)
+    (out,), _ = tx.update((jnp.asarray(g),), tx.init(None))
+    np.testing.assert_allclose(out, _np_clip_by_norm64(np.clip(g, -1, 1), 1.0), rtol=1e-6)
+    with pytest.raises(ValueError, match="Cannot accept both"):
+        jrmsprop.keras_clipping(clipnorm=1.0, global_clipnorm=1.0)
+    with pytest.raises(ValueError, match=">= 0"):
+        jrmsprop.keras_clipping(clipvalue=-1.0)

@@ -651,60 +651,6 @@ def test_hyperparameter_attributes():
 # ---- clipping ---------------------------------------------------------------------------------
 
 
-def _np_clip_by_norm(g, c):
-    norm = np.sqrt(np.sum(g.astype(np.float64) ** 2))
-    return g * c / max(norm, c)
-
-
-def test_clipping_transforms_against_numpy():
-    rng = np.random.default_rng(3)
-    a = rng.standard_normal((3, 4)).astype(np.float32) * 3
-    b = rng.standard_normal(5).astype(np.float32)
-    tree = {"a": jnp.asarray(a), "b": jnp.asarray(b), "none": None}
-    out, _ = clipping.keras_clipping(clipvalue=1.0).update(tree, optax.EmptyState())
-    np.testing.assert_array_equal(out["a"], np.clip(a, -1, 1))
-    assert out["none"] is None
-    out, _ = clipping.keras_clipping(clipnorm=1.5).update(tree, optax.EmptyState())
-    np.testing.assert_allclose(out["a"], _np_clip_by_norm(a, 1.5), rtol=1e-6)
-    np.testing.assert_allclose(out["b"], _np_clip_by_norm(b, 1.5), rtol=1e-6)
-    small, _ = clipping.keras_clipping(clipnorm=100.0).update(tree, optax.EmptyState())
-    np.testing.assert_allclose(small["a"], a, rtol=1e-6)
-    zero, _ = clipping.keras_clipping(clipnorm=1.0).update({"z": jnp.zeros(3)}, optax.EmptyState())
-    np.testing.assert_array_equal(zero["z"], 0.0)
-    out, _ = clipping.keras_clipping(global_clipnorm=2.0).update(tree, optax.EmptyState())
-    total = np.sqrt(np.sum(a.astype(np.float64) ** 2) + np.sum(b.astype(np.float64) ** 2))
-    np.testing.assert_allclose(out["a"], a * 2.0 / total, rtol=1e-6)
-    np.testing.assert_allclose(out["b"], b * 2.0 / total, rtol=1e-6)
-    nan, _ = clipping.keras_clipping(global_clipnorm=2.0).update([jnp.array([np.inf, 1.0])], None)
-    assert np.isnan(np.asarray(nan[0])).all()  # TF: a non-finite norm gives NaN
-
-
-def test_clipping_indexed_slices_uses_values_as_given():
-    values = np.array([[3.0, 4.0], [1.0, 1.0]], np.float32)
-    g = IndexedSlices(jnp.asarray(values), jnp.array([2, 2]), (3, 2))
-    (out,), _ = clipping.keras_clipping(clipnorm=1.0).update((g,), None)
-    assert isinstance(out, IndexedSlices) and out.dense_shape == (3, 2)
-    np.testing.assert_allclose(out.values, values / np.sqrt(27.0), rtol=1e-6)
-    np.testing.assert_array_equal(out.indices, [2, 2])
-    (out,), _ = clipping.keras_clipping(clipvalue=2.0).update((g,), None)
-    np.testing.assert_array_equal(out.values, np.clip(values, -2, 2))
-    (out, d), _ = clipping.keras_clipping(global_clipnorm=1.0).update(
-        (g, jnp.array([0.0, 0.0])), None
-    )
-    np.testing.assert_allclose(out.values, values / np.sqrt(27.0), rtol=1e-6)
-
-
-def test_keras_clipping_order_and_errors():
-    g = np.array([10.0, -1.0, 0.5], np.float32)
-    tx = clipping.keras_clipping(clipvalue=1.0, clipnorm=1.0)
-    (out,), _ = tx.update((jnp.asarray(g),), tx.init(None))
-    np.testing.assert_allclose(out, _np_clip_by_norm(np.clip(g, -1, 1), 1.0), rtol=1e-6)
-    with pytest.raises(ValueError, match="Cannot accept both"):
-        clipping.keras_clipping(clipnorm=1.0, global_clipnorm=1.0)
-    with pytest.raises(ValueError, match=">= 0"):
-        clipping.keras_clipping(clipvalue=-1.0)
-
-
 @pytest.mark.parametrize(
     "kwargs",
     [

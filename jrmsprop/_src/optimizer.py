@@ -1,11 +1,8 @@
 """``jrmsprop.RMSprop``: the TF 2.x Keras ``RMSprop`` optimizer API, stateful, on JAX.
 
-A wrapper in the manner of flax's ``nnx.Optimizer``: it holds the hyperparameters (stored by
-Keras 2's rules), the slots and ``iterations``, and does no numerics of its own. A step checks
-every input, then makes one donated call of a jitted function that applies
-:func:`jrmsprop.keras_clipping` and :func:`jrmsprop.rmsprop` (through
-:func:`jrmsprop.update_and_apply`) to every variable; hyperparameter values are its arguments,
-so changing one never recompiles.
+Like flax's ``nnx.Optimizer`` it holds state and does no numerics: a step checks every input,
+then makes one donated call of a jitted ``keras_clipping`` + ``rmsprop`` + ``update_and_apply``
+whose arguments are the hyperparameter values (changing one never recompiles).
 """
 
 from __future__ import annotations
@@ -259,9 +256,9 @@ def _initial_value(initializer: Any, shape: Any, dtype: Any) -> jax.Array:
 class RMSprop:
     r"""The TF 2.x Keras ``RMSprop`` optimizer, stateful, for :class:`jrmsprop.Variable`\ s.
 
-    The constructor, methods, slots, ``get_weights`` order, config and numbers of
-    ``tf.keras.optimizers.RMSprop`` of TF 2.0--2.10 (``tf_keras.optimizers.legacy.RMSprop``):
-    each step is :func:`jrmsprop.rmsprop` after Keras's clipping,
+    The API, slots, weights, config and numbers of TF 2.0--2.10's ``tf.keras.optimizers.RMSprop``
+    (``tf_keras.optimizers.legacy.RMSprop``): each step is :func:`jrmsprop.rmsprop` after
+    :func:`jrmsprop.keras_clipping`,
 
     .. math::
 
@@ -271,10 +268,8 @@ class RMSprop:
     (without a momentum slot ``p ← p − lr·g / (√r + ε)``; ``centered`` uses ``r − m_g²``).
 
     Args:
-      learning_rate: a number ``>= 0``, a scalar array, a schedule (a Keras
-        ``LearningRateSchedule`` or a callable of the step, evaluated at ``iterations``) or a
-        callable of no arguments (called at every step). Numbers are stored in float32
-        Variables, as in Keras.
+      learning_rate: a number ``>= 0`` (stored in a float32 Variable, as in Keras), a scalar
+        array, a schedule of ``iterations`` (Keras or optax) or a callable of no arguments.
       rho: discounting factor in ``[0, 1]`` (same kinds of values).
       momentum: in ``[0, 1]``. A momentum slot (and ε inside the root) exists for a callable, an
         array or a number > 0; a ``tf.Variable`` or :class:`jrmsprop.Variable` counts by its value.
@@ -285,9 +280,8 @@ class RMSprop:
         that order; not both norms), ``decay`` (``lr / (1 + decay·iterations)``, fixed at
         construction as Keras's ``_initial_decay``) and ``lr`` (deprecated ``learning_rate``).
 
-    Every value is checked when given, evaluated or (for a Variable you passed) at every step; a
-    bad one raises an error naming the argument and changes nothing. The optimizer pickles with
-    its slots, which are keyed by the Variables: ``pickle.dumps((opt, variables))``.
+    A bad value raises an error naming the argument when given, evaluated or (a Variable you
+    passed) at each step, and changes nothing. Pickle with the Variables: ``(opt, variables)``.
 
     Example:
       >>> import jrmsprop
@@ -447,9 +441,8 @@ class RMSprop:
         self, name: str, shape: Sequence[int], dtype=None, initializer="zeros", trainable=None,
         synchronization="auto", aggregation="none",
     ) -> Variable:  # fmt: skip
-        """A new optimizer Variable ``f"{opt.name}/{name}"`` (float32 unless ``dtype``), not added
-        to ``weights`` (Keras 2). ``initializer``: ``'zeros'``, ``'ones'``, a callable
-        ``(shape, dtype=)`` or a value; ``synchronization`` and ``aggregation`` are recorded."""
+        """A new Variable ``f"{opt.name}/{name}"``, not in ``weights`` (Keras 2); ``initializer``:
+        ``'zeros'``, ``'ones'``, a callable ``(shape, dtype=)`` or a value."""
         if not isinstance(name, str):
             raise TypeError(f"add_weight: `name` must be a string, got {name!r}")
         value = _initial_value(initializer, shape, np.float32 if dtype is None else dtype)
@@ -659,11 +652,8 @@ class RMSprop:
     def apply_gradients(
         self, grads_and_vars: Iterable[Any], name=None, experimental_aggregate_gradients=True
     ) -> Variable:
-        """Applies ``(gradient, Variable)`` pairs in place and returns :attr:`iterations`.
-
-        Gradients: arrays, :class:`jrmsprop.IndexedSlices` or ``tf.IndexedSlices``-like objects;
-        a ``None`` gradient skips its pair with a warning. Everything is checked first.
-        """
+        """Applies ``(gradient, Variable)`` pairs (arrays or ``IndexedSlices``; ``None`` skips
+        its pair with a warning) in place; returns :attr:`iterations`."""
         if isinstance(grads_and_vars, (str, bytes)) or not isinstance(grads_and_vars, Iterable):
             raise TypeError(
                 "apply_gradients: `grads_and_vars` must be an iterable of (gradient, variable) "

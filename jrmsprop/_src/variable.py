@@ -1,8 +1,7 @@
 """``jrmsprop.Variable`` and the conversion of the stateful optimizer's step inputs.
 
-A :class:`Variable` is a named box around one ``jax.Array`` whose value ``assign`` and the
-optimizer replace. The optimizer donates a variable's buffer to its compiled step, so an array
-read from ``v.value`` earlier is deleted by the next step (``v.numpy()`` is a copy).
+The optimizer donates a variable's buffer to its compiled step: an array read from ``v.value``
+is deleted by the next step (``v.numpy()`` is a copy).
 """
 
 from __future__ import annotations
@@ -23,11 +22,9 @@ __all__ = ["Variable", "compute_gradients", "flatten_variables", "step_inputs"]
 
 SYNCHRONIZATIONS = ("auto", "none", "on_write", "on_read")
 AGGREGATIONS = ("none", "sum", "mean", "only_first_replica")
-_INT32 = np.iinfo(np.int32)
 
 
 def enum_name(what: str, value: Any, allowed: tuple[str, ...]) -> str:
-    """A Keras/TF enum value (a string, or an enum with ``.name``) as a lower-case name."""
     name = getattr(value, "name", value)
     if not isinstance(name, str) or name.lower() not in allowed:
         raise ValueError(f"`{what}` must be one of {allowed} (or the TF enum), got {value!r}")
@@ -35,7 +32,6 @@ def enum_name(what: str, value: Any, allowed: tuple[str, ...]) -> str:
 
 
 def canonical_dtype(dtype: Any) -> np.dtype:
-    """``dtype`` as JAX stores it (64-bit types narrowed unless x64 is on)."""
     return np.dtype(jax.dtypes.canonicalize_dtype(np.dtype(dtype)))
 
 
@@ -54,7 +50,7 @@ def _default_dtype(value: Any, exact: Any) -> np.dtype:
         return np.dtype(np.int64) if exact.dtype.kind == "O" else exact.dtype
     kind = dtype_kind(exact.dtype)
     if kind in "iu":
-        fits = not exact.size or (_INT32.min <= exact.min() and exact.max() <= _INT32.max)
+        fits = not exact.size or (-(2**31) <= exact.min() and exact.max() < 2**31)
         return np.dtype(np.int32 if fits else np.int64)
     return np.dtype({"b": np.bool_, "c": np.complex64}.get(kind, np.float32))
 
@@ -114,9 +110,8 @@ def _lossy(source: Any, target: np.dtype) -> bool:
 
 
 def check_representable(exact: Any, target: Any, what: str, requested: Any = None) -> None:
-    """Refuses values ``target`` cannot hold (out-of-range, NaN/inf or fractional integers,
-    bools other than 0/1, complex into real). ``requested``: the dtype asked for, when JAX
-    narrowed it to ``target``."""
+    """Refuses values ``target`` cannot hold (out of range, NaN or fractions for integers,
+    complex for reals); ``requested``: the dtype asked for, if x64 being off narrowed it."""
     target = np.dtype(target)
     if not _lossy(exact.dtype, target):
         return
@@ -162,15 +157,6 @@ def convert(exact: Any, dtype: Any, what: str, requested: Any = None) -> jax.Arr
     return jnp.array(np.asarray(exact), dtype=dtype)
 
 
-def _exact_integer_op(a: np.ndarray, b: np.ndarray, add: bool) -> np.ndarray:
-    """``a ± b`` of integer arrays without wrapping (int64, or Python ints beyond it)."""
-    a, b = a.astype(object), b.astype(object)
-    result = np.asarray(a + b if add else a - b, dtype=object)
-    if all(-(2**63) <= int(v) < 2**63 for v in result.flat):
-        return result.astype(np.int64)
-    return result
-
-
 # While ``minimize`` computes gradients, every read of a Variable is reported to a recorder.
 _local = threading.local()
 
@@ -188,17 +174,15 @@ class Variable:
 
     Args:
       initial_value: a number, nested list, array, tensor, Variable, or a callable returning
-        one. It is copied.
+        one (copied).
       name: the name (default ``"Variable"``); the optimizer names slots after it.
-      dtype: the dtype to store (default: TF's rules, float32 for Python floats, int32 for
-        Python ints, an array's own dtype; 64-bit narrowed unless x64 is on). A value the dtype
-        cannot represent is refused, as by ``tf.Variable``.
+      dtype: default TF's: float32 for Python floats, int32 for ints, an array's own (64-bit
+        narrowed unless x64 is on). Values it cannot represent are refused, as by TF.
       trainable: ``True``/``False``; ``None`` means True unless ``synchronization="on_read"``.
       synchronization: a TF ``VariableSynchronization`` name or enum (recorded only).
       aggregation: a TF ``VariableAggregation`` name or enum (recorded only).
 
-    Arithmetic, indexing and comparisons return plain ``jax.Array`` values; ``==`` is identity
-    (Variables are hashable). Pass ``v.value`` to ``jnp`` functions.
+    Operators return ``jax.Array`` values; ``==`` is identity (Variables are hashable).
 
     Example:
       >>> import jrmsprop
@@ -252,17 +236,11 @@ class Variable:
             recorder.dense.add(id(self))
         return self._value
 
-    def read_value(self) -> jax.Array:
-        return self.value
-
-    def numpy(self) -> np.ndarray:
-        """A NumPy copy of the current value."""
-        return np.array(self.value, copy=True)
+    read_value = lambda self: self.value  # noqa: E731
+    numpy = lambda self: np.array(self.value, copy=True)  # noqa: E731
 
     def sparse_read(self, indices: Any, name: str | None = None) -> jax.Array:
-        """Rows ``indices`` (``tf.Variable.sparse_read``). Under ``RMSprop.minimize`` a variable
-        read only this way gets an :class:`jrmsprop.IndexedSlices` gradient."""
-        del name
+        """Rows ``indices``; under ``RMSprop.minimize`` they get an ``IndexedSlices`` gradient."""
         recorder = getattr(_local, "recorder", None)
         if recorder is not None:
             return recorder.sparse_read(self, jnp.asarray(indices))
@@ -313,7 +291,10 @@ class Variable:
         what = "add" if add else "subtract"
         exact = self._coerce(delta, what)
         if dtype_kind(self.dtype) in "biu":  # exact, checked before narrowing: never wraps
-            result = _exact_integer_op(np.asarray(self._value), np.asarray(exact), add)
+            old, exact = np.asarray(self._value).astype(object), np.asarray(exact).astype(object)
+            result = np.asarray(old + exact if add else old - exact, dtype=object)
+            if all(-(2**63) <= int(v) < 2**63 for v in result.flat):
+                result = result.astype(np.int64)
             new = self._convert(result, "the sum" if add else "the difference")
         else:
             delta = self._convert(exact, f"the value to {what}")
@@ -337,9 +318,7 @@ class Variable:
         return self.value
 
     def __len__(self) -> int:
-        if not self.shape:
-            raise TypeError("len() of a 0-d Variable")
-        return self.shape[0]
+        return len(self._value)  # TypeError for a 0-d Variable
 
     def __repr__(self) -> str:
         return (
@@ -494,40 +473,30 @@ def flatten_variables(var_list: Any) -> list[Variable]:
     """A Variable or a nested list/tuple/dict of them as a flat list."""
     if isinstance(var_list, Variable):
         return [var_list]
-    if isinstance(var_list, dict):
-        var_list = list(var_list.values())
-    if isinstance(var_list, (str, bytes)) or not isinstance(var_list, Iterable):
+    items = list(var_list.values()) if isinstance(var_list, dict) else var_list
+    if isinstance(items, (str, bytes)) or not isinstance(items, Iterable):
         raise TypeError(f"`var_list` must be a list of jrmsprop.Variable, got {var_list!r}")
-    out: list[Variable] = []
-    for item in var_list:
-        if isinstance(item, (list, tuple, dict)):
-            out.extend(flatten_variables(item))
-        elif isinstance(item, Variable):
-            out.append(item)
-        else:
+    for item in items:
+        if not isinstance(item, (Variable, list, tuple, dict)):
             raise TypeError(
                 f"Expected jrmsprop.Variable objects in `var_list`, got {type(item).__name__}: "
                 f"{item!r}"
             )
-    return out
+    return [v for item in items for v in flatten_variables(item)]
 
 
 def _loss_array(out: Any) -> jax.Array:
-    got = None
-    if out is None or isinstance(out, (str, bytes)):
-        got = repr(out)
-    else:
-        try:
-            array = out if isinstance(out, jax.Array) else jnp.asarray(out)
-        except (TypeError, ValueError):
-            got = type(out).__name__
-        else:
-            if not jnp.issubdtype(array.dtype, jnp.inexact):
-                got = f"dtype {jnp.dtype(array.dtype).name}"
-    if got is not None:
+    """The loss as an array, which must be floating point or complex."""
+    text = out is None or isinstance(out, (str, bytes))
+    try:
+        array = None if text else jnp.asarray(out)
+    except (TypeError, ValueError):
+        array = None
+    if array is None or not jnp.issubdtype(array.dtype, jnp.inexact):
+        got = repr(out) if text else f"dtype {array.dtype}" if array is not None else type(out)
         raise TypeError(
             "`loss` must return a floating-point or complex scalar (or such an array, which is "
-            f"summed), got {abbreviated(got, 80)}"
+            f"summed), got {abbreviated(getattr(got, '__name__', got), 80)}"
         )
     return array
 
@@ -535,11 +504,10 @@ def _loss_array(out: Any) -> jax.Array:
 def compute_gradients(
     loss: Callable[[], Any], var_list: Any, grad_loss: Any = None, tape: Any = None
 ) -> list[tuple[Any, Variable]]:
-    """The ``(gradient, variable)`` pairs of ``loss()``, by ``jax.vjp``, in TF's convention.
+    """The ``(gradient, variable)`` pairs of ``loss()`` by ``jax.vjp`` (Variables hold tracers).
 
-    Each Variable holds a tracer while ``loss`` runs. A variable never read gets ``None``; one
-    read only through ``sparse_read`` an :class:`IndexedSlices` (from a second evaluation with
-    zero row inputs). Complex gradients are TF's, the conjugate of JAX's.
+    A variable never read gets ``None``; one read only through ``sparse_read`` an
+    :class:`IndexedSlices` (from zero row inputs). Complex gradients are TF's (JAX's conjugate).
 
     Args:
       loss: callable of no arguments returning a floating-point or complex loss (summed).
