@@ -32,9 +32,15 @@ from jrmsprop._src.checkpoint import (
     state_from_keras2,
     state_from_torch,
 )
+from jrmsprop._src.porting import Saved, place, place_state, read_keras, read_torch
 from jrmsprop._src.transform import ScalarOrSchedule, build
 
 __all__ = (
+    "Saved",
+    "place",
+    "place_state",
+    "read_keras",
+    "read_torch",
     "keras2_h5_weights",
     "load_keras2_h5",
     "load_keras3_archive",

@@ -116,8 +116,7 @@ def _json(raw: Any, where: str, name: str) -> Any:
 
 
 def _optimizer(p: Path, where: str, kind: str) -> dict | None:
-    """The saved optimizer ``{class_name, config, ...}``, its fields' types checked (``None`` for
-    an ``.h5`` file without ``training_config``)."""
+    """The saved optimizer ``{class_name, config, ...}``, checked (``None``: no training_config)."""
     if kind == "h5":
         source = "attribute 'training_config'"
         with _reading(where, "the HDF5 file"), _h5py().File(p, "r") as f:
@@ -127,26 +126,13 @@ def _optimizer(p: Path, where: str, kind: str) -> dict | None:
         if opt is None:
             return None
     else:
-        source, folder = "config.json", p.is_dir()
-        with contextlib.ExitStack() as stack, _reading(where, "the zip archive"):
-            z = None if folder else stack.enter_context(zipfile.ZipFile(p))
-            found = {m for m in _MEMBERS if (p / m).is_file()} if folder else set(z.namelist())
-            if missing := sorted(set(_MEMBERS) - found):
-                what = "a folder" if folder else "a zip archive"
-                raise ValueError(f"{where} is {what} without {missing}, not a Keras 3 model")
-            size = (p / source).stat().st_size if folder else z.getinfo(source).file_size
-            if size > _MAX_CONFIG_BYTES:
-                raise ValueError(
-                    f"{where}: config.json has {size} bytes, too many for a model config"
-                )
-            model = _json((p / source).read_bytes() if folder else z.read(source), where, source)
+        source, model = "config.json", _keras3_config(p, where)
         compiled = model.get("compile_config") if isinstance(model, dict) else None
         opt = compiled.get("optimizer") if isinstance(compiled, dict) else None
         if not isinstance(opt, dict):
             raise ValueError(f"{where} holds no optimizer state (not compiled with an optimizer)")
     entry = opt if isinstance(opt, dict) else {}
-    config = entry.get("config") or {}
-    fields = config if isinstance(config, dict) else {}
+    fields = config if isinstance(config := entry.get("config") or {}, dict) else {}
     m = fields.get("momentum") or 0
     for field, ok in (
         ("entry", isinstance(opt, dict)),
@@ -161,6 +147,21 @@ def _optimizer(p: Path, where: str, kind: str) -> dict | None:
                 f"{where}: the optimizer's {field} in {source} is damaged: {opt!r:.99}"
             )
     return {**entry, "config": config}
+
+
+def _keras3_config(p: Path, where: str) -> Any:
+    """A ``.keras`` archive's or folder's ``config.json``, parsed."""
+    folder, source = p.is_dir(), _MEMBERS[0]
+    with contextlib.ExitStack() as stack, _reading(where, "the zip archive"):
+        z = None if folder else stack.enter_context(zipfile.ZipFile(p))
+        found = {m for m in _MEMBERS if (p / m).is_file()} if folder else set(z.namelist())
+        if missing := sorted(set(_MEMBERS) - found):
+            what = "a folder" if folder else "a zip archive"
+            raise ValueError(f"{where} is {what} without {missing}, not a Keras 3 model")
+        size = (p / source).stat().st_size if folder else z.getinfo(source).file_size
+        if size > _MAX_CONFIG_BYTES:
+            raise ValueError(f"{where}: config.json has {size} bytes, too many for a model config")
+        return _json((p / source).read_bytes() if folder else z.read(source), where, source)
 
 
 class _Window(io.RawIOBase):
@@ -319,9 +320,8 @@ def _keras2_layout(f: Any, opt: dict, where: str) -> tuple[list, list[str], bool
 
 def _keras3_layout(f: Any, where: str, head: int, blocks: int) -> tuple[list, list[str]]:
     """The Keras 3 RMSprop datasets (unread) in Keras 2's order, and the variables' names:
-    ``optimizer/vars/0, 1, ...`` are ``iteration``, ``learning_rate`` (``head == 2``: not a
-    schedule), every ``velocity``, every ``momentum``, every ``average_gradient``, in
-    ``inner_optimizer`` under a ``LossScaleOptimizer`` (``mixed_float16``)."""
+    ``optimizer/vars/0, 1, ...`` are ``iteration``, ``learning_rate`` (``head == 2``), every
+    ``velocity``, ``momentum``, ``average_gradient`` (``inner_optimizer/`` under mixed_float16)."""
     groups = [f.get(f"optimizer/{g}vars") for g in ("inner_optimizer/", "")]
     if (group := next((g for g in groups if isinstance(g, _h5py().Group)), None)) is None:
         raise ValueError(f"{where} holds no optimizer state (no 'optimizer/vars' in the weights)")

@@ -1,0 +1,338 @@
+"""A trained model's weights and optimizer state, read from Keras and PyTorch files by the
+framework's own names, and placed by name into a flax nnx model, an equinox model or a dict.
+
+Reading reuses :mod:`jrmsprop._src.checkpoint`'s safe layer (datasets checked before they are
+read) and its slot tables; torch state_dicts are read from ``.npz`` (no pickle) or safetensors.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jrmsprop._src import checkpoint as ck
+from jrmsprop._src.transform import RMSpropState
+
+__all__ = ["Saved", "place", "place_state", "read_keras", "read_torch"]
+
+# Keras 3 stores a layer's variables as vars/0, vars/1, ...: the names of the common layers'.
+_KERAS3_VARS = {
+    **dict.fromkeys(["Dense", "EinsumDense", "Conv1D", "Conv2D", "Conv3D"], ("kernel", "bias")),
+    **dict.fromkeys(["Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose"], ("kernel", "bias")),
+    "Embedding": ("embeddings",),
+    "LayerNormalization": ("gamma", "beta"),
+    "BatchNormalization": ("gamma", "beta", "moving_mean", "moving_variance"),
+}
+_LAYOUTS = ("keras", "torch")  # (in, out) and HWIO kernels; (out, in) and OIHW kernels
+
+
+class Saved(NamedTuple):
+    """What :func:`read_keras` / :func:`read_torch` found, by the framework's own names."""
+
+    weights: dict[str, np.ndarray]  # the model's: "conv/kernel" (Keras), "conv.weight" (torch)
+    slots: dict[str, dict[str, np.ndarray]]  # per trainable weight: {slot name: array}
+    step: int | None  # the optimizer's step count (None: no optimizer state saved)
+    config: dict | None  # the optimizer's config (Keras) or first param group (torch)
+    framework: str  # "keras2", "keras3" or "torch"
+
+    @property
+    def layout(self) -> str:
+        return "torch" if self.framework == "torch" else "keras"
+
+
+def _numeric(name: str, a: Any, where: str) -> np.ndarray:
+    a = np.asarray(a)
+    if a.dtype.kind not in "fciub":
+        raise ValueError(f"{where}: {name!r} holds {a.dtype} data, not numbers")
+    return a
+
+
+def _str(name: Any) -> str:
+    return name.decode("utf8", "replace") if isinstance(name, bytes) else str(name)
+
+
+def read_keras(path: str | os.PathLike) -> Saved:
+    """A ``tf_keras`` ``.h5`` or Keras 3 ``.keras`` model's weights and RMSprop state.
+
+    Weights are named ``<layer>/<variable>`` (``conv/kernel``: tf_keras's name without ``:0``,
+    Keras 3's ``variable.path`` without the model's name); the slots (``rms``, ``momentum``,
+    ``mg``; Keras 3: ``velocity``, ``momentum``, ``average_gradient``) by their weight's name.
+    """
+    p, where, kind = ck._open(path, "read_keras")
+    opt = ck._optimizer(p, where, kind) if kind == "h5" else None
+    weights, trainable, has_state = {}, [], False
+    with ck._weights(p, where, kind) as f:
+        if kind == "h5":
+            top = f["model_weights"] if "model_weights" in f else f
+            for layer in top.attrs.get("layer_names", []):
+                group = top[_str(layer)]
+                names = [_str(n) for n in group.attrs.get("weight_names", [])]
+                for name, d in zip(names, ck._datasets(group, names, where), strict=True):
+                    weights[name.split(":")[0]] = d
+            if has_state := "optimizer_weights" in f:
+                trainable = ck._keras2_layout(f, opt or {}, where)[1]
+        else:
+            model = ck._keras3_config(p, where)
+            used: dict[str, int] = {}
+            for layer in model.get("config", {}).get("layers", []):
+                cls, config = layer.get("class_name", ""), layer.get("config", {})
+                key = re.sub("([a-z])([A-Z])", r"\1_\2", re.sub("(.)([A-Z][a-z]+)", r"\1_\2", cls))
+                key = key.lower()  # keras.src.utils.naming.to_snake_case
+                used[key] = n = used.get(key, -1) + 1
+                group = f.get(f"layers/{key}{f'_{n}' if n else ''}/vars")
+                if cls == "InputLayer" or group is None:
+                    continue
+                keys = sorted(group, key=int)
+                names = _KERAS3_VARS.get(cls, keys)
+                names = names if len(names) == len(keys) else keys
+                for var, d in zip(names, ck._datasets(group, keys, where), strict=True):
+                    weights[f"{config['name']}/{var}"] = d
+                    if config.get("trainable", True) and not var.startswith("moving_"):
+                        trainable.append(f"{config['name']}/{var}")
+            has_state = "optimizer/vars" in f or "optimizer/inner_optimizer/vars" in f
+        weights = dict(
+            zip(
+                weights,
+                ck._read(
+                    list(weights.values()),
+                    [("fciub", d.shape, "numbers") for d in weights.values()],
+                    where,
+                ),
+                strict=True,
+            )
+        )
+    slots, step, config = {}, None, None
+    if has_state:
+        params = [jnp.zeros(weights[n].shape, weights[n].dtype) for n in trainable]
+        load = ck.load_keras2_h5 if kind == "h5" else ck.load_keras3_archive
+        state = load(p, params)
+        fw = "keras2" if kind == "h5" else "keras3"
+        for k, block in enumerate((state.rms, state.momentum, state.mg)):
+            for name, a in zip(trainable, block or (), strict=False):
+                slots.setdefault(name, {})[ck._SLOTS[fw][1][k]] = np.asarray(a)
+        step, config = int(state.count), ck.saved_optimizer_config(p)["config"]
+    return Saved(weights, slots, step, config, "keras2" if kind == "h5" else "keras3")
+
+
+def read_torch(path: str | os.PathLike) -> Saved:
+    """A torch model's and ``torch.optim.RMSprop``'s state_dicts from ``.npz`` or safetensors.
+
+    The file holds ``model/<name>`` (``model.state_dict()``), ``optimizer/<parameter
+    name>/<slot>`` (``optimizer.state_dict()["state"]`` with each index replaced by its
+    parameter's name) and optionally the param groups as JSON in ``optimizer/param_groups`` (an
+    npz string; a safetensors metadata entry). Neither torch nor pickle is used.
+    """
+    fn, p = "read_torch", os.fspath(path)
+    if not os.path.isfile(p):
+        raise FileNotFoundError(f"{fn}: no such file: {p!r}")
+    where = f"{fn}: {p!r}"
+    groups = None
+    with ck._reading(where, "the file"):
+        if str(p).endswith(".safetensors"):
+            from safetensors import safe_open
+            from safetensors.numpy import load_file
+
+            with safe_open(p, "np") as f:
+                groups = (f.metadata() or {}).get("optimizer/param_groups")
+            arrays = load_file(p)
+        else:
+            with np.load(p, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+            if (raw := arrays.pop("optimizer/param_groups", None)) is not None:
+                groups = str(raw)
+    weights, slots, steps = {}, {}, set()
+    for key, a in arrays.items():
+        head, _, name = key.partition("/")
+        if head == "model":
+            weights[name] = _numeric(key, a, where)
+        elif head == "optimizer" and "/" in name:
+            param, slot = name.rsplit("/", 1)
+            if slot == "step":
+                steps.add(int(ck._count(a, f"{where}: {key!r}")))
+            else:
+                slots.setdefault(param, {})[slot] = _numeric(key, a, where)
+        else:
+            raise ValueError(
+                f"{where}: key {key!r} is neither model/<name> nor optimizer/<name>/<slot>"
+            )
+    if len(steps) > 1:
+        raise ValueError(f"{where}: parameters were stepped unequally ({sorted(steps)})")
+    config = ck._json(groups, where, "optimizer/param_groups")[0] if groups else None
+    return Saved(weights, slots, steps.pop() if steps else None, config, "torch")
+
+
+def _kind(target: Any) -> str:
+    import sys
+
+    for kind, module in (("nnx", "flax.nnx"), ("eqx", "equinox")):
+        if module in sys.modules and isinstance(target, sys.modules[module].Module):
+            return kind
+    return "tree"
+
+
+def _key(name: str) -> str:
+    """``conv/kernel:0``, ``conv.weight`` and nnx's ``conv.kernel`` all become ``conv/kernel``."""
+    parts = name.split(":")[0].replace(".", "/").split("/")
+    return "/".join(parts[:-1] + ["kernel" if parts[-1] == "weight" else parts[-1]])
+
+
+def _convert(a: np.ndarray, src: str, dst: str) -> np.ndarray:
+    """A kernel from layout ``src`` to ``dst``: (out, in) <-> (in, out), OIHW <-> HWIO."""
+    if src == dst or a.ndim < 2:
+        return a
+    n = a.ndim
+    order = [*range(2, n), 1, 0] if src == "torch" else [n - 1, n - 2, *range(n - 2)]
+    return np.ascontiguousarray(np.transpose(a, order))
+
+
+def _match(arrays: Mapping, target: Any, layout: Any, names: Any, src: Any, fn: str) -> tuple:
+    """``(params, {leaf path: saved name}, convert)``: the target's parameters, matched by name."""
+    kind = _kind(target)
+    if kind == "nnx":
+        from flax import nnx
+
+        params = nnx.state(target, nnx.Param)
+    else:  # an equinox model's or a dict's float arrays; the rest None, as eqx.filter does
+        is_param = lambda x: hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.inexact)  # noqa: E731
+        params = jax.tree.map(lambda x: x if is_param(x) else None, target)
+    dst = layout or {"nnx": "keras", "eqx": "torch"}.get(kind) or src or "keras"
+    src = src or dst
+    if not {src, dst} <= set(_LAYOUTS):
+        raise ValueError(f"{fn}: layout must be one of {_LAYOUTS}, got {dst!r} (saved: {src!r})")
+    names = dict(names or {})
+    by_key = {_key(names.get(n, n)): n for n in arrays if names.get(n, n) is not None}
+    found, missing = {}, []
+    for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]:
+        keys = [getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))) for k in path]
+        name = "/".join(map(str, keys[:-1] if kind == "nnx" else keys))  # nnx: no .value
+        if _key(name) in by_key:
+            found[path] = by_key[_key(name)]
+        else:
+            missing.append(name)
+    unused = sorted(set(by_key.values()) - set(found.values()))
+    if missing or unused:
+        raise ValueError(
+            f"{fn}: the target's {missing} have no saved array and the saved {unused} match no "
+            f"target parameter (names compared as {sorted(by_key)}, with torch's 'weight' as "
+            "'kernel'); pass names={saved name: target name}, or {saved name: None} to skip one"
+        )
+
+    def convert(leaf: Any, a: np.ndarray, what: str, dtype: bool = True) -> np.ndarray:
+        want, other = tuple(np.shape(leaf)), {"keras": "torch", "torch": "keras"}
+        b = _convert(a, src, dst)
+        if b.shape != want and a.ndim == 1 and a.size == np.prod(want):
+            b = a.reshape(want)  # equinox's conv bias, (out, 1, 1)
+        if b.shape != want:
+            alt = _convert(a, src, other[src]) if b is a else a
+            hint = "transposed" if alt is not a else "as saved, not transposed"
+            hint = f": it matches {hint}: pass layout={other[dst]!r}" if alt.shape == want else ""
+            raise ValueError(f"{fn}: {what} has shape {a.shape}, the target's {want}{hint}")
+        if dtype and b.dtype != jnp.result_type(leaf):
+            want_dt = jnp.result_type(leaf)
+            raise ValueError(f"{fn}: {what} has dtype {b.dtype}, the target's is {want_dt}")
+        return b
+
+    return params, found, convert
+
+
+def place(
+    source: Saved | Mapping[str, Any],
+    target: Any,
+    *,
+    layout: str | None = None,
+    names: Mapping[str, str | None] | None = None,
+    source_layout: str | None = None,
+) -> Any:
+    """``target`` with each parameter replaced by the saved array of the same name.
+
+    Args:
+      source: a :func:`read_keras` / :func:`read_torch` result (its ``weights``), or arrays by
+        name (gradients, say) in ``source_layout``.
+      target: a flax ``nnx.Module`` (updated in place), an equinox ``Module`` or a (nested) dict
+        of arrays. Names compare with ``/`` and ``.`` alike, ``:0`` dropped and torch's
+        ``weight`` read as ``kernel``: ``conv/kernel:0``, ``conv.weight``, nnx ``conv.kernel``
+        and equinox ``conv.weight`` are one name. Every float parameter must be matched and
+        every saved array used.
+      layout: the target's kernel layout, ``"keras"`` ((in, out), HWIO: flax's) or ``"torch"``
+        ((out, in), OIHW: equinox's); default: nnx ``"keras"``, equinox ``"torch"``, a dict the
+        source's. Kernels are transposed between the two; dtypes must be equal.
+      names: ``{saved name: target name}`` renames, ``{saved name: None}`` leaves one out.
+      source_layout: the layout of a plain mapping ``source`` (default: the target's).
+
+    Returns:
+      The model (nnx: the same object) or tree with the saved arrays in place.
+    """
+    fn = "place"
+    arrays = source.weights if isinstance(source, Saved) else source
+    src = source.layout if isinstance(source, Saved) else source_layout
+    params, found, convert = _match(arrays, target, layout, names, src, fn)
+
+    def put(path: Any, leaf: Any) -> Any:
+        if path not in found:
+            return leaf
+        return jnp.asarray(convert(leaf, np.asarray(arrays[found[path]]), repr(found[path])))
+
+    if _kind(target) != "nnx":
+        return jax.tree_util.tree_map_with_path(put, target)
+    from flax import nnx
+
+    nnx.update(target, jax.tree_util.tree_map_with_path(put, params))
+    return target
+
+
+def place_state(
+    source: Saved,
+    target: Any,
+    *,
+    optimizer: Any = None,
+    layout: str | None = None,
+    names: Mapping[str, str | None] | None = None,
+) -> RMSpropState:
+    """The :class:`~jrmsprop.RMSpropState` of the saved optimizer for ``target``'s parameters.
+
+    The saved slots go where :func:`place` puts their weights (same names, same layout
+    conversion). With ``optimizer``, a flax ``nnx.Optimizer`` over ``target``'s ``nnx.Param``,
+    the state (and step) is also written into it. Continue with the matching preset:
+    :func:`jrmsprop.rmsprop` (tf_keras), :func:`~jrmsprop.compat.keras3`,
+    :func:`~jrmsprop.compat.torch`.
+    """
+    fn = "place_state"
+    if not isinstance(source, Saved) or source.step is None:
+        raise ValueError(f"{fn}: `source` holds no optimizer state (read_keras / read_torch)")
+    params, found, convert = _match(source.weights, target, layout, names, source.layout, fn)
+    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+    blocks = []
+    for slot in ck._SLOTS[source.framework][1]:
+        if not any(slot in s for s in source.slots.values()):
+            blocks.append(None)
+            continue
+        arrays, labels = [], []
+        for path, leaf in leaves:
+            name, what = found[path], f"slot {slot!r} of {found[path]!r}"
+            if slot in source.slots.get(name, {}):
+                arrays.append(convert(leaf, source.slots[name][slot], what, dtype=False))
+            elif source.framework == "torch" and name not in source.slots:  # never stepped
+                arrays.append(np.zeros(np.shape(leaf), np.float32))
+            else:
+                raise ValueError(f"{fn}: the saved optimizer state has no {what}")
+            labels.append(what)
+        blocks.append((arrays, labels))
+    count = ck._count(source.step, f"{fn}: the step count")
+    state = ck._state(count, params, source.framework, fn, blocks)
+    if optimizer is not None:
+        from flax import nnx
+
+        is_var = lambda x: isinstance(x, nnx.Variable)  # noqa: E731
+        old, new = (jax.tree.leaves(t, is_leaf=is_var) for t in (optimizer.opt_state, state))
+        if len(old) != len(new):
+            raise ValueError(f"{fn}: `optimizer` is not an nnx.Optimizer with a jrmsprop preset")
+        for var, value in zip(old, new, strict=True):
+            var.value = value.value if is_var(value) else value
+        optimizer.step.value = jnp.asarray(source.step, optimizer.step.value.dtype)
+    return state
