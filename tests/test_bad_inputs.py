@@ -668,16 +668,12 @@ def test_integer_hyperparameters_are_used_as_python_floats(factory, base, arg, v
         assert np.all(np.isfinite(np.asarray(got))) and np.any(np.asarray(got) != 0)
 
 
-@pytest.mark.parametrize(
-    "make",
-    [jrmsprop.clip_by_value, jrmsprop.clip_by_norm, jrmsprop.clip_by_global_norm],
-    ids=lambda f: f.__name__,
-)
+@pytest.mark.parametrize("arg", ["clipvalue", "clipnorm", "global_clipnorm"])
 @pytest.mark.parametrize("value", BIG_INTEGERS)
-def test_integer_clip_thresholds_are_used_as_python_floats(make, value):
+def test_integer_clip_thresholds_are_used_as_python_floats(arg, value):
     as_float = float(value) if isinstance(value, int) else float(np.asarray(value))
-    got = make(value).update(G3, optax.EmptyState())[0]["w"]
-    want = make(as_float).update(G3, optax.EmptyState())[0]["w"]
+    got = jrmsprop.keras_clipping(**{arg: value}).update(G3, optax.EmptyState())[0]["w"]
+    want = jrmsprop.keras_clipping(**{arg: as_float}).update(G3, optax.EmptyState())[0]["w"]
     np.testing.assert_array_equal(got, want)
     np.testing.assert_allclose(got, G3["w"], rtol=1e-6)  # a huge threshold clips nothing
 
@@ -687,9 +683,9 @@ def test_integer_clip_thresholds_are_used_as_python_floats(make, value):
     [
         (lambda: jrmsprop.rmsprop(learning_rate=10**400), "learning_rate"),
         (lambda: compat.torch(weight_decay=-(10**400)), "weight_decay"),
-        (lambda: jrmsprop.clip_by_norm(10**400), "clip_norm"),
+        (lambda: jrmsprop.keras_clipping(clipnorm=10**400), "clipnorm"),
     ],
-    ids=["rmsprop-lr", "torch-wd", "clip_by_norm"],
+    ids=["rmsprop-lr", "torch-wd", "clipnorm"],
 )
 def test_an_integer_too_large_for_float64_is_refused(call, arg):
     with pytest.raises(ValueError, match=rf"`{arg}` must be a finite number, .*float64"):
@@ -743,16 +739,14 @@ OVERFLOW_ARGUMENTS = [
     (compat.optax_rmsprop, {"learning_rate": 0.1}, "learning_rate", False),
     (compat.optax_rmsprop, {"learning_rate": 0.1}, "eps", False),
     (compat.optax_rmsprop, {"learning_rate": 0.1}, "initial_scale", False),
-    (jrmsprop.clip_by_value, {}, "clip_value", False),
-    (jrmsprop.clip_by_norm, {}, "clip_norm", False),
-    (jrmsprop.clip_by_global_norm, {}, "clip_norm", False),
+    (jrmsprop.keras_clipping, {}, "clipvalue", False),
+    (jrmsprop.keras_clipping, {}, "clipnorm", False),
+    (jrmsprop.keras_clipping, {}, "global_clipnorm", False),
 ]
 _OVERFLOW_IDS = [f"{f.__name__}-{a}" for f, _, a, _ in OVERFLOW_ARGUMENTS]
 
 
 def _call(factory: Any, base: dict[str, Any], arg: str, value: Any) -> Any:
-    if factory.__name__.startswith("clip_by"):
-        return factory(value)
     return factory(**{**base, arg: value})
 
 

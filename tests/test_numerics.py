@@ -268,7 +268,7 @@ def test_indexed_slices_compose_with_optax_through_densify_and_jrmsprop_clipping
     ref, _ = ref_tx.update(dense, ref_tx.init(p), p)  # the mean of two equal gradients
     np.testing.assert_array_equal(np.asarray(u1["e"]), np.zeros((5, 3)))
     np.testing.assert_array_equal(np.asarray(u2["e"]), np.asarray(ref["e"]))
-    clipped, _ = jrmsprop.clip_by_global_norm(1.0).update(g, optax.EmptyState())
+    clipped, _ = jrmsprop.keras_clipping(global_clipnorm=1.0).update(g, optax.EmptyState())
     assert isinstance(clipped["e"], jrmsprop.IndexedSlices)
     np.testing.assert_allclose(float(jnp.linalg.norm(clipped["e"].values)), 1.0, rtol=1e-6)
     np.testing.assert_array_equal(np.asarray(clipped["e"].indices), [1, 3])
