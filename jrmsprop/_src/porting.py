@@ -142,8 +142,11 @@ def read_torch(path: str | os.PathLike) -> Saved:
                 groups = (f.metadata() or {}).get("optimizer/param_groups")
             arrays = load_file(p)
         else:
-            with np.load(p, allow_pickle=False) as z:
-                arrays = {k: z[k] for k in z.files}
+            with open(p, "rb") as fh:  # closed also when np.load fails
+                if not hasattr(z := np.load(fh, allow_pickle=False), "files"):
+                    raise ValueError(f"{where} is one array (.npy), not an .npz of named arrays")
+                with z:
+                    arrays = {k: z[k] for k in z.files}
             if (raw := arrays.pop("optimizer/param_groups", None)) is not None:
                 groups = str(raw)
     weights, slots, steps = {}, {}, set()
@@ -332,7 +335,8 @@ def place_state(
         old, new = (jax.tree.leaves(t, is_leaf=is_var) for t in (optimizer.opt_state, state))
         if len(old) != len(new):
             raise ValueError(f"{fn}: `optimizer` is not an nnx.Optimizer with a jrmsprop preset")
-        for var, value in zip(old, new, strict=True):
-            var.value = value.value if is_var(value) else value
-        optimizer.step.value = jnp.asarray(source.step, optimizer.step.value.dtype)
+        pairs = [*zip(old, new, strict=True), (optimizer.step, count.astype(optimizer.step.dtype))]
+        for var, value in pairs:  # flax >= 0.11: set_value; before: the .value setter
+            value = value.get_value() if is_var(value) else value
+            var.set_value(value) if hasattr(var, "set_value") else setattr(var, "value", value)
     return state
