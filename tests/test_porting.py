@@ -111,7 +111,7 @@ def test_port_and_continue(file: str, target: str) -> None:
         assert int(opt.step[...]) == int(state.count) == 3
     else:
         state = compat.place_state(saved, model)
-    for j, (grads, after) in enumerate(_next(fw.replace("keras2", "keras2"))):
+    for j, (grads, after) in enumerate(_next(fw)):
         g = compat.place(grads, make(), source_layout=layout)
         if target == "nnx":
             opt.update(model, nnx.state(g, nnx.Param))

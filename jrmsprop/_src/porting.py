@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -23,8 +24,10 @@ __all__ = ["Saved", "place", "place_state", "read_keras", "read_torch"]
 
 # Keras 3 stores a layer's variables as vars/0, vars/1, ...: the names of the common layers'.
 _KERAS3_VARS = {
-    **dict.fromkeys(["Dense", "EinsumDense", "Conv1D", "Conv2D", "Conv3D"], ("kernel", "bias")),
-    **dict.fromkeys(["Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose"], ("kernel", "bias")),
+    **dict.fromkeys(
+        ["Dense", "EinsumDense", *(f"Conv{n}D{t}" for n in "123" for t in ("", "Transpose"))],
+        ("kernel", "bias"),
+    ),
     "Embedding": ("embeddings",),
     "LayerNormalization": ("gamma", "beta"),
     "BatchNormalization": ("gamma", "beta", "moving_mean", "moving_variance"),
@@ -96,17 +99,9 @@ def read_keras(path: str | os.PathLike) -> Saved:
                     if config.get("trainable", True) and not var.startswith("moving_"):
                         trainable.append(f"{config['name']}/{var}")
             has_state = "optimizer/vars" in f or "optimizer/inner_optimizer/vars" in f
-        weights = dict(
-            zip(
-                weights,
-                ck._read(
-                    list(weights.values()),
-                    [("fciub", d.shape, "numbers") for d in weights.values()],
-                    where,
-                ),
-                strict=True,
-            )
-        )
+        ds = list(weights.values())
+        arrays = ck._read(ds, [("fciub", d.shape, "numbers") for d in ds], where)
+        weights = dict(zip(weights, arrays, strict=True))
     slots, step, config = {}, None, None
     if has_state:
         params = [jnp.zeros(weights[n].shape, weights[n].dtype) for n in trainable]
@@ -162,7 +157,7 @@ def read_torch(path: str | os.PathLike) -> Saved:
                 slots.setdefault(param, {})[slot] = _numeric(key, a, where)
         else:
             raise ValueError(
-                f"{where}: key {key!r} is neither model/<name> nor optimizer/<name>/<slot>"
+                f"{where}: {key!r} is neither model/<name> nor optimizer/<name>/<slot>"
             )
     if len(steps) > 1:
         raise ValueError(f"{where}: parameters were stepped unequally ({sorted(steps)})")
@@ -171,8 +166,6 @@ def read_torch(path: str | os.PathLike) -> Saved:
 
 
 def _kind(target: Any) -> str:
-    import sys
-
     for kind, module in (("nnx", "flax.nnx"), ("eqx", "equinox")):
         if module in sys.modules and isinstance(target, sys.modules[module].Module):
             return kind
@@ -236,9 +229,8 @@ def _match(arrays: Mapping, target: Any, layout: Any, names: Any, src: Any, fn: 
             hint = "transposed" if alt is not a else "as saved, not transposed"
             hint = f": it matches {hint}: pass layout={other[dst]!r}" if alt.shape == want else ""
             raise ValueError(f"{fn}: {what} has shape {a.shape}, the target's {want}{hint}")
-        if dtype and b.dtype != jnp.result_type(leaf):
-            want_dt = jnp.result_type(leaf)
-            raise ValueError(f"{fn}: {what} has dtype {b.dtype}, the target's is {want_dt}")
+        if dtype and b.dtype != (dt := jnp.result_type(leaf)):
+            raise ValueError(f"{fn}: {what} has dtype {b.dtype}, the target's is {dt}")
         return b
 
     return params, found, convert

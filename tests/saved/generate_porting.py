@@ -72,7 +72,9 @@ def keras(which: str) -> None:
             K.layers.Dense(3, name="fc"),
         ]
     )
-    model.compile(optimizer=opt, loss="mse", **({} if which == "keras2" else {"jit_compile": False}))
+    model.compile(
+        optimizer=opt, loss="mse", **({} if which == "keras2" else {"jit_compile": False})
+    )
     x, y = _data(0, True)
     model.fit(x, y, batch_size=len(x), epochs=FIT_STEPS, verbose=0, shuffle=False)
     model.save(OUT / ("keras2.h5" if which == "keras2" else "keras3.keras"))
@@ -86,7 +88,9 @@ def keras(which: str) -> None:
         grads.append({name(v): gi.numpy() for v, gi in zip(variables, g, strict=True)})
         opt.apply_gradients(zip(g, variables, strict=True))
         traj.append({name(v): v.numpy() for v in variables})
-    _next(which, grads, traj, dict(kwargs=KW, versions={which: K.__version__, "tf": tf.__version__}))
+    _next(
+        which, grads, traj, dict(kwargs=KW, versions={which: K.__version__, "tf": tf.__version__})
+    )
 
 
 def torch_() -> None:
