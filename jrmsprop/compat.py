@@ -4,15 +4,15 @@ Each preset takes that framework's own argument names and defaults and returns a
 ``GradientTransformationExtraArgs`` with the arithmetic of :func:`jrmsprop.rmsprop` (which is TF
 2.x Keras, ``tf_keras.optimizers.legacy.RMSprop``); the presets only choose its options:
 
-=================  =========================  ==========  ============  =============  ==========
-preset             framework                  ε           lr and mom.   weight decay   rms starts
-=================  =========================  ==========  ============  =============  ==========
-``rmsprop``        TF 2.x Keras (tf_keras)    in iff mom  inside buffer  --            0
-``keras3``         Keras 3 / TF >= 2.11       inside      inside buffer  decoupled      0
-``torch``          ``torch.optim.RMSprop``    outside     outside        coupled (L2)   0
-``tf1``            ``tf.compat.v1.train``     inside      inside buffer  --            1
-``optax_rmsprop``  ``optax.rmsprop``          as given    inside buffer  --            as given
-=================  =========================  ==========  ============  =============  ==========
+=================  =======================  ==========  =============  ============  ==========
+preset             framework                ε           lr and mom.    weight decay  rms starts
+=================  =======================  ==========  =============  ============  ==========
+``rmsprop``        TF 2.x Keras (tf_keras)  in iff mom  inside buffer  --            0
+``keras3``         Keras 3 / TF >= 2.11     inside      inside buffer  decoupled     0
+``torch``          ``torch.optim.RMSprop``  outside     outside        coupled (L2)  0
+``tf1``            ``tf.compat.v1.train``   inside      inside buffer  --            1
+``optax_rmsprop``  ``optax.rmsprop``        as given    inside buffer  --            as given
+=================  =======================  ==========  =============  ============  ==========
 """
 
 from __future__ import annotations
