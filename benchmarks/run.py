@@ -308,18 +308,19 @@ def jrmsprop_apply_gradients(wl: Workload, peers: Peers) -> Step:
 
 def jrmsprop_sparse_jit(wl: Workload, peers: Peers) -> Step:
     tx, table, shape = jrmsprop_tx(wl.momentum, wl.centered), jnp.array(wl.params[0]), wl.leaves[0]
-    return tx_step(tx, table, jnp.array(wl.values), jnp.array(wl.indices),
-                   grad_fn=lambda values, rows: jrmsprop.IndexedSlices(values, rows, shape),
-                   apply=jrmsprop.apply_updates)  # fmt: skip
+
+    def grad_fn(values, rows):
+        return jrmsprop.IndexedSlices(values, rows, shape)
+
+    return tx_step(tx, table, jnp.array(wl.values), jnp.array(wl.indices), grad_fn=grad_fn)
 
 
 def dense_jit(wl: Workload, peers: Peers, make_tx: Callable[..., Any] = jrmsprop_tx) -> Step:
     """The user's step on a dense gradient, by jrmsprop or optax (``make_tx=optax_tx``)."""
     if make_tx is optax_tx:
         peers.get("optax")
-    apply = jrmsprop.apply_updates if make_tx is jrmsprop_tx else None
     tx = make_tx(wl.momentum, wl.centered)
-    return tx_step(tx, *_inputs(wl), apply=apply)
+    return tx_step(tx, *_inputs(wl))
 
 
 def torch_foreach(wl: Workload, peers: Peers) -> Step:
