@@ -379,7 +379,7 @@ def update_moments(
         g, sc, centered=mg is not None, guard=False, scaled=variant.scaled_gradient_squared
     )
     rms_new = sum_of_products(decayed(rms, sc.rho, rdtype, guard=False), rms_inc, finite)
-    if mg is None:
+    if mg is None or mg_inc is None:
         return rms_new, None
     return rms_new, sum_of_products(decayed(mg, sc.rho, g.dtype, guard=False), mg_inc, finite)
 
@@ -513,6 +513,6 @@ def rmsprop_step(
     return (
         delta,
         rms_new.astype(rms.dtype),
-        None if mom_new is None else mom_new.astype(mom.dtype),
-        None if mg_new is None else mg_new.astype(mg.dtype),
+        None if mom_new is None or mom is None else mom_new.astype(mom.dtype),
+        None if mg_new is None or mg is None else mg_new.astype(mg.dtype),
     )

@@ -31,9 +31,10 @@ import threading
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeGuard
 
 import jax
+import jax.core
 import jax.numpy as jnp
 import numpy as np
 from jax.extend.core import ClosedJaxpr, Primitive, jaxpr_as_fun
@@ -120,14 +121,14 @@ def _compiler_id(cxx: str) -> str:
 
 
 def _library_path(cxx: str) -> Path:
-    import jaxlib
+    import jaxlib.version
 
     key = hashlib.sha256()
     for part in (
         SOURCE.read_bytes(),
         " ".join(compile_flags()).encode(),
         _compiler_id(cxx).encode(),
-        jaxlib.__version__.encode(),
+        jaxlib.version.__version__.encode(),
         sys.platform.encode(),
         os.uname().machine.encode() if hasattr(os, "uname") else b"",
     ):
@@ -648,7 +649,7 @@ class Leaf(NamedTuple):
     mg: jax.Array | None
 
 
-def takes(g, param, rms, mom, mg, variant: arithmetic.Variant) -> bool:
+def takes(g, param, rms, mom, mg, variant: arithmetic.Variant) -> TypeGuard[jax.Array]:
     """Whether a checked leaf without weight decay may take the kernel (where it runs, see
     :func:`where_kernel_runs`): dense, every array float32, a formula the kernel computes."""
     return (
@@ -673,7 +674,8 @@ def _apply_with_kernel(leaves: list[Leaf], sc: arithmetic.Scalars, variant):
     """The new ``(param, rms, mom, mg)`` of a group of leaves the kernel may take: one kernel
     call for them all where it runs (:func:`cpu_kernel.where_kernel_runs`), else XLA leaf by
     leaf. Columns of leaves go in (``None`` entries where a slot is absent)."""
-    return _apply_columns_with_kernel(*(list(c) for c in zip(*leaves, strict=True)), sc, variant)
+    gs, ps, rmss, moms, mgs = (list(c) for c in zip(*leaves, strict=True))
+    return _apply_columns_with_kernel(gs, ps, rmss, moms, mgs, sc, variant)
 
 
 # Traced and lowered once per group signature, as :func:`_leaf_step` once per leaf signature (the
@@ -682,7 +684,7 @@ def _apply_with_kernel(leaves: list[Leaf], sc: arithmetic.Scalars, variant):
 def _apply_columns_with_kernel(gs, ps, rmss, moms, mgs, sc, variant):
     return where_kernel_runs(
         lambda *args: _kernel_apply(*args, variant),
-        lambda *args: _xla_apply(*args, variant),
+        lambda *args: _xla_apply(*args, variant=variant),
         gs,
         ps,
         rmss,
@@ -727,14 +729,12 @@ def _kernel_apply(gs, ps, rmss, moms, mgs, sc, variant):
         params=ps,
         who="update_and_apply",
     )
-    return list(
-        zip(new_ps, new_rms, new_moms if has_mom else moms, new_mgs if has_mg else mgs, strict=True)
-    )
+    return list(zip(new_ps, new_rms, new_moms or moms, new_mgs or mgs, strict=True))
 
 
 @_kernel_apply.defjvp
 def _kernel_apply_jvp(variant, primals, tangents):
-    return jax.jvp(lambda *args: _xla_apply(*args, variant), primals, tangents)
+    return jax.jvp(lambda *args: _xla_apply(*args, variant=variant), primals, tangents)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,6 +16,7 @@ import sys
 from typing import Any
 
 import jax
+import jax.core
 import jax.numpy as jnp
 import numpy as np
 
@@ -35,7 +36,7 @@ class PackedLayout:
 
     __slots__ = ("treedef", "groups", "sizes", "leaves", "_hash")
 
-    def __init__(self, treedef: Any, groups: tuple, sizes: tuple, leaves: tuple):
+    def __init__(self, treedef: Any, groups: tuple, sizes: tuple, leaves: tuple[tuple, ...]):
         self.treedef, self.groups, self.sizes, self.leaves = treedef, groups, sizes, leaves
         self._hash = hash((treedef, groups, sizes, leaves))
 
@@ -163,7 +164,7 @@ class PackedTree:
     def __repr__(self) -> str:
         parts = ", ".join(
             f"{n}: {jnp.dtype(b.dtype).name}{list(b.shape)}"
-            if hasattr(b, "shape") and hasattr(b, "dtype")
+            if b is not None and hasattr(b, "shape") and hasattr(b, "dtype")
             else f"{n}: {type(b).__name__}"
             for n, b in ((n, self.buffers.get(n)) for n in self.layout.groups)
         )
@@ -267,7 +268,7 @@ def _unpack_tree(tree: PackedTree, who: str, what: str) -> Any:
     layout, buffers = tree.layout, []
     for name, size in zip(layout.groups, layout.sizes, strict=True):
         buffer = tree.buffers.get(name)
-        if not (hasattr(buffer, "shape") and hasattr(buffer, "dtype")):
+        if buffer is None or not (hasattr(buffer, "shape") and hasattr(buffer, "dtype")):
             raise TypeError(
                 f"{who}: `{what}` holds {type(buffer).__name__} for its {name} buffer; a "
                 "PackedTree to unpack must hold arrays (or jax.ShapeDtypeStruct)"

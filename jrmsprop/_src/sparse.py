@@ -23,6 +23,7 @@ import math
 from typing import Any
 
 import jax
+import jax.core
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
@@ -351,8 +352,8 @@ def sparse_step(
             negate=True,
         )
         new_rms = _scatter(rms, rows, rms_rows)
-        new_mom = _scatter(mom, rows, mom_rows)
-        new_mg = None if mg is None else _scatter(mg, rows, mg_rows)
+        new_mom = None if mom_rows is None else _scatter(mom, rows, mom_rows)
+        new_mg = None if mg is None or mg_rows is None else _scatter(mg, rows, mg_rows)
     else:
         # TF's order: every row decays (in place), the named rows gain (1−ρ)|g|² by a
         # scatter-add, then are read back. Reading the old rows first instead would keep the
@@ -367,7 +368,7 @@ def sparse_step(
             return decayed.at[rows].add(increment, mode="drop")
 
         full_rms = decay_and_add(rms, rms_inc)
-        full_mg = None if mg is None else decay_and_add(mg, mg_inc)
+        full_mg = None if mg is None or mg_inc is None else decay_and_add(mg, mg_inc)
         update, _ = arithmetic.step_from_moments(
             g,
             param_rows,
@@ -379,7 +380,7 @@ def sparse_step(
             negate=True,
         )
         new_rms = full_rms.astype(rms.dtype)
-        new_mg = None if full_mg is None else full_mg.astype(mg.dtype)
+        new_mg = None if full_mg is None or mg is None else full_mg.astype(mg.dtype)
         new_mom = None
     return IndexedSlices(update.astype(out_dtype), rows, grad.dense_shape), new_rms, new_mom, new_mg
 

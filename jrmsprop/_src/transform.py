@@ -5,9 +5,10 @@ from __future__ import annotations
 import functools
 import warnings
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeGuard, cast, overload
 
 import jax
+import jax.core
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -35,7 +36,7 @@ class RMSpropState(NamedTuple):
     ``momentum`` is ``None``/a number, an array or a schedule), never on a traced value.
     """
 
-    count: jax.Array
+    count: jax.Array  # pyright: ignore[reportIncompatibleMethodOverride] (optax's field name)
     rms: optax.Updates
     momentum: optax.Updates | None
     mg: optax.Updates | None
@@ -271,6 +272,10 @@ def _check_slots(
                 )
 
 
+@overload
+def _as_real(x: jax.Array) -> jax.Array: ...
+@overload
+def _as_real(x: None) -> None: ...
 def _as_real(x: jax.Array | None) -> jax.Array | None:
     """A complex array as real pairs ``[..., (re, im)]`` (PyTorch's ``view_as_real``)."""
     if x is None or not jnp.iscomplexobj(x):
@@ -278,6 +283,10 @@ def _as_real(x: jax.Array | None) -> jax.Array | None:
     return jnp.stack([jnp.real(x), jnp.imag(x)], axis=-1)
 
 
+@overload
+def _as_complex(x: jax.Array, like: jax.Array | None) -> jax.Array: ...
+@overload
+def _as_complex(x: None, like: jax.Array | None) -> None: ...
 def _as_complex(x: jax.Array | None, like: jax.Array | None) -> jax.Array | None:
     if x is None or like is None or not jnp.iscomplexobj(like):
         return x
@@ -301,7 +310,7 @@ def _leaf_update(
     is_sparse = isinstance(g, sparse.IndexedSlices)
     if not is_sparse:
         g = jnp.asarray(g)
-    shape = g.dense_shape if is_sparse else jnp.shape(g)
+    shape = g.dense_shape if isinstance(g, sparse.IndexedSlices) else jnp.shape(g)
     if tuple(shape) != tuple(rms.shape):
         raise ValueError(
             f"{rule.framework}: gradient at {_path_str(path)} has shape {tuple(shape)} but the "
@@ -338,6 +347,7 @@ def _leaf_update(
         if (
             config.use_weight_decay is False
             and momentum_on is None
+            and param is not None
             and cpu_kernel.takes(g, param, rms, mom, mg, _variant(config, mom is not None))
         ):
             return cpu_kernel.Leaf(g, param, rms, mom, mg)
@@ -547,7 +557,7 @@ def _tree_update(
 
     out = []
     for i, (path, g, rms) in enumerate(zip(paths, grad_leaves, rms_leaves, strict=True)):
-        mom = mom_leaves[i] if has_momentum else None
+        mom = mom_leaves[i] if mom_leaves is not None else None
         mg = mg_leaves[i] if mg_leaves is not None else None
         if g is None:  # a None gradient leaf passes through; its slots stay as they are
             out.append((None if apply == "updates" else param_leaves[i], rms, mom, mg))
@@ -732,15 +742,17 @@ def build(
         slot_dtype=slot_dtype,
         # A normal float32 number stays non-zero in every compute dtype (even with denormals
         # flushed); a smaller or traced ε keeps the guard of the square root.
-        epsilon_nonzero=_is_python_number(epsilon) and abs(concrete["epsilon"]) >= _FLOAT32_TINY,
+        epsilon_nonzero=_is_python_number(epsilon)
+        and abs(concrete["epsilon"] or 0.0) >= _FLOAT32_TINY,
     )
     dynamic = tuple(
         None if schedule is not None else value
         for schedule, value in zip(config.schedules, hyperparams.values(), strict=True)
     ) + (one_minus_rho,)
 
-    def init_fn(params: optax.Params) -> RMSpropState:
-        return _init(params, config, rule.initial_rms if initial_rms is None else initial_rms)
+    def init_fn(params: optax.Params) -> optax.OptState:
+        state = _init(params, config, rule.initial_rms if initial_rms is None else initial_rms)
+        return cast(optax.OptState, state)  # chex's ArrayTree has no None (an absent slot)
 
     def run(updates, state, params, apply):
         _check_count(rule, getattr(state, "count", None))
@@ -771,14 +783,20 @@ class Update:
     def __call__(
         self,
         updates: optax.Updates,
-        state: RMSpropState,
+        state: optax.OptState,
         params: optax.Params | None = None,
         **extra_args: Any,
-    ) -> tuple[optax.Updates, RMSpropState]:
+    ) -> tuple[optax.Updates, optax.OptState]:
         del extra_args
         return self._run(updates, state, params, "updates")
 
-    def apply(self, grads: Any, state: RMSpropState, params: Any, fused: bool = False):
+    def apply(
+        self,
+        grads: optax.Updates,
+        state: optax.OptState | RMSpropState,
+        params: optax.Params,
+        fused: bool = False,
+    ) -> tuple[optax.Params, RMSpropState]:
         return self._run(grads, state, params, "fused" if fused else "params")
 
 
@@ -791,7 +809,7 @@ KERAS2 = arithmetic.Rule(
 )
 
 
-def _is_python_number(value: Any) -> bool:
+def _is_python_number(value: Any) -> TypeGuard[float]:
     """A Python or NumPy scalar number (not a bool, array or schedule)."""
     return isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool)
 

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+import optax
 
 from jrmsprop._src import transform, validation
 
 
 def update_and_apply(
-    tx: Any, grads: Any, state: Any, params: Any, *, fused: bool = True
-) -> tuple[Any, Any]:
+    tx: optax.GradientTransformation,
+    grads: optax.Updates,
+    state: optax.OptState | transform.RMSpropState,
+    params: optax.Params,
+    *,
+    fused: bool = True,
+) -> tuple[optax.Params, transform.RMSpropState]:
     r"""``tx.update`` and ``optax.apply_updates`` in one step, bit for bit.
 
     .. math::

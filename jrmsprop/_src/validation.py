@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
+import jax.core
 import jax.numpy as jnp
 import numpy as np
 
@@ -223,8 +224,8 @@ def check_hyperparameter(
     try:
         return check_range(name, scalar, kind, float32)
     except ValueError as e:
-        template, refuses = (messages or {}).get(name, (None, None))
-        if template is None or not refuses(scalar):
+        template, refuses = (messages or {}).get(name, ("", lambda _: False))
+        if not refuses(scalar):
             raise
         raise ValueError(f"{template.format(value=value, type=type(value))} ({e})") from None
 
@@ -353,7 +354,7 @@ def slot_values(label: str, values: np.ndarray, dtype: Any, squares: bool) -> np
         )
     if squares:
         negative = np.zeros(converted.shape, bool)
-        for part in (converted.real, converted.imag) if dtype.kind == "c" else (converted,):
+        for part in (np.real(converted), np.imag(converted)) if dtype.kind == "c" else (converted,):
             negative |= part < 0
         if np.any(negative):
             raise ValueError(
