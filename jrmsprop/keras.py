@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
+from typing import Any, cast
 
 if "keras" not in sys.modules and not os.environ.get("KERAS_BACKEND"):
     # Keras reads its backend once, at import: when nothing chose one yet, choose the only one
@@ -220,7 +220,7 @@ class RMSprop(keras.optimizers.Optimizer):
         count = jnp.asarray(keras.ops.convert_to_tensor(self.iterations)).astype(jnp.int32)
         state = jrmsprop.RMSpropState(
             count=count,
-            rms=values(self._rms),
+            rms=[self._rms[i].value for i in indices],
             momentum=values(self._momentums),
             mg=values(self._mgs),
         )
@@ -229,7 +229,7 @@ class RMSprop(keras.optimizers.Optimizer):
         # update + apply_updates in one call: inside Keras's jitted, donating train step a
         # float32 variable on CPU takes the one-pass kernel (same bits as the separate calls).
         new_params, new_state = jrmsprop.update_and_apply(self._transform(lr), grads, state, params)
-        for variable, value in zip(trainable_variables, new_params, strict=True):
+        for variable, value in zip(trainable_variables, cast(list, new_params), strict=True):
             self.assign(variable, value)
         for slots, new_values in (
             (self._rms, new_state.rms),
@@ -237,7 +237,7 @@ class RMSprop(keras.optimizers.Optimizer):
             (self._mgs, new_state.mg),
         ):
             if slots is not None:
-                for i, value in zip(indices, new_values, strict=True):
+                for i, value in zip(indices, cast(list, new_values), strict=True):
                     self.assign(slots[i], value)
 
     def update_step(self, gradient, variable, learning_rate):

@@ -88,11 +88,11 @@ def _open(path: Any, fn: str, want: str | None = None) -> tuple[Path, str, str]:
         kind = "keras"
     else:
         kind = "h5" if p.is_file() and _h5py().is_hdf5(p) else None
-    if want is None and kind is None:
-        raise ValueError(f"{where} is neither an HDF5 file nor a .keras archive")
     if want not in (None, kind):
         use = f" (it is {_KINDS[kind][0]}: use {_KINDS[kind][1]})" if kind else ""
         raise ValueError(f"{where} is not {_KINDS[want][0]}{use}")
+    if kind is None:
+        raise ValueError(f"{where} is neither an HDF5 file nor a .keras archive")
     return p, where, kind
 
 
@@ -154,14 +154,14 @@ def _keras3_config(p: Path, where: str) -> Any:
     folder, source = p.is_dir(), _MEMBERS[0]
     with contextlib.ExitStack() as stack, _reading(where, "the zip archive"):
         z = None if folder else stack.enter_context(zipfile.ZipFile(p))
-        found = {m for m in _MEMBERS if (p / m).is_file()} if folder else set(z.namelist())
+        found = {m for m in _MEMBERS if (p / m).is_file()} if z is None else set(z.namelist())
         if missing := sorted(set(_MEMBERS) - found):
             what = "a folder" if folder else "a zip archive"
             raise ValueError(f"{where} is {what} without {missing}, not a Keras 3 model")
-        size = (p / source).stat().st_size if folder else z.getinfo(source).file_size
+        size = (p / source).stat().st_size if z is None else z.getinfo(source).file_size
         if size > _MAX_CONFIG_BYTES:
             raise ValueError(f"{where}: config.json has {size} bytes, too many for a model config")
-        return _json((p / source).read_bytes() if folder else z.read(source), where, source)
+        return _json((p / source).read_bytes() if z is None else z.read(source), where, source)
 
 
 class _Window(io.RawIOBase):
@@ -411,10 +411,10 @@ def _state(count: Any, params: Any, framework: str, fn: str, blocks: Sequence) -
                 raise ValueError(f"{what}: {why} ({source}, {at[i]})")
             dtype = slot_dtype_of(dtypes[i], k == 0, framework == "torch")
             if a.dtype.kind == "c" and dtype.kind != "c":
-                if np.any(a.imag != 0):
+                if np.any(np.imag(a) != 0):
                     why = "complex values with a non-zero imaginary part, but this slot is real"
                     raise ValueError(f"{what}: {why} for a {dtypes[i]} parameter ({at[i]})")
-                a = a.real
+                a = np.real(a)
             out.append(jnp.asarray(slot_values(label, a, dtype, squares=k == 0), dtype=dtype))
         slots[k] = treedef.unflatten(out)
     return RMSpropState(count, *slots)
@@ -549,6 +549,7 @@ def load_keras3_archive(
     jrmsprop_keras = check_bool("jrmsprop_keras", jrmsprop_keras)
     p, where, _ = _open(path, fn, "keras")
     opt = _optimizer(p, where, "keras")
+    assert opt is not None  # a .keras file without an optimizer raised
     registered, config, class_name = _registered_name(opt), opt["config"], opt["class_name"]
     if class_name.split(">")[-1] != "RMSprop":
         raise ValueError(f"{where} holds the state of a {class_name} optimizer, not RMSprop")
@@ -659,10 +660,9 @@ def state_from_torch(state_dict: Mapping[str, Any], params: Any) -> RMSpropState
             f"{fn}: {sd}` must be a torch optimizer's state_dict() (a mapping), got {got}"
         )
     if not {"state", "param_groups"} <= set(state_dict):
-        keys = sorted(map(str, state_dict))
         raise ValueError(
             f"{fn}: {sd}` must be a torch optimizer's state_dict(), with 'state' and "
-            f"'param_groups'; got {keys}"
+            f"'param_groups'; got {sorted(map(str, state_dict))}"
         )
     groups, raw = state_dict["param_groups"], state_dict["state"]
     if not isinstance(raw, Mapping):
@@ -684,7 +684,9 @@ def state_from_torch(state_dict: Mapping[str, Any], params: Any) -> RMSpropState
         )
     first = groups[0] if groups else {}
     m, c, at = first.get("momentum", 0), first.get("centered", False), f"{sd}['param_groups'][0]"
-    if isinstance(m, (bool, np.bool_)) or not (isinstance(m, numbers.Real) and 0 <= m < math.inf):
+    if isinstance(m, (bool, np.bool_)) or not (
+        isinstance(m, numbers.Real) and not m < 0 and m < math.inf
+    ):
         raise ValueError(f"{fn}: {at}['momentum']` must be a non-negative number, got {m!r}")
     if not isinstance(c, (bool, np.bool_)):
         raise ValueError(f"{fn}: {at}['centered']` must be True or False, got {c!r}")
@@ -713,7 +715,7 @@ def state_from_torch(state_dict: Mapping[str, Any], params: Any) -> RMSpropState
         raise ValueError(
             f"{fn}: the state_dict has {len(order)} parameters, `params` has {len(leaves)}"
         )
-    present, ((counter,), names) = (True, m > 0, bool(c)), _SLOTS["torch"]
+    present, ((counter,), names) = (True, m != 0, bool(c)), _SLOTS["torch"]
     needed = [counter, *(s for s, on in zip(names, present, strict=True) if on)]
     for i, entry in per_param.items():
         if missing := [k for k in needed if k not in entry]:

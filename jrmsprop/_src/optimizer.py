@@ -167,7 +167,7 @@ def _deserialize(config: Any, custom_objects: Mapping[str, Any] | None) -> Any:
     name, module, inner = config["class_name"], config.get("module"), config["config"]
     if not isinstance(name, str):
         raise ValueError(f"Cannot deserialize {config!r}: 'class_name' must be a string")
-    cls = (custom_objects or {}).get(name)
+    cls: Any = (custom_objects or {}).get(name)
     if cls is None:
         hint = f"pass the class in `custom_objects={{{name!r}: cls}}`"
         if not isinstance(module, str) or module.split(".")[0] not in _PACKAGES:
@@ -326,7 +326,7 @@ class RMSprop:
             self._set(key, value)
         self._initial_decay = hyper["decay"]
         if _is_variable(momentum):
-            self._momentum = bool(concrete_scalar("momentum", np.asarray(momentum)) > 0)
+            self._momentum = (concrete_scalar("momentum", np.asarray(momentum)) or 0.0) > 0
         else:
             self._momentum = bool(_is_tensor(momentum) or callable(momentum) or momentum > 0)
         self._weights: list[Variable] = []  # iterations, then the slots, in creation order
@@ -409,10 +409,10 @@ class RMSprop:
     def iterations(self) -> Variable:
         """The int32 step counter. ``opt.iterations = n`` assigns ``n``; a Variable may be set
         before the optimizer's weights exist (Keras)."""
-        if self._iterations is None:
-            kw = dict(dtype=np.int32, trainable=False, aggregation="only_first_replica")
-            self._install_iterations(self.add_weight("iter", shape=[], **kw))
-        return self._iterations
+        if (iterations := self._iterations) is None:
+            kw: dict[str, Any] = dict(trainable=False, aggregation="only_first_replica")
+            self._install_iterations(iterations := self.add_weight("iter", [], np.int32, **kw))
+        return iterations
 
     @iterations.setter
     def iterations(self, variable: Any) -> None:
@@ -602,12 +602,11 @@ class RMSprop:
     def state(self) -> RMSpropState:
         """The state as the core's :class:`jrmsprop.RMSpropState` over :attr:`var_list` (the live
         buffers, donated by the next step). Assigning one of the same structure loads it."""
-
-        def slots(name: str) -> tuple[jax.Array, ...] | None:
-            needed = name in self._needed()
-            return tuple(self._slots[v][name]._value for v in self._var_order) if needed else None
-
-        return RMSpropState(self.iterations._value, *map(slots, _SLOTS))
+        count = self.iterations._value
+        slots = {
+            n: tuple(self._slots[v][n]._value for v in self._var_order) for n in self._needed()
+        }
+        return RMSpropState(count, slots["rms"], slots.get("momentum"), slots.get("mg"))
 
     @state.setter
     def state(self, state: RMSpropState) -> None:
@@ -664,11 +663,8 @@ class RMSprop:
     def _apply(self, grads_and_vars: Iterable[Any]) -> Variable:
         var_list, grads, missing = step_inputs(grads_and_vars)
         unbuilt = self._unbuilt(var_list)
-        if var_list:
-            count = (
-                jnp.zeros((), jnp.int32) if self._iterations is None else self._iterations._value
-            )
-            values = {name: as_jit_scalar(self._current(name, count)) for name in _HYPERS}
+        count = jnp.zeros((), jnp.int32) if self._iterations is None else self._iterations._value
+        values = {n: as_jit_scalar(self._current(n, count)) for n in _HYPERS} if var_list else {}
         if missing:
             warnings.warn(
                 f"Gradients do not exist for variables {missing} when minimizing the loss. If "

@@ -109,7 +109,7 @@ def read_keras(path: str | os.PathLike) -> Saved:
         state = load(p, params)
         fw = "keras2" if kind == "h5" else "keras3"
         for k, block in enumerate((state.rms, state.momentum, state.mg)):
-            for name, a in zip(trainable, block or (), strict=False):
+            for name, a in zip(trainable, jax.tree.leaves(block), strict=False):
                 slots.setdefault(name, {})[ck._SLOTS[fw][1][k]] = np.asarray(a)
         step, config = int(state.count), ck.saved_optimizer_config(p)["config"]
     return Saved(weights, slots, step, config, "keras2" if kind == "h5" else "keras3")

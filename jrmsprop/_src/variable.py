@@ -587,13 +587,13 @@ def compute_gradients(
         dense, row_grads = vjp(cotangent(out))
         for i in sparse_only:
             key, n = keys[i], len(used[keys[i]])
-            if n:
-                indices = jnp.concatenate([jnp.asarray(ix, jnp.int32) for ix in used[key]])
-                rows = jnp.conj(jnp.concatenate(row_grads[key][:n], axis=0))
-            if key in dense_keys:  # also read densely
-                grads[i] = jnp.conj(dense[i])
-                if n:
-                    grads[i] = grads[i].at[indices].add(rows.astype(grads[i].dtype))
+            grads[i] = jnp.conj(dense[i]) if key in dense_keys else None  # also read densely
+            if not n:
+                continue
+            indices = jnp.concatenate([jnp.asarray(ix, jnp.int32) for ix in used[key]])
+            rows = jnp.conj(jnp.concatenate(row_grads[key][:n], axis=0))
+            if key in dense_keys:
+                grads[i] = grads[i].at[indices].add(rows.astype(grads[i].dtype))
             else:
-                grads[i] = IndexedSlices(rows, indices, variables[i].shape) if n else None
+                grads[i] = IndexedSlices(rows, indices, variables[i].shape)
     return list(zip(grads, variables, strict=True))
