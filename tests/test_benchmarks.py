@@ -28,7 +28,7 @@ ROW = re.compile(
     rf"^(?P<name>\S.*?)\s\s+(?P<loss>\d\.\d{{4}})\s+(?P<mae>\d+\.\d\d mpg|-)\s+(?P<gap>{GAP})"
 )
 QUICK = ["--quick", "--repeats", "2", "--budget", "0.05", "--quiet"]
-MANY = "dense16m_512leaves/centered_momentum,small4096x256/plain,embedding1m/momentum,memory"
+MANY = "dense16m_512leaves/centered_momentum,embedding1m/momentum,memory"
 RECOMPILED = {"jrmsprop/jit_donated", "optax/jit_donated", "jrmsprop/jit_packed_params"}
 
 
