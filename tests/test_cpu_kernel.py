@@ -390,9 +390,9 @@ def test_many_leaves_in_one_call_equal_the_xla_path_leaf_by_leaf(name, output):
 
 @needs_kernel
 def test_many_leaves_one_thread_and_many_small_leaves(monkeypatch):
-    """Many leaves smaller than a chunk (each one segment, 600K elements in all: threaded), and
+    """Many leaves smaller than a chunk (each one segment, 700K elements in all: threaded), and
     the same call on one thread, give the bits of the XLA path."""
-    sizes = [1000 + 37 * i for i in range(300)]
+    sizes = [8000 + 37 * i for i in range(75)]
     (gs, rmss, moms, mgs), _ = multi_inputs(sizes, seed=40)
     sc, variant = scalars(), variant_for(True)
     # The XLA step is elementwise: one call on the concatenated leaves, cut back into leaves,
