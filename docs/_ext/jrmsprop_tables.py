@@ -150,7 +150,7 @@ def presets_table() -> str:
 
 EXTRA_PURPOSES = {
     "keras": "`jrmsprop.keras.RMSprop`, the TF 2.x arithmetic for Keras 3's `model.compile`",
-    "h5": "optimizer state from saved Keras `.h5` / `.keras` files (`compat.load_*`)",
+    "h5": "weights and optimizer state from saved `.h5` / `.keras` / `.safetensors` files",
     "demo": "`benchmarks/demo.py` and the notebooks",
     "test": "the test suite (with `demo`: the notebooks are tests too)",
     "docs": "building this documentation",

@@ -68,6 +68,7 @@ def read_keras(path: str | os.PathLike) -> Saved:
     ``mg``; Keras 3: ``velocity``, ``momentum``, ``average_gradient``) by their weight's name.
     """
     p, where, kind = ck._open(path, "read_keras")
+    fw = "keras2" if kind == "h5" else "keras3"
     opt = ck._optimizer(p, where, kind) if kind == "h5" else None
     weights, trainable, has_state = {}, [], False
     with ck._weights(p, where, kind) as f:
@@ -107,12 +108,11 @@ def read_keras(path: str | os.PathLike) -> Saved:
         params = [jnp.zeros(weights[n].shape, weights[n].dtype) for n in trainable]
         load = ck.load_keras2_h5 if kind == "h5" else ck.load_keras3_archive
         state = load(p, params)
-        fw = "keras2" if kind == "h5" else "keras3"
         for k, block in enumerate((state.rms, state.momentum, state.mg)):
             for name, a in zip(trainable, jax.tree.leaves(block), strict=False):
                 slots.setdefault(name, {})[ck._SLOTS[fw][1][k]] = np.asarray(a)
         step, config = int(state.count), ck.saved_optimizer_config(p)["config"]
-    return Saved(weights, slots, step, config, "keras2" if kind == "h5" else "keras3")
+    return Saved(weights, slots, step, config, fw)
 
 
 def read_torch(path: str | os.PathLike) -> Saved:
