@@ -383,7 +383,7 @@ def _leaf_step(
         param = None  # read for its dtype only: p never enters the arithmetic
 
     def step(mom_slot, has_momentum):
-        variant = rule.variant(has_momentum, config.epsilon_nonzero)
+        variant = _variant(config, has_momentum)
         if is_sparse:
             return sparse.sparse_step(g, param, rms, mom_slot, mg, sc, variant, dtype, out_dtype)
         if jnp.iscomplexobj(g) and rule.complex_as_real:  # PyTorch: two real parameters each
