@@ -1,9 +1,8 @@
-"""Optimizer state saved by Keras and PyTorch, as an :class:`jrmsprop.RMSpropState`.
+"""Optimizer state saved by Keras and PyTorch, as a :class:`jrmsprop.RMSpropState`.
 
-Two layers: the arrays of a Keras file, read by name and safely (numeric HDF5 datasets and JSON
-only, each dataset's type, shape and storage checked before it is read, no zip member loaded
-whole); then each framework's slot names (:data:`_SLOTS`) mapped onto the state. h5py is imported
-on first use (``pip install 'jrmsprop[h5]'``).
+Keras files are read by name and safely: numeric HDF5 datasets and JSON only, each dataset's
+dtype, shape and storage checked before it is read, no zip member inflated into memory. h5py is
+imported on first use (``pip install 'jrmsprop[h5]'``).
 """
 
 from __future__ import annotations
@@ -14,6 +13,7 @@ import json
 import math
 import numbers
 import os
+import struct
 import tempfile
 import zipfile
 import zlib
@@ -38,14 +38,14 @@ __all__ = [
     "state_from_torch",
 ]
 
-# Each framework's (step counters, slots in RMSpropState order: rms, momentum, mg).
+# Each framework's (step counter names, slot names in RMSpropState order: rms, momentum, mg).
 _SLOTS = {
     "keras2": (("iter", "iterations"), ("rms", "momentum", "mg")),
     "keras3": (("iteration",), ("velocity", "momentum", "average_gradient")),
     "torch": (("step",), ("square_avg", "momentum_buffer", "grad_avg")),
 }
 _KERAS3_ONLY = {*sum(_SLOTS["keras3"], ())} - {*sum(_SLOTS["keras2"], ())}
-# torch.optim.RMSprop's defaults of the hyperparameters on which param groups must agree.
+# torch.optim.RMSprop's defaults of the hyperparameters its param groups must agree on.
 _TORCH_DEFAULTS = dict(
     lr=0.01, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0, centered=False, maximize=False
 )
@@ -57,13 +57,13 @@ _KINDS = {
 _MEMBERS = ("config.json", "model.weights.h5")  # of a .keras archive or folder
 # What a damaged file makes h5py / zipfile / zlib raise.
 _READ_ERRORS = (OSError, RuntimeError, KeyError, EOFError, zipfile.BadZipFile, zlib.error)
-# config.json is parsed whole; a model.weights.h5 member inflating past 4 GiB and 100x its size is
-# a zip bomb (Keras 3 refuses it too); no compressed dataset expands past deflate's 1032x.
+# config.json is parsed whole; a member inflating past 4 GiB and 100x its size is a zip bomb
+# (Keras 3 refuses it too); no compressed dataset expands past deflate's 1032x.
 _MAX_CONFIG_BYTES, _MAX_FILTER_RATIO = 1 << 26, 1032
 _MAX_INFLATED_BYTES, _MAX_INFLATION = 1 << 32, 100
 
 
-# ---- files: arrays by name, read safely -------------------------------------------------------
+# ---- files: arrays and JSON by name, read safely ----------------------------------------------
 
 
 def _h5py() -> Any:
@@ -115,6 +115,74 @@ def _json(raw: Any, where: str, name: str) -> Any:
         raise ValueError(f"{where}: {name} is not valid JSON (truncated or corrupt?): {e}") from e
 
 
+class _Window(io.RawIOBase):
+    """Bytes ``[start, start + size)`` of an open binary file, read in place."""
+
+    def __init__(self, f: Any, start: int, size: int):
+        self._f, self._start, self._size, self._pos = f, start, size, 0
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        self._pos = max(0, pos + (0, self._pos, self._size)[whence])
+        return self._pos
+
+    def readinto(self, b: Any) -> int:
+        self._f.seek(self._start + self._pos)
+        n = self._f.readinto(memoryview(b)[: max(0, self._size - self._pos)])
+        self._pos += n
+        return n
+
+
+@contextlib.contextmanager
+def _member(p: Path, where: str, name: str) -> Iterator[Any]:
+    """Member ``name`` of a ``.keras`` folder or archive, open for reading: in place when
+    stored, else inflated once into a sparse temporary file."""
+    with contextlib.ExitStack() as stack, _reading(where, "the zip archive"):
+        z = None if p.is_dir() else stack.enter_context(zipfile.ZipFile(p))
+        found = {m for m in _MEMBERS if (p / m).is_file()} if z is None else set(z.namelist())
+        if missing := sorted(set(_MEMBERS) - found):
+            what = "a folder" if z is None else "a zip archive"
+            raise ValueError(f"{where} is {what} without {missing}, not a Keras 3 model")
+        info = None if z is None else z.getinfo(name)
+        size = (p / name).stat().st_size if info is None else info.file_size
+        if name == _MEMBERS[0] and size > _MAX_CONFIG_BYTES:
+            raise ValueError(f"{where}: {name} has {size} bytes, too many for a model config")
+        if info is None:
+            yield stack.enter_context(open(p / name, "rb"))
+        elif info.compress_type == zipfile.ZIP_STORED and not info.flag_bits & 1:
+            f = stack.enter_context(open(p, "rb"))
+            f.seek(info.header_offset + 26)  # the local header ends with two lengths, then data
+            skip = sum(struct.unpack("<HH", f.read(4)))
+            yield _Window(f, info.header_offset + 30 + skip, size)
+        elif size > max(_MAX_INFLATED_BYTES, _MAX_INFLATION * info.compress_size):
+            raise ValueError(f"{where}: {name} inflates {size} bytes (a zip bomb?)")
+        else:
+            out = stack.enter_context(tempfile.TemporaryFile())
+            with z.open(info) as m:  # type: ignore[union-attr]
+                for chunk in iter(lambda: m.read(1 << 20), b""):
+                    if chunk.count(0) == len(chunk):  # zeros: left as a hole
+                        out.seek(len(chunk), os.SEEK_CUR)
+                    else:
+                        out.write(chunk)
+                out.truncate()
+            out.seek(0)
+            yield out
+
+
+def _keras3_config(p: Path, where: str) -> Any:
+    """A ``.keras`` archive's or folder's ``config.json``, parsed."""
+    with _member(p, where, _MEMBERS[0]) as f:
+        return _json(f.read(), where, _MEMBERS[0])
+
+
+@contextlib.contextmanager
+def _weights(p: Path, where: str, kind: str) -> Iterator[Any]:
+    """The weights open with h5py: the ``.h5`` file, or a ``.keras`` model's weights member."""
+    with contextlib.ExitStack() as stack:
+        source = p if kind == "h5" else stack.enter_context(_member(p, where, _MEMBERS[1]))
+        with _reading(where, _MEMBERS[1] if kind == "keras" else "the HDF5 file"):
+            yield stack.enter_context(_h5py().File(source, "r"))
+
+
 def _optimizer(p: Path, where: str, kind: str) -> dict | None:
     """The saved optimizer ``{class_name, config, ...}``, checked (``None``: no training_config)."""
     if kind == "h5":
@@ -126,7 +194,7 @@ def _optimizer(p: Path, where: str, kind: str) -> dict | None:
         if opt is None:
             return None
     else:
-        source, model = "config.json", _keras3_config(p, where)
+        source, model = _MEMBERS[0], _keras3_config(p, where)
         compiled = model.get("compile_config") if isinstance(model, dict) else None
         opt = compiled.get("optimizer") if isinstance(compiled, dict) else None
         if not isinstance(opt, dict):
@@ -149,68 +217,17 @@ def _optimizer(p: Path, where: str, kind: str) -> dict | None:
     return {**entry, "config": config}
 
 
-def _keras3_config(p: Path, where: str) -> Any:
-    """A ``.keras`` archive's or folder's ``config.json``, parsed."""
-    folder, source = p.is_dir(), _MEMBERS[0]
-    with contextlib.ExitStack() as stack, _reading(where, "the zip archive"):
-        z = None if folder else stack.enter_context(zipfile.ZipFile(p))
-        found = {m for m in _MEMBERS if (p / m).is_file()} if z is None else set(z.namelist())
-        if missing := sorted(set(_MEMBERS) - found):
-            what = "a folder" if folder else "a zip archive"
-            raise ValueError(f"{where} is {what} without {missing}, not a Keras 3 model")
-        size = (p / source).stat().st_size if z is None else z.getinfo(source).file_size
-        if size > _MAX_CONFIG_BYTES:
-            raise ValueError(f"{where}: config.json has {size} bytes, too many for a model config")
-        return _json((p / source).read_bytes() if z is None else z.read(source), where, source)
-
-
-class _Window(io.RawIOBase):
-    """Bytes ``[start, start + size)`` of an open binary file, read in place."""
-
-    def __init__(self, f: Any, start: int, size: int):
-        self._f, self._start, self._size, self._pos = f, start, size, 0
-
-    def seek(self, pos: int, whence: int = 0) -> int:
-        self._pos = max(0, pos + (0, self._pos, self._size)[whence])
-        return self._pos
-
-    def readinto(self, b: Any) -> int:
-        self._f.seek(self._start + self._pos)
-        n = self._f.readinto(memoryview(b)[: max(0, self._size - self._pos)])
-        self._pos += n
-        return n
-
-
-@contextlib.contextmanager
-def _weights(p: Path, where: str, kind: str) -> Iterator[Any]:
-    """The weights open with h5py: the ``.h5`` file, or a ``.keras`` folder's or archive's
-    ``model.weights.h5`` (stored: read in place; compressed: inflated once to a sparse file)."""
-    member = _MEMBERS[1]
-    what = member if kind == "keras" else "the HDF5 file"
-    with contextlib.ExitStack() as stack, _reading(where, what):
-        source: Any = p / member if p.is_dir() else p
-        if kind == "keras" and not p.is_dir():
-            z = stack.enter_context(zipfile.ZipFile(p))
-            info = z.getinfo(member)
-            if info.compress_type == zipfile.ZIP_STORED and not info.flag_bits & 1:
-                # The data follows a 30-byte header ending with the name's and extra's lengths.
-                f = stack.enter_context(open(p, "rb"))
-                f.seek(info.header_offset + 26)
-                b = f.read(4)
-                start = info.header_offset + 30 + int.from_bytes(b[:2], "little")
-                source = _Window(f, start + int.from_bytes(b[2:], "little"), info.file_size)
-            elif info.file_size > max(_MAX_INFLATED_BYTES, _MAX_INFLATION * info.compress_size):
-                raise ValueError(f"{where}: {member} inflates {info.file_size} bytes (a zip bomb?)")
-            else:
-                source = stack.enter_context(tempfile.TemporaryFile())
-                with z.open(info) as m:
-                    for chunk in iter(lambda: m.read(1 << 20), b""):
-                        if chunk.count(0) == len(chunk):  # zeros: left as a hole
-                            source.seek(len(chunk), os.SEEK_CUR)
-                        else:
-                            source.write(chunk)
-                    source.truncate()
-        yield stack.enter_context(_h5py().File(source, "r"))
+def _names(group: Any, attr: str, where: str) -> list[str]:
+    """The list of names in attribute ``attr`` of ``group`` (split as ``attr0, attr1, ...``)."""
+    keys = [attr] if attr in group.attrs else []
+    while attr not in group.attrs and f"{attr}{len(keys)}" in group.attrs:
+        keys.append(f"{attr}{len(keys)}")
+    lists = [group.attrs[k] for k in keys]
+    if not all(isinstance(v, np.ndarray) and v.ndim == 1 and v.dtype.kind in "SUO" for v in lists):
+        raise ValueError(f"{where}: attribute {attr!r} of {group.name!r} is not a list of names")
+    return [
+        n.decode("utf8", "replace") if isinstance(n, bytes) else str(n) for v in lists for n in v
+    ]
 
 
 def _datasets(group: Any, keys: Sequence[str], where: str) -> list:
@@ -226,25 +243,25 @@ def _datasets(group: Any, keys: Sequence[str], where: str) -> list:
 
 
 def _read(datasets: Sequence[Any], expected: Sequence[tuple], where: str) -> list[np.ndarray]:
-    """The datasets' arrays, each read only once its dtype kind and shape are ``expected[j] =
+    """The datasets' arrays, each read once its dtype kind and shape are as ``expected[j] =
     (kinds, shape, description)`` and the file stores the bytes it declares."""
     for d, (kinds, shape, description) in zip(datasets, expected, strict=True):
+        at = f"{where}: dataset {d.name!r}"
         if d.dtype.kind not in kinds or d.shape != shape:
             raise ValueError(
-                f"{where}: dataset {d.name!r} holds {d.dtype} data of shape {d.shape}; expected "
-                f"{description}"
+                f"{at} holds {d.dtype} data of shape {d.shape}; expected {description}"
             )
         declared = math.prod(d.shape) * d.dtype.itemsize
         stored = 0 if d.external or d.is_virtual else d.id.get_storage_size()
         if declared > stored * (_MAX_FILTER_RATIO if d.id.get_create_plist().get_nfilters() else 1):
             raise ValueError(
-                f"{where}: dataset {d.name!r} declares shape {d.shape} ({declared} bytes) but the "
-                f"file stores {stored} bytes of it (is the file damaged?)"
+                f"{at} declares shape {d.shape} ({declared} bytes) but the file stores {stored} "
+                "bytes of it (is the file damaged?)"
             )
     return [np.asarray(d[()]) for d in datasets]
 
 
-# ---- slots: each framework's names, mapped onto RMSpropState ----------------------------------
+# ---- layouts: each framework's names, in Keras 2's get_weights() order ------------------------
 
 
 def _registered_name(opt: Mapping[str, Any]) -> str | None:
@@ -258,40 +275,27 @@ def _registered_name(opt: Mapping[str, Any]) -> str | None:
 
 
 def _keras2_layout(f: Any, opt: dict, where: str) -> tuple[list, list[str], bool, bool]:
-    """The Keras 2 RMSprop datasets (unread) in ``get_weights()`` order, the variables' names,
-    whether it has momentum slots, whether it is centered: the datasets listed by
-    ``optimizer_weights``, named ``<optimizer>/<variable>/<slot>:0``."""
+    """The datasets (unread) in ``get_weights()`` order, the variables' names, and whether there
+    are momentum and mg slots: ``optimizer_weights`` lists ``<optimizer>/<variable>/<slot>:0``."""
     if not isinstance(group := f.get("optimizer_weights"), _h5py().Group):
         raise ValueError(
             f"{where} holds no optimizer state (no 'optimizer_weights' group): it was saved with "
             "include_optimizer=False, by save_weights(), or before the model was compiled"
         )
-    keys = [name] if (name := "weight_names") in group.attrs else []
-    while name not in group.attrs and f"{name}{len(keys)}" in group.attrs:  # split when large
-        keys.append(f"{name}{len(keys)}")
-    lists = [group.attrs[k] for k in keys]
-    if not all(isinstance(v, np.ndarray) and v.ndim == 1 and v.dtype.kind in "SUO" for v in lists):
-        raise ValueError(f"{where}: attribute {name!r} of {group.name!r} is not a list of names")
-    names = [
-        n.decode("utf8", "replace") if isinstance(n, bytes) else str(n) for v in lists for n in v
-    ]
-    if len(names) < 2:
+    if len(names := _names(group, "weight_names", where)) < 2:
         raise ValueError(f"{where} has an empty optimizer state (the optimizer never ran a step)")
     datasets, config = _datasets(group, names, where), opt.get("config") or {}
     parts = [n.split(":")[0].rsplit("/", 1) for n in names]  # [variable, slot]
     words = {w for ps in parts for w in ps[0].split("/") + ps[-1:]}
     if words & _KERAS3_ONLY or config.get("is_legacy_optimizer") is False:
+        fix = "save the model as .keras and use load_keras3_archive"
         if _registered_name(opt) == _JRMSPROP_KERAS:
-            raise ValueError(
-                f"{where} holds the state of jrmsprop.keras.RMSprop saved by Keras 3 (variables "
-                f"{names[:3]}...): save the model as .keras and read it with "
-                "load_keras3_archive(path, params, jrmsprop_keras=True)"
-            )
+            why = "jrmsprop.keras.RMSprop saved by Keras 3"
+            raise ValueError(f"{where} holds the state of {why}: {fix}(..., jrmsprop_keras=True)")
         raise ValueError(
-            f"{where} holds the state of the TF >= 2.11 / Keras 3 optimizer (variables "
-            f"{names[:3]}...), whose RMSprop puts epsilon inside the root always; load_keras2_h5 "
-            "reads the TF 2.x (legacy) RMSprop state: save a Keras 3 model as .keras and use "
-            "load_keras3_archive"
+            f"{where} holds the state of the TF >= 2.11 / Keras 3 optimizer ({names[:3]}...), "
+            f"whose epsilon is inside the root; load_keras2_h5 reads the TF 2.x (legacy) RMSprop "
+            f"state: {fix}"
         )
     (counters, slot_names), found = _SLOTS["keras2"], sorted({ps[-1] for ps in parts[1:]})
     if opt.get("class_name", "RMSprop").split(">")[-1] != "RMSprop":
@@ -303,25 +307,23 @@ def _keras2_layout(f: Any, opt: dict, where: str) -> tuple[list, list[str], bool
             raise ValueError(f"{where}: not RMSprop state: slot {ps[-1]!r} in {name!r} {why}")
     variables = [ps[0] for ps in parts if ps[-1] == "rms"]
     present = [s for s in slot_names if s in found]
-    expected = sorted(f"{v}/{s}" for s in present for v in variables)
-    got = sorted("/".join(ps) for ps in parts[1:])
-    if parts[0][-1] not in counters or got != expected or len({*variables}) < len(variables):
+    by_name = dict(zip(("/".join(ps) for ps in parts), datasets, strict=True))
+    expected = [f"{v}/{s}" for s in present for v in variables]
+    if parts[0][-1] not in counters or sorted(expected) != sorted([*by_name][1:]):
         raise ValueError(
-            f"{where}: not the layout of RMSprop state (the iteration counter first, then one "
-            f"'rms' slot per variable and each other slot for all or none): {names}"
+            f"{where}: not RMSprop's layout (the iteration counter, then one 'rms' slot per "
+            f"variable, each other slot for all or none): {names}"
         )
     if "centered" in config and bool(config["centered"]) != ("mg" in present):
         raise ValueError(f"{where}: its config says centered={config['centered']}, its slots not")
-    by_name = dict(zip(("/".join(ps) for ps in parts), datasets, strict=True))
-    ordered = [datasets[0], *(by_name[f"{v}/{s}"] for s in present for v in variables)]
     short = [v.split("/", 1)[-1] for v in variables]  # without the optimizer's name
-    return ordered, short, "momentum" in present, "mg" in present
+    return [datasets[0], *map(by_name.get, expected)], short, "momentum" in present, "mg" in present
 
 
 def _keras3_layout(f: Any, where: str, head: int, blocks: int) -> tuple[list, list[str]]:
-    """The Keras 3 RMSprop datasets (unread) in Keras 2's order, and the variables' names:
-    ``optimizer/vars/0, 1, ...`` are ``iteration``, ``learning_rate`` (``head == 2``), every
-    ``velocity``, ``momentum``, ``average_gradient`` (``inner_optimizer/`` under mixed_float16)."""
+    """The datasets (unread) in Keras 2's order and the variables' names: ``optimizer/vars/0,
+    1, ...`` are the iteration, the learning rate (``head == 2``), then each slot's block
+    (under ``inner_optimizer/`` with mixed_float16)."""
     groups = [f.get(f"optimizer/{g}vars") for g in ("inner_optimizer/", "")]
     if (group := next((g for g in groups if isinstance(g, _h5py().Group)), None)) is None:
         raise ValueError(f"{where} holds no optimizer state (no 'optimizer/vars' in the weights)")
@@ -336,26 +338,31 @@ def _keras3_layout(f: Any, where: str, head: int, blocks: int) -> tuple[list, li
 
 
 def _read_state(datasets: list, names: list[str], where: str, params: Any) -> list[np.ndarray]:
-    """Reads ``[counter, *slots]`` (``len(names)`` variables a slot): an integer scalar, then
-    floats shaped as the first slot's, which is shaped as ``params`` (when given)."""
+    """``[counter, *slots]`` read: an integer scalar, then floats shaped as the first slot's
+    (``len(names)`` variables a slot), which must be shaped as ``params`` (if given)."""
     n, leaves = len(names), jax.tree_util.tree_flatten_with_path(params)[0]
     if params is not None and len(leaves) != n:
         raise ValueError(
             f"{where}: `params` has {len(leaves)} leaves but the saved optimizer state is for {n} "
-            f"variables ({', '.join(names)}); `params` must hold the model's trainable weights, "
-            "in model.trainable_weights order"
+            f"variables ({', '.join(names)}); `params` must follow model.trainable_weights"
         )
     for i, ((kp, leaf), d) in enumerate(zip(leaves, datasets[1:], strict=False)):
         if np.shape(leaf) != d.shape:
             raise ValueError(
                 f"{where}: `params` leaf {i} ({jax.tree_util.keystr(kp) or 'the root'}) has shape "
                 f"{np.shape(leaf)}, but saved variable {i} ({names[i]}) has shape {d.shape} "
-                f"(dataset {d.name!r}); `params` leaves must follow model.trainable_weights order"
+                f"(dataset {d.name!r}); `params` must follow model.trainable_weights"
             )
     slots = [("f", d.shape, f"floats shaped as {d.name!r}, {d.shape}") for d in datasets[1 : n + 1]]
-    return _read(
-        datasets, [("iu", (), "an integer scalar"), *slots * ((len(datasets) - 1) // n)], where
-    )
+    counter = ("iu", (), "an integer scalar")
+    return _read(datasets, [counter, *slots * ((len(datasets) - 1) // n)], where)
+
+
+# ---- the state: counts and slots checked, in init's dtypes -------------------------------------
+
+
+def _numpy(x: Any) -> Any:
+    return x.detach().cpu().numpy() if hasattr(x, "detach") else x  # torch, without importing it
 
 
 def _count(step: Any, what: str) -> jax.Array:
@@ -373,13 +380,9 @@ def _count(step: Any, what: str) -> jax.Array:
     return jnp.asarray(exact, jnp.int32)
 
 
-def _numpy(x: Any) -> Any:
-    return x.detach().cpu().numpy() if hasattr(x, "detach") else x  # torch, without importing it
-
-
 def _state(count: Any, params: Any, framework: str, fn: str, blocks: Sequence) -> RMSpropState:
     """The state from ``blocks[k] = (arrays, sources)`` of slot ``k`` (rms, momentum, mg; ``None``
-    if absent), each array converted to ``init``'s dtype and checked by ``slot_values``."""
+    if absent), each array checked by ``slot_values`` and converted to ``init``'s dtype."""
     leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
     at = [f"the parameter at {jax.tree_util.keystr(path) or '<root>'}" for path, _ in leaves]
     dtypes = []
@@ -389,10 +392,10 @@ def _state(count: Any, params: Any, framework: str, fn: str, blocks: Sequence) -
             with contextlib.suppress(TypeError, ValueError):
                 dtype = jnp.dtype(jnp.result_type(p))
         if dtype is None:
-            got = repr(p) if isinstance(p, (str, bytes)) and len(p) <= 40 else None
+            got = f"{p!r:.40}" if isinstance(p, (str, bytes)) else f"of type {type(p).__name__}"
             raise TypeError(
-                f"{fn}: `params` leaf {i} ({at[i]}) is {got or f'of type {type(p).__name__}'}; "
-                "parameters must be arrays of floating-point (or complex) numbers"
+                f"{fn}: `params` leaf {i} ({at[i]}) is {got}; parameters must be arrays of "
+                "floating-point (or complex) numbers"
             )
         if not jnp.issubdtype(dtype, jnp.inexact):
             why = "RMSprop needs floating-point (or complex) parameters"
@@ -421,12 +424,7 @@ def _state(count: Any, params: Any, framework: str, fn: str, blocks: Sequence) -
 
 
 def _from_keras2(
-    weights: Any,
-    params: Any,
-    momentum: Any,
-    centered: Any,
-    fn: str,
-    weight: Callable[[int], str] | None = None,
+    weights: Any, params: Any, momentum: Any, centered: Any, fn: str, weight: Callable | None = None
 ) -> RMSpropState:
     """:func:`state_from_keras2` for the caller ``fn``, whose weight ``j`` is ``weight(j)``."""
     weight = weight or "`weights[{}]`".format
@@ -443,7 +441,7 @@ def _from_keras2(
         )
     count = _count(weights[0], f"{fn}: {weight(0)} (iterations)")
     starts = [1 + n * sum(present[:k]) for k in range(3)]
-    block = lambda s: (weights[s : s + n], [*map(weight, range(s, s + n))])
+    block = lambda s: (weights[s : s + n], [*map(weight, range(s, s + n))])  # noqa: E731
     slots = [block(s) if on else None for s, on in zip(starts, present, strict=True)]
     return _state(count, params, "keras2", fn, slots)
 
@@ -518,10 +516,6 @@ def load_keras2_h5(path: str | os.PathLike, params: Any) -> RMSpropState:
 
     Returns:
       The state; with the saved hyperparameters the next steps are Keras's, bit for bit.
-
-    Example::
-
-      state = load_keras2_h5("m.h5", params)
     """
     return _keras2(path, "load_keras2_h5", params)
 
@@ -540,14 +534,9 @@ def load_keras3_archive(
 
     Returns:
       The state (under ``mixed_float16``, the RMSprop's inside the ``LossScaleOptimizer``).
-
-    Example::
-
-      state = load_keras3_archive("m.keras", params)
     """
-    fn = "load_keras3_archive"
     jrmsprop_keras = check_bool("jrmsprop_keras", jrmsprop_keras)
-    p, where, _ = _open(path, fn, "keras")
+    p, where, _ = _open(path, "load_keras3_archive", "keras")
     opt = _optimizer(p, where, "keras")
     assert opt is not None  # a .keras file without an optimizer raised
     registered, config, class_name = _registered_name(opt), opt["config"], opt["class_name"]
@@ -555,23 +544,18 @@ def load_keras3_archive(
         raise ValueError(f"{where} holds the state of a {class_name} optimizer, not RMSprop")
     if registered == _JRMSPROP_KERAS and not jrmsprop_keras:
         raise ValueError(
-            f"{where} was saved with jrmsprop.keras.RMSprop (TF 2.x arithmetic: epsilon outside "
-            "the root without momentum, lr inside the momentum buffer, `decay`), not Keras 3's "
-            "RMSprop that compat.keras3 reproduces: read it with load_keras3_archive(path, params, "
-            "jrmsprop_keras=True) and continue with jrmsprop.rmsprop(c['learning_rate'], c['rho'], "
-            "c['momentum'], c['epsilon'], c['centered'], decay=c['decay']), "
-            "c = saved_optimizer_config(path)['config']"
+            f"{where} was saved with jrmsprop.keras.RMSprop (TF 2.x arithmetic), not Keras 3's "
+            "RMSprop: read it with jrmsprop_keras=True and continue with jrmsprop.rmsprop(c["
+            "'learning_rate'], c['rho'], c['momentum'], c['epsilon'], c['centered'], decay=c["
+            "'decay']), c = saved_optimizer_config(path)['config']"
         )
     if registered not in (None, _JRMSPROP_KERAS):
-        raise ValueError(
-            f"{where} holds the state of a custom optimizer registered as {registered!r}, not "
-            "Keras 3's RMSprop; its arithmetic is unknown"
-        )
+        why = "not Keras 3's RMSprop; its arithmetic is unknown"
+        raise ValueError(f"{where} holds a custom optimizer registered as {registered!r}, {why}")
     if jrmsprop_keras and registered != _JRMSPROP_KERAS:
         raise ValueError(
-            f"{where} holds the state of Keras 3's own keras.optimizers.RMSprop, not of "
-            "jrmsprop.keras.RMSprop (jrmsprop_keras=True): read it without jrmsprop_keras and "
-            "continue with compat.keras3"
+            f"{where} holds Keras 3's own keras.optimizers.RMSprop, not jrmsprop.keras.RMSprop "
+            "(jrmsprop_keras=True): read it without jrmsprop_keras and continue with compat.keras3"
         )
     for option in ("use_ema", "gradient_accumulation_steps"):
         if config.get(option):
@@ -583,7 +567,7 @@ def load_keras3_archive(
     with _weights(p, where, "keras") as f:
         datasets, variables = _keras3_layout(f, where, head, 1 + momentum + centered)
         values = _read_state(datasets, variables, where, params)
-    label = lambda j: f"saved optimizer variable {j + head - 1 if j else 0}"
+    label = lambda j: f"saved optimizer variable {j + head - 1 if j else 0}"  # noqa: E731
     return _from_keras2(values, params, momentum, centered, where, label)
 
 
@@ -605,10 +589,8 @@ def saved_optimizer_config(path: str | os.PathLike) -> dict[str, Any]:
     p, where, kind = _open(path, "saved_optimizer_config")
     if (opt := _optimizer(p, where, kind)) is None:
         raise ValueError(f"{where} holds no optimizer config (no 'training_config')")
-    return {
-        **{k: opt[k] for k in ("class_name", "config")},
-        "registered_name": _registered_name(opt),
-    }
+    names = {"class_name": opt["class_name"], "config": opt["config"]}
+    return {**names, "registered_name": _registered_name(opt)}
 
 
 def _torch_index(key: Any, what: str) -> int:
@@ -660,10 +642,8 @@ def state_from_torch(state_dict: Mapping[str, Any], params: Any) -> RMSpropState
             f"{fn}: {sd}` must be a torch optimizer's state_dict() (a mapping), got {got}"
         )
     if not {"state", "param_groups"} <= set(state_dict):
-        raise ValueError(
-            f"{fn}: {sd}` must be a torch optimizer's state_dict(), with 'state' and "
-            f"'param_groups'; got {sorted(map(str, state_dict))}"
-        )
+        got = sorted(map(str, state_dict))
+        raise ValueError(f"{fn}: {sd}` must have 'state' and 'param_groups', got {got}")
     groups, raw = state_dict["param_groups"], state_dict["state"]
     if not isinstance(raw, Mapping):
         raise ValueError(f"{fn}: {sd}['state']` must be a mapping, got {type(raw).__name__}")
@@ -671,22 +651,21 @@ def state_from_torch(state_dict: Mapping[str, Any], params: Any) -> RMSpropState
         isinstance(g, Mapping) and "params" in g for g in groups
     ):
         raise ValueError(f"{fn}: {sd}['param_groups']` must be a list of dicts with 'params' lists")
-    if differ := [k for k in _TORCH_DEFAULTS if len({_torch_value(g, k) for g in groups}) > 1]:
+    hyper = [{k: _torch_value(g, k) for k in _TORCH_DEFAULTS} for g in groups]
+    if differ := [k for k in _TORCH_DEFAULTS if len({h[k] for h in hyper}) > 1]:
         shown = "; ".join(
-            f"group {i} has " + json.dumps({k: _torch_value(g, k) for k in differ})
-            for i, g in enumerate(groups)
-            if i == 0 or any(_torch_value(g, k) != _torch_value(groups[0], k) for k in differ)
+            f"group {i} has " + json.dumps({k: h[k] for k in differ})
+            for i, h in enumerate(hyper)
+            if i == 0 or any(h[k] != hyper[0][k] for k in differ)
         )
         raise ValueError(
             f"{fn}: the param groups of {sd}['param_groups']` differ in {differ} ({shown}; a "
-            "missing key counts as torch's default); one compat.torch(...) state serves groups "
-            "with equal hyperparameters only: split the state_dict into one per group"
+            "missing key is torch's default); one state serves groups with equal "
+            "hyperparameters only: split the state_dict into one per group"
         )
     first = groups[0] if groups else {}
     m, c, at = first.get("momentum", 0), first.get("centered", False), f"{sd}['param_groups'][0]"
-    if isinstance(m, (bool, np.bool_)) or not (
-        isinstance(m, numbers.Real) and not m < 0 and m < math.inf
-    ):
+    if isinstance(m, (bool, np.bool_)) or not (isinstance(m, numbers.Real) and 0 <= m < math.inf):
         raise ValueError(f"{fn}: {at}['momentum']` must be a non-negative number, got {m!r}")
     if not isinstance(c, (bool, np.bool_)):
         raise ValueError(f"{fn}: {at}['centered']` must be True or False, got {c!r}")
@@ -708,35 +687,36 @@ def state_from_torch(state_dict: Mapping[str, Any], params: Any) -> RMSpropState
         per_param[i], keys[i] = entry, key
     if unmatched := sorted(set(per_param) - set(order)):
         raise ValueError(
-            f"{fn}: {sd}['state']` has entries for parameters {unmatched}, which no "
-            f"param group lists (they list {order}); their state would be lost"
+            f"{fn}: {sd}['state']` has entries for parameters {unmatched}, which no param group "
+            f"lists (they list {order}); their state would be lost"
         )
     if len(order) != len(leaves := jax.tree.leaves(params)):
         raise ValueError(
-            f"{fn}: the state_dict has {len(order)} parameters, `params` has {len(leaves)}"
+            f"{fn}: the state_dict has {len(order)} parameters, `params` {len(leaves)}"
         )
     present, ((counter,), names) = (True, m != 0, bool(c)), _SLOTS["torch"]
     needed = [counter, *(s for s, on in zip(names, present, strict=True) if on)]
     for i, entry in per_param.items():
         if missing := [k for k in needed if k not in entry]:
-            raise ValueError(
-                f"{fn}: {sd}['state'][{keys[i]!r}]` lacks {missing} (needed: {needed})"
-            )
+            raise ValueError(f"{fn}: {sd}['state'][{keys[i]!r}]` lacks {missing} (needs {needed})")
     what = f"{fn}: {sd}['state'][{{!r}}]['{counter}']`"
     steps = {int(_count(entry[counter], what.format(keys[i]))) for i, entry in per_param.items()}
     if len(steps) > 1:
         raise ValueError(f"{fn}: parameters were stepped unequally ({sorted(steps)})")
 
-    def block(name: str) -> tuple[list, list[str]]:  # never stepped: zeros
-        return [
-            per_param[i][name] if i in per_param else np.zeros(np.shape(p), np.float32)
-            for i, p in zip(order, leaves, strict=True)
-        ], [
-            f"{sd}['state'][{keys[i]!r}][{name!r}]`"
-            if i in per_param
-            else f"zeros (parameter {i} never stepped)"
-            for i in order
+    def block(name: str) -> tuple[list, list[str]]:  # parameters never stepped: zeros
+        stepped = [i in per_param for i in order]
+        arrays = [
+            per_param[i][name] if s else np.zeros(np.shape(p), np.float32)
+            for i, s, p in zip(order, stepped, leaves, strict=True)
         ]
+        labels = [
+            f"{sd}['state'][{keys[i]!r}][{name!r}]`"
+            if s
+            else f"zeros (parameter {i} never stepped)"
+            for i, s in zip(order, stepped, strict=True)
+        ]
+        return arrays, labels
 
     slots = [block(s) if on else None for s, on in zip(names, present, strict=True)]
     return _state(jnp.asarray(steps.pop() if steps else 0, jnp.int32), params, "torch", fn, slots)
