@@ -1,8 +1,8 @@
 """Optimizer state saved by Keras and PyTorch, as a :class:`jrmsprop.RMSpropState`.
 
-Keras files are read by name and safely: numeric HDF5 datasets and JSON only, each dataset's
-dtype, shape and storage checked before it is read, no zip member inflated into memory. h5py is
-imported on first use (``pip install 'jrmsprop[h5]'``).
+Keras files are read safely: numeric HDF5 datasets and JSON only, each dataset's dtype, shape
+and storage checked before it is read, no zip member inflated into memory. h5py is imported on
+first use (``pip install 'jrmsprop[h5]'``).
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ _MAX_CONFIG_BYTES, _MAX_FILTER_RATIO = 1 << 26, 1032
 _MAX_INFLATED_BYTES, _MAX_INFLATION = 1 << 32, 100
 
 
-# ---- files: arrays and JSON by name, read safely ----------------------------------------------
+# ---- files: JSON and arrays by name, read safely ----------------------------------------------
 
 
 def _h5py() -> Any:
@@ -146,18 +146,17 @@ def _member(p: Path, where: str, name: str) -> Iterator[Any]:
         size = (p / name).stat().st_size if info is None else info.file_size
         if name == _MEMBERS[0] and size > _MAX_CONFIG_BYTES:
             raise ValueError(f"{where}: {name} has {size} bytes, too many for a model config")
-        if info is None:
+        if z is None or info is None:
             yield stack.enter_context(open(p / name, "rb"))
         elif info.compress_type == zipfile.ZIP_STORED and not info.flag_bits & 1:
             f = stack.enter_context(open(p, "rb"))
             f.seek(info.header_offset + 26)  # the local header ends with two lengths, then data
-            skip = sum(struct.unpack("<HH", f.read(4)))
-            yield _Window(f, info.header_offset + 30 + skip, size)
+            yield _Window(f, info.header_offset + 30 + sum(struct.unpack("<HH", f.read(4))), size)
         elif size > max(_MAX_INFLATED_BYTES, _MAX_INFLATION * info.compress_size):
             raise ValueError(f"{where}: {name} inflates {size} bytes (a zip bomb?)")
         else:
             out = stack.enter_context(tempfile.TemporaryFile())
-            with z.open(info) as m:  # type: ignore[union-attr]
+            with z.open(info) as m:
                 for chunk in iter(lambda: m.read(1 << 20), b""):
                     if chunk.count(0) == len(chunk):  # zeros: left as a hole
                         out.seek(len(chunk), os.SEEK_CUR)
@@ -166,12 +165,6 @@ def _member(p: Path, where: str, name: str) -> Iterator[Any]:
                 out.truncate()
             out.seek(0)
             yield out
-
-
-def _keras3_config(p: Path, where: str) -> Any:
-    """A ``.keras`` archive's or folder's ``config.json``, parsed."""
-    with _member(p, where, _MEMBERS[0]) as f:
-        return _json(f.read(), where, _MEMBERS[0])
 
 
 @contextlib.contextmanager
@@ -183,11 +176,16 @@ def _weights(p: Path, where: str, kind: str) -> Iterator[Any]:
             yield stack.enter_context(_h5py().File(source, "r"))
 
 
+def _keras3_config(p: Path, where: str) -> Any:
+    with _member(p, where, _MEMBERS[0]) as f:
+        return _json(f.read(), where, _MEMBERS[0])
+
+
 def _optimizer(p: Path, where: str, kind: str) -> dict | None:
     """The saved optimizer ``{class_name, config, ...}``, checked (``None``: no training_config)."""
     if kind == "h5":
         source = "attribute 'training_config'"
-        with _reading(where, "the HDF5 file"), _h5py().File(p, "r") as f:
+        with _weights(p, where, kind) as f:
             raw = f.attrs.get("training_config")
         training = {} if raw is None else _json(raw, where, source)
         opt = training.get("optimizer_config") if isinstance(training, dict) else training
@@ -218,16 +216,20 @@ def _optimizer(p: Path, where: str, kind: str) -> dict | None:
 
 
 def _names(group: Any, attr: str, where: str) -> list[str]:
-    """The list of names in attribute ``attr`` of ``group`` (split as ``attr0, attr1, ...``)."""
+    """The names in attribute ``attr`` of ``group`` (split as ``attr0, attr1, ...`` when large)."""
     keys = [attr] if attr in group.attrs else []
     while attr not in group.attrs and f"{attr}{len(keys)}" in group.attrs:
         keys.append(f"{attr}{len(keys)}")
-    lists = [group.attrs[k] for k in keys]
-    if not all(isinstance(v, np.ndarray) and v.ndim == 1 and v.dtype.kind in "SUO" for v in lists):
-        raise ValueError(f"{where}: attribute {attr!r} of {group.name!r} is not a list of names")
-    return [
-        n.decode("utf8", "replace") if isinstance(n, bytes) else str(n) for v in lists for n in v
-    ]
+    names = []
+    for v in (group.attrs[k] for k in keys):  # an empty list may be stored as floats
+        if not (
+            isinstance(v, np.ndarray) and v.ndim == 1 and (v.dtype.kind in "SUO" or not v.size)
+        ):
+            raise ValueError(
+                f"{where}: attribute {attr!r} of {group.name!r} is not a list of names"
+            )
+        names += [n.decode("utf8", "replace") if isinstance(n, bytes) else str(n) for n in v]
+    return names
 
 
 def _datasets(group: Any, keys: Sequence[str], where: str) -> list:
@@ -261,7 +263,7 @@ def _read(datasets: Sequence[Any], expected: Sequence[tuple], where: str) -> lis
     return [np.asarray(d[()]) for d in datasets]
 
 
-# ---- layouts: each framework's names, in Keras 2's get_weights() order ------------------------
+# ---- layouts: each Keras's optimizer variables, in tf_keras's get_weights() order -------------
 
 
 def _registered_name(opt: Mapping[str, Any]) -> str | None:
@@ -321,7 +323,7 @@ def _keras2_layout(f: Any, opt: dict, where: str) -> tuple[list, list[str], bool
 
 
 def _keras3_layout(f: Any, where: str, head: int, blocks: int) -> tuple[list, list[str]]:
-    """The datasets (unread) in Keras 2's order and the variables' names: ``optimizer/vars/0,
+    """The datasets (unread) in tf_keras's order and the variables' names: ``optimizer/vars/0,
     1, ...`` are the iteration, the learning rate (``head == 2``), then each slot's block
     (under ``inner_optimizer/`` with mixed_float16)."""
     groups = [f.get(f"optimizer/{g}vars") for g in ("inner_optimizer/", "")]
@@ -358,7 +360,7 @@ def _read_state(datasets: list, names: list[str], where: str, params: Any) -> li
     return _read(datasets, [counter, *slots * ((len(datasets) - 1) // n)], where)
 
 
-# ---- the state: counts and slots checked, in init's dtypes -------------------------------------
+# ---- the state: the count and the slots checked, in init's dtypes -----------------------------
 
 
 def _numpy(x: Any) -> Any:
@@ -387,20 +389,17 @@ def _state(count: Any, params: Any, framework: str, fn: str, blocks: Sequence) -
     at = [f"the parameter at {jax.tree_util.keystr(path) or '<root>'}" for path, _ in leaves]
     dtypes = []
     for i, (_, p) in enumerate(leaves):
-        dtype = None
-        if not isinstance(p, (str, bytes)):  # jnp.result_type would read "float32" as a dtype
-            with contextlib.suppress(TypeError, ValueError):
-                dtype = jnp.dtype(jnp.result_type(p))
-        if dtype is None:
+        try:  # jnp.result_type would read the string "float32" as a dtype
+            dtypes.append(jnp.dtype(jnp.result_type(p if not isinstance(p, (str, bytes)) else {})))
+        except (TypeError, ValueError):
             got = f"{p!r:.40}" if isinstance(p, (str, bytes)) else f"of type {type(p).__name__}"
             raise TypeError(
                 f"{fn}: `params` leaf {i} ({at[i]}) is {got}; parameters must be arrays of "
                 "floating-point (or complex) numbers"
-            )
-        if not jnp.issubdtype(dtype, jnp.inexact):
+            ) from None
+        if not jnp.issubdtype(dtypes[i], jnp.inexact):
             why = "RMSprop needs floating-point (or complex) parameters"
-            raise TypeError(f"{fn}: {at[i]} has dtype {dtype}; {why}")
-        dtypes.append(dtype)
+            raise TypeError(f"{fn}: {at[i]} has dtype {dtypes[i]}; {why}")
     slots: list[Any] = [None, None, None]
     for k, (name, block) in enumerate(zip(_SLOTS[framework][1], blocks, strict=True)):
         if block is None:

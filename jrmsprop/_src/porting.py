@@ -1,8 +1,8 @@
 """A trained model's weights and optimizer state, read from Keras and PyTorch files by the
 framework's own names, and placed by name into a flax nnx model, an equinox model or a dict.
 
-Reading reuses :mod:`jrmsprop._src.checkpoint`'s safe layer (datasets checked before they are
-read) and its slot tables; torch state_dicts are read from ``.npz`` (no pickle) or safetensors.
+Keras files are read through :mod:`jrmsprop._src.checkpoint`'s checked reader; torch
+state_dicts from ``.npz`` (no pickle) or safetensors.
 """
 
 from __future__ import annotations
@@ -23,16 +23,15 @@ from jrmsprop._src.transform import RMSpropState
 __all__ = ["Saved", "place", "place_state", "read_keras", "read_torch"]
 
 # Keras 3 stores a layer's variables as vars/0, vars/1, ...: the names of the common layers'.
+_CONV = [f"Conv{n}D{t}" for n in "123" for t in ("", "Transpose")]
 _KERAS3_VARS = {
-    **dict.fromkeys(
-        ["Dense", "EinsumDense", *(f"Conv{n}D{t}" for n in "123" for t in ("", "Transpose"))],
-        ("kernel", "bias"),
-    ),
+    **dict.fromkeys(["Dense", "EinsumDense", *_CONV], ("kernel", "bias")),
     "Embedding": ("embeddings",),
     "LayerNormalization": ("gamma", "beta"),
     "BatchNormalization": ("gamma", "beta", "moving_mean", "moving_variance"),
 }
-_LAYOUTS = ("keras", "torch")  # (in, out) and HWIO kernels; (out, in) and OIHW kernels
+# The kernel layouts: "keras" (in, out) and HWIO, "torch" (out, in) and OIHW.
+_OTHER = {"keras": "torch", "torch": "keras"}
 
 
 class Saved(NamedTuple):
@@ -49,17 +48,6 @@ class Saved(NamedTuple):
         return "torch" if self.framework == "torch" else "keras"
 
 
-def _numeric(name: str, a: Any, where: str) -> np.ndarray:
-    a = np.asarray(a)
-    if a.dtype.kind not in "fciub":
-        raise ValueError(f"{where}: {name!r} holds {a.dtype} data, not numbers")
-    return a
-
-
-def _str(name: Any) -> str:
-    return name.decode("utf8", "replace") if isinstance(name, bytes) else str(name)
-
-
 def read_keras(path: str | os.PathLike) -> Saved:
     """A ``tf_keras`` ``.h5`` or Keras 3 ``.keras`` model's weights and RMSprop state.
 
@@ -70,24 +58,22 @@ def read_keras(path: str | os.PathLike) -> Saved:
     p, where, kind = ck._open(path, "read_keras")
     fw = "keras2" if kind == "h5" else "keras3"
     opt = ck._optimizer(p, where, kind) if kind == "h5" else None
-    weights, trainable, has_state = {}, [], False
+    datasets, trainable = {}, []
     with ck._weights(p, where, kind) as f:
         if kind == "h5":
             top = f["model_weights"] if "model_weights" in f else f
-            for layer in top.attrs.get("layer_names", []):
-                group = top[_str(layer)]
-                names = [_str(n) for n in group.attrs.get("weight_names", [])]
-                for name, d in zip(names, ck._datasets(group, names, where), strict=True):
-                    weights[name.split(":")[0]] = d
+            for layer in ck._names(top, "layer_names", where):
+                names = ck._names(top[layer], "weight_names", where)
+                found = ck._datasets(top[layer], names, where)
+                datasets.update(zip([n.split(":")[0] for n in names], found, strict=True))
             if has_state := "optimizer_weights" in f:
                 trainable = ck._keras2_layout(f, opt or {}, where)[1]
         else:
-            model = ck._keras3_config(p, where)
             used: dict[str, int] = {}
-            for layer in model.get("config", {}).get("layers", []):
+            for layer in ck._keras3_config(p, where).get("config", {}).get("layers", []):
                 cls, config = layer.get("class_name", ""), layer.get("config", {})
-                key = re.sub("([a-z])([A-Z])", r"\1_\2", re.sub("(.)([A-Z][a-z]+)", r"\1_\2", cls))
-                key = key.lower()  # keras.src.utils.naming.to_snake_case
+                snake = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", cls)  # keras's to_snake_case
+                key = re.sub("([a-z])([A-Z])", r"\1_\2", snake).lower()
                 used[key] = n = used.get(key, -1) + 1
                 group = f.get(f"layers/{key}{f'_{n}' if n else ''}/vars")
                 if cls == "InputLayer" or group is None:
@@ -96,23 +82,27 @@ def read_keras(path: str | os.PathLike) -> Saved:
                 names = _KERAS3_VARS.get(cls, keys)
                 names = names if len(names) == len(keys) else keys
                 for var, d in zip(names, ck._datasets(group, keys, where), strict=True):
-                    weights[f"{config['name']}/{var}"] = d
+                    datasets[f"{config['name']}/{var}"] = d
                     if config.get("trainable", True) and not var.startswith("moving_"):
                         trainable.append(f"{config['name']}/{var}")
             has_state = "optimizer/vars" in f or "optimizer/inner_optimizer/vars" in f
-        ds = list(weights.values())
-        arrays = ck._read(ds, [("fciub", d.shape, "numbers") for d in ds], where)
-        weights = dict(zip(weights, arrays, strict=True))
-    slots, step, config = {}, None, None
+        found = list(datasets.values())
+        arrays = ck._read(found, [("fciub", d.shape, "numbers") for d in found], where)
+    weights, slots, step, config = dict(zip(datasets, arrays, strict=True)), {}, None, None
     if has_state:
         params = [jnp.zeros(weights[n].shape, weights[n].dtype) for n in trainable]
-        load = ck.load_keras2_h5 if kind == "h5" else ck.load_keras3_archive
-        state = load(p, params)
-        for k, block in enumerate((state.rms, state.momentum, state.mg)):
+        state = (ck.load_keras2_h5 if kind == "h5" else ck.load_keras3_archive)(p, params)
+        for slot, block in zip(ck._SLOTS[fw][1], state[1:], strict=True):
             for name, a in zip(trainable, jax.tree.leaves(block), strict=False):
-                slots.setdefault(name, {})[ck._SLOTS[fw][1][k]] = np.asarray(a)
+                slots.setdefault(name, {})[slot] = np.asarray(a)
         step, config = int(state.count), ck.saved_optimizer_config(p)["config"]
     return Saved(weights, slots, step, config, fw)
+
+
+def _numeric(name: str, a: Any, where: str) -> np.ndarray:
+    if (a := np.asarray(a)).dtype.kind not in "fciub":
+        raise ValueError(f"{where}: {name!r} holds {a.dtype} data, not numbers")
+    return a
 
 
 def read_torch(path: str | os.PathLike) -> Saved:
@@ -126,16 +116,14 @@ def read_torch(path: str | os.PathLike) -> Saved:
     fn, p = "read_torch", os.fspath(path)
     if not os.path.isfile(p):
         raise FileNotFoundError(f"{fn}: no such file: {p!r}")
-    where = f"{fn}: {p!r}"
-    groups = None
+    where, groups = f"{fn}: {p!r}", None
     with ck._reading(where, "the file"):
         if str(p).endswith(".safetensors"):
             from safetensors import safe_open
-            from safetensors.numpy import load_file
 
             with safe_open(p, "np") as f:
                 groups = (f.metadata() or {}).get("optimizer/param_groups")
-            arrays = load_file(p)
+                arrays = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
         else:
             with open(p, "rb") as fh:  # closed also when np.load fails
                 if not hasattr(z := np.load(fh, allow_pickle=False), "files"):
@@ -165,13 +153,6 @@ def read_torch(path: str | os.PathLike) -> Saved:
     return Saved(weights, slots, steps.pop() if steps else None, config, "torch")
 
 
-def _kind(target: Any) -> str:
-    for kind, module in (("nnx", "flax.nnx"), ("eqx", "equinox")):
-        if module in sys.modules and isinstance(target, sys.modules[module].Module):
-            return kind
-    return "tree"
-
-
 def _key(name: str) -> str:
     """``conv/kernel:0``, ``conv.weight`` and nnx's ``conv.kernel`` all become ``conv/kernel``."""
     parts = name.split(":")[0].replace(".", "/").split("/")
@@ -189,24 +170,25 @@ def _convert(a: np.ndarray, src: str, dst: str) -> np.ndarray:
 
 def _match(arrays: Mapping, target: Any, layout: Any, names: Any, src: Any, fn: str) -> tuple:
     """``(params, {leaf path: saved name}, convert)``: the target's parameters, matched by name."""
-    kind = _kind(target)
-    if kind == "nnx":
-        from flax import nnx
+    nnx = "flax.nnx" in sys.modules and isinstance(target, sys.modules["flax.nnx"].Module)
+    eqx = "equinox" in sys.modules and isinstance(target, sys.modules["equinox"].Module)
+    if nnx:
+        from flax import nnx as flax_nnx
 
-        params = nnx.state(target, nnx.Param)
+        params = flax_nnx.state(target, flax_nnx.Param)
     else:  # an equinox model's or a dict's float arrays; the rest None, as eqx.filter does
         is_param = lambda x: hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.inexact)  # noqa: E731
         params = jax.tree.map(lambda x: x if is_param(x) else None, target)
-    dst = layout or {"nnx": "keras", "eqx": "torch"}.get(kind) or src or "keras"
+    dst = layout or ("keras" if nnx else "torch" if eqx else None) or src or "keras"
     src = src or dst
-    if not {src, dst} <= set(_LAYOUTS):
-        raise ValueError(f"{fn}: layout must be one of {_LAYOUTS}, got {dst!r} (saved: {src!r})")
+    if not {src, dst} <= set(_OTHER):
+        raise ValueError(f"{fn}: layout must be one of {(*_OTHER,)}, got {dst!r} (saved: {src!r})")
     names = dict(names or {})
     by_key = {_key(names.get(n, n)): n for n in arrays if names.get(n, n) is not None}
     found, missing = {}, []
     for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]:
         keys = [getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))) for k in path]
-        name = "/".join(map(str, keys[:-1] if kind == "nnx" else keys))  # nnx: no .value
+        name = "/".join(map(str, keys[:-1] if nnx else keys))  # nnx: no .value
         if _key(name) in by_key:
             found[path] = by_key[_key(name)]
         else:
@@ -220,20 +202,19 @@ def _match(arrays: Mapping, target: Any, layout: Any, names: Any, src: Any, fn: 
         )
 
     def convert(leaf: Any, a: np.ndarray, what: str, dtype: bool = True) -> np.ndarray:
-        want, other = tuple(np.shape(leaf)), {"keras": "torch", "torch": "keras"}
-        b = _convert(a, src, dst)
+        b, want = _convert(a, src, dst), tuple(np.shape(leaf))
         if b.shape != want and a.ndim == 1 and a.size == np.prod(want):
             b = a.reshape(want)  # equinox's conv bias, (out, 1, 1)
         if b.shape != want:
-            alt = _convert(a, src, other[src]) if b is a else a
+            alt = _convert(a, src, _OTHER[src]) if b is a else a
             hint = "transposed" if alt is not a else "as saved, not transposed"
-            hint = f": it matches {hint}: pass layout={other[dst]!r}" if alt.shape == want else ""
+            hint = f": it matches {hint}: pass layout={_OTHER[dst]!r}" if alt.shape == want else ""
             raise ValueError(f"{fn}: {what} has shape {a.shape}, the target's {want}{hint}")
         if dtype and b.dtype != (dt := jnp.result_type(leaf)):
             raise ValueError(f"{fn}: {what} has dtype {b.dtype}, the target's is {dt}")
         return b
 
-    return params, found, convert
+    return params, found, convert, nnx
 
 
 def place(
@@ -263,21 +244,20 @@ def place(
     Returns:
       The model (nnx: the same object) or tree with the saved arrays in place.
     """
-    fn = "place"
     arrays = source.weights if isinstance(source, Saved) else source
     src = source.layout if isinstance(source, Saved) else source_layout
-    params, found, convert = _match(arrays, target, layout, names, src, fn)
+    params, found, convert, nnx = _match(arrays, target, layout, names, src, "place")
 
     def put(path: Any, leaf: Any) -> Any:
         if path not in found:
             return leaf
         return jnp.asarray(convert(leaf, np.asarray(arrays[found[path]]), repr(found[path])))
 
-    if _kind(target) != "nnx":
+    if not nnx:
         return jax.tree_util.tree_map_with_path(put, target)
-    from flax import nnx
+    from flax import nnx as flax_nnx
 
-    nnx.update(target, jax.tree_util.tree_map_with_path(put, params))
+    flax_nnx.update(target, jax.tree_util.tree_map_with_path(put, params))
     return target
 
 
@@ -300,15 +280,14 @@ def place_state(
     fn = "place_state"
     if not isinstance(source, Saved) or source.step is None:
         raise ValueError(f"{fn}: `source` holds no optimizer state (read_keras / read_torch)")
-    params, found, convert = _match(source.weights, target, layout, names, source.layout, fn)
-    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+    params, found, convert, _ = _match(source.weights, target, layout, names, source.layout, fn)
     blocks = []
     for slot in ck._SLOTS[source.framework][1]:
         if not any(slot in s for s in source.slots.values()):
             blocks.append(None)
             continue
         arrays, labels = [], []
-        for path, leaf in leaves:
+        for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
             name, what = found[path], f"slot {slot!r} of {found[path]!r}"
             if slot in source.slots.get(name, {}):
                 arrays.append(convert(leaf, source.slots[name][slot], what, dtype=False))
