@@ -63,9 +63,6 @@ _MAX_CONFIG_BYTES, _MAX_FILTER_RATIO = 1 << 26, 1032
 _MAX_INFLATED_BYTES, _MAX_INFLATION = 1 << 32, 100
 
 
-# ---- files: JSON and arrays by name, read safely ----------------------------------------------
-
-
 def _h5py() -> Any:
     try:
         import h5py
@@ -209,9 +206,8 @@ def _optimizer(p: Path, where: str, kind: str) -> dict | None:
         ("centered", isinstance(fields.get("centered", False), bool)),
     ):
         if not ok:
-            raise ValueError(
-                f"{where}: the optimizer's {field} in {source} is damaged: {opt!r:.99}"
-            )
+            why = f"the optimizer's {field} in {source} is damaged"
+            raise ValueError(f"{where}: {why}: {opt!r:.99}")
     return {**entry, "config": config}
 
 
@@ -225,9 +221,8 @@ def _names(group: Any, attr: str, where: str) -> list[str]:
         if not (
             isinstance(v, np.ndarray) and v.ndim == 1 and (v.dtype.kind in "SUO" or not v.size)
         ):
-            raise ValueError(
-                f"{where}: attribute {attr!r} of {group.name!r} is not a list of names"
-            )
+            why = f"attribute {attr!r} of {group.name!r} is not a list of names"
+            raise ValueError(f"{where}: {why}")
         names += [n.decode("utf8", "replace") if isinstance(n, bytes) else str(n) for n in v]
     return names
 
@@ -247,23 +242,16 @@ def _datasets(group: Any, keys: Sequence[str], where: str) -> list:
 def _read(datasets: Sequence[Any], expected: Sequence[tuple], where: str) -> list[np.ndarray]:
     """The datasets' arrays, each read once its dtype kind and shape are as ``expected[j] =
     (kinds, shape, description)`` and the file stores the bytes it declares."""
-    for d, (kinds, shape, description) in zip(datasets, expected, strict=True):
+    for d, (kinds, shape, want) in zip(datasets, expected, strict=True):
         at = f"{where}: dataset {d.name!r}"
         if d.dtype.kind not in kinds or d.shape != shape:
-            raise ValueError(
-                f"{at} holds {d.dtype} data of shape {d.shape}; expected {description}"
-            )
+            raise ValueError(f"{at} holds {d.dtype} data of shape {d.shape}; expected {want}")
         declared = math.prod(d.shape) * d.dtype.itemsize
         stored = 0 if d.external or d.is_virtual else d.id.get_storage_size()
         if declared > stored * (_MAX_FILTER_RATIO if d.id.get_create_plist().get_nfilters() else 1):
-            raise ValueError(
-                f"{at} declares shape {d.shape} ({declared} bytes) but the file stores {stored} "
-                "bytes of it (is the file damaged?)"
-            )
+            why = f"({declared} bytes) but the file stores {stored} bytes of it (damaged?)"
+            raise ValueError(f"{at} declares shape {d.shape} {why}")
     return [np.asarray(d[()]) for d in datasets]
-
-
-# ---- layouts: each Keras's optimizer variables, in tf_keras's get_weights() order -------------
 
 
 def _registered_name(opt: Mapping[str, Any]) -> str | None:
@@ -280,10 +268,8 @@ def _keras2_layout(f: Any, opt: dict, where: str) -> tuple[list, list[str], bool
     """The datasets (unread) in ``get_weights()`` order, the variables' names, and whether there
     are momentum and mg slots: ``optimizer_weights`` lists ``<optimizer>/<variable>/<slot>:0``."""
     if not isinstance(group := f.get("optimizer_weights"), _h5py().Group):
-        raise ValueError(
-            f"{where} holds no optimizer state (no 'optimizer_weights' group): it was saved with "
-            "include_optimizer=False, by save_weights(), or before the model was compiled"
-        )
+        why = "saved with include_optimizer=False, by save_weights() or before compiling"
+        raise ValueError(f"{where} holds no optimizer state (no 'optimizer_weights' group): {why}")
     if len(names := _names(group, "weight_names", where)) < 2:
         raise ValueError(f"{where} has an empty optimizer state (the optimizer never ran a step)")
     datasets, config = _datasets(group, names, where), opt.get("config") or {}
@@ -312,10 +298,8 @@ def _keras2_layout(f: Any, opt: dict, where: str) -> tuple[list, list[str], bool
     by_name = dict(zip(("/".join(ps) for ps in parts), datasets, strict=True))
     expected = [f"{v}/{s}" for s in present for v in variables]
     if parts[0][-1] not in counters or sorted(expected) != sorted([*by_name][1:]):
-        raise ValueError(
-            f"{where}: not RMSprop's layout (the iteration counter, then one 'rms' slot per "
-            f"variable, each other slot for all or none): {names}"
-        )
+        why = "(a counter, one 'rms' per variable, each other slot for all or none)"
+        raise ValueError(f"{where}: not RMSprop's layout {why}: {names}")
     if "centered" in config and bool(config["centered"]) != ("mg" in present):
         raise ValueError(f"{where}: its config says centered={config['centered']}, its slots not")
     short = [v.split("/", 1)[-1] for v in variables]  # without the optimizer's name
@@ -358,9 +342,6 @@ def _read_state(datasets: list, names: list[str], where: str, params: Any) -> li
     slots = [("f", d.shape, f"floats shaped as {d.name!r}, {d.shape}") for d in datasets[1 : n + 1]]
     counter = ("iu", (), "an integer scalar")
     return _read(datasets, [counter, *slots * ((len(datasets) - 1) // n)], where)
-
-
-# ---- the state: the count and the slots checked, in init's dtypes -----------------------------
 
 
 def _numpy(x: Any) -> Any:
@@ -443,9 +424,6 @@ def _from_keras2(
     block = lambda s: (weights[s : s + n], [*map(weight, range(s, s + n))])  # noqa: E731
     slots = [block(s) if on else None for s, on in zip(starts, present, strict=True)]
     return _state(count, params, "keras2", fn, slots)
-
-
-# ---- the loaders ------------------------------------------------------------------------------
 
 
 def state_from_keras2(
@@ -542,11 +520,10 @@ def load_keras3_archive(
     if class_name.split(">")[-1] != "RMSprop":
         raise ValueError(f"{where} holds the state of a {class_name} optimizer, not RMSprop")
     if registered == _JRMSPROP_KERAS and not jrmsprop_keras:
+        fix = "jrmsprop.rmsprop(..., decay=c['decay']), c = saved_optimizer_config(path)['config']"
         raise ValueError(
             f"{where} was saved with jrmsprop.keras.RMSprop (TF 2.x arithmetic), not Keras 3's "
-            "RMSprop: read it with jrmsprop_keras=True and continue with jrmsprop.rmsprop(c["
-            "'learning_rate'], c['rho'], c['momentum'], c['epsilon'], c['centered'], decay=c["
-            "'decay']), c = saved_optimizer_config(path)['config']"
+            f"RMSprop: read it with jrmsprop_keras=True and continue with {fix}"
         )
     if registered not in (None, _JRMSPROP_KERAS):
         why = "not Keras 3's RMSprop; its arithmetic is unknown"
@@ -558,9 +535,8 @@ def load_keras3_archive(
         )
     for option in ("use_ema", "gradient_accumulation_steps"):
         if config.get(option):
-            raise ValueError(
-                f"{where}: the optimizer's {option}={config[option]!r} is not reproduced"
-            )
+            why = f"the optimizer's {option}={config[option]!r}"
+            raise ValueError(f"{where}: {why} is not reproduced")
     momentum, centered = (config.get("momentum") or 0) > 0, config.get("centered", False)
     head = 2 if isinstance(config.get("learning_rate"), (int, float)) else 1
     with _weights(p, where, "keras") as f:
@@ -637,9 +613,7 @@ def state_from_torch(state_dict: Mapping[str, Any], params: Any) -> RMSpropState
     fn, sd = "state_from_torch", "`state_dict"
     if not isinstance(state_dict, Mapping):
         got = type(state_dict).__name__
-        raise TypeError(
-            f"{fn}: {sd}` must be a torch optimizer's state_dict() (a mapping), got {got}"
-        )
+        raise TypeError(f"{fn}: {sd}` must be a torch state_dict() (a mapping), got {got}")
     if not {"state", "param_groups"} <= set(state_dict):
         got = sorted(map(str, state_dict))
         raise ValueError(f"{fn}: {sd}` must have 'state' and 'param_groups', got {got}")
@@ -664,7 +638,9 @@ def state_from_torch(state_dict: Mapping[str, Any], params: Any) -> RMSpropState
         )
     first = groups[0] if groups else {}
     m, c, at = first.get("momentum", 0), first.get("centered", False), f"{sd}['param_groups'][0]"
-    if isinstance(m, (bool, np.bool_)) or not (isinstance(m, numbers.Real) and 0 <= m < math.inf):
+    if isinstance(m, (bool, np.bool_)) or not (
+        isinstance(m, numbers.Real) and not m < 0 and m < math.inf
+    ):
         raise ValueError(f"{fn}: {at}['momentum']` must be a non-negative number, got {m!r}")
     if not isinstance(c, (bool, np.bool_)):
         raise ValueError(f"{fn}: {at}['centered']` must be True or False, got {c!r}")
@@ -690,9 +666,8 @@ def state_from_torch(state_dict: Mapping[str, Any], params: Any) -> RMSpropState
             f"lists (they list {order}); their state would be lost"
         )
     if len(order) != len(leaves := jax.tree.leaves(params)):
-        raise ValueError(
-            f"{fn}: the state_dict has {len(order)} parameters, `params` {len(leaves)}"
-        )
+        why = f"{len(order)} parameters, `params` has {len(leaves)}"
+        raise ValueError(f"{fn}: the state_dict has {why}")
     present, ((counter,), names) = (True, m != 0, bool(c)), _SLOTS["torch"]
     needed = [counter, *(s for s, on in zip(names, present, strict=True) if on)]
     for i, entry in per_param.items():
