@@ -227,17 +227,16 @@ def place(
 ) -> Any:
     """``target`` with each parameter replaced by the saved array of the same name.
 
+    Names compare with ``/`` and ``.`` alike, ``:0`` dropped and torch's ``weight`` read as
+    ``kernel`` (``conv/kernel:0``, ``conv.weight`` and nnx's ``conv.kernel`` are one name). Every
+    float parameter must be matched and every saved array used; dtypes must be equal.
+
     Args:
-      source: a :func:`read_keras` / :func:`read_torch` result (its ``weights``), or arrays by
-        name (gradients, say) in ``source_layout``.
-      target: a flax ``nnx.Module`` (updated in place), an equinox ``Module`` or a (nested) dict
-        of arrays. Names compare with ``/`` and ``.`` alike, ``:0`` dropped and torch's
-        ``weight`` read as ``kernel``: ``conv/kernel:0``, ``conv.weight``, nnx ``conv.kernel``
-        and equinox ``conv.weight`` are one name. Every float parameter must be matched and
-        every saved array used.
+      source: a :func:`read_keras` / :func:`read_torch` result, or arrays by name (gradients).
+      target: a flax ``nnx.Module`` (updated in place), an equinox ``Module`` or a dict of arrays.
       layout: the target's kernel layout, ``"keras"`` ((in, out), HWIO: flax's) or ``"torch"``
-        ((out, in), OIHW: equinox's); default: nnx ``"keras"``, equinox ``"torch"``, a dict the
-        source's. Kernels are transposed between the two; dtypes must be equal.
+        ((out, in), OIHW: equinox's), transposed between; default: nnx ``"keras"``, equinox
+        ``"torch"``, a dict the source's.
       names: ``{saved name: target name}`` renames, ``{saved name: None}`` leaves one out.
       source_layout: the layout of a plain mapping ``source`` (default: the target's).
 
