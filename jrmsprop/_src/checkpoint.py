@@ -279,7 +279,8 @@ def _keras2_layout(f: Any, opt: dict, where: str) -> tuple[list, list[str], bool
         fix = "save the model as .keras and use load_keras3_archive"
         if _registered_name(opt) == _JRMSPROP_KERAS:
             why = "jrmsprop.keras.RMSprop saved by Keras 3"
-            raise ValueError(f"{where} holds the state of {why}: {fix}(..., jrmsprop_keras=True)")
+            fix += "(path, params, jrmsprop_keras=True)"
+            raise ValueError(f"{where} holds the state of {why}: {fix}")
         raise ValueError(
             f"{where} holds the state of the TF >= 2.11 / Keras 3 optimizer ({names[:3]}...), "
             f"whose epsilon is inside the root; load_keras2_h5 reads the TF 2.x (legacy) RMSprop "
