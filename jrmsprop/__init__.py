@@ -1,5 +1,7 @@
 """jrmsprop: RMSprop for JAX that reproduces TF/Keras, Keras 3, PyTorch and TF1 exactly."""
 
+import importlib
+
 from jrmsprop import compat
 from jrmsprop._src.clipping import keras_clipping
 from jrmsprop._src.optimizer import RMSprop
@@ -13,11 +15,7 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
-    # ``jrmsprop.keras`` (a Keras 3 optimizer) is imported on first use only: importing
-    # jrmsprop must never import keras.
-    if name == "keras":
-        import importlib
-
+    if name == "keras":  # a Keras 3 optimizer, imported on first use: jrmsprop never imports keras
         return importlib.import_module("jrmsprop.keras")
     raise AttributeError(f"module 'jrmsprop' has no attribute {name!r}")
 
