@@ -1,7 +1,5 @@
 """jrmsprop: RMSprop for JAX that reproduces TF/Keras, Keras 3, PyTorch and TF1 exactly."""
 
-import importlib
-
 from jrmsprop import compat
 from jrmsprop._src.clipping import keras_clipping
 from jrmsprop._src.optimizer import RMSprop
@@ -16,6 +14,8 @@ __version__ = "0.1.0"
 
 def __getattr__(name: str):
     if name == "keras":  # a Keras 3 optimizer, imported on first use: jrmsprop never imports keras
+        import importlib
+
         return importlib.import_module("jrmsprop.keras")
     raise AttributeError(f"module 'jrmsprop' has no attribute {name!r}")
 

@@ -208,20 +208,14 @@ def torch(
     for name, flag in {**flags, "foreach": False if foreach is None else foreach}.items():
         validation.check_bool(name, flag)
     # torch's checks in its order, with its messages (a None weight_decay is refused, as in torch)
-    checked = dict(learning_rate=lr, epsilon=eps, momentum=momentum, weight_decay=weight_decay)
-    for kind, value in {**checked, "rho": alpha}.items():
+    hyper: dict[str, Any] = dict(
+        learning_rate=lr, epsilon=eps, momentum=momentum, weight_decay=weight_decay, rho=alpha
+    )
+    for kind, value in hyper.items():
         if value is not None or kind == "weight_decay":
             name, messages = _TORCH.user_name(kind), validation.TORCH_MESSAGES
             validation.check_hyperparameter(name, value, kind, messages=messages)
-    return build(
-        _TORCH._replace(maximize=bool(maximize)),
-        learning_rate=lr,
-        rho=alpha,
-        momentum=momentum,
-        epsilon=eps,
-        centered=centered,
-        weight_decay=weight_decay,
-    )
+    return build(_TORCH._replace(maximize=bool(maximize)), centered=centered, **hyper)
 
 
 def tf1(

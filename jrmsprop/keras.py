@@ -62,10 +62,9 @@ class RMSprop(keras.optimizers.Optimizer):
         \qquad p \leftarrow p - m \\
       \mu = 0:\quad p &\leftarrow p - \frac{lr\, g}{\sqrt{v} + \epsilon}
 
-    ε sits outside the root without momentum (Keras 3's ``RMSprop`` always puts it inside).
-    Every step is :func:`jrmsprop.rmsprop` on all variables at once: the parameters and slots
-    equal those of ``tf_keras.optimizers.legacy.RMSprop`` bit for bit (on CPU). The slots are
-    TF 2.x's: ``rms``, then ``momentum`` (if ``momentum > 0``), then ``mg`` (if ``centered``).
+    ε sits outside the root without momentum (Keras 3's ``RMSprop`` always puts it inside). The
+    parameters and slots (``rms``, ``momentum`` if ``momentum > 0``, ``mg`` if ``centered``)
+    equal those of ``tf_keras.optimizers.legacy.RMSprop`` bit for bit (on CPU).
 
     Args:
       learning_rate: a float, a ``keras.optimizers.schedules.LearningRateSchedule`` or a
@@ -76,14 +75,11 @@ class RMSprop(keras.optimizers.Optimizer):
       centered: normalise by the estimated variance (adds the ``mg`` slot).
       decay: TF 2.x's inverse-time decay of the learning rate (``>= 0``).
       name: the prefix of the optimizer's variables.
-      **kwargs: ``lr`` (TF 2.x's deprecated alias of ``learning_rate``) and Keras 3's common
-        options, which Keras applies around the step: ``clipnorm``, ``clipvalue``,
-        ``global_clipnorm``, ``weight_decay`` (decoupled), ``use_ema``, ``ema_momentum``,
-        ``ema_overwrite_frequency``, ``loss_scale_factor``, ``gradient_accumulation_steps``.
+      **kwargs: ``lr`` (TF 2.x's deprecated alias of ``learning_rate``) and Keras 3's options
+        (``clipnorm``, ``weight_decay``, ``use_ema``, ...), which Keras applies around the step.
 
     Raises:
-      ValueError, TypeError: naming the argument, for a hyperparameter out of range or of the
-        wrong type.
+      ValueError, TypeError: naming the argument, for a bad hyperparameter.
       RuntimeError: when Keras does not run on its JAX backend.
 
     Example:
@@ -163,7 +159,7 @@ class RMSprop(keras.optimizers.Optimizer):
         )
         # t = updates applied (under gradient accumulation: real updates, not micro-steps)
         count = jnp.asarray(keras.ops.convert_to_tensor(self.iterations)).astype(jnp.int32)
-        state = jrmsprop.RMSpropState(count=count, rms=old[0], momentum=old[1], mg=old[2])
+        state = jrmsprop.RMSpropState(count, cast(list, old[0]), momentum=old[1], mg=old[2])
         # one call: in Keras's jitted, donating train step a float32 variable on CPU takes the
         # one-pass kernel (the same bits as update + apply_updates)
         params = [v.value for v in variables]

@@ -43,8 +43,7 @@ class Rule(NamedTuple):
     # "none"; "coupled": g ← g + wd·p (PyTorch); "decoupled": p ← p − p·wd·lr first (Keras 3)
     weight_decay: str = "none"
     maximize: bool = False  # ascend (PyTorch)
-    # 1 − ρ from the Python number in double, then rounded (Keras 3, PyTorch); else in the compute
-    # dtype (TF: 1 − 0.9f)
+    # 1 − ρ from the Python number in double (Keras 3, PyTorch), else in the compute dtype (TF)
     one_minus_rho_in_double: bool = False
     # names that TF stores as float32 first, so a float64 variable sees the float32-rounded value
     float32_hyperparameters: frozenset[str] = frozenset()
