@@ -13,9 +13,7 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
-    # ``jrmsprop.keras`` (a Keras 3 optimizer) is imported on first use only: importing
-    # jrmsprop must never import keras.
-    if name == "keras":
+    if name == "keras":  # a Keras 3 optimizer, imported on first use: jrmsprop never imports keras
         import importlib
 
         return importlib.import_module("jrmsprop.keras")

@@ -1,18 +1,8 @@
 """Presets that reproduce other frameworks' RMSprop, and state transfer from them.
 
-Each preset takes that framework's own argument names and defaults and returns an optax
-``GradientTransformationExtraArgs`` with the arithmetic of :func:`jrmsprop.rmsprop` (which is TF
-2.x Keras, ``tf_keras.optimizers.legacy.RMSprop``); the presets only choose its options:
-
-=================  =======================  ==========  =============  ============  ==========
-preset             framework                ε           lr and mom.    weight decay  rms starts
-=================  =======================  ==========  =============  ============  ==========
-``rmsprop``        TF 2.x Keras (tf_keras)  in iff mom  inside buffer  --            0
-``keras3``         Keras 3 / TF >= 2.11     inside      inside buffer  decoupled     0
-``torch``          ``torch.optim.RMSprop``  outside     outside        coupled (L2)  0
-``tf1``            ``tf.compat.v1.train``   inside      inside buffer  --            1
-``optax_rmsprop``  ``optax.rmsprop``        as given    inside buffer  --            as given
-=================  =======================  ==========  =============  ============  ==========
+Each preset takes the framework's own argument names and defaults and returns the transformation
+of :func:`jrmsprop.rmsprop` with that framework's :class:`~jrmsprop._src.arithmetic.Rule`, the
+data below: where ε and lr go, the weight decay, the float order and where ``rms`` starts.
 """
 
 from __future__ import annotations
@@ -53,6 +43,51 @@ __all__ = (
     "torch",
 )
 
+_KERAS3 = Rule(
+    framework="compat.keras3",
+    eps_in_sqrt=True,
+    fused_order=False,
+    weight_decay="decoupled",
+    one_minus_rho_in_double=True,
+    float32_hyperparameters=frozenset({"learning_rate"}),  # a float32 variable; the rest floats
+)
+_TORCH = Rule(
+    framework="compat.torch",
+    arg_names=(("learning_rate", "lr"), ("rho", "alpha"), ("epsilon", "eps")),
+    eps_in_sqrt=False,
+    fused_order=False,
+    lr_in_momentum=False,
+    weight_decay="coupled",
+    one_minus_rho_in_double=True,
+    complex_as_real=True,
+    scaled_gradient_squared=True,
+)
+_TF1 = Rule(
+    framework="compat.tf1",
+    arg_names=(("rho", "decay"),),
+    eps_in_sqrt=True,
+    fused_order=True,
+    momentum_slot=True,
+    float32_hyperparameters=frozenset({"learning_rate", "rho", "momentum", "epsilon"}),
+    initial_rms=1.0,
+)
+_OPTAX = Rule(
+    framework="compat.optax_rmsprop",
+    arg_names=(("rho", "decay"), ("epsilon", "eps")),
+    fused_order=False,
+)
+# Keras 3's options that change the numbers (each backend rounds a norm its own way): refused
+# unless off, with what to do instead.
+_KERAS3_INSTEAD = {
+    "clipnorm": "clip the gradients before, e.g. optax.chain(clip, tx)",
+    "clipvalue": "optax.chain(optax.clip(clipvalue), tx) is Keras 3's clipvalue",
+    "global_clipnorm": "clip the gradients before, e.g. optax.chain(clip, tx)",
+    "use_ema": "leave it out (optax.ema keeps an average of the parameters)",
+    "loss_scale_factor": "leave it out (scale the loss yourself)",
+    "gradient_accumulation_steps": "optax.MultiSteps(tx, every_k_schedule=steps) accumulates",
+    "is_legacy_optimizer": "a legacy optimizer's config is for jrmsprop.rmsprop",
+}
+
 
 def keras3(
     learning_rate: ScalarOrSchedule = 0.001,
@@ -74,18 +109,23 @@ def keras3(
     jit_compile: bool | None = None,
     is_legacy_optimizer: bool | None = None,
 ) -> optax.GradientTransformationExtraArgs:
-    """Keras 3 ``keras.optimizers.RMSprop``, also TF >= 2.11's default ``tf.keras`` RMSprop.
+    """Keras 3 ``keras.optimizers.RMSprop`` (TF >= 2.11's ``tf.keras`` RMSprop too).
 
-    ε always inside the root; with ``weight_decay``, ``p ← p − p·wd·lr`` before the step
-    (decoupled). Pass ``params`` to ``update`` when ``weight_decay`` is set. ``1 − ρ`` is
-    computed in double precision from a Python ``rho`` as Keras does (under
-    ``optax.inject_hyperparams`` ρ arrives as a float32 array and ``1 − ρ`` is computed from
-    that float32 value). Complex parameters: ``|g|²``, real ``rms``.
+    ε always inside the root, ``sqrt(v + ε)``; decoupled weight decay, ``p ← p − p·wd·lr`` before
+    the step; ``1 − ρ`` computed in double from a Python ``rho`` (from the float32 value under
+    ``optax.inject_hyperparams``). Complex parameters: ``|g|²``, real ``rms``.
 
-    ``keras3(**optimizer.get_config())`` works: ``name``, ``jit_compile`` and the EMA settings
-    change no number; clipping, ``use_ema``, ``loss_scale_factor``,
-    ``gradient_accumulation_steps`` and ``is_legacy_optimizer`` are not reproduced, so anything
-    but ``None`` / ``False`` (off) raises a ``ValueError`` naming it and what to use instead.
+    Args:
+      learning_rate, rho, momentum, epsilon, centered: as in Keras 3.
+      weight_decay: decoupled weight decay; pass ``params`` to ``update`` when it is set.
+      name, ema_momentum, ema_overwrite_frequency, jit_compile: accepted, change no number, so
+        that ``keras3(**optimizer.get_config())`` works.
+      clipnorm, clipvalue, global_clipnorm, use_ema, loss_scale_factor,
+        gradient_accumulation_steps, is_legacy_optimizer: not reproduced; anything but
+        ``None``/``False`` raises a ``ValueError`` naming it and what to use instead.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs``.
 
     Example:
       >>> import jax.numpy as jnp
@@ -139,46 +179,43 @@ def torch(
 ) -> optax.GradientTransformationExtraArgs:
     """PyTorch ``torch.optim.RMSprop``.
 
-    ε outside the root, lr outside the momentum buffer (``buf ← μ·buf + g/avg``,
-    ``p ← p − lr·buf``), coupled L2 weight decay (``g ← g + wd·p``; pass ``params`` to
-    ``update``), ``maximize`` ascends. Note PyTorch accepts any ``momentum >= 0``; jrmsprop
-    requires ``momentum <= 1`` as well. Complex parameters are two real ones, as PyTorch's
-    ``view_as_real``: one running average per real and imaginary part (stored as a complex
-    ``square_avg``, the layout of torch's ``state_dict``). ``1 − α`` is computed in double
-    precision from a Python ``alpha``, as torch does.
+    ε outside the root, ``sqrt(v) + ε``; lr outside the momentum buffer, ``buf ← μ·buf + g/avg``,
+    ``p ← p − lr·buf``; coupled weight decay, ``g ← g + wd·p``; ``1 − α`` computed in double
+    from a Python ``alpha``. A complex parameter is two real ones (``view_as_real``: one average
+    per component, stored as a complex ``square_avg`` as in torch's ``state_dict``).
 
-    ``torch(**optimizer.state_dict()["param_groups"][0])`` works: ``capturable``, ``foreach``,
-    ``differentiable`` (how torch runs the step, not its numbers) are only type-checked and
-    ``params`` is ignored. A value torch refuses raises its ``ValueError`` and message.
+    Args:
+      lr, alpha, eps, momentum, centered, maximize: as in torch; a value torch refuses raises
+        torch's ``ValueError`` message. ``momentum`` must also be ``<= 1``.
+      weight_decay: coupled (L2) weight decay; pass ``params`` to ``update`` when it is set.
+      capturable, foreach, differentiable: how torch runs the step, not its numbers: only
+        type-checked, so that ``torch(**optimizer.state_dict()["param_groups"][0])`` works.
+      params: ignored (a param group's parameter indices).
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs``.
 
     Example:
       >>> import jax.numpy as jnp
       >>> from jrmsprop import compat
       >>> tx = compat.torch(lr=0.01)
-      >>> p = jnp.array(1.0)
-      >>> u, _ = tx.update(jnp.array(2.0), tx.init(p))
-      >>> p + u  # 1 - 0.01 * 2 / (sqrt(0.01 * 4) + 1e-8)
+      >>> u, _ = tx.update(jnp.array(2.0), tx.init(jnp.array(1.0)))
+      >>> 1.0 + u  # 1 - 0.01 * 2 / (sqrt(0.01 * 4) + 1e-8)
       Array(0.9, dtype=float32)
     """
     del params
     flags = dict(maximize=maximize, capturable=capturable, differentiable=differentiable)
     for name, flag in {**flags, "foreach": False if foreach is None else foreach}.items():
         validation.check_bool(name, flag)
-    # torch's checks, in its order, for its messages (weight_decay None is refused, as in torch)
-    checked = dict(learning_rate=lr, epsilon=eps, momentum=momentum, weight_decay=weight_decay)
-    for kind, value in {**checked, "rho": alpha}.items():
-        if value is not None or kind == "weight_decay":
-            name, checks = _TORCH.user_name(kind), validation.TORCH_MESSAGES
-            validation.check_hyperparameter(name, value, kind, messages=checks)
-    return build(
-        _TORCH._replace(maximize=bool(maximize)),
-        learning_rate=lr,
-        rho=alpha,
-        momentum=momentum,
-        epsilon=eps,
-        centered=centered,
-        weight_decay=weight_decay,
+    # torch's checks in its order, with its messages (a None weight_decay is refused, as in torch)
+    hyper: dict[str, Any] = dict(
+        learning_rate=lr, epsilon=eps, momentum=momentum, weight_decay=weight_decay, rho=alpha
     )
+    for kind, value in hyper.items():
+        if value is not None or kind == "weight_decay":
+            name, messages = _TORCH.user_name(kind), validation.TORCH_MESSAGES
+            validation.check_hyperparameter(name, value, kind, messages=messages)
+    return build(_TORCH._replace(maximize=bool(maximize)), centered=centered, **hyper)
 
 
 def tf1(
@@ -188,20 +225,25 @@ def tf1(
     epsilon: ScalarOrSchedule = 1e-10,
     centered: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
-    """TF 1 ``tf.compat.v1.train.RMSPropOptimizer``.
+    """TF1 ``tf.compat.v1.train.RMSPropOptimizer``.
 
-    Always the fused-kernel arithmetic: ε inside the root, lr inside the momentum buffer, the
-    ``rms`` slot starts at 1.0, and a momentum slot exists even for ``momentum=0`` (so sparse
-    updates are lazy: only the named rows of every slot change). Note the TF1 names: ``decay``
-    here is the moving-average factor ρ (``rho`` elsewhere), not Keras's inverse-time decay.
+    TF's fused kernels, ``rms ← rms + (|g|² − rms)·(1−ρ)``; ε inside the root; ``rms`` starts at
+    1.0; a momentum slot even for ``momentum=0``, so sparse updates are lazy (only the named rows
+    of every slot change).
+
+    Args:
+      learning_rate, momentum, epsilon, centered: as in TF1.
+      decay: TF1's name for ρ, the decay of the moving averages (not Keras's inverse-time decay).
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs``.
 
     Example:
       >>> import jax.numpy as jnp
       >>> from jrmsprop import compat
       >>> tx = compat.tf1(learning_rate=0.1)
-      >>> p = jnp.array(1.0)
-      >>> u, _ = tx.update(jnp.array(2.0), tx.init(p))
-      >>> p + u  # rms = 0.9 + 0.1 * 4 = 1.3
+      >>> u, _ = tx.update(jnp.array(2.0), tx.init(jnp.array(1.0)))
+      >>> 1.0 + u  # rms = 0.9 + 0.1 * 4 = 1.3
       Array(0.8245884, dtype=float32)
     """
     return build(
@@ -225,25 +267,33 @@ def optax_rmsprop(
     nesterov: bool = False,
     bias_correction: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
-    """The jrmsprop settings that give ``optax.rmsprop``'s numbers (same argument names).
+    """``optax.rmsprop``'s numbers, to a few float32 ulp (optax multiplies by ``rsqrt``).
 
-    The mapping: ρ = ``decay`` (optax's name for it, not Keras's inverse-time decay), ε = ``eps``
-    inside the root unless ``eps_in_sqrt=False``, ``rms`` starts at ``initial_scale``, op-by-op
-    float order, lr inside the momentum buffer. optax multiplies by
-    ``rsqrt`` / a reciprocal where jrmsprop divides, so results agree to a few float32 ulp, not
-    bit for bit. ``nesterov`` and ``bias_correction`` have no Keras/PyTorch counterpart and are
-    not supported.
+    Op-by-op float order, lr inside the momentum buffer, as :func:`jrmsprop.rmsprop`.
+
+    Args:
+      learning_rate, eps, eps_in_sqrt, centered, momentum: as in optax.
+      decay: optax's name for ρ, the decay of the moving averages.
+      initial_scale: where ``rms`` starts (a number or a 0-d array, not a schedule).
+      nesterov, bias_correction: not supported; ``True`` raises a ``ValueError``.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jrmsprop import compat
+      >>> tx = compat.optax_rmsprop(learning_rate=0.1)
+      >>> u, _ = tx.update(jnp.array(2.0), tx.init(jnp.array(1.0)))
+      >>> 1.0 + u  # 1 - 0.1 * 2 / sqrt(0.1 * 4 + 1e-8)
+      Array(0.6837..., dtype=float32)
     """
-    for name, flag in (
-        ("eps_in_sqrt", eps_in_sqrt),
-        ("nesterov", nesterov),
-        ("bias_correction", bias_correction),
-    ):
+    flags = dict(eps_in_sqrt=eps_in_sqrt, nesterov=nesterov, bias_correction=bias_correction)
+    for name, flag in flags.items():
         validation.check_bool(name, flag)
-    if nesterov:
-        raise ValueError("optax_rmsprop: `nesterov=True` is not supported by jrmsprop")
-    if bias_correction:
-        raise ValueError("optax_rmsprop: `bias_correction=True` is not supported by jrmsprop")
+    for name in ("nesterov", "bias_correction"):
+        if flags[name]:
+            raise ValueError(f"optax_rmsprop: `{name}=True` is not supported by jrmsprop")
     if validation.is_schedule(initial_scale):
         raise TypeError("`initial_scale` must be a number or a 0-d array, not a schedule")
     concrete = validation.check_hyperparameter("initial_scale", initial_scale, "initial_rms")
@@ -256,52 +306,3 @@ def optax_rmsprop(
         epsilon=eps,
         centered=centered,
     )
-
-
-_KERAS3 = Rule(
-    framework="compat.keras3",
-    eps_in_sqrt=True,
-    fused_order=False,
-    weight_decay="decoupled",
-    one_minus_rho_in_double=True,
-    # Keras 3 keeps learning_rate in a float32 variable (``floatx``); ρ, μ, ε and weight_decay
-    # stay Python numbers, cast to the variable's dtype.
-    float32_hyperparameters=frozenset({"learning_rate"}),
-)
-# Keras 3's optimizer options in a saved config (tf_keras >= 2.11's too) that change the numbers:
-# refused unless off, with what to do instead. Keras 3 rounds a norm its own way on each backend.
-_KERAS3_INSTEAD = {
-    **dict.fromkeys(
-        ("clipnorm", "global_clipnorm"), "clip the gradients before, e.g. optax.chain(clip, tx)"
-    ),
-    "clipvalue": "optax.chain(optax.clip(clipvalue), tx) is Keras 3's clipvalue",
-    "use_ema": "leave it out (optax.ema keeps an average of the parameters)",
-    "loss_scale_factor": "leave it out (scale the loss yourself)",
-    "gradient_accumulation_steps": "optax.MultiSteps(tx, every_k_schedule=steps) accumulates",
-    "is_legacy_optimizer": "a legacy optimizer's config is for jrmsprop.rmsprop",
-}
-_TORCH = Rule(
-    framework="compat.torch",
-    arg_names=(("learning_rate", "lr"), ("rho", "alpha"), ("epsilon", "eps")),
-    eps_in_sqrt=False,
-    fused_order=False,
-    lr_in_momentum=False,
-    weight_decay="coupled",
-    one_minus_rho_in_double=True,
-    complex_as_real=True,
-    scaled_gradient_squared=True,
-)
-_TF1 = Rule(
-    framework="compat.tf1",
-    arg_names=(("rho", "decay"),),
-    eps_in_sqrt=True,
-    fused_order=True,
-    momentum_slot=True,
-    float32_hyperparameters=frozenset({"learning_rate", "rho", "momentum", "epsilon"}),
-    initial_rms=1.0,
-)
-_OPTAX = Rule(
-    framework="compat.optax_rmsprop",
-    arg_names=(("rho", "decay"), ("epsilon", "eps")),
-    fused_order=False,
-)
