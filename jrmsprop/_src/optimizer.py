@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
-import operator
 import sys
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -35,11 +34,9 @@ _HYPERS = ("learning_rate", "decay", "rho", "momentum", "epsilon")  # Keras 2's 
 _AS_VARIABLES = ("learning_rate", "rho", "momentum", "decay")  # Keras: float32 Variables
 _SLOTS = ("rms", "momentum", "mg")
 _PACKAGES = ("keras", "tf_keras", "tensorflow")
-_INT32_MAX = validation.INT32_MAX
 
 
 def _transforms(values: dict[str, Any], clip: dict[str, Any], centered: bool, momentum_slot: bool):
-    """``(keras_clipping(**clip), core)``: the step's and :attr:`RMSprop.transformation`'s."""
     core = build(KERAS2, **values, centered=centered, momentum_slot=momentum_slot)
     return keras_clipping(**clip), core
 
@@ -67,10 +64,9 @@ def _check(name: str, value: Any) -> None:
 def _is_variable(value: Any) -> bool:
     """A jrmsprop.Variable or a ``tf.Variable`` (which is not a ``tf.Tensor``)."""
     tf = sys.modules.get("tensorflow")
-    tf_types = (getattr(tf, "Variable", ()), getattr(tf, "Tensor", ())) if tf else ((), ())
-    return isinstance(value, Variable) or (
-        isinstance(value, tf_types[0]) and not isinstance(value, tf_types[1])
-    )
+    tf_variable, tf_tensor = getattr(tf, "Variable", ()), getattr(tf, "Tensor", ())
+    is_tf_variable = isinstance(value, tf_variable) and not isinstance(value, tf_tensor)
+    return isinstance(value, Variable) or is_tf_variable
 
 
 def _is_tensor(value: Any) -> bool:
@@ -88,8 +84,7 @@ def _is_schedule_class(cls: Any) -> bool:
 
 
 def is_step_schedule(value: Any) -> bool:
-    """A Keras ``LearningRateSchedule`` or a callable with a required positional argument (an
-    optax schedule); Keras calls other callables with no arguments."""
+    """A Keras ``LearningRateSchedule`` or a callable of the step (Keras calls others bare)."""
     if not callable(value) or isinstance(value, Variable):
         return False
     if _is_schedule_class(type(value)):
@@ -109,8 +104,7 @@ def _is_keras_schedule(value: Any) -> bool:
 
 
 def _serialize(name: str, value: Any, number: Any = None) -> Any:
-    """A config entry: ``number`` (the Python number behind our float32 Variable, while it holds
-    it), a Variable's or callable's current value, or a schedule's Keras dict."""
+    """A config entry: a number (``number`` while our Variable holds it) or a schedule's dict."""
     if isinstance(value, Variable):
         return (
             number if number is not None and np.float32(number) == value.numpy() else float(value)
@@ -127,8 +121,7 @@ def _serialize(name: str, value: Any, number: Any = None) -> Any:
 
 
 def _deserialize(config: Any, custom_objects: Mapping[str, Any] | None) -> Any:
-    """A schedule from its config: its class from ``custom_objects``, else only a Keras
-    ``LearningRateSchedule`` of keras, tf_keras or TensorFlow (a file names what is imported)."""
+    """A schedule from ``custom_objects`` or, only if a Keras ``LearningRateSchedule``, Keras."""
     if not isinstance(config, dict) or not isinstance(config.get("class_name"), str):
         raise ValueError(f"Cannot deserialize {config!r}: expected 'class_name' and 'config' keys")
     name, module, inner = config["class_name"], config.get("module"), config.get("config")
@@ -165,45 +158,9 @@ def _hyperparameter(name: str, doc: str) -> property:
 
 
 def _check_count(value: Any, label: str = "`iterations`") -> None:
-    array = np.asarray(value)
-    if array.size and not (array.min() >= 0 and array.max() <= _INT32_MAX):
-        raise ValueError(f"{label} must be in [0, {_INT32_MAX}], got {array.tolist()}")
-
-
-def _initial_value(initializer: Any, shape: Any, dtype: Any) -> jax.Array:
-    """``'zeros'``, ``'ones'``, a callable ``(shape, dtype=)`` or a value (broadcast), once the
-    shape and dtype make an array (XLA aborts, not raises, beyond 2**63 bytes)."""
-    try:
-        sizes = None if isinstance(shape, (str, bytes)) else list(shape)
-    except TypeError:  # not iterable, or a 0-d array
-        sizes = None
-    for d in sizes or ():
-        if isinstance(d, (bool, np.bool_)) or not hasattr(d, "__index__"):
-            kind = "a boolean" if isinstance(d, (bool, np.bool_)) else type(d).__name__
-            raise TypeError(f"`shape` must be a sequence of integers, got {shape!r} ({kind} {d!r})")
-    if sizes is None:
-        raise TypeError(f"`shape` must be a sequence of integers, got {shape!r}")
-    shape = tuple(operator.index(d) for d in sizes)
-    if any(d < 0 for d in shape):
-        raise ValueError(f"`shape` must not have negative sizes, got {shape}")
-    try:
-        dtype = var_lib.canonical_dtype(dtype)
-    except TypeError as e:
-        raise TypeError(f"`dtype` must be a dtype, got {dtype!r}") from e
-    if int(np.prod([d or 1 for d in shape], dtype=object)) * dtype.itemsize >= 2**63:
-        raise ValueError(
-            f"`shape` {shape} is too large for dtype {dtype.name}: 2**63 bytes or more"
-        )
-    if isinstance(initializer, str):
-        if initializer.lower() not in ("zeros", "ones"):
-            raise ValueError(f"Unknown `initializer` {initializer!r}: 'zeros', 'ones', a callable")
-        return (jnp.zeros if initializer.lower() == "zeros" else jnp.ones)(shape, dtype)
-    if callable(initializer) and not isinstance(initializer, Variable):
-        initializer = initializer(shape, dtype=dtype)
-    array = var_lib.convert(exact_array(initializer, "`initializer`"), dtype, "`initializer`")
-    if array.shape != shape and array.ndim:
-        raise ValueError(f"`initializer` gave shape {array.shape}, expected {shape}")
-    return jnp.broadcast_to(array, shape)
+    array, top = np.asarray(value), validation.INT32_MAX
+    if array.size and not (array.min() >= 0 and array.max() <= top):
+        raise ValueError(f"{label} must be in [0, {top}], got {array.tolist()}")
 
 
 class RMSprop:
@@ -323,7 +280,7 @@ class RMSprop:
             self._numbers.pop(name, None)
         elif isinstance(self._hyper.get(name), Variable):
             self._hyper[name].assign(np.float32(number))  # Keras: backend.set_value
-            if name in self._numbers:
+            if name in self._numbers:  # ours, not a Variable you passed
                 self._numbers[name] = number
         else:
             variable = Variable(np.float32(number), name=f"{self._name}/{name}", trainable=False)
@@ -334,8 +291,7 @@ class RMSprop:
         return self._initial_decay if name == "decay" else self._hyper[name]
 
     def _current(self, name: str, step: Any) -> Any:
-        """A hyperparameter's value at ``step``: schedules evaluated, callables called, the
-        value of a Variable or array you passed (which may have changed) checked again."""
+        """A hyperparameter's value at ``step``, checked again unless it is our Variable's."""
         value = self._used(name)
         if name in self._numbers and name != "decay":
             return value.value  # our Variable: checked on assign
@@ -376,10 +332,7 @@ class RMSprop:
             self.iterations.assign(variable)
             return
         if self._iterations is not None:
-            raise RuntimeError(
-                "Cannot set `iterations` to a new Variable after the Optimizer weights have "
-                f"been created. Here it is attempting to set `iterations` to {variable}."
-            )
+            raise RuntimeError("Cannot set `iterations` to a new Variable: it exists already")
         if variable.shape != () or variable.dtype != np.int32:
             raise TypeError(f"`iterations` must be an int32 scalar Variable, got {variable!r}")
         _check_count(variable.value)
@@ -398,15 +351,11 @@ class RMSprop:
         ``'zeros'``, ``'ones'``, a callable ``(shape, dtype=)`` or a value."""
         if not isinstance(name, str):
             raise TypeError(f"add_weight: `name` must be a string, got {name!r}")
-        value = _initial_value(initializer, shape, np.float32 if dtype is None else dtype)
+        value = var_lib.initial_value(initializer, shape, np.float32 if dtype is None else dtype)
         kw = dict(trainable=trainable, synchronization=synchronization, aggregation=aggregation)
         variable = Variable(value, name=f"{self._name}/{name}", **kw)
         if trainable and variable.synchronization == "on_read":
-            raise ValueError(
-                "Synchronization value can be set to VariableSynchronization.ON_READ only "
-                "for non-trainable variables. You have specified trainable=True and "
-                "synchronization=VariableSynchronization.ON_READ."
-            )
+            raise ValueError("Synchronization ON_READ only for non-trainable variables (Keras)")
         return variable
 
     def add_slot(
@@ -415,18 +364,14 @@ class RMSprop:
         """The slot ``slot_name`` of ``var``, created (and appended to ``weights``) if new, with
         ``var``'s shape and dtype unless given."""
         if not isinstance(var, Variable):
-            raise TypeError(
-                f"add_slot: `var` must be a jrmsprop.Variable, got {type(var).__name__}"
-            )
+            raise TypeError(f"add_slot: `var` must be a Variable, got {type(var).__name__}")
         if not isinstance(slot_name, str):
             raise TypeError(f"add_slot: `slot_name` must be a string, got {slot_name!r}")
         weight = self._slots.get(var, {}).get(slot_name)
         if weight is None:
-            shape, dtype = (
-                var.shape if shape is None else shape,
-                var.dtype if dtype is None else dtype,
-            )
-            value = _initial_value(initializer, shape, dtype)
+            shape = var.shape if shape is None else shape
+            dtype = var.dtype if dtype is None else dtype
+            value = var_lib.initial_value(initializer, shape, dtype)
             weight = Variable(value, name=f"{self._name}/{var.name}/{slot_name}", trainable=False)
             self._slot_names += [slot_name] * (slot_name not in self._slot_names)
             self._slots.setdefault(var, {})[slot_name] = weight
@@ -459,8 +404,7 @@ class RMSprop:
         return ("rms",) + ("momentum",) * self._momentum + ("mg",) * self._centered
 
     def _unbuilt(self, var_list: list[Variable]) -> list[Variable]:
-        """The variables that lack a slot, once their dtypes and the slots made by
-        :meth:`add_slot` since the last step are checked."""
+        """The variables that lack a slot, after checking them and the slots made by add_slot."""
         needed = self._needed()
         missing = [v for v in var_list if not self._slots.get(v, {}).keys() >= set(needed)]
         for var in missing:
@@ -536,7 +480,8 @@ class RMSprop:
         slots = {
             n: tuple(self._slots[v][n]._value for v in self._var_order) for n in self._needed()
         }
-        return RMSpropState(self.iterations._value, *(slots.get(n) for n in _SLOTS))
+        count = self.iterations._value
+        return RMSpropState(count, slots["rms"], slots.get("momentum"), slots.get("mg"))
 
     @state.setter
     def state(self, state: RMSpropState) -> None:
@@ -578,9 +523,7 @@ class RMSprop:
         its pair with a warning) in place; returns :attr:`iterations`."""
         if isinstance(grads_and_vars, (str, bytes)) or not isinstance(grads_and_vars, Iterable):
             kind = type(grads_and_vars).__name__
-            raise TypeError(
-                f"apply_gradients: `grads_and_vars` must be (gradient, variable) pairs, got {kind}"
-            )
+            raise TypeError(f"apply_gradients: `grads_and_vars` must be pairs, got {kind}")
         return self._apply(grads_and_vars)
 
     def _apply(self, grads_and_vars: Iterable[Any]) -> Variable:
@@ -603,7 +546,8 @@ class RMSprop:
         needed = self._needed()
         slots = [[self._slots[v][n] for v in var_list] if n in needed else None for n in _SLOTS]
         (params, *buffers), (grads, values, clip, count) = var_lib.distinct_donations(
-            [[v._value for v in var_list]] + [s and [v._value for v in s] for s in slots],
+            [[v._value for v in var_list]]
+            + [None if s is None else [v._value for v in s] for s in slots],
             (grads, values, self._clip_values(), self.iterations._value),
         )
         static = dict(centered=self._centered, momentum_slot=self._momentum)

@@ -19,7 +19,7 @@ import numpy as np
 from jrmsprop._src.sparse import IndexedSlices
 from jrmsprop._src.validation import abbreviated, check_bool
 
-__all__ = ["Variable", "compute_gradients", "flatten_variables", "step_inputs"]
+__all__ = ["Variable", "compute_gradients", "flatten_variables", "initial_value", "step_inputs"]
 
 _ENUMS = {
     "synchronization": ("auto", "none", "on_write", "on_read"),
@@ -147,6 +147,42 @@ def convert(exact: Any, dtype: Any, what: str, requested: Any = None) -> jax.Arr
     return jnp.array(
         exact if isinstance(exact, jax.Array) else np.asarray(exact), target, copy=True
     )
+
+
+def initial_value(initializer: Any, shape: Any, dtype: Any) -> jax.Array:
+    """``'zeros'``, ``'ones'``, a callable ``(shape, dtype=)`` or a value (broadcast), once the
+    shape and dtype make an array (XLA aborts, not raises, beyond 2**63 bytes)."""
+    try:
+        sizes = None if isinstance(shape, (str, bytes)) else list(shape)
+    except TypeError:  # not iterable, or a 0-d array
+        sizes = None
+    for d in sizes or ():
+        if isinstance(d, (bool, np.bool_)) or not hasattr(d, "__index__"):
+            kind = "a boolean" if isinstance(d, (bool, np.bool_)) else type(d).__name__
+            raise TypeError(f"`shape` must be a sequence of integers, got {shape!r} ({kind} {d!r})")
+    if sizes is None:
+        raise TypeError(f"`shape` must be a sequence of integers, got {shape!r}")
+    shape = tuple(operator.index(d) for d in sizes)
+    if any(d < 0 for d in shape):
+        raise ValueError(f"`shape` must not have negative sizes, got {shape}")
+    try:
+        dtype = canonical_dtype(dtype)
+    except TypeError as e:
+        raise TypeError(f"`dtype` must be a dtype, got {dtype!r}") from e
+    if int(np.prod([d or 1 for d in shape], dtype=object)) * dtype.itemsize >= 2**63:
+        raise ValueError(
+            f"`shape` {shape} is too large for dtype {dtype.name}: 2**63 bytes or more"
+        )
+    if isinstance(initializer, str):
+        if initializer.lower() not in ("zeros", "ones"):
+            raise ValueError(f"Unknown `initializer` {initializer!r}: not 'zeros' or 'ones'")
+        return (jnp.zeros if initializer.lower() == "zeros" else jnp.ones)(shape, dtype)
+    if callable(initializer) and not isinstance(initializer, Variable):
+        initializer = initializer(shape, dtype=dtype)
+    array = convert(exact_array(initializer, "`initializer`"), dtype, "`initializer`")
+    if array.shape != shape and array.ndim:
+        raise ValueError(f"`initializer` gave shape {array.shape}, expected {shape}")
+    return jnp.broadcast_to(array, shape)
 
 
 # While ``minimize`` computes gradients, every read of a Variable is reported to a recorder.
