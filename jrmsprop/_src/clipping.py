@@ -1,11 +1,10 @@
 """Keras 2's gradient clipping (``clipvalue``, ``clipnorm``, ``global_clipnorm``) for optax.
 
-Each step follows the TensorFlow function Keras calls, operation by operation
-(``tf.clip_by_value``, ``tf.clip_by_norm``, ``tf.clip_by_global_norm``), each product and
-quotient rounded as TF's kernels round it. Sums below one SIMD packet (8 floats) are added in
-index order, as TF's: float32 results are TF's bits for gradients of at most 7 elements (and at
-most 7 gradients); longer sums agree to a few ulps. An :class:`jrmsprop.IndexedSlices` is
-clipped by its ``values`` as given (duplicates not summed), as TF clips ``tf.IndexedSlices``.
+Each clip is the TensorFlow op Keras calls (``tf.clip_by_value``, ``tf.clip_by_norm``,
+``tf.clip_by_global_norm``), rounded as TF's kernels round; sums of under 8 elements are added in
+index order, as TF's are, so float32 results are TF's bits up to 7 elements (and 7 gradients).
+An :class:`jrmsprop.IndexedSlices` is clipped by its ``values`` as given, as TF clips
+``tf.IndexedSlices``.
 """
 
 from __future__ import annotations
@@ -24,21 +23,16 @@ from jrmsprop._src.validation import KERAS2_MESSAGES, check_hyperparameter, is_s
 
 __all__ = ["check_clip_arguments", "keras_clipping"]
 
+_is_slices = lambda x: isinstance(x, IndexedSlices)  # noqa: E731
+
 
 def check_clip_arguments(
     clipvalue: Any = None, clipnorm: Any = None, global_clipnorm: Any = None
 ) -> dict[str, Any]:
-    """Each threshold ``None`` or a finite number ``>= 0`` (Keras's messages), not both norms.
-
-    Returns:
-      The thresholds that are set, integers as Python floats (see ``validation.jit_value``).
-    """
+    """The thresholds that are set, checked (finite, ``>= 0``, not both norms), ready for jit."""
     checked = {}
-    for name, value in (
-        ("clipvalue", clipvalue),
-        ("clipnorm", clipnorm),
-        ("global_clipnorm", global_clipnorm),
-    ):
+    given = dict(clipvalue=clipvalue, clipnorm=clipnorm, global_clipnorm=global_clipnorm)
+    for name, value in given.items():
         if value is not None:
             if is_schedule(value):
                 raise TypeError(f"`{name}` must be a number or a scalar array, got {value!r}")
@@ -53,48 +47,40 @@ def check_clip_arguments(
 
 
 def _values(who: str, path: Any, leaf: Any, complex_ok: bool = True) -> jax.Array:
-    """A leaf's (or IndexedSlices') values, which must be floating point (or complex)."""
     where = jax.tree_util.keystr(tuple(path)) or "<root>"
     try:
         g = leaf.values if isinstance(leaf, IndexedSlices) else jnp.asarray(leaf)
     except TypeError as e:
         raise TypeError(
-            f"{who}: the gradient at {where} must be an array of floating-point numbers, got "
-            f"{type(leaf).__name__}"
+            f"{who}: the gradient at {where} must be an array of floats, got {type(leaf).__name__}"
         ) from e
     if not jnp.issubdtype(g.dtype, jnp.inexact if complex_ok else jnp.floating):
         dtype = jnp.dtype(g.dtype).name
         if jnp.issubdtype(g.dtype, jnp.complexfloating):
-            raise TypeError(
-                f"{who}: complex gradients cannot be clipped by value (the gradient at {where} "
-                f"has dtype {dtype})"
-            )
+            raise TypeError(f"{who}: complex gradients cannot be clipped by value ({where})")
+        kind = "floating point" + " (or complex)" * complex_ok
         raise TypeError(
-            f"{who}: the gradient at {where} has dtype {dtype}; gradients must be floating "
-            "point" + (" (or complex)" if complex_ok else "")
+            f"{who}: the gradient at {where} has dtype {dtype}; gradients must be {kind}"
         )
     return g
 
 
-def _map(fn, updates: Any) -> Any:
-    """``fn(path, leaf, values)`` for every leaf (an IndexedSlices is one, rebuilt around the
-    new values); None leaves pass through."""
+def _map(who: str, fn: Any, updates: Any, complex_ok: bool = True) -> Any:
+    """``fn(values)`` for every gradient (an IndexedSlices rebuilt around them); None passes."""
 
     def apply(path: Any, leaf: Any) -> Any:
         if leaf is None:
             return None
-        values = fn(path, leaf)
+        values = fn(_values(who, path, leaf, complex_ok))
         if isinstance(leaf, IndexedSlices):
             return IndexedSlices(values, leaf.indices, leaf.dense_shape)
         return values
 
-    is_leaf = lambda x: isinstance(x, IndexedSlices)  # noqa: E731
-    return jax.tree_util.tree_map_with_path(apply, updates, is_leaf=is_leaf)
+    return jax.tree_util.tree_map_with_path(apply, updates, is_leaf=_is_slices)
 
 
 def _sum(x: jax.Array) -> jax.Array:
-    """``Σ x`` over ``x`` flattened first (TF reduces all dimensions as one vector), in index
-    order below 8 elements (XLA's own order is not fixed there); ``jnp.sum`` above."""
+    """``Σ x`` over ``x`` flattened, in index order below 8 elements (XLA's order is not fixed)."""
     x = x.reshape(-1)
     if x.shape[0] >= 8:
         return jnp.sum(x)
@@ -104,70 +90,43 @@ def _sum(x: jax.Array) -> jax.Array:
     return total
 
 
-def _by_value(c: Any):
-    """``tf.clip_by_value(g, -c, c)``: ``maximum(minimum(g, c), -c)``."""
-
-    def clip(path: Any, leaf: Any) -> jax.Array:
-        g = _values("clipvalue", path, leaf, complex_ok=False)
-        c_ = jnp.asarray(c).astype(g.dtype)
-        return jnp.maximum(jnp.minimum(g, c_), -c_)
-
-    return lambda updates: _map(clip, updates)
+def _by_value(c: Any, g: jax.Array) -> jax.Array:
+    """``tf.clip_by_value(g, -c, c)``."""
+    c = jnp.asarray(c).astype(g.dtype)
+    return jnp.maximum(jnp.minimum(g, c), -c)
 
 
-def _by_norm(c: Any):
-    """``tf.clip_by_norm``: ``s = Σ|g|²``; ``n = sqrt(s)`` if ``s > 0`` else ``s``;
-    ``(g·c) / max(n, c)`` (a traced negative ``c`` counts as 0)."""
-
-    def clip(path: Any, leaf: Any) -> jax.Array:
-        g = _values("clipnorm", path, leaf)
-        c_ = jnp.maximum(jnp.asarray(c), 0).astype(arithmetic.real_dtype(g.dtype))
-        finite = None if jnp.iscomplexobj(g) else lax.is_finite(g)
-        # each g·g rounded before the sum (not contracted into a fused multiply-add)
-        s = _sum(arithmetic.abs_sq(g.reshape(-1), None if finite is None else finite.reshape(-1)))
-        n = jnp.where(s > 0, jnp.sqrt(jnp.where(s > 0, s, jnp.ones_like(s))), s)
-        divisor = jnp.broadcast_to(jnp.maximum(n, c_).astype(g.dtype), g.shape)
-        if finite is not None:
-            # A per-element select, so that XLA keeps the division (by a broadcast scalar it
-            # would multiply by the reciprocal, rounded differently); where g is not finite TF
-            # gives NaN, and so does (g·c)/g.
-            divisor = lax.select(finite, divisor, g)
-        return (g * c_.astype(g.dtype)) / divisor
-
-    return lambda updates: _map(clip, updates)
+def _by_norm(c: Any, g: jax.Array) -> jax.Array:
+    """``tf.clip_by_norm``: ``s = Σ|g|²``, ``n = √s`` if ``s > 0`` else ``s``, ``g·c / max(n, c)``
+    (a traced negative ``c`` counts as 0)."""
+    c = jnp.maximum(jnp.asarray(c), 0).astype(arithmetic.real_dtype(g.dtype))
+    finite = None if jnp.iscomplexobj(g) else lax.is_finite(g)
+    # each g·g rounded before the sum (not contracted into a fused multiply-add)
+    s = _sum(arithmetic.abs_sq(g.reshape(-1), None if finite is None else finite.reshape(-1)))
+    n = jnp.where(s > 0, jnp.sqrt(jnp.where(s > 0, s, jnp.ones_like(s))), s)
+    divisor = jnp.broadcast_to(jnp.maximum(n, c).astype(g.dtype), g.shape)
+    if finite is not None:
+        # a select keeps XLA's division (by a broadcast scalar it would multiply by the rounded
+        # reciprocal); where g is not finite TF gives NaN, and so does (g·c)/g
+        divisor = lax.select(finite, divisor, g)
+    return (g * c.astype(g.dtype)) / divisor
 
 
-def _by_global_norm(c: Any):
-    """``tf.clip_by_global_norm``: ``n = sqrt(2 Σ_leaves Σ|g|²·0.5)`` (each leaf's sum in its
-    own dtype, then in the widest), ``g · (c · min(1/n, 1/c) + (n − n))``."""
-
-    def clip(updates: Any) -> Any:
-        is_leaf = lambda x: isinstance(x, IndexedSlices)  # noqa: E731
-        leaves = [
-            _values("global_clipnorm", path, leaf)
-            for path, leaf in jax.tree_util.tree_leaves_with_path(updates, is_leaf=is_leaf)
-            if leaf is not None
-        ]
-        if not leaves:
-            return updates
-        halves = [
-            _sum(
-                arithmetic.abs_sq(g.reshape(-1)) * jnp.asarray(0.5, arithmetic.real_dtype(g.dtype))
-            )
-            for g in leaves
-        ]
-        dtype = functools.reduce(jnp.promote_types, [h.dtype for h in halves])
-        n = jnp.sqrt(_sum(jnp.stack([h.astype(dtype) for h in halves])) * jnp.asarray(2.0, dtype))
-        c_, one = jnp.asarray(c).astype(dtype), jnp.asarray(1.0, dtype)
-        scale = c_ * jnp.minimum(one / n, one / c_) + (n - n)
-
-        def rescale(path: Any, leaf: Any) -> jax.Array:
-            g = _values("global_clipnorm", path, leaf)
-            return g * scale.astype(g.dtype)
-
-        return _map(rescale, updates)
-
-    return clip
+def _by_global_norm(c: Any, updates: Any) -> Any:
+    """``tf.clip_by_global_norm``: ``n = √(2 Σ Σ|g|²·0.5)`` (each leaf's sum in its own dtype,
+    then in the widest), ``g · (c · min(1/n, 1/c) + (n − n))``."""
+    leaves = jax.tree_util.tree_leaves_with_path(updates, is_leaf=_is_slices)
+    halves = [
+        _sum(arithmetic.abs_sq(g.reshape(-1)) * jnp.asarray(0.5, arithmetic.real_dtype(g.dtype)))
+        for g in (_values("global_clipnorm", path, leaf) for path, leaf in leaves)
+    ]
+    if not halves:
+        return updates
+    dtype = functools.reduce(jnp.promote_types, [h.dtype for h in halves])
+    n = jnp.sqrt(_sum(jnp.stack([h.astype(dtype) for h in halves])) * jnp.asarray(2.0, dtype))
+    c, one = jnp.asarray(c).astype(dtype), jnp.asarray(1.0, dtype)
+    scale = c * jnp.minimum(one / n, one / c) + (n - n)
+    return _map("global_clipnorm", lambda g: g * scale.astype(g.dtype), updates)
 
 
 def keras_clipping(
@@ -191,20 +150,16 @@ def keras_clipping(
       Array([0.6, 0.8], dtype=float32)
     """
     checked = check_clip_arguments(clipvalue, clipnorm, global_clipnorm)
-    steps = [
-        build(checked[name])
-        for name, build in (
-            ("clipvalue", _by_value),
-            ("clipnorm", _by_norm),
-            ("global_clipnorm", _by_global_norm),
-        )
-        if name in checked
-    ]
 
     def update_fn(updates, state, params=None):
         del params
-        for step in steps:
-            updates = step(updates)
+        if "clipvalue" in checked:
+            clip = functools.partial(_by_value, checked["clipvalue"])
+            updates = _map("clipvalue", clip, updates, complex_ok=False)
+        if "clipnorm" in checked:
+            updates = _map("clipnorm", functools.partial(_by_norm, checked["clipnorm"]), updates)
+        if "global_clipnorm" in checked:
+            updates = _by_global_norm(checked["global_clipnorm"], updates)
         return updates, state
 
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
-import operator
 import sys
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -21,31 +20,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jrmsprop._src import validation
+from jrmsprop._src import variable as var_lib
 from jrmsprop._src.clipping import check_clip_arguments, keras_clipping
 from jrmsprop._src.transform import KERAS2, RMSpropState, build, slot_dtype_of
 from jrmsprop._src.update_and_apply import update_and_apply
-from jrmsprop._src.validation import (
-    INT32_MAX,
-    KERAS2_MESSAGES,
-    KERAS_EPSILON,
-    as_jit_scalar,
-    check_bool,
-    check_hyperparameter,
-    concrete_scalar,
-    legacy_lr,
-    slot_values,
-)
-from jrmsprop._src.variable import (
-    Variable,
-    canonical_dtype,
-    compute_gradients,
-    convert,
-    distinct_donations,
-    dtype_kind,
-    exact_array,
-    flatten_variables,
-    step_inputs,
-)
+from jrmsprop._src.variable import Variable, dtype_kind, exact_array
 
 __all__ = ["RMSprop"]
 
@@ -57,8 +37,6 @@ _PACKAGES = ("keras", "tf_keras", "tensorflow")
 
 
 def _transforms(values: dict[str, Any], clip: dict[str, Any], centered: bool, momentum_slot: bool):
-    """``(keras_clipping(**clip), core)`` for hyperparameter values (numbers, arrays, tracers or
-    step schedules): the one builder of the step and of :attr:`RMSprop.transformation`."""
     core = build(KERAS2, **values, centered=centered, momentum_slot=momentum_slot)
     return keras_clipping(**clip), core
 
@@ -71,36 +49,29 @@ def _step(params, slots, count, grads, values, clip, *, centered, momentum_slot)
     return params, (state.rms, state.momentum, state.mg), state.count
 
 
-# ---- Keras 2's rules for hyperparameters ------------------------------------------------------
+# ---- Keras 2's hyperparameters and their (de)serialisation ------------------------------------
 
 
 def _check(name: str, value: Any) -> None:
     """The core's check, with Keras's messages; TF holds lr, rho, momentum, decay as float32."""
-    float32 = name in KERAS2.float32_hyperparameters
-    check_hyperparameter(name, value, float32=float32, messages=KERAS2_MESSAGES)
-
-
-def _check_assigned(name: str, value: Any) -> None:
     if isinstance(value, np.ndarray) and value.dtype.kind == "O" and value.size == 1:
-        value = value.item()  # a Python int beyond 64 bits, as given
-    _check(name, value)
+        value = value.item()  # a Python int beyond 64 bits, assigned to our Variable
+    float32 = name in KERAS2.float32_hyperparameters
+    messages = validation.KERAS2_MESSAGES
+    validation.check_hyperparameter(name, value, float32=float32, messages=messages)
 
 
 def _is_variable(value: Any) -> bool:
     """A jrmsprop.Variable or a ``tf.Variable`` (which is not a ``tf.Tensor``)."""
     tf = sys.modules.get("tensorflow")
-    return isinstance(value, Variable) or (
-        tf is not None
-        and isinstance(value, getattr(tf, "Variable", ()))
-        and not isinstance(value, getattr(tf, "Tensor", ()))
-    )
+    tf_variable, tf_tensor = getattr(tf, "Variable", ()), getattr(tf, "Tensor", ())
+    is_tf_variable = isinstance(value, tf_variable) and not isinstance(value, tf_tensor)
+    return isinstance(value, Variable) or is_tf_variable
 
 
 def _is_tensor(value: Any) -> bool:
-    module = type(value).__module__ or ""
-    return isinstance(value, (jax.Array, Variable)) or (
-        module.startswith("tensorflow") and hasattr(value, "dtype")
-    )
+    from_tf = (type(value).__module__ or "").startswith("tensorflow") and hasattr(value, "dtype")
+    return isinstance(value, (jax.Array, Variable)) or from_tf
 
 
 def _is_schedule_class(cls: Any) -> bool:
@@ -113,8 +84,7 @@ def _is_schedule_class(cls: Any) -> bool:
 
 
 def is_step_schedule(value: Any) -> bool:
-    """A Keras ``LearningRateSchedule`` or a callable that requires a positional argument (an
-    optax schedule); a callable that can be called without arguments is called so (Keras)."""
+    """A Keras ``LearningRateSchedule`` or a callable of the step (Keras calls others bare)."""
     if not callable(value) or isinstance(value, Variable):
         return False
     if _is_schedule_class(type(value)):
@@ -129,52 +99,37 @@ def is_step_schedule(value: Any) -> bool:
 
 def _is_keras_schedule(value: Any) -> bool:
     """A step schedule object with ``get_config`` (serialisable, evaluated at float32 steps)."""
-    return (
-        is_step_schedule(value)
-        and callable(getattr(value, "get_config", None))
-        and not (inspect.isfunction(value) or inspect.ismethod(value))
-    )
+    plain = inspect.isfunction(value) or inspect.ismethod(value)
+    return is_step_schedule(value) and callable(getattr(value, "get_config", None)) and not plain
 
 
 def _serialize(name: str, value: Any, number: Any = None) -> Any:
-    """A config entry: a number (``number``, the Python value behind a float32 Variable, while
-    the Variable holds it), a callable's current value, or a schedule's Keras dict."""
+    """A config entry: a number (``number`` while our Variable holds it) or a schedule's dict."""
     if isinstance(value, Variable):
-        if number is not None and np.float32(number) == value.numpy():
-            return number
-        return float(value.numpy())
+        return (
+            number if number is not None and np.float32(number) == value.numpy() else float(value)
+        )
     if is_step_schedule(value):
         if not _is_keras_schedule(value):
-            raise ValueError(
-                f"Cannot serialise `{name}`={value!r}: a schedule must have get_config() (e.g. a "
-                "Keras LearningRateSchedule) to appear in get_config(); optax schedules are plain "
-                "functions"
-            )
+            raise ValueError(f"Cannot serialise `{name}`={value!r}: a schedule needs get_config()")
         cls, config = type(value), value.get_config()
         entry = {"module": cls.__module__, "class_name": cls.__qualname__, "config": config}
         return {**entry, "registered_name": None}
     value = value() if callable(value) else value
-    number = concrete_scalar(name, value)
+    number = validation.concrete_scalar(name, value)
     return value if type(value) is int else number
 
 
 def _deserialize(config: Any, custom_objects: Mapping[str, Any] | None) -> Any:
-    """A schedule from its config dict: its class from ``custom_objects``, else only a Keras
-    ``LearningRateSchedule`` imported from keras, tf_keras or TensorFlow (a config read from a
-    file names what is imported and called)."""
-    if not isinstance(config, dict) or "class_name" not in config or "config" not in config:
+    """A schedule from ``custom_objects`` or, only if a Keras ``LearningRateSchedule``, Keras."""
+    if not isinstance(config, dict) or not isinstance(config.get("class_name"), str):
         raise ValueError(f"Cannot deserialize {config!r}: expected 'class_name' and 'config' keys")
-    name, module, inner = config["class_name"], config.get("module"), config["config"]
-    if not isinstance(name, str):
-        raise ValueError(f"Cannot deserialize {config!r}: 'class_name' must be a string")
+    name, module, inner = config["class_name"], config.get("module"), config.get("config")
     cls: Any = (custom_objects or {}).get(name)
+    hint = f"pass the class in `custom_objects={{{name!r}: cls}}`"
     if cls is None:
-        hint = f"pass the class in `custom_objects={{{name!r}: cls}}`"
         if not isinstance(module, str) or module.split(".")[0] not in _PACKAGES:
-            raise ValueError(
-                f"Cannot deserialize {name!r} from module {module!r}: only Keras learning-rate "
-                f"schedules are imported from a config (keras, tf_keras, tensorflow); {hint}"
-            )
+            raise ValueError(f"Cannot deserialize {name!r} from module {module!r}: {hint}")
         # TF 2.x Keras writes its public "keras." names: tf_keras first
         candidates = ["tf_keras" + module[5:]] * module.startswith("keras.") + [module]
         for candidate in candidates:
@@ -183,10 +138,7 @@ def _deserialize(config: Any, custom_objects: Mapping[str, Any] | None) -> Any:
             except (ImportError, AttributeError):
                 continue
             if not _is_schedule_class(cls):
-                raise ValueError(
-                    f"Cannot deserialize {name!r} from module {candidate!r}: it is not a Keras "
-                    f"LearningRateSchedule; {hint} if you trust it"
-                )
+                raise ValueError(f"{candidate}.{name} is not a LearningRateSchedule: {hint}")
             break
         else:
             raise ValueError(f"Cannot deserialize {name!r}: not found in {candidates}; {hint}")
@@ -206,51 +158,9 @@ def _hyperparameter(name: str, doc: str) -> property:
 
 
 def _check_count(value: Any, label: str = "`iterations`") -> None:
-    array = np.asarray(value)
-    if array.size and not (array.min() >= 0 and array.max() <= INT32_MAX):
-        raise ValueError(f"{label} must be in [0, {INT32_MAX}], got {array.tolist()}")
-
-
-def _initial_value(initializer: Any, shape: Any, dtype: Any) -> jax.Array:
-    """``'zeros'``, ``'ones'``, a callable ``(shape, dtype)`` or a value (broadcast), after
-    checking that the shape and dtype make an array (XLA aborts, not raises, beyond 2**63 bytes)."""
-    if isinstance(shape, (str, bytes)) or not isinstance(shape, Iterable):
-        raise TypeError(f"`shape` must be a sequence of integers, got {shape!r}")
-    try:
-        sizes = list(shape)
-    except TypeError as e:  # a 0-d array
-        raise TypeError(f"`shape` must be a sequence of integers, got {shape!r}") from e
-    for d in sizes:
-        if isinstance(d, (bool, np.bool_)) or not hasattr(d, "__index__"):
-            kind = "a boolean size" if isinstance(d, (bool, np.bool_)) else type(d).__name__
-            raise TypeError(f"`shape` must be a sequence of integers, got {shape!r} ({kind} {d!r})")
-    shape = tuple(operator.index(d) for d in sizes)
-    if any(d < 0 for d in shape):
-        raise ValueError(f"`shape` must not have negative sizes, got {shape}")
-    try:
-        dtype = canonical_dtype(dtype)
-    except TypeError as e:
-        raise TypeError(f"`dtype` must be a dtype, got {dtype!r}") from e
-    product = int(np.prod([d or 1 for d in shape], dtype=object))
-    if product * dtype.itemsize > 2**63 - 1:
-        sizes = "its non-zero sizes" if 0 in shape else "its sizes"
-        raise ValueError(
-            f"`shape` {shape} is too large for an array of dtype {dtype.name}: {sizes} multiply "
-            f"to {product}, which times {dtype.itemsize} bytes is more than 2**63 - 1 bytes"
-        )
-    if isinstance(initializer, str):
-        if initializer.lower() not in ("zeros", "ones"):
-            raise ValueError(
-                f"Unknown `initializer` {initializer!r}: use 'zeros', 'ones', a callable "
-                "initializer(shape, dtype) or a value"
-            )
-        return (jnp.zeros if initializer.lower() == "zeros" else jnp.ones)(shape, dtype)
-    if callable(initializer) and not isinstance(initializer, Variable):
-        initializer = initializer(shape, dtype=dtype)
-    array = convert(exact_array(initializer, "`initializer`"), dtype, "`initializer`")
-    if array.shape != shape and array.ndim:
-        raise ValueError(f"`initializer` gave shape {array.shape}, expected {shape}")
-    return jnp.broadcast_to(array, shape)
+    array, top = np.asarray(value), validation.INT32_MAX
+    if array.size and not (array.min() >= 0 and array.max() <= top):
+        raise ValueError(f"{label} must be in [0, {top}], got {array.tolist()}")
 
 
 class RMSprop:
@@ -302,31 +212,35 @@ class RMSprop:
         name: str = "RMSprop",
         **kwargs: Any,
     ):
+        allowed = {*_CLIPS, "decay", "lr"}
         for key in kwargs:
-            if key not in (*_CLIPS, "decay", "lr"):
+            if key not in allowed:
                 raise TypeError(
                     f"Unexpected keyword argument passed to optimizer: {key}. Allowed kwargs are "
-                    f"{set((*_CLIPS, 'decay', 'lr'))}."
+                    f"{allowed}."
                 )
         if name is not None and not isinstance(name, str):
             raise TypeError(f"`name` must be a string, got {name!r}")
-        if epsilon is None or (not callable(epsilon) and concrete_scalar("epsilon", epsilon) == 0):
-            epsilon = KERAS_EPSILON  # Keras: `epsilon or backend.epsilon()`, here only
-        hyper = dict(learning_rate=legacy_lr(learning_rate, kwargs), rho=rho, momentum=momentum)
-        hyper.update(epsilon=epsilon, decay=kwargs.get("decay", 0.0))
+        if epsilon is None or (
+            not callable(epsilon) and validation.concrete_scalar("epsilon", epsilon) == 0
+        ):
+            epsilon = validation.KERAS_EPSILON  # Keras: `epsilon or backend.epsilon()`, here only
+        learning_rate = validation.legacy_lr(learning_rate, kwargs)
+        hyper = dict(learning_rate=learning_rate, rho=rho, momentum=momentum, epsilon=epsilon)
+        hyper["decay"] = kwargs.get("decay", 0.0)
         for key, value in hyper.items():
             _check(key, value)
         self._clip = {key: kwargs.get(key) for key in _CLIPS}
         check_clip_arguments(**self._clip)
-        self._centered = check_bool("centered", centered)
+        self._centered = validation.check_bool("centered", centered)
         self._name = name or "RMSprop"
         self._hyper: dict[str, Any] = {}
         self._numbers: dict[str, float] = {}  # the Python numbers behind our float32 Variables
         for key, value in hyper.items():
             self._set(key, value)
         self._initial_decay = hyper["decay"]
-        if _is_variable(momentum):
-            self._momentum = (concrete_scalar("momentum", np.asarray(momentum)) or 0.0) > 0
+        if _is_variable(momentum):  # TF reads a Variable once, here
+            self._momentum = (validation.concrete_scalar("momentum", np.asarray(momentum)) or 0) > 0
         else:
             self._momentum = bool(_is_tensor(momentum) or callable(momentum) or momentum > 0)
         self._weights: list[Variable] = []  # iterations, then the slots, in creation order
@@ -336,7 +250,7 @@ class RMSprop:
         self._iterations: Variable | None = None
         self._var_order: list[Variable] = []
 
-    # -- hyperparameters ---------------------------------------------------------------------------
+    # -- hyperparameters --------------------------------------------------------------------------
 
     learning_rate = _hyperparameter("learning_rate", "The learning rate.")
     lr = learning_rate
@@ -347,6 +261,11 @@ class RMSprop:
     clipnorm = _hyperparameter("clipnorm", "Per-gradient norm bound, or ``None``.")
     global_clipnorm = _hyperparameter("global_clipnorm", "Global norm bound, or ``None``.")
     clipvalue = _hyperparameter("clipvalue", "Elementwise bound, or ``None``.")
+    centered = property(
+        lambda self: self._centered,
+        lambda self, value: setattr(self, "_centered", validation.check_bool("centered", value)),
+    )
+    name = property(lambda self: self._name)
 
     def _set(self, name: str, value: Any) -> None:
         if name in _CLIPS:
@@ -361,19 +280,18 @@ class RMSprop:
             self._numbers.pop(name, None)
         elif isinstance(self._hyper.get(name), Variable):
             self._hyper[name].assign(np.float32(number))  # Keras: backend.set_value
-            if name in self._numbers:
+            if name in self._numbers:  # ours, not a Variable you passed
                 self._numbers[name] = number
         else:
             variable = Variable(np.float32(number), name=f"{self._name}/{name}", trainable=False)
-            variable._check = functools.partial(_check_assigned, name)
+            variable._check = functools.partial(_check, name)
             self._hyper[name], self._numbers[name] = variable, number
 
     def _used(self, name: str) -> Any:
         return self._initial_decay if name == "decay" else self._hyper[name]
 
     def _current(self, name: str, step: Any) -> Any:
-        """A hyperparameter's value at ``step``: schedules evaluated, callables called, the
-        value of a Variable or array you passed (which may have changed) checked again."""
+        """A hyperparameter's value at ``step``, checked again unless it is our Variable's."""
         value = self._used(name)
         if name in self._numbers and name != "decay":
             return value.value  # our Variable: checked on assign
@@ -395,15 +313,9 @@ class RMSprop:
         return value
 
     def _clip_values(self) -> dict[str, Any]:
-        return {k: as_jit_scalar(v) for k, v in self._clip.items() if v is not None}
+        return {k: validation.as_jit_scalar(v) for k, v in self._clip.items() if v is not None}
 
-    centered = property(
-        lambda self: self._centered,
-        lambda self, value: setattr(self, "_centered", check_bool("centered", value)),
-    )
-    name = property(lambda self: self._name)
-
-    # -- variables: iterations, slots, weights --------------------------------------------------
+    # -- variables: iterations, slots, weights -----------------------------------------------------
 
     @property
     def iterations(self) -> Variable:
@@ -420,15 +332,9 @@ class RMSprop:
             self.iterations.assign(variable)
             return
         if self._iterations is not None:
-            raise RuntimeError(
-                "Cannot set `iterations` to a new Variable after the Optimizer weights have "
-                f"been created. Here it is attempting to set `iterations` to {variable}."
-            )
+            raise RuntimeError("Cannot set `iterations` to a new Variable: it exists already")
         if variable.shape != () or variable.dtype != np.int32:
-            raise TypeError(
-                f"`iterations` must be an int32 scalar Variable, got shape {variable.shape} "
-                f"dtype {variable.dtype}"
-            )
+            raise TypeError(f"`iterations` must be an int32 scalar Variable, got {variable!r}")
         _check_count(variable.value)
         self._install_iterations(variable)
 
@@ -445,15 +351,11 @@ class RMSprop:
         ``'zeros'``, ``'ones'``, a callable ``(shape, dtype=)`` or a value."""
         if not isinstance(name, str):
             raise TypeError(f"add_weight: `name` must be a string, got {name!r}")
-        value = _initial_value(initializer, shape, np.float32 if dtype is None else dtype)
+        value = var_lib.initial_value(initializer, shape, np.float32 if dtype is None else dtype)
         kw = dict(trainable=trainable, synchronization=synchronization, aggregation=aggregation)
         variable = Variable(value, name=f"{self._name}/{name}", **kw)
         if trainable and variable.synchronization == "on_read":
-            raise ValueError(
-                "Synchronization value can be set to VariableSynchronization.ON_READ only "
-                "for non-trainable variables. You have specified trainable=True and "
-                "synchronization=VariableSynchronization.ON_READ."
-            )
+            raise ValueError("Synchronization ON_READ only for non-trainable variables (Keras)")
         return variable
 
     def add_slot(
@@ -462,34 +364,27 @@ class RMSprop:
         """The slot ``slot_name`` of ``var``, created (and appended to ``weights``) if new, with
         ``var``'s shape and dtype unless given."""
         if not isinstance(var, Variable):
-            raise TypeError(
-                f"add_slot: `var` must be a jrmsprop.Variable, got {type(var).__name__}"
-            )
+            raise TypeError(f"add_slot: `var` must be a Variable, got {type(var).__name__}")
         if not isinstance(slot_name, str):
             raise TypeError(f"add_slot: `slot_name` must be a string, got {slot_name!r}")
         weight = self._slots.get(var, {}).get(slot_name)
         if weight is None:
-            value = _initial_value(
-                initializer,
-                var.shape if shape is None else shape,
-                var.dtype if dtype is None else dtype,
-            )
+            shape = var.shape if shape is None else shape
+            dtype = var.dtype if dtype is None else dtype
+            value = var_lib.initial_value(initializer, shape, dtype)
             weight = Variable(value, name=f"{self._name}/{var.name}/{slot_name}", trainable=False)
-            if slot_name not in self._slot_names:
-                self._slot_names.append(slot_name)
+            self._slot_names += [slot_name] * (slot_name not in self._slot_names)
             self._slots.setdefault(var, {})[slot_name] = weight
             self._unchecked.add((var, slot_name))
             self._weights.append(weight)
         return weight
 
     def get_slot(self, var: Variable, slot_name: str) -> Variable:
-        try:
-            return self._slots[var][slot_name]
-        except (KeyError, TypeError):
-            raise KeyError(
-                f"No slot {slot_name!r} for variable {getattr(var, 'name', var)!r}; slots: "
-                f"{sorted(self._slots.get(var, {})) if isinstance(var, Variable) else []}"
-            ) from None
+        slots = self._slots.get(var, {}) if isinstance(var, Variable) else {}
+        if slot_name not in slots:
+            name = getattr(var, "name", var)
+            raise KeyError(f"No slot {slot_name!r} for variable {name!r}; slots: {sorted(slots)}")
+        return slots[slot_name]
 
     def get_slot_names(self) -> list[str]:
         return list(self._slot_names)
@@ -503,37 +398,26 @@ class RMSprop:
         return list(self._weights)
 
     variables = lambda self: list(self._weights)  # noqa: E731
-
-    @property
-    def var_list(self) -> list[Variable]:
-        """The trained variables, in slot-creation order (:attr:`state`'s)."""
-        return list(self._var_order)
+    var_list = property(lambda self: list(self._var_order), doc="The trained variables.")
 
     def _needed(self) -> tuple[str, ...]:
         return ("rms",) + ("momentum",) * self._momentum + ("mg",) * self._centered
 
     def _unbuilt(self, var_list: list[Variable]) -> list[Variable]:
-        """The variables that lack a slot, after checking their dtypes and the slots made since
-        the last step (by :meth:`add_slot`)."""
+        """The variables that lack a slot, after checking them and the slots made by add_slot."""
         needed = self._needed()
         missing = [v for v in var_list if not self._slots.get(v, {}).keys() >= set(needed)]
         for var in missing:
             if dtype_kind(var.dtype) not in "fc":
-                raise TypeError(
-                    f"RMSprop: variable {var.name!r} has dtype {var.dtype}; only floating-point "
-                    "(or complex) variables can be trained"
-                )
+                raise TypeError(f"RMSprop: variable {var.name!r} has dtype {var.dtype}: not float")
         for var, name in [(v, n) for v in var_list for n in needed if (v, n) in self._unchecked]:
             slot, where = self._slots[var][name], f"RMSprop: slot {name!r} of variable {var.name!r}"
             if slot.shape != var.shape:
-                raise ValueError(
-                    f"{where} has shape {slot.shape}, but the variable has {var.shape}"
-                )
-            if dtype_kind(slot.dtype) not in (
-                "fc" if name != "rms" and var.dtype.kind == "c" else "f"
-            ):
-                wanted = "real floating-point" if name == "rms" else "floating-point (or complex)"
-                raise TypeError(f"{where} has dtype {slot.dtype}; it must have a {wanted} dtype")
+                raise ValueError(f"{where} has shape {slot.shape}, the variable {var.shape}")
+            kinds = "f" if name == "rms" or var.dtype.kind != "c" else "fc"
+            if dtype_kind(slot.dtype) not in kinds:
+                real = "real " * (kinds == "f")
+                raise TypeError(f"{where} has dtype {slot.dtype}, not {real}floating point")
             self._unchecked.discard((var, name))
         return missing
 
@@ -547,7 +431,7 @@ class RMSprop:
 
     def build(self, var_list: Any) -> None:
         """Creates ``iterations`` and the slots of ``var_list`` now (e.g. before set_weights)."""
-        self._create_slots(self._unbuilt(flatten_variables(var_list)))
+        self._create_slots(self._unbuilt(var_lib.flatten_variables(var_list)))
 
     def _load(self, targets: list[Variable], values: list[Any], what: str) -> None:
         """Checks every value against its target, then loads them all (or none)."""
@@ -555,38 +439,29 @@ class RMSprop:
         converted = []
         for target, array in zip(targets, values, strict=True):
             if tuple(array.shape) != target.shape:
-                raise ValueError(
-                    f"{what}: shape {tuple(array.shape)} is not compatible with {target.name!r}'s "
-                    f"shape {target.shape}"
-                )
+                raise ValueError(f"{what}: shape {array.shape} for {target.name!r} {target.shape}")
             kind, target_kind = dtype_kind(array.dtype), dtype_kind(target.dtype)
             if kind not in {"i": "iu", "u": "iu", "c": "iufc"}.get(target_kind, "iuf"):
-                raise TypeError(
-                    f"Cannot load a value of dtype {array.dtype} into {target.name!r} (dtype "
-                    f"{target.dtype})"
-                )
+                raise TypeError(f"{what}: dtype {array.dtype} for {target.name!r} {target.dtype}")
             if target_kind in "iu":
                 _check_count(array, repr(target.name))
             else:
-                label = f"{what}: {target.name!r}"
-                array = slot_values(label, np.asarray(array), target.dtype, id(target) in rms)
+                label, squares = f"{what}: {target.name!r}", id(target) in rms
+                array = validation.slot_values(label, np.asarray(array), target.dtype, squares)
             converted.append(jnp.array(array, target.dtype, copy=True))
         for target, value in zip(targets, converted, strict=True):
             target._value = value
 
     def set_weights(self, weights: Sequence[Any]) -> None:
         """Loads values in :attr:`weights` order, e.g. a TF 2.x Keras RMSprop's ``get_weights()``
-        (build first). All are checked before any is loaded. A list one shorter lacks
+        (build first), all checked before any is loaded. A list one shorter lacks
         ``iterations``, which is then reset to 0 (Keras)."""
         if isinstance(weights, (str, bytes, dict)) or not isinstance(weights, Iterable):
             raise TypeError(f"set_weights: `weights` must be a list of arrays, got {weights!r}")
         weights = list(weights)
         offset = 1 if len(self._weights) == len(weights) + 1 else 0
         if len(self._weights) != len(weights) + offset:
-            hint = (
-                " The optimizer has no slots yet: call `build(var_list)` (or apply one step) first."
-            )
-            hint = "" if self._slots else hint
+            hint = "" if self._slots else " It has no slots yet: call `build(var_list)` first."
             raise ValueError(
                 f"You called `set_weights(weights)` on optimizer {self._name} with a weight list "
                 f"of length {len(weights)}, but the optimizer was expecting {len(self._weights)} "
@@ -602,10 +477,10 @@ class RMSprop:
     def state(self) -> RMSpropState:
         """The state as the core's :class:`jrmsprop.RMSpropState` over :attr:`var_list` (the live
         buffers, donated by the next step). Assigning one of the same structure loads it."""
-        count = self.iterations._value
         slots = {
             n: tuple(self._slots[v][n]._value for v in self._var_order) for n in self._needed()
         }
+        count = self.iterations._value
         return RMSpropState(count, slots["rms"], slots.get("momentum"), slots.get("mg"))
 
     @state.setter
@@ -616,18 +491,13 @@ class RMSprop:
         for name in _SLOTS:
             tree = getattr(state, name)
             if (tree is not None) != (name in self._needed()):
-                raise ValueError(
-                    f"`state.{name}` is {'unexpected' if tree is not None else 'missing'} for this "
-                    "optimizer's configuration"
-                )
+                wrong = "unexpected" if tree is not None else "missing"
+                raise ValueError(f"`state.{name}` is {wrong} for this optimizer's configuration")
             if tree is None:
                 continue
             leaves = list(tree) if isinstance(tree, (list, tuple)) else jax.tree.leaves(tree)
             if len(leaves) != len(self._var_order):
-                raise ValueError(
-                    f"`state.{name}` has {len(leaves)} leaves, expected {len(self._var_order)} "
-                    "(one per variable of `var_list`)"
-                )
+                raise ValueError(f"`state.{name}` has {len(leaves)} leaves, not one per variable")
             targets += [self._slots[v][name] for v in self._var_order]
             values += [exact_array(x, f"`state.{name}[{i}]`") for i, x in enumerate(leaves)]
         self._load(targets, values, "state")
@@ -636,17 +506,15 @@ class RMSprop:
     def transformation(self) -> optax.GradientTransformation:
         """The equivalent optax transformation, from the current values (step schedules passed
         through): ``jrmsprop.rmsprop(...)``, chained after ``keras_clipping`` when clipping."""
-        values = {
-            name: self._used(name)
-            if is_step_schedule(self._used(name))
-            else as_jit_scalar(self._current(name, 0))
-            for name in _HYPERS
-        }
+        values = {n: self._used(n) for n in _HYPERS}
+        for n, value in values.items():
+            if not is_step_schedule(value):
+                values[n] = validation.as_jit_scalar(self._current(n, 0))
         clip = self._clip_values()
         clipper, core = _transforms(values, clip, self._centered, self._momentum)
         return optax.chain(clipper, core) if clip else core
 
-    # -- the step --------------------------------------------------------------------------------
+    # -- the step ----------------------------------------------------------------------------------
 
     def apply_gradients(
         self, grads_and_vars: Iterable[Any], name=None, experimental_aggregate_gradients=True
@@ -654,17 +522,17 @@ class RMSprop:
         """Applies ``(gradient, Variable)`` pairs (arrays or ``IndexedSlices``; ``None`` skips
         its pair with a warning) in place; returns :attr:`iterations`."""
         if isinstance(grads_and_vars, (str, bytes)) or not isinstance(grads_and_vars, Iterable):
-            raise TypeError(
-                "apply_gradients: `grads_and_vars` must be an iterable of (gradient, variable) "
-                f"pairs, got {type(grads_and_vars).__name__}"
-            )
+            kind = type(grads_and_vars).__name__
+            raise TypeError(f"apply_gradients: `grads_and_vars` must be pairs, got {kind}")
         return self._apply(grads_and_vars)
 
     def _apply(self, grads_and_vars: Iterable[Any]) -> Variable:
-        var_list, grads, missing = step_inputs(grads_and_vars)
+        var_list, grads, missing = var_lib.step_inputs(grads_and_vars)
         unbuilt = self._unbuilt(var_list)
         count = jnp.zeros((), jnp.int32) if self._iterations is None else self._iterations._value
-        values = {n: as_jit_scalar(self._current(n, count)) for n in _HYPERS} if var_list else {}
+        values = {
+            n: validation.as_jit_scalar(self._current(n, count)) for n in _HYPERS * bool(var_list)
+        }
         if missing:
             warnings.warn(
                 f"Gradients do not exist for variables {missing} when minimizing the loss. If "
@@ -675,21 +543,18 @@ class RMSprop:
         self._create_slots(unbuilt)
         if not var_list:
             return self.iterations
-        slots = [
-            [self._slots[v][n]._value for v in var_list] if n in self._needed() else None
-            for n in _SLOTS
-        ]
-        (params, *slots), (grads, values, clip, count) = distinct_donations(
-            [[v._value for v in var_list], *slots],
+        needed = self._needed()
+        slots = [[self._slots[v][n] for v in var_list] if n in needed else None for n in _SLOTS]
+        (params, *buffers), (grads, values, clip, count) = var_lib.distinct_donations(
+            [[v._value for v in var_list]]
+            + [None if s is None else [v._value for v in s] for s in slots],
             (grads, values, self._clip_values(), self.iterations._value),
         )
         static = dict(centered=self._centered, momentum_slot=self._momentum)
-        params, slots, count = _step(params, tuple(slots), count, grads, values, clip, **static)
-        for var, value in zip(var_list, params, strict=True):
-            var._value = value
-        for name, new in zip(_SLOTS, slots, strict=True):
-            for var, value in zip(var_list, new, strict=True) if new is not None else ():
-                self._slots[var][name]._value = value
+        params, buffers, count = _step(params, tuple(buffers), count, grads, values, clip, **static)
+        for targets, new in zip([var_list, *slots], [params, *buffers], strict=True):
+            for target, value in zip(targets or (), new or (), strict=True):
+                target._value = value
         self.iterations._value = count
         return self.iterations
 
@@ -699,9 +564,9 @@ class RMSprop:
         """Applies the gradients of ``loss()`` (a callable of no arguments that reads the
         Variables), computed by JAX; returns :attr:`iterations`. ``var_list`` may be a callable
         (called after ``loss``); ``grad_loss`` is the loss's cotangent; ``tape`` must be None."""
-        return self._apply(compute_gradients(loss, var_list, grad_loss, tape))
+        return self._apply(var_lib.compute_gradients(loss, var_list, grad_loss, tape))
 
-    # -- config ----------------------------------------------------------------------------------
+    # -- config ------------------------------------------------------------------------------------
 
     def get_config(self) -> dict[str, Any]:
         """Keras 2's config: name, the clip thresholds set, learning_rate, decay, rho, momentum,
@@ -718,10 +583,8 @@ class RMSprop:
         """An optimizer from :meth:`get_config`'s dict or a TF 2.x Keras RMSprop's (``lr``
         renamed; schedules from ``custom_objects`` or Keras's own)."""
         if custom_objects is not None and not isinstance(custom_objects, Mapping):
-            raise TypeError(
-                "from_config: `custom_objects` must be a dict mapping class names to classes, "
-                f"got {type(custom_objects).__name__}"
-            )
+            kind = type(custom_objects).__name__
+            raise TypeError(f"from_config: `custom_objects` must be a dict of classes, got {kind}")
         if not isinstance(config, dict):
             raise TypeError(f"`config` must be a dict, got {type(config).__name__}")
         kwargs = {k: v for k, v in config.items() if k != "is_legacy_optimizer"}

@@ -1,4 +1,4 @@
-"""``jrmsprop.Variable`` and the conversion of the stateful optimizer's step inputs.
+"""``jrmsprop.Variable``, and the conversion of the stateful optimizer's step inputs.
 
 The optimizer donates a variable's buffer to its compiled step: an array read from ``v.value``
 is deleted by the next step (``v.numpy()`` is a copy).
@@ -7,6 +7,7 @@ is deleted by the next step (``v.numpy()`` is a copy).
 from __future__ import annotations
 
 import itertools
+import operator
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -18,14 +19,18 @@ import numpy as np
 from jrmsprop._src.sparse import IndexedSlices
 from jrmsprop._src.validation import abbreviated, check_bool
 
-__all__ = ["Variable", "compute_gradients", "flatten_variables", "step_inputs"]
+__all__ = ["Variable", "compute_gradients", "flatten_variables", "initial_value", "step_inputs"]
 
-SYNCHRONIZATIONS = ("auto", "none", "on_write", "on_read")
-AGGREGATIONS = ("none", "sum", "mean", "only_first_replica")
+_ENUMS = {
+    "synchronization": ("auto", "none", "on_write", "on_read"),
+    "aggregation": ("none", "sum", "mean", "only_first_replica"),
+}
+# The value kinds an assignment accepts, by the variable's kind.
+_ASSIGNABLE = {"b": "b", "i": "biu", "u": "biu", "f": "biuf", "c": "biufc"}
 
 
-def enum_name(what: str, value: Any, allowed: tuple[str, ...]) -> str:
-    name = getattr(value, "name", value)
+def _enum(what: str, value: Any) -> str:
+    name, allowed = getattr(value, "name", value), _ENUMS[what]
     if not isinstance(name, str) or name.lower() not in allowed:
         raise ValueError(f"`{what}` must be one of {allowed} (or the TF enum), got {value!r}")
     return name.lower()
@@ -44,8 +49,8 @@ def dtype_kind(dtype: Any) -> str:
 
 
 def _default_dtype(value: Any, exact: Any) -> np.dtype:
-    """TF's dtype for ``value``: float32, int32 (int64 beyond int32), complex64 or bool for
-    Python data; an array's own dtype otherwise."""
+    """TF's dtype: float32, int32 (int64 beyond), complex64 or bool for Python data; else the
+    array's own."""
     if type(value) not in (bool, int, float, complex) and not isinstance(value, (list, tuple)):
         return np.dtype(np.int64) if exact.dtype.kind == "O" else exact.dtype
     kind = dtype_kind(exact.dtype)
@@ -56,9 +61,8 @@ def _default_dtype(value: Any, exact: Any) -> np.dtype:
 
 
 def exact_array(value: Any, what: str) -> Any:
-    """``value`` as an array that holds it exactly: a ``jax.Array`` as it is, else a NumPy array
-    (Python ints beyond 64 bits as an object array). ``TypeError`` starting with ``what`` for
-    anything that is not an array of numbers."""
+    """``value`` as an array that holds it exactly (a ``jax.Array`` as it is, Python ints beyond
+    64 bits as an object array); a ``TypeError`` starting with ``what`` if it is not numbers."""
     if isinstance(value, Variable):
         value = value.value
     if isinstance(value, jax.Array):
@@ -67,10 +71,8 @@ def exact_array(value: Any, what: str) -> Any:
         array = np.asarray(value)
     except (TypeError, ValueError) as e:
         ragged = "inhomogeneous" in str(e) or "with a sequence" in str(e)
-        got = "a ragged nested list (sub-lists of different lengths)" if ragged else None
-        raise TypeError(
-            f"{what} must be an array of numbers, got {got or f'{type(value).__name__} ({e})'}"
-        ) from e
+        got = "a ragged nested list" if ragged else f"{type(value).__name__} ({e})"
+        raise TypeError(f"{what} must be an array of numbers, got {got}") from e
     if array.dtype.kind == "O" and array.size:
         if all(type(x) is int for x in array.flat):
             return array
@@ -85,10 +87,9 @@ def exact_array(value: Any, what: str) -> Any:
     ):
         if value is None or isinstance(value, (str, bytes)):
             got = abbreviated(repr(value), 80)
-        elif array.dtype.kind == "O":
-            got = type(value).__name__
         else:
-            got = f"{type(value).__name__} of dtype {array.dtype}"
+            dtype = "" if array.dtype.kind == "O" else f" of dtype {array.dtype}"
+            got = type(value).__name__ + dtype
         raise TypeError(f"{what} must be an array of numbers, got {got}")
     return array
 
@@ -109,64 +110,91 @@ def _lossy(source: Any, target: np.dtype) -> bool:
     return s in "iu" and bool(np.iinfo(source).max > float(jnp.finfo(target).max))
 
 
-def check_representable(exact: Any, target: Any, what: str, requested: Any = None) -> None:
-    """Refuses values ``target`` cannot hold (out of range, NaN or fractions for integers,
-    complex for reals); ``requested``: the dtype asked for, if x64 being off narrowed it."""
-    target = np.dtype(target)
-    if not _lossy(exact.dtype, target):
-        return
-    s, t = dtype_kind(exact.dtype), dtype_kind(target)
-    if s == "c" and t != "c":
-        raise TypeError(
-            f"{what}: a complex value cannot be stored in dtype {target} (the imaginary part "
-            "would be dropped)"
-        )
-    flat = np.asarray(exact).reshape(-1)
-    if s == "f":
-        flat = flat.astype(np.float64)
-    if t == "b":
-        bad = ~np.asarray((flat == 0) | (flat == 1), bool)
-        reason = "only 0 and 1 can be stored as booleans"
-    elif t in "iu":
-        info = np.iinfo(target)
-        if s == "f":
-            low, high = float(info.min), float(info.max) + 1.0
-            bad = ~np.isfinite(flat) | (flat != np.trunc(flat)) | (flat < low) | (flat >= high)
-        else:
-            bad = np.asarray((flat < info.min) | (flat > info.max), bool)
-        reason = f"it holds integers in [{info.min}, {info.max}]"
-    else:
-        limit = float(jnp.finfo(target).max)
-        bad = np.asarray(abs(flat) > limit, bool)
-        reason = f"its largest finite value is {limit:g}"
-    if bad.size and bad.any():
-        value = flat[int(np.argmax(bad))]
-        value = value.item() if isinstance(value, np.generic) else value
-        if requested is not None and np.dtype(requested) != target:
-            reason += f"; {np.dtype(requested)} is stored as {target} while JAX's x64 mode is off"
-        raise ValueError(f"{what}: {value!r} cannot be represented in dtype {target} ({reason})")
-
-
 def convert(exact: Any, dtype: Any, what: str, requested: Any = None) -> jax.Array:
-    """An :func:`exact_array` in ``dtype`` (a new buffer), after :func:`check_representable`."""
-    check_representable(exact, dtype, what, requested)
+    """An :func:`exact_array` in ``dtype`` (a new buffer); values ``dtype`` cannot hold (out of
+    range, NaN or fractions for integers, complex for reals) are refused. ``requested``: the
+    dtype asked for, if x64 being off narrowed it."""
+    target = np.dtype(dtype)
+    if _lossy(exact.dtype, target):
+        s, t = dtype_kind(exact.dtype), dtype_kind(target)
+        if s == "c" and t != "c":
+            raise TypeError(f"{what}: a complex value cannot be stored in dtype {target}")
+        flat = np.asarray(exact).reshape(-1)
+        flat = flat.astype(np.float64) if s == "f" else flat
+        if t == "b":
+            bad, reason = (flat != 0) & (flat != 1), "only 0 and 1 can be stored as booleans"
+        elif t in "iu":
+            info = np.iinfo(target)
+            bad = (flat < info.min) | (flat > info.max)
+            if s == "f":
+                low, high = float(info.min), float(info.max) + 1.0
+                bad = ~np.isfinite(flat) | (flat != np.trunc(flat)) | (flat < low) | (flat >= high)
+            reason = f"it holds integers in [{info.min}, {info.max}]"
+        else:
+            limit = float(jnp.finfo(target).max)
+            bad, reason = abs(flat) > limit, f"its largest finite value is {limit:g}"
+        bad = np.asarray(bad, bool)
+        if bad.any():
+            value = flat[int(np.argmax(bad))]
+            value = value.item() if isinstance(value, np.generic) else value
+            if requested is not None and np.dtype(requested) != target:
+                reason += f"; {np.dtype(requested)} is stored as {target} while x64 is off"
+            raise ValueError(
+                f"{what}: {value!r} cannot be represented in dtype {target} ({reason})"
+            )
     if exact.dtype.kind == "O":  # Python ints beyond 64 bits, checked: a float dtype holds them
         exact = exact.astype(np.float64)
-    if isinstance(exact, jax.Array):
-        return jnp.array(exact, dtype=dtype, copy=True)
-    return jnp.array(np.asarray(exact), dtype=dtype)
+    return jnp.array(
+        exact if isinstance(exact, jax.Array) else np.asarray(exact), target, copy=True
+    )
+
+
+def initial_value(initializer: Any, shape: Any, dtype: Any) -> jax.Array:
+    """``'zeros'``, ``'ones'``, a callable ``(shape, dtype=)`` or a value (broadcast), once the
+    shape and dtype make an array (XLA aborts, not raises, beyond 2**63 bytes)."""
+    try:
+        sizes = None if isinstance(shape, (str, bytes)) else list(shape)
+    except TypeError:  # not iterable, or a 0-d array
+        sizes = None
+    for d in sizes or ():
+        if isinstance(d, (bool, np.bool_)) or not hasattr(d, "__index__"):
+            kind = "a boolean" if isinstance(d, (bool, np.bool_)) else type(d).__name__
+            raise TypeError(f"`shape` must be a sequence of integers, got {shape!r} ({kind} {d!r})")
+    if sizes is None:
+        raise TypeError(f"`shape` must be a sequence of integers, got {shape!r}")
+    shape = tuple(operator.index(d) for d in sizes)
+    if any(d < 0 for d in shape):
+        raise ValueError(f"`shape` must not have negative sizes, got {shape}")
+    try:
+        dtype = canonical_dtype(dtype)
+    except TypeError as e:
+        raise TypeError(f"`dtype` must be a dtype, got {dtype!r}") from e
+    if int(np.prod([d or 1 for d in shape], dtype=object)) * dtype.itemsize >= 2**63:
+        raise ValueError(
+            f"`shape` {shape} is too large for dtype {dtype.name}: 2**63 bytes or more"
+        )
+    if isinstance(initializer, str):
+        if initializer.lower() not in ("zeros", "ones"):
+            raise ValueError(f"Unknown `initializer` {initializer!r}: not 'zeros' or 'ones'")
+        return (jnp.zeros if initializer.lower() == "zeros" else jnp.ones)(shape, dtype)
+    if callable(initializer) and not isinstance(initializer, Variable):
+        initializer = initializer(shape, dtype=dtype)
+    array = convert(exact_array(initializer, "`initializer`"), dtype, "`initializer`")
+    if array.shape != shape and array.ndim:
+        raise ValueError(f"`initializer` gave shape {array.shape}, expected {shape}")
+    return jnp.broadcast_to(array, shape)
 
 
 # While ``minimize`` computes gradients, every read of a Variable is reported to a recorder.
 _local = threading.local()
 
 
-def _binary(op: Callable[[Any, Any], Any], reflected: bool = False):
-    def method(self: Variable, other: Any) -> Any:
-        other = other.value if isinstance(other, Variable) else other
-        return op(other, self.value) if reflected else op(self.value, other)
-
-    return method
+def _binary(op: Callable[[Any, Any], Any]) -> tuple[Callable, Callable]:
+    """``op`` on a Variable's value, as a method and as its reflected method."""
+    unwrap = lambda x: x.value if isinstance(x, Variable) else x  # noqa: E731
+    return (lambda self, other: op(self.value, unwrap(other))), (
+        lambda self, other: op(unwrap(other), self.value)
+    )
 
 
 class Variable:
@@ -220,13 +248,10 @@ class Variable:
         exact = exact_array(initial_value, what)
         requested = _default_dtype(initial_value, exact) if dtype is None else dtype
         self._value = convert(exact, canonical_dtype(requested), what, requested)
-        self._synchronization = enum_name("synchronization", synchronization, SYNCHRONIZATIONS)
-        self._aggregation = enum_name("aggregation", aggregation, AGGREGATIONS)
-        self._trainable = (
-            self._synchronization != "on_read"
-            if trainable is None
-            else check_bool("trainable", trainable)
-        )
+        self._synchronization = _enum("synchronization", synchronization)
+        self._aggregation = _enum("aggregation", aggregation)
+        on_read = self._synchronization == "on_read"
+        self._trainable = not on_read if trainable is None else check_bool("trainable", trainable)
 
     @property
     def value(self) -> jax.Array:
@@ -255,60 +280,48 @@ class Variable:
     synchronization = property(lambda self: self._synchronization)
     aggregation = property(lambda self: self._aggregation)
 
-    def _coerce(self, value: Any, what: str) -> Any:
-        """``value`` as an exact array of this variable's shape and an accepted kind."""
-        exact = exact_array(value, f"Variable {self._name!r}: the value to {what}")
-        allowed = {"b": "biufc", "i": "iufc", "u": "iufc", "f": "fc", "c": "c"}
-        if dtype_kind(self.dtype) not in allowed.get(dtype_kind(exact.dtype), ""):
+    def _update(self, value: Any, how: str, read_value: bool) -> Any:
+        """Assigns ``value`` (``how``: ``"assign"``, ``"add"`` or ``"subtract"``), all checked
+        first: shape, kind, and a result the dtype can hold (integers exactly, never wrapped)."""
+        exact = exact_array(value, f"Variable {self._name!r}: the value to {how}")
+        if dtype_kind(exact.dtype) not in _ASSIGNABLE[dtype_kind(self.dtype)]:
             raise TypeError(
-                f"Variable {self._name!r}: cannot {what} a value of dtype {exact.dtype} to a "
+                f"Variable {self._name!r}: cannot {how} a value of dtype {exact.dtype} to a "
                 f"variable of dtype {self.dtype}"
             )
         if tuple(exact.shape) != self.shape:
             raise ValueError(
-                f"Variable {self._name!r}: cannot {what} a value of shape {tuple(exact.shape)} "
+                f"Variable {self._name!r}: cannot {how} a value of shape {tuple(exact.shape)} "
                 f"to a variable of shape {self.shape}"
             )
-        return exact
-
-    def _convert(self, exact: Any, what: str) -> jax.Array:
+        what = f"the value to {how}"
+        if how != "assign" and dtype_kind(self.dtype) in "biu":
+            old, exact = np.asarray(self._value).astype(object), np.asarray(exact).astype(object)
+            exact = np.asarray(old + exact if how == "add" else old - exact, dtype=object)
+            if all(-(2**63) <= int(v) < 2**63 for v in exact.flat):
+                exact = exact.astype(np.int64)
+            how, what = "assign", "the sum" if how == "add" else "the difference"
         if self._check is not None and _lossy(exact.dtype, self.dtype):
             self._check(exact)  # names e.g. `iterations` before int32 would refuse 2**32
-        return convert(exact, self.dtype, f"Variable {self._name!r}: {what}")
-
-    def _store(self, value: jax.Array) -> Variable:
+        new = convert(exact, self.dtype, f"Variable {self._name!r}: {what}")
+        if how != "assign":
+            new = (self._value + new if how == "add" else self._value - new).astype(self.dtype)
         if self._check is not None:
-            self._check(value)
-        self._value = value
-        return self
+            self._check(new)
+        self._value = new
+        return self if read_value else None
 
     def assign(self, value: Any, use_locking=None, name=None, read_value=True) -> Any:
         """Replaces the value (same shape, cast to the dtype). Returns the variable."""
-        self._store(self._convert(self._coerce(value, "assign"), "the value to assign"))
-        return self if read_value else None
-
-    def _combine(self, delta: Any, add: bool, read_value: bool) -> Any:
-        what = "add" if add else "subtract"
-        exact = self._coerce(delta, what)
-        if dtype_kind(self.dtype) in "biu":  # exact, checked before narrowing: never wraps
-            old, exact = np.asarray(self._value).astype(object), np.asarray(exact).astype(object)
-            result = np.asarray(old + exact if add else old - exact, dtype=object)
-            if all(-(2**63) <= int(v) < 2**63 for v in result.flat):
-                result = result.astype(np.int64)
-            new = self._convert(result, "the sum" if add else "the difference")
-        else:
-            delta = self._convert(exact, f"the value to {what}")
-            new = (self._value + delta if add else self._value - delta).astype(self.dtype)
-        self._store(new)
-        return self if read_value else None
+        return self._update(value, "assign", read_value)
 
     def assign_add(self, delta: Any, use_locking=None, name=None, read_value=True) -> Any:
         """Adds ``delta`` (an integer sum out of the dtype's range is refused)."""
-        return self._combine(delta, True, read_value)
+        return self._update(delta, "add", read_value)
 
     def assign_sub(self, delta: Any, use_locking=None, name=None, read_value=True) -> Any:
         """Subtracts ``delta`` (an integer difference out of range is refused)."""
-        return self._combine(delta, False, read_value)
+        return self._update(delta, "subtract", read_value)
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         array = np.array(self.value, copy=True)  # never a view: it would block donation
@@ -337,17 +350,16 @@ class Variable:
     __neg__ = lambda self: -self.value  # noqa: E731
     __pos__ = lambda self: +self.value  # noqa: E731
     __abs__ = lambda self: abs(self.value)  # noqa: E731
-    __add__, __radd__ = _binary(lambda a, b: a + b), _binary(lambda a, b: a + b, True)
-    __sub__, __rsub__ = _binary(lambda a, b: a - b), _binary(lambda a, b: a - b, True)
-    __mul__, __rmul__ = _binary(lambda a, b: a * b), _binary(lambda a, b: a * b, True)
-    __truediv__, __rtruediv__ = _binary(lambda a, b: a / b), _binary(lambda a, b: a / b, True)
-    __floordiv__ = _binary(lambda a, b: a // b)
-    __rfloordiv__ = _binary(lambda a, b: a // b, True)
-    __mod__, __rmod__ = _binary(lambda a, b: a % b), _binary(lambda a, b: a % b, True)
-    __pow__, __rpow__ = _binary(lambda a, b: a**b), _binary(lambda a, b: a**b, True)
-    __matmul__, __rmatmul__ = _binary(lambda a, b: a @ b), _binary(lambda a, b: a @ b, True)
-    __lt__, __le__ = _binary(lambda a, b: a < b), _binary(lambda a, b: a <= b)
-    __gt__, __ge__ = _binary(lambda a, b: a > b), _binary(lambda a, b: a >= b)
+    __add__, __radd__ = _binary(operator.add)
+    __sub__, __rsub__ = _binary(operator.sub)
+    __mul__, __rmul__ = _binary(operator.mul)
+    __truediv__, __rtruediv__ = _binary(operator.truediv)
+    __floordiv__, __rfloordiv__ = _binary(operator.floordiv)
+    __mod__, __rmod__ = _binary(operator.mod)
+    __pow__, __rpow__ = _binary(operator.pow)
+    __matmul__, __rmatmul__ = _binary(operator.matmul)
+    __lt__, __le__ = _binary(operator.lt)[0], _binary(operator.le)[0]
+    __gt__, __ge__ = _binary(operator.gt)[0], _binary(operator.ge)[0]
 
 
 # ---- the step's inputs ------------------------------------------------------------------------
@@ -365,14 +377,11 @@ def _gradient(grad: Any, var: Variable) -> Any:
             raise TypeError(f"{what} has dtype {array.dtype}, the variable {var.dtype}")
         return array if is_jax else convert(array, var.dtype, what)
 
-    if isinstance(grad, IndexedSlices) or all(
-        hasattr(grad, a) for a in ("values", "indices", "dense_shape")
-    ):
-        # tf.IndexedSlices and lookalikes: TF ignores dense_shape; the variable's shape rules.
+    if all(hasattr(grad, a) for a in ("values", "indices", "dense_shape")):
+        # tf.IndexedSlices and lookalikes: TF ignores dense_shape; the variable's shape rules
         shape = tuple(grad.dense_shape) if isinstance(grad, IndexedSlices) else var.shape
         indices = grad.indices
         indices = indices if isinstance(indices, jax.Array) else jnp.asarray(np.asarray(indices))
-        # (the constructor also checks the rows of one rebuilt by a tree utility)
         result = IndexedSlices(values(grad.values), indices, shape)
     else:
         result = values(grad)
@@ -383,16 +392,15 @@ def _gradient(grad: Any, var: Variable) -> Any:
 
 
 def step_inputs(grads_and_vars: Iterable[Any]) -> tuple[list[Variable], tuple, list[str]]:
-    """``apply_gradients``' pairs checked: the variables that have a gradient, their gradients
-    converted, and the names of those whose gradient is ``None`` (all ``None`` is a
-    ``ValueError``, as is a variable given twice)."""
+    """The variables that have a gradient, their gradients converted, and the names of those
+    whose gradient is ``None`` (all ``None``, or a variable given twice: ``ValueError``)."""
     pairs = []
     for pair in grads_and_vars:
         try:
             grad, var = pair
         except (TypeError, ValueError) as e:
             raise TypeError(
-                f"`grads_and_vars` must contain (gradient, variable) pairs, got {pair!r}"
+                f"`grads_and_vars` must hold (gradient, variable) pairs: {pair!r}"
             ) from e
         if not isinstance(var, Variable):
             raise TypeError(
@@ -410,10 +418,9 @@ def step_inputs(grads_and_vars: Iterable[Any]) -> tuple[list[Variable], tuple, l
         twice = next(v for i, v in enumerate(variables) if v in variables[:i])
         raise ValueError(
             f"apply_gradients: variable {twice.name!r} appears more than once in "
-            "`grads_and_vars`. TF 2.x Keras would apply its gradients one after the other in one "
-            "step, sharing one slot; jrmsprop does not reproduce that. Pass each variable once"
+            "`grads_and_vars`: TF 2.x Keras would apply each gradient in turn; pass it once"
         )
-    # A JAX array of the variable's own type, shape and dtype is taken as it is (fast path).
+    # a JAX array of the variable's own type, shape and dtype is taken as it is (fast path)
     grads = tuple(
         g if type(g) is type(v._value) and g.aval == v._value.aval else _gradient(g, v)
         for g, v in kept
@@ -422,8 +429,8 @@ def step_inputs(grads_and_vars: Iterable[Any]) -> tuple[list[Variable], tuple, l
 
 
 def distinct_donations(donated: Sequence[Sequence[jax.Array] | None], others: Any):
-    """``(donated, others)`` with a copy for every array already seen in a donated position:
-    a donated buffer may appear once among a call's arguments (``loss = p**2 / 2``)."""
+    """``(donated, others)`` with a copy of every array already seen in a donated position: a
+    donated buffer may appear once among a call's arguments (``loss = p**2 / 2``)."""
     present = [group for group in donated if group is not None]
     seen: set[int] = set(map(id, itertools.chain.from_iterable(present)))
     if len(seen) == sum(map(len, present)) and seen.isdisjoint(map(id, jax.tree.leaves(others))):
@@ -478,10 +485,7 @@ def flatten_variables(var_list: Any) -> list[Variable]:
         raise TypeError(f"`var_list` must be a list of jrmsprop.Variable, got {var_list!r}")
     for item in items:
         if not isinstance(item, (Variable, list, tuple, dict)):
-            raise TypeError(
-                f"Expected jrmsprop.Variable objects in `var_list`, got {type(item).__name__}: "
-                f"{item!r}"
-            )
+            raise TypeError(f"`var_list` must hold jrmsprop.Variable objects, got {item!r}")
     return [v for item in items for v in flatten_variables(item)]
 
 
@@ -504,37 +508,17 @@ def _loss_array(out: Any) -> jax.Array:
 def compute_gradients(
     loss: Callable[[], Any], var_list: Any, grad_loss: Any = None, tape: Any = None
 ) -> list[tuple[Any, Variable]]:
-    """The ``(gradient, variable)`` pairs of ``loss()`` by ``jax.vjp`` (Variables hold tracers).
+    """The ``(gradient or None, variable)`` pairs of ``loss()`` by ``jax.vjp``, TF's way.
 
     A variable never read gets ``None``; one read only through ``sparse_read`` an
-    :class:`IndexedSlices` (from zero row inputs). Complex gradients are TF's (JAX's conjugate).
-
-    Args:
-      loss: callable of no arguments returning a floating-point or complex loss (summed).
-      var_list: Variables, or a callable returning them (called after ``loss`` ran once).
-      grad_loss: optional cotangent of the loss, shaped like it.
-      tape: must be None.
-
-    Returns:
-      One ``(gradient or None, variable)`` pair per variable.
-
-    Example:
-      >>> import jrmsprop
-      >>> from jrmsprop._src.variable import compute_gradients
-      >>> v = jrmsprop.Variable([1.0, 2.0])
-      >>> [g.tolist() for g, _ in compute_gradients(lambda: (v.value ** 2).sum(), [v])]
-      [[2.0, 4.0]]
+    :class:`IndexedSlices` (from zero row inputs, a second pass). Complex gradients are TF's
+    (JAX's conjugate). ``var_list`` may be a callable, called after ``loss`` ran once;
+    ``grad_loss`` is the loss's cotangent; ``tape`` must be None.
     """
     if tape is not None:
-        raise NotImplementedError(
-            "minimize(tape=...) is TF-only: JAX has no gradient tape. Pass `loss` as a "
-            "callable of no arguments, or compute gradients and call apply_gradients."
-        )
+        raise NotImplementedError("minimize(tape=...): JAX has no tape; pass `loss` as a callable")
     if not callable(loss) or isinstance(loss, Variable):
-        raise ValueError(
-            "`loss` must be a callable of no arguments (JAX differentiates functions, not "
-            f"tensors). Received: loss={loss!r}."
-        )
+        raise ValueError(f"`loss` must be a callable of no arguments, got {loss!r}")
     if callable(var_list) and not isinstance(var_list, Variable):
         loss()
         var_list = var_list()
