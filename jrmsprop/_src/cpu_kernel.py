@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, TypeGuard
 
 import jax
+import jax.core
 import jax.numpy as jnp
 import numpy as np
 from jax.extend.core import ClosedJaxpr, Primitive, jaxpr_as_fun
@@ -398,8 +399,8 @@ def apply_leaves(leaves: list[Leaf], sc: arithmetic.Scalars, variant) -> list[tu
 @functools.partial(jax.jit, static_argnums=6)
 def _apply_columns_with_kernel(gs, ps, rmss, moms, mgs, sc, variant):
     def kernel(gs, ps, rmss, moms, mgs, sc):
-        slots = (None if column[0] is None else column for column in (moms, mgs))  # all or none
-        new = fused_steps(gs, rmss, *slots, sc, variant, output="param", params=ps)
+        mom, mg = (None if column[0] is None else column for column in (moms, mgs))  # all or none
+        new = fused_steps(gs, rmss, mom, mg, sc, variant, output="param", params=ps)
         return list(zip(new[0], new[1], new[2] or moms, new[3] or mgs, strict=True))
 
     def xla(gs, ps, rmss, moms, mgs, sc):
