@@ -1,9 +1,4 @@
-"""Packed parameters: a pytree stored as one flat buffer per dtype, its structure kept.
-
-An elementwise transformation (:func:`jrmsprop.rmsprop`, the :mod:`jrmsprop.compat` presets, most
-of optax) then steps a few flat buffers instead of many leaves, bit for bit the per-leaf numbers,
-and its state's slots are packed too.
-"""
+"""Packed parameters: a pytree stored as one flat buffer per dtype, its structure kept."""
 
 from __future__ import annotations
 
@@ -85,8 +80,7 @@ class PackedLayout:
         return PackedLayout, self._key()
 
     def __repr__(self) -> str:
-        # JAX prints both layouts of mismatched trees: a digest tells them apart, and a few
-        # leaves are listed.
+        # JAX prints both layouts of mismatched trees: the digest tells them apart.
         groups = ", ".join(f"{n}[{s}]" for n, s in zip(self.groups, self.sizes, strict=True))
         leaves = ""
         if len(self.leaves) <= 4:
@@ -128,8 +122,7 @@ _FLAX_PENDING = True
 
 
 def _register_with_flax() -> None:
-    """Registers PackedTree with flax.serialization once flax is imported (checked at each new
-    PackedTree until then): the buffers by dtype name; the layout is the restore target's."""
+    """Registers PackedTree's buffers with flax.serialization, once flax is imported."""
     global _FLAX_PENDING
     flax = sys.modules.get("flax.serialization")
     if flax is None or not hasattr(flax, "register_serialization_state"):
@@ -149,10 +142,8 @@ def _register_with_flax() -> None:
 class PackedTree:
     """A pytree stored as one flat buffer per dtype (see :func:`jrmsprop.pack`).
 
-    Its children are the buffers, in the order of ``layout.groups``; the layout is static
-    auxiliary data, so mapping over it (an optimizer's ``init`` and ``update``) gives a
-    ``PackedTree`` of the same layout. A buffer may have another dtype than its group (float32
-    slots of bfloat16 parameters); its shape is ``(layout.sizes[i],)``.
+    Its children are the buffers (a slot's may have another dtype than its group's name); the
+    layout is static auxiliary data, so ``init`` and ``update`` map it to the same layout.
 
     Attributes:
       buffers: dict ``{dtype name: flat array}``.
@@ -209,14 +200,9 @@ def _pack_leaves(leaves: list[Any], layout: PackedLayout) -> dict[str, jax.Array
 
 
 def _packed(leaves: list[Any], layout: PackedLayout) -> PackedTree:
-    """The leaves (in ``layout``'s order) packed; abstract if any leaf is a ShapeDtypeStruct."""
-    if not any(isinstance(leaf, jax.ShapeDtypeStruct) for leaf in leaves):
-        return PackedTree(_pack_leaves(leaves, layout), layout)
-    dtypes: dict[str, Any] = {}
-    for leaf, (g, _, _) in zip(leaves, layout.leaves, strict=True):
-        dtypes.setdefault(layout.groups[g], getattr(leaf, "dtype", layout.groups[g]))
-    sizes = zip(layout.groups, layout.sizes, strict=True)
-    return PackedTree({n: jax.ShapeDtypeStruct((s,), dtypes[n]) for n, s in sizes}, layout)
+    if any(isinstance(leaf, jax.ShapeDtypeStruct) for leaf in leaves):
+        return PackedTree(jax.eval_shape(_pack_leaves, leaves, layout=layout), layout)
+    return PackedTree(_pack_leaves(leaves, layout), layout)
 
 
 @functools.lru_cache(maxsize=64)
@@ -252,9 +238,8 @@ def _cut(buffers: tuple[Any, ...], layout: PackedLayout) -> tuple[Any, ...]:
 
 
 def _cut_traced(buffers: tuple[Any, ...], layout: PackedLayout) -> list[Any]:
-    """The leaves inside a trace. On CPU the cut runs in a conditional of two equal branches (a
-    separate computation), so XLA does not fuse each cut into its consumers: fused, every
-    consumer would become its own kernel (seconds of compilation at 512 leaves, a slower step)."""
+    """The leaves inside a trace. On CPU the cut runs in a conditional of two equal branches, so
+    XLA does not fuse it into each consumer (slower to compile at 512 leaves, and to run)."""
     probe = next((i for i, b in enumerate(buffers) if b.shape[0] > 0), None)
     if len(layout.leaves) < 2 or probe is None:
         return list(_cut(buffers, layout))
@@ -297,10 +282,10 @@ def pack(tree: Any, like: PackedTree | None = None) -> Any:
       \mathrm{pack}(w_1, \dots, w_n) = \big(\mathrm{concat}(\mathrm{vec}(w_i) : \mathrm{dtype}(w_i)
       = d)\big)_d
 
-    The loss calls ``params.unpack()``; ``jax.grad`` with respect to a ``PackedTree`` returns a
-    ``PackedTree``. With ``like``, every subtree of ``tree`` shaped like ``like``'s tree is packed
-    in its layout: per-leaf gradients, or a per-leaf state (a checkpoint, the
-    :mod:`jrmsprop.compat` loaders). Per-leaf shardings are not kept.
+    An elementwise transformation steps the buffers, bit for bit the per-leaf numbers, and packs
+    its state alike. The loss calls ``params.unpack()``; ``jax.grad`` returns a ``PackedTree``.
+    With ``like``, the subtrees of ``tree`` shaped like ``like``'s tree (per-leaf gradients, a
+    per-leaf state) are packed in its layout. Per-leaf shardings are not kept.
 
     Args:
       tree: a tree of floating-point or complex arrays (or ``jax.ShapeDtypeStruct``\ s); with
@@ -316,11 +301,9 @@ def pack(tree: Any, like: PackedTree | None = None) -> Any:
       >>> params
       PackedTree(2 leaves; float32: float32[9])
       >>> tx = jrmsprop.rmsprop(learning_rate=0.1)
-      >>> state = tx.init(params)
-      >>> loss = lambda p: jnp.sum(jnp.ones(2) @ p.unpack()["w"] + p.unpack()["b"])
-      >>> updates, state = tx.update(jax.grad(loss)(params), state, params)
-      >>> params = optax.apply_updates(params, updates)
-      >>> params.unpack()["b"]
+      >>> loss = lambda p: jnp.sum(p.unpack()["w"]) + jnp.sum(p.unpack()["b"])
+      >>> updates, state = tx.update(jax.grad(loss)(params), tx.init(params), params)
+      >>> optax.apply_updates(params, updates).unpack()["b"]
       Array([-0.31622764, -0.31622764, -0.31622764], dtype=float32)
     """
     if like is not None:
@@ -336,8 +319,7 @@ def pack(tree: Any, like: PackedTree | None = None) -> Any:
 
 
 def _misfit(layout: PackedLayout, x: Any) -> str | None:
-    """None if ``x`` has ``layout``'s structure, shapes and inexact leaves; else why not (empty
-    where the tree structure differs)."""
+    """None if ``x`` fits ``layout``; else why not ("" for another tree structure)."""
     if x is None or _is_packed(x) or isinstance(x, sparse.IndexedSlices):
         return ""
     if jax.tree.structure(x) != layout.treedef:
@@ -378,9 +360,8 @@ def _pack_like(tree: Any, layout: PackedLayout) -> Any:
 def unpack(tree: Any) -> Any:
     """Replaces every :class:`PackedTree` in ``tree`` by the ordinary tree it stores.
 
-    For packed parameters' optimizer state this is the per-leaf state, the one
-    ``tx.init(params.unpack())`` would make; ``pack(state, like=params)`` is its inverse. Inside
-    a trace the cuts are differentiable (their gradient is one concatenation per dtype).
+    A packed state unpacks to the per-leaf state ``tx.init(params.unpack())`` would make;
+    ``pack(state, like=params)`` is the inverse. The cuts' gradient is one concatenation.
 
     Args:
       tree: any pytree; its ``PackedTree`` nodes must hold arrays (or ``ShapeDtypeStruct``\\ s).

@@ -1,18 +1,16 @@
 """Sparse (row) gradients: ``IndexedSlices`` and TF 2.x Keras's row-wise RMSprop update.
 
 Duplicate indices are summed first. With a momentum slot only the named rows of the slots and of
-the variable change; without one ``rms`` (and ``mg``) decay on every row and the named rows then
-get their full update, while only the named rows of the variable move.
-
-Shapes stay static (``jit``-friendly): ``n`` indices deduplicate into ``n`` slots, the unused
-ones padded with an out-of-range row whose gathers read zeros and whose scatters are dropped.
-Concrete indices must lie in ``[0, dense_shape[0])`` (checked as TF checks them); traced ones
-cannot be checked: an out-of-range row is dropped and a negative one counts from the end.
+the variable change; without one ``rms`` (and ``mg``) decay on every row. Shapes stay static: the
+``n`` indices deduplicate into ``n`` rows, padded with an out-of-range row that gathers zeros and
+scatters nowhere. Traced indices cannot be range-checked: an out-of-range one is dropped, a
+negative one counts from the end.
 """
 
 from __future__ import annotations
 
 import math
+import operator
 from typing import Any
 
 import jax
@@ -174,25 +172,25 @@ def _as_shape(dense_shape: Any) -> tuple[int, ...]:
         got = _describe(dense_shape)
         return error(f"IndexedSlices: `dense_shape` must be {rule}, got {got}{why}")
 
-    if isinstance(dense_shape, (int, np.integer, np.ndarray, jax.Array)) and not isinstance(
-        dense_shape, jax.core.Tracer
-    ):
-        array = np.asarray(dense_shape)
-        if array.ndim > 1:
+    entries = dense_shape
+    if isinstance(entries, jax.core.Tracer):
+        raise bad(TypeError, "static (a tuple of ints)")
+    if not isinstance(entries, (list, tuple)):
+        entries = np.asarray(entries)
+        if entries.ndim > 1:
             raise bad(ValueError, "a flat tuple of ints (1-D)")
-        dense_shape = array.reshape(-1).tolist()
-    if not isinstance(dense_shape, (list, tuple)):
-        raise bad(TypeError, "a tuple of ints")
-    for d in dense_shape:
+        entries = entries.reshape(-1).tolist()
+    for d in entries:
         if isinstance(d, jax.core.Tracer):
             raise bad(TypeError, "static (a tuple of ints)")
         if isinstance(d, (bool, np.bool_)) or getattr(d, "dtype", None) == np.bool_:
             raise bad(TypeError, "a tuple of ints", f" (the entry {d!r} is a boolean)")
         if isinstance(d, (list, tuple)) or np.ndim(d) != 0:
             raise bad(ValueError, "a flat tuple of ints")
-        if not (isinstance(d, int) or np.dtype(getattr(d, "dtype", object)).kind in "iu"):
-            raise bad(TypeError, "a tuple of ints")
-    shape = tuple(int(d) for d in dense_shape)
+    try:
+        shape = tuple(operator.index(d) for d in entries)
+    except TypeError:
+        raise bad(TypeError, "a tuple of ints") from None
     if not shape:
         raise ValueError("IndexedSlices: `dense_shape` must have at least one dimension")
     if min(shape) < 0:
