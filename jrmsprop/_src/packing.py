@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import sys
-from typing import Any
+from typing import Any, TypeGuard
 
 import jax
 import jax.core
@@ -110,7 +110,7 @@ def _size(shape: tuple[int, ...]) -> int:
     return int(np.prod(shape, dtype=np.int64))
 
 
-def _is_array(x: Any) -> bool:
+def _is_array(x: Any) -> TypeGuard[Any]:
     return hasattr(x, "shape") and hasattr(x, "dtype")
 
 

@@ -228,11 +228,11 @@ def deduplicate(grad: IndexedSlices) -> tuple[jax.Array, jax.Array]:
     return unique, jax.ops.segment_sum(values, segments, num_segments=n, indices_are_sorted=True)
 
 
-def _gather(table: jax.Array | None, rows: jax.Array) -> jax.Array | None:
+def _gather(table: jax.Array | None, rows: jax.Array) -> Any:
     return None if table is None else table.at[rows].get(mode="fill", fill_value=0)
 
 
-def _scatter(table: jax.Array | None, rows: jax.Array, values: Any) -> jax.Array | None:
+def _scatter(table: jax.Array | None, rows: jax.Array, values: Any) -> Any:
     if table is None or values is None:
         return None
     return table.at[rows].set(values.astype(table.dtype), mode="drop")
@@ -259,9 +259,9 @@ def sparse_step(
     rows, values = deduplicate(grad)
     param_rows = _gather(param, rows)
     if mom is not None:  # lazy rows: only the named rows of every slot change
-        slots = [_gather(table, rows) for table in (rms, mom, mg)]
+        old_rms, old_mom, old_mg = _gather(rms, rows), _gather(mom, rows), _gather(mg, rows)
         update, rms_rows, mom_rows, mg_rows = arithmetic.rmsprop_step(
-            values, param_rows, *slots, sc, variant, dtype, negate=True
+            values, param_rows, old_rms, old_mom, old_mg, sc, variant, dtype, negate=True
         )
         new_rms, new_mom = _scatter(rms, rows, rms_rows), _scatter(mom, rows, mom_rows)
         new_mg = _scatter(mg, rows, mg_rows)
@@ -279,9 +279,9 @@ def sparse_step(
             return decayed.at[rows].add(increment, mode="drop")
 
         full_rms, full_mg = decay_and_add(rms, rms_inc), decay_and_add(mg, mg_inc)
-        moments = [_gather(table, rows) for table in (full_rms, full_mg)]
+        rms_rows, mg_rows = _gather(full_rms, rows), _gather(full_mg, rows)
         update, _ = arithmetic.step_from_moments(
-            g, param_rows, *moments, None, sc, variant, negate=True
+            g, param_rows, rms_rows, mg_rows, None, sc, variant, negate=True
         )
         new_rms = full_rms.astype(rms.dtype)
         new_mg = None if full_mg is None or mg is None else full_mg.astype(mg.dtype)
