@@ -338,7 +338,7 @@ def test_apply_updates_keeps_optax_results_for_lossless_kinds(param, update):
         (np.array(["a", "b"]), [0, 1], (4,), TypeError, "`values` must be a numeric array"),
         ([["a", "b", "c"]], [0], (4, 3), TypeError, "`values` must be a numeric array"),
         ([[1.0, 2.0], [1.0]], [0, 1], (4, 2), ValueError, "`values` must be an array"),
-        (object(), [0], (4, 3), TypeError, "`values` must be an array, got object"),
+        (object(), [0], (4, 3), TypeError, "`values` must be an array, got <object"),
         (np.ones((1, 3)), "0", (4, 3), TypeError, "`indices` must be an array"),
         (np.ones((1, 3)), [0], (True, 3), TypeError, "`dense_shape` must be a tuple of ints"),
         (np.ones((1, 3)), [0], (4, np.bool_(True)), TypeError, "is a boolean"),

@@ -1,19 +1,11 @@
-"""Packed parameters: a parameter tree as one flat buffer per dtype, the tree kept.
-
-:func:`pack` makes a :class:`PackedTree`, a pytree whose only children are one flat vector per
-dtype. An elementwise transformation (:func:`jrmsprop.rmsprop`, the :mod:`jrmsprop.compat`
-presets, most of optax) then steps a few flat arrays instead of many leaves, bit for bit the
-per-leaf numbers, and its state's slots are ``PackedTree``\\ s too. :func:`unpack` gives any
-pytree's ``PackedTree`` nodes back as ordinary trees (the per-leaf state), and
-``pack(tree, like=packed)`` packs per-leaf trees (gradients, states) in the same layout.
-"""
+"""Packed parameters: a pytree stored as one flat buffer per dtype, its structure kept."""
 
 from __future__ import annotations
 
 import functools
 import hashlib
 import sys
-from typing import Any
+from typing import Any, TypeGuard
 
 import jax
 import jax.core
@@ -38,7 +30,7 @@ class PackedLayout:
 
     def __init__(self, treedef: Any, groups: tuple, sizes: tuple, leaves: tuple[tuple, ...]):
         self.treedef, self.groups, self.sizes, self.leaves = treedef, groups, sizes, leaves
-        self._hash = hash((treedef, groups, sizes, leaves))
+        self._hash = hash(self._key())  # once: jit hashes its static arguments on every call
 
     @classmethod
     def of(cls, tree: Any) -> PackedLayout:
@@ -68,8 +60,11 @@ class PackedLayout:
         for name, shape in zip(dtypes, shapes, strict=True):
             g = groups.index(name)
             leaves.append((g, sizes[g], shape))
-            sizes[g] += int(np.prod(shape, dtype=np.int64))
+            sizes[g] += _size(shape)
         return cls(treedef, groups, tuple(sizes), tuple(leaves))
+
+    def _key(self) -> tuple[Any, ...]:
+        return (self.treedef, self.groups, self.sizes, self.leaves)
 
     def __hash__(self) -> int:
         return self._hash
@@ -78,18 +73,14 @@ class PackedLayout:
         return self is other or (
             isinstance(other, PackedLayout)
             and self._hash == other._hash
-            and self.__getstate__() == other.__getstate__()
+            and self._key() == other._key()
         )
 
-    def __getstate__(self) -> tuple[Any, ...]:
-        return (self.treedef, self.groups, self.sizes, self.leaves)
-
-    def __setstate__(self, state: tuple[Any, ...]) -> None:
-        self.__init__(*state)  # type: ignore[misc]
+    def __reduce__(self) -> tuple[Any, ...]:
+        return PackedLayout, self._key()
 
     def __repr__(self) -> str:
-        # JAX prints both layouts of two mismatched trees: the leaves when they are few, and
-        # always a digest, so that different layouts never print alike.
+        # JAX prints both layouts of mismatched trees: the digest tells them apart.
         groups = ", ".join(f"{n}[{s}]" for n, s in zip(self.groups, self.sizes, strict=True))
         leaves = ""
         if len(self.leaves) <= 4:
@@ -115,9 +106,23 @@ def _path_str(path: tuple[Any, ...]) -> str:
     return jax.tree_util.keystr(path) or "<root>"
 
 
+def _size(shape: tuple[int, ...]) -> int:
+    return int(np.prod(shape, dtype=np.int64))
+
+
+def _is_array(x: Any) -> TypeGuard[Any]:
+    return hasattr(x, "shape") and hasattr(x, "dtype")
+
+
+def _is_packed(x: Any) -> bool:
+    return isinstance(x, PackedTree)
+
+
+_FLAX_PENDING = True
+
+
 def _register_with_flax() -> None:
-    """Registers PackedTree with flax.serialization once flax is imported (at the first
-    PackedTree after that): the buffers by dtype name; the layout is the restore target's."""
+    """Registers PackedTree's buffers with flax.serialization, once flax is imported."""
     global _FLAX_PENDING
     flax = sys.modules.get("flax.serialization")
     if flax is None or not hasattr(flax, "register_serialization_state"):
@@ -134,16 +139,11 @@ def _register_with_flax() -> None:
         )
 
 
-_FLAX_PENDING = True
-
-
 class PackedTree:
     """A pytree stored as one flat buffer per dtype (see :func:`jrmsprop.pack`).
 
-    Its children are the buffers, in the order of ``layout.groups``; the layout is static
-    auxiliary data, so mapping over it (an optimizer's ``init`` and ``update``) gives a
-    ``PackedTree`` of the same layout. A buffer may have another dtype than its group (float32
-    slots of bfloat16 parameters); its shape is ``(layout.sizes[i],)``.
+    Its children are the buffers (a slot's may have another dtype than its group's name); the
+    layout is static auxiliary data, so ``init`` and ``update`` map it to the same layout.
 
     Attributes:
       buffers: dict ``{dtype name: flat array}``.
@@ -159,12 +159,12 @@ class PackedTree:
 
     def unpack(self) -> Any:
         """The original tree (see :func:`jrmsprop.unpack`)."""
-        return _unpack_tree(self, "PackedTree.unpack", "self")
+        return _unpack_tree(self, "PackedTree.unpack: `self`")
 
     def __repr__(self) -> str:
         parts = ", ".join(
             f"{n}: {jnp.dtype(b.dtype).name}{list(b.shape)}"
-            if b is not None and hasattr(b, "shape") and hasattr(b, "dtype")
+            if _is_array(b)
             else f"{n}: {type(b).__name__}"
             for n, b in ((n, self.buffers.get(n)) for n in self.layout.groups)
         )
@@ -177,17 +177,13 @@ jax.tree_util.register_pytree_with_keys(
     lambda layout, children: PackedTree(dict(zip(layout.groups, children, strict=True)), layout),
     flatten_func=lambda t: (tuple(t.buffers[n] for n in t.layout.groups), t.layout),
 )
-
 _register_with_flax()
-
-
-def _is_packed(x: Any) -> bool:
-    return isinstance(x, PackedTree)
 
 
 @functools.partial(jax.jit, static_argnums=(1,))
 def _pack_leaves(leaves: list[Any], layout: PackedLayout) -> dict[str, jax.Array]:
-    """One concatenation per dtype group; checked (while tracing only) for one dtype per group."""
+    """One concatenation per dtype group, whose leaves must share one dtype."""
+    parts: list[list[jax.Array]] = [[] for _ in layout.groups]
     first: dict[int, int] = {}
     for i, (leaf, (g, _, _)) in enumerate(zip(leaves, layout.leaves, strict=True)):
         j = first.setdefault(g, i)
@@ -195,26 +191,18 @@ def _pack_leaves(leaves: list[Any], layout: PackedLayout) -> dict[str, jax.Array
             paths = layout.paths()
             raise TypeError(
                 f"pack: `tree` at {paths[i]} has dtype {jnp.dtype(leaf.dtype).name} but `tree` at "
-                f"{paths[j]} has {jnp.dtype(leaves[j].dtype).name}; both leaves are "
-                f"{layout.groups[g]} in `like` and share one packed buffer, so `tree` must have "
-                "one dtype there"
+                f"{paths[j]} has {jnp.dtype(leaves[j].dtype).name}; `like` packs both into one "
+                f"{layout.groups[g]} buffer"
             )
-    parts: list[list[jax.Array]] = [[] for _ in layout.groups]
-    for leaf, (g, _, _) in zip(leaves, layout.leaves, strict=True):
         parts[g].append(jnp.reshape(leaf, (-1,)))
     groups = zip(layout.groups, parts, strict=True)
     return {n: p[0] if len(p) == 1 else jnp.concatenate(p) for n, p in groups}
 
 
 def _packed(leaves: list[Any], layout: PackedLayout) -> PackedTree:
-    """The leaves (in ``layout``'s order) packed; abstract if any leaf is a ShapeDtypeStruct."""
-    if not any(isinstance(leaf, jax.ShapeDtypeStruct) for leaf in leaves):
-        return PackedTree(_pack_leaves(leaves, layout), layout)
-    dtypes: dict[str, Any] = {}
-    for leaf, (g, _, _) in zip(leaves, layout.leaves, strict=True):
-        dtypes.setdefault(layout.groups[g], getattr(leaf, "dtype", layout.groups[g]))
-    sizes = zip(layout.groups, layout.sizes, strict=True)
-    return PackedTree({n: jax.ShapeDtypeStruct((s,), dtypes[n]) for n, s in sizes}, layout)
+    if any(isinstance(leaf, jax.ShapeDtypeStruct) for leaf in leaves):
+        return PackedTree(jax.eval_shape(_pack_leaves, leaves, layout=layout), layout)
+    return PackedTree(_pack_leaves(leaves, layout), layout)
 
 
 @functools.lru_cache(maxsize=64)
@@ -225,13 +213,13 @@ def _device_offsets(layout: PackedLayout) -> tuple[jax.Array, ...]:
 
 @functools.partial(jax.jit, static_argnums=(2,))
 def _unpack_eagerly(buffers: tuple, offsets: tuple, layout: PackedLayout) -> list[jax.Array]:
-    """Each leaf cut at a runtime offset: all leaves of one shape share one compiled kernel
-    (static offsets would compile one per leaf, seconds per hundred leaves)."""
+    """Each leaf cut at a runtime offset: leaves of one shape share one compiled kernel (static
+    offsets would compile one per leaf, seconds per hundred leaves)."""
     out = []
     for (g, _, shape), offset in zip(layout.leaves, offsets, strict=True):
-        size, buffer = int(np.prod(shape, dtype=np.int64)), buffers[g]
-        if size != buffer.shape[0]:
-            buffer = jax.lax.dynamic_slice_in_dim(buffer, offset, size)
+        buffer = buffers[g]
+        if _size(shape) != buffer.shape[0]:
+            buffer = jax.lax.dynamic_slice_in_dim(buffer, offset, _size(shape))
         out.append(jnp.reshape(buffer, shape))
     return out
 
@@ -243,16 +231,15 @@ def _cut(buffers: tuple[Any, ...], layout: PackedLayout) -> tuple[Any, ...]:
         shapes[g].append(shape)
     cut = []
     for buffer, group_shapes in zip(buffers, shapes, strict=True):
-        sizes = [int(np.prod(s, dtype=np.int64)) for s in group_shapes]
+        sizes = [_size(s) for s in group_shapes]
         parts = jax.lax.split(buffer, sizes) if len(sizes) > 1 else [buffer]
         cut.append(iter([jnp.reshape(p, s) for p, s in zip(parts, group_shapes, strict=True)]))
     return tuple(next(cut[g]) for g, _, _ in layout.leaves)
 
 
 def _cut_traced(buffers: tuple[Any, ...], layout: PackedLayout) -> list[Any]:
-    """The leaves inside a trace. On CPU the cut runs in a conditional of two equal branches (a
-    separate computation), so XLA does not fuse each cut into its consumers: fused, every
-    consumer would become its own kernel (seconds of compilation at 512 leaves, a slower step)."""
+    """The leaves inside a trace. On CPU the cut runs in a conditional of two equal branches, so
+    XLA does not fuse it into each consumer (slower to compile at 512 leaves, and to run)."""
     probe = next((i for i, b in enumerate(buffers) if b.shape[0] > 0), None)
     if len(layout.leaves) < 2 or probe is None:
         return list(_cut(buffers, layout))
@@ -264,19 +251,19 @@ def _cut_traced(buffers: tuple[Any, ...], layout: PackedLayout) -> list[Any]:
     return list(jax.lax.platform_dependent(buffers, cpu=separate, default=cut))
 
 
-def _unpack_tree(tree: PackedTree, who: str, what: str) -> Any:
+def _unpack_tree(tree: PackedTree, what: str) -> Any:
     layout, buffers = tree.layout, []
     for name, size in zip(layout.groups, layout.sizes, strict=True):
         buffer = tree.buffers.get(name)
-        if buffer is None or not (hasattr(buffer, "shape") and hasattr(buffer, "dtype")):
+        if not _is_array(buffer):
             raise TypeError(
-                f"{who}: `{what}` holds {type(buffer).__name__} for its {name} buffer; a "
-                "PackedTree to unpack must hold arrays (or jax.ShapeDtypeStruct)"
+                f"{what} holds {type(buffer).__name__} for its {name} buffer, not an array (or "
+                "jax.ShapeDtypeStruct)"
             )
         if tuple(buffer.shape) != (size,):
             raise ValueError(
-                f"{who}: `{what}`'s {name} buffer has shape {tuple(buffer.shape)}; its layout "
-                f"({layout}) expects ({size},)"
+                f"{what}'s {name} buffer has shape {tuple(buffer.shape)}; its layout ({layout}) "
+                f"expects ({size},)"
             )
         buffers.append(buffer)
     if any(isinstance(b, jax.ShapeDtypeStruct) for b in buffers):
@@ -295,12 +282,10 @@ def pack(tree: Any, like: PackedTree | None = None) -> Any:
       \mathrm{pack}(w_1, \dots, w_n) = \big(\mathrm{concat}(\mathrm{vec}(w_i) : \mathrm{dtype}(w_i)
       = d)\big)_d
 
-    An elementwise transformation over packed parameters packs its state too and steps the
-    flat buffers, bit for bit the per-leaf numbers. The loss calls ``params.unpack()``, and
-    ``jax.grad`` with respect to a ``PackedTree`` returns a ``PackedTree``. With ``like``, every
-    subtree of ``tree`` shaped like ``like``'s tree (floating leaves, one dtype per group) is
-    packed in its layout: per-leaf gradients, or a per-leaf state (``tx.init(params)``, a
-    checkpoint, the :mod:`jrmsprop.compat` loaders). Per-leaf shardings are not kept.
+    An elementwise transformation steps the buffers, bit for bit the per-leaf numbers, and packs
+    its state alike. The loss calls ``params.unpack()``; ``jax.grad`` returns a ``PackedTree``.
+    With ``like``, the subtrees of ``tree`` shaped like ``like``'s tree (per-leaf gradients, a
+    per-leaf state) are packed in its layout. Per-leaf shardings are not kept.
 
     Args:
       tree: a tree of floating-point or complex arrays (or ``jax.ShapeDtypeStruct``\ s); with
@@ -316,88 +301,67 @@ def pack(tree: Any, like: PackedTree | None = None) -> Any:
       >>> params
       PackedTree(2 leaves; float32: float32[9])
       >>> tx = jrmsprop.rmsprop(learning_rate=0.1)
-      >>> state = tx.init(params)
-      >>> loss = lambda p: jnp.sum(jnp.ones(2) @ p.unpack()["w"] + p.unpack()["b"])
-      >>> updates, state = tx.update(jax.grad(loss)(params), state, params)
-      >>> params = optax.apply_updates(params, updates)
-      >>> params.unpack()["b"]
+      >>> loss = lambda p: jnp.sum(p.unpack()["w"]) + jnp.sum(p.unpack()["b"])
+      >>> updates, state = tx.update(jax.grad(loss)(params), tx.init(params), params)
+      >>> optax.apply_updates(params, updates).unpack()["b"]
       Array([-0.31622764, -0.31622764, -0.31622764], dtype=float32)
     """
     if like is not None:
         if not _is_packed(like):
             raise TypeError(f"pack: `like` must be a PackedTree, got {type(like).__name__}")
         return _pack_like(tree, like.layout)
+    if _is_packed(tree):
+        raise TypeError("pack: `tree` is already a PackedTree")
     if any(_is_packed(x) for x in jax.tree.leaves(tree, is_leaf=_is_packed)):
-        raise TypeError(
-            "pack: `tree` is already a PackedTree"
-            if _is_packed(tree)
-            else "pack: `tree` contains a PackedTree; to pack a state like packed parameters, "
-            "pass them as `like`"
-        )
+        raise TypeError("pack: `tree` contains a PackedTree (to pack a state, pass `like`)")
     layout = PackedLayout.of(tree)
     return _packed(layout.treedef.flatten_up_to(tree), layout)
 
 
 def _misfit(layout: PackedLayout, x: Any) -> str | None:
-    """None if ``x`` has ``layout``'s tree structure, shapes and floating leaves; else why not
-    (empty where the tree structure differs)."""
+    """None if ``x`` fits ``layout``; else why not ("" for another tree structure)."""
     if x is None or _is_packed(x) or isinstance(x, sparse.IndexedSlices):
         return ""
-    try:
-        if jax.tree.structure(x) != layout.treedef:
-            return ""
-    except Exception:  # pragma: no cover - a node JAX cannot flatten
+    if jax.tree.structure(x) != layout.treedef:
         return ""
-    leaves = layout.treedef.flatten_up_to(x)
-    for i, (leaf, (g, _, shape)) in enumerate(zip(leaves, layout.leaves, strict=True)):
-        if not (hasattr(leaf, "shape") and hasattr(leaf, "dtype")):
-            why = f"holds {type(leaf).__name__} at {{}}, not an array"
-        elif tuple(leaf.shape) != shape:
-            got, want = list(leaf.shape), f"{layout.groups[g]}{list(shape)}"
-            why = f"has {jnp.dtype(leaf.dtype).name}{got} at {{}}, where `like` has {want}"
-        elif not jnp.issubdtype(leaf.dtype, jnp.inexact):
-            why = f"has dtype {jnp.dtype(leaf.dtype).name} at {{}}, and only floating-point "
-            why += "(or complex) subtrees are packed"
-        else:
-            continue
-        return why.format(layout.paths()[i])
+    for i, (leaf, (g, _, shape)) in enumerate(
+        zip(layout.treedef.flatten_up_to(x), layout.leaves, strict=True)
+    ):
+        if not _is_array(leaf):
+            return f"holds {type(leaf).__name__} at {layout.paths()[i]}, not an array"
+        dtype = jnp.dtype(leaf.dtype).name
+        if tuple(leaf.shape) != shape:
+            want = f"{layout.groups[g]}{list(shape)}"
+            return f"has {dtype}{list(leaf.shape)} at {layout.paths()[i]}, where `like` has {want}"
+        if not jnp.issubdtype(leaf.dtype, jnp.inexact):
+            return f"has dtype {dtype} at {layout.paths()[i]}, and only floating-point is packed"
     return None
 
 
 def _pack_like(tree: Any, layout: PackedLayout) -> Any:
-    found = []
-
-    def pack_one(x: Any) -> Any:
-        if _is_packed(x) or _misfit(layout, x) is not None:
-            return x
-        found.append(x)
-        return _packed(layout.treedef.flatten_up_to(x), layout)
-
     fits = lambda x: _is_packed(x) or _misfit(layout, x) is None
-    out = jax.tree.map(pack_one, tree, is_leaf=fits)
-    if not found and not any(_is_packed(x) for x in jax.tree.leaves(tree, is_leaf=_is_packed)):
-        misses = jax.tree.leaves(tree, is_leaf=lambda x: bool(_misfit(layout, x)))
-        why = next(filter(None, (_misfit(layout, x) for x in misses)), None)
-        raise ValueError(
-            f"pack: no subtree of `tree` has the structure and shapes of `like` ({layout}, "
-            f"{tree_description(layout.treedef)}), so nothing was packed; "
-            + (
-                f"the first subtree with its tree structure {why}"
-                if why
-                else "no subtree of `tree` has the tree structure of `like`"
-            )
+    pack_one = lambda x: x if _is_packed(x) else _packed(layout.treedef.flatten_up_to(x), layout)
+    out = jax.tree.map(lambda x: pack_one(x) if fits(x) else x, tree, is_leaf=fits)
+    if any(_is_packed(x) for x in jax.tree.leaves(out, is_leaf=_is_packed)):
+        return out
+    misses = jax.tree.leaves(tree, is_leaf=lambda x: bool(_misfit(layout, x)))
+    why = next(filter(None, (_misfit(layout, x) for x in misses)), None)
+    raise ValueError(
+        f"pack: no subtree of `tree` has the structure and shapes of `like` ({layout}, "
+        f"{tree_description(layout.treedef)}), so nothing was packed: "
+        + (
+            f"the first subtree with its tree structure {why}"
+            if why
+            else "no subtree of `tree` has the tree structure of `like`"
         )
-    return out
+    )
 
 
 def unpack(tree: Any) -> Any:
     """Replaces every :class:`PackedTree` in ``tree`` by the ordinary tree it stores.
 
-    For packed parameters' optimizer state this is the per-leaf state, the one
-    ``tx.init(params.unpack())`` would have made (for per-leaf checkpoints, ``get_weights``-style
-    lists and the :mod:`jrmsprop.compat` exporters); ``pack(state, like=params)`` is its inverse.
-    Inside a trace the cuts are static and differentiable (their gradient is one concatenation
-    per dtype); eagerly they run as one compiled call.
+    A packed state unpacks to the per-leaf state ``tx.init(params.unpack())`` would make;
+    ``pack(state, like=params)`` is the inverse. The cuts' gradient is one concatenation.
 
     Args:
       tree: any pytree; its ``PackedTree`` nodes must hold arrays (or ``ShapeDtypeStruct``\\ s).
@@ -415,8 +379,5 @@ def unpack(tree: Any) -> Any:
       >>> jrmsprop.pack(per_leaf, like=params).rms
       PackedTree(2 leaves; float32: float32[5])
     """
-    return jax.tree.map(
-        lambda x: _unpack_tree(x, "unpack", "tree") if _is_packed(x) else x,
-        tree,
-        is_leaf=_is_packed,
-    )
+    unpack_one = lambda x: _unpack_tree(x, "unpack: `tree`") if _is_packed(x) else x
+    return jax.tree.map(unpack_one, tree, is_leaf=_is_packed)
