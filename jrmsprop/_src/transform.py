@@ -1,5 +1,4 @@
-"""The functional core: :func:`rmsprop` and :func:`build`, the optax transformation of every
-preset."""
+"""The functional core: :func:`rmsprop`, and :func:`build`, the transformation of every preset."""
 
 from __future__ import annotations
 
@@ -16,6 +15,8 @@ import optax
 from jrmsprop._src import arithmetic, cpu_kernel, sparse, validation
 
 ScalarOrSchedule = optax.ScalarOrSchedule
+_FLOAT32 = jnp.dtype(jnp.float32)
+_FLOAT32_TINY = float(np.finfo(np.float32).tiny)
 
 
 class RMSpropState(NamedTuple):
@@ -23,11 +24,10 @@ class RMSpropState(NamedTuple):
 
     Attributes:
       count: int32 scalar, the number of updates applied (``t``; saturates at 2³¹−1).
-      rms: running mean of squared gradients, shaped like the params (Keras ``rms``, PyTorch
-        ``square_avg``, Keras 3 ``velocity``).
-      momentum: the momentum buffer (PyTorch ``momentum_buffer``), or ``None`` without one.
-      mg: running mean of gradients when ``centered`` (PyTorch ``grad_avg``, Keras 3
-        ``average_gradient``), else ``None``.
+      rms: running mean of squared gradients, like the params (Keras 3 ``velocity``, PyTorch
+        ``square_avg``).
+      momentum: the momentum buffer, or ``None`` without one.
+      mg: running mean of gradients (PyTorch ``grad_avg``) when ``centered``, else ``None``.
     """
 
     count: jax.Array  # pyright: ignore[reportIncompatibleMethodOverride] (optax's field name)
@@ -36,14 +36,8 @@ class RMSpropState(NamedTuple):
     mg: optax.Updates | None
 
 
-_NAMES = ("learning_rate", "rho", "momentum", "epsilon", "decay", "weight_decay")
-_FLOAT32_TINY = float(np.finfo(np.float32).tiny)
-
-
 class _Schedule:
     """A schedule compared by identity: a static argument even when unhashable (a dataclass)."""
-
-    __slots__ = ("fn",)
 
     def __init__(self, fn: Callable[[jax.Array], Any]):
         self.fn = fn
@@ -59,7 +53,7 @@ class _Config(NamedTuple):
     """What selects code: the static argument of the compiled update."""
 
     rule: arithmetic.Rule
-    schedules: tuple[_Schedule | None, ...]  # by _NAMES
+    schedules: tuple[_Schedule | None, ...]  # in the order of arithmetic.Hyperparams
     centered: bool
     momentum_slot: bool | None  # None: an array momentum, whose value picks the formula
     use_weight_decay: bool | None  # None: a traced value, applied when params are given
@@ -70,20 +64,16 @@ class _Config(NamedTuple):
         return self.rule.variant(has_momentum, self.epsilon_nonzero)
 
 
-def default_slot_dtype(param_dtype: Any, slot_dtype: Any = None) -> jnp.dtype:
-    """``slot_dtype``, else the parameter's dtype, but float32 for float16: ``rms`` holds squared
-    gradients, which under- and overflow float16 (bfloat16 has float32's range, as in Keras)."""
-    if slot_dtype is not None:
-        return jnp.dtype(slot_dtype)
-    return jnp.dtype(jnp.float32 if jnp.dtype(param_dtype) == jnp.float16 else param_dtype)
-
-
 def slot_dtype_of(
     param_dtype: Any, real: bool, complex_as_real: bool, slot_dtype: Any = None
 ) -> jnp.dtype:
-    """The dtype of one slot: :func:`default_slot_dtype`, made real for ``rms`` (``real``) unless
-    the rule treats a complex parameter as two real ones (PyTorch)."""
-    dtype = default_slot_dtype(param_dtype, slot_dtype)
+    """The dtype of one slot: ``slot_dtype``, else the parameter's, but float32 for float16 (the
+    squared gradients in ``rms`` under- and overflow float16; bfloat16 keeps its own, as Keras);
+    real for ``rms`` (``real``) unless the rule treats a complex parameter as two real ones."""
+    param_dtype = jnp.dtype(param_dtype)
+    if slot_dtype is None:
+        slot_dtype = jnp.float32 if param_dtype == jnp.float16 else param_dtype
+    dtype = jnp.dtype(slot_dtype)
     if jnp.issubdtype(param_dtype, jnp.complexfloating) and (not real or complex_as_real):
         return arithmetic.compute_dtype(dtype, jnp.complex64)
     return jnp.dtype(arithmetic.real_dtype(dtype)) if real else dtype
@@ -101,17 +91,24 @@ def _check_float(who: str, what: str, path: tuple[Any, ...], dtype: Any) -> None
         )
 
 
+def _check_arrays(who: str, what: str, tree: Any, error: Exception | None = None) -> None:
+    """Names the first leaf of ``tree`` that is not an array or a number (JAX's own error names
+    neither the argument nor the leaf)."""
+    for path, x in jax.tree_util.tree_leaves_with_path(tree):
+        is_array = hasattr(x, "dtype") or hasattr(x, "__jax_array__")
+        if isinstance(x, (str, bytes)) or not (is_array or isinstance(x, (int, float, complex))):
+            raise TypeError(
+                f"{who}: `{what}` at {_path_str(path)} must be an array or a number, got "
+                f"{type(x).__name__} {validation.abbreviated(repr(x), 80)}"
+            ) from error
+
+
 def _init(params: optax.Params, config: _Config, initial_rms: Any) -> RMSpropState:
     who = config.rule.framework
+    _check_arrays(who, "params", params)
 
     def slot(path, p, value, real):
-        if not hasattr(p, "dtype"):  # a Python number
-            if not isinstance(p, (int, float, complex)) and not hasattr(p, "__jax_array__"):
-                raise TypeError(
-                    f"{who}: `params` at {_path_str(path)} must be an array or a number, got "
-                    f"{type(p).__name__} {validation.abbreviated(repr(p), 80)}"
-                )
-            p = jnp.asarray(p)
+        p = jnp.asarray(p) if not hasattr(p, "dtype") else p  # a number (ShapeDtypeStructs stay)
         _check_float(who, "parameter", path, p.dtype)
         dtype = slot_dtype_of(p.dtype, real, config.rule.complex_as_real, config.slot_dtype)
         return jnp.full_like(p, value, dtype=dtype)
@@ -125,9 +122,6 @@ def _init(params: optax.Params, config: _Config, initial_rms: Any) -> RMSpropSta
         momentum=slots(0, False) if config.momentum_slot is not False else None,
         mg=slots(0, False) if config.centered else None,
     )
-
-
-# ---- checks, run while tracing: a cached eager call pays for none of them ----------------------
 
 
 def _flatten_as(who: str, treedef: Any, tree: Any, what: str, paths: list[Any]) -> list[Any]:
@@ -156,19 +150,14 @@ def _check_state(state: Any, config: _Config) -> None:
         raise TypeError(f"{who}: `state` must be an RMSpropState, got {type(state).__name__}")
     dtype = getattr(state.count, "dtype", None)
     if dtype is None or not jnp.issubdtype(dtype, jnp.integer):
-        raise TypeError(
-            f"{who}: `state.count` must be an int32 scalar, got {dtype or type(state.count)}"
-        )
+        raise TypeError(f"{who}: `state.count` must be an int32 scalar, got {dtype}")
     if jnp.ndim(state.count) != 0:
         raise ValueError(f"{who}: `state.count` must be a scalar, got {jnp.shape(state.count)}")
-    if not jax.tree.leaves(state.rms):
-        return  # no parameters: nothing to update
     for slot, wanted in (("mg", config.centered), ("momentum", config.momentum_slot is not False)):
-        if wanted != (getattr(state, slot) is not None):
+        if wanted != (getattr(state, slot) is not None) and jax.tree.leaves(state.rms):
             raise ValueError(
-                f"{who}: `state` {'lacks' if wanted else 'has'} the `{slot}` slot, which this "
-                f"transformation {'needs' if wanted else 'does not keep'} (centered, momentum "
-                "slot); build the state with the same transformation's init"
+                f"{who}: `state` {'lacks' if wanted else 'has'} the `{slot}` slot, unlike this "
+                "transformation's (centered, momentum slot); build it with the same init"
             )
 
 
@@ -183,15 +172,16 @@ def _check_leaf(rule: arithmetic.Rule, path: Any, g: Any, p: Any, rms: Any, mom:
                     f"{who}: `state.{name}` at {at} has shape {slot.shape}, but `state.rms` there "
                     f"has {rms.shape}"
                 )
-    # init gives a real parameter a real rms in every preset: a complex one would turn the state
-    # and the updates complex. Real is shown by the parameter, else its slots, else the gradient.
-    known = next((x for x in (p, mom, mg, g) if x is not None), None)
-    if jnp.iscomplexobj(rms) and known is not None and jnp.issubdtype(known.dtype, jnp.floating):
-        raise TypeError(
-            f"{who}: `state.rms` at {at} has complex dtype {rms.dtype.name} for a real parameter "
-            f"(a {known.dtype.name} one; pass `params` if it is complex); build the state with "
-            "the transformation's init"
-        )
+    # init gives a real parameter a real rms in every preset (a complex one, or a complex
+    # gradient, turns the updates complex). Real is shown by p, else by its slots, else by g.
+    known = next(x for x in (p, mom, mg, g, rms) if x is not None)
+    for name, x in (("`state.rms`", rms), ("gradient", g)):
+        if not jnp.iscomplexobj(known) and jnp.iscomplexobj(x):
+            raise TypeError(
+                f"{who}: {name} at {at} has complex dtype {x.dtype.name}, but the parameter is "
+                f"real ({known.dtype.name}; pass `params` if it is complex): take the real part of "
+                "the gradient, or build the state with the transformation's init"
+            )
     if g is None:
         return
     for name, x in (("gradient", g), ("parameter", p)):
@@ -202,18 +192,10 @@ def _check_leaf(rule: arithmetic.Rule, path: Any, g: Any, p: Any, rms: Any, mom:
                     f"{rms.shape}"
                 )
             _check_float(who, name, path, x.dtype)
-    if jnp.iscomplexobj(g) and any(x is not None and not jnp.iscomplexobj(x) for x in (p, mom, mg)):
-        raise TypeError(
-            f"{who}: gradient at {at} is complex ({g.dtype.name}) but the parameter (or its "
-            "slots) is real; take the real part or make the parameter complex"
-        )
     if isinstance(g, sparse.IndexedSlices) and jnp.iscomplexobj(g) and rule.complex_as_real:
         raise NotImplementedError(
             f"{who}: sparse complex gradients are not supported (at {at}); pass a dense gradient"
         )
-
-
-# ---- the step ---------------------------------------------------------------------------------
 
 
 def _as_real(x: Any) -> Any:
@@ -229,44 +211,12 @@ def _as_complex(x: Any, like: Any) -> Any:
     return jax.lax.complex(x[..., 0], x[..., 1]).astype(like.dtype)
 
 
-def _leaf_update(g, p, rms, mom, mg, momentum_on, scalars_for, config: _Config, apply: str):
-    """One checked leaf: ``(update, rms, momentum, mg)``, the update in the parameter's dtype
-    (else the gradient's, as optax). ``apply="params"`` returns the new parameter ``p + update``
-    first; ``"fused"`` returns a leaf that the CPU kernel takes as a ``cpu_kernel.Leaf``, for
-    :func:`cpu_kernel.apply_leaves` (the same bits)."""
-    dtype = arithmetic.compute_dtype(g.dtype, (rms if mom is None else mom).dtype, _dtype(p))
-    if apply == "fused":
-        variant = config.variant(mom is not None)
-        no_decay = config.use_weight_decay is False and momentum_on is None
-        if no_decay and p is not None and cpu_kernel.takes(g, p, rms, mom, mg, variant):
-            return cpu_kernel.Leaf(g, p, rms, mom, mg)
-        apply = "params"  # the same numbers through XLA
-    out_dtype = jnp.dtype(g.dtype if p is None else p.dtype)
-    sc = scalars_for(dtype)
-    return _leaf_step(
-        g,
-        p,
-        rms,
-        mom,
-        mg,
-        momentum_on,
-        sc,
-        config=config,
-        apply=apply,
-        dtype=dtype,
-        out_dtype=out_dtype,
-    )
-
-
-def _dtype(x: Any) -> Any:
-    return None if x is None else x.dtype
-
-
 # Traced once per leaf signature (shapes, dtypes, configuration): a tree of many same-shaped
 # leaves costs one trace, not one per leaf. XLA inlines the calls (the same program).
 @functools.partial(jax.jit, static_argnames=("config", "apply", "dtype", "out_dtype"))
 def _leaf_step(g, p, rms, mom, mg, momentum_on, sc, config: _Config, apply, dtype, out_dtype):
-    """The arithmetic of one checked leaf in ``dtype`` (see :func:`_leaf_update`)."""
+    """One checked leaf: ``(update, rms, momentum, mg)``, computed in ``dtype``, the update in
+    ``out_dtype``; with ``apply="params"`` the new parameter ``p + update`` comes first."""
     p_in = p  # what the update is added to
     if config.use_weight_decay is False:
         p = None  # read for its dtype only
@@ -297,9 +247,7 @@ def _leaf_step(g, p, rms, mom, mg, momentum_on, sc, config: _Config, apply, dtyp
         out = step(mom, True)
     else:
         out = jax.lax.cond(momentum_on, lambda: step(mom, True), without_momentum)
-    if apply == "updates":
-        return out
-    return (sparse.apply_updates(p_in, out[0]), *out[1:])
+    return out if apply == "updates" else (sparse.apply_updates(p_in, out[0]), *out[1:])
 
 
 def _check_no_weight_decay(rule: arithmetic.Rule, value: Any) -> None:
@@ -312,90 +260,84 @@ def _check_no_weight_decay(rule: arithmetic.Rule, value: Any) -> None:
 
 
 def _tree_update(updates, state: RMSpropState, params, dynamic, config: _Config, apply="updates"):
-    """The whole-tree step; ``apply`` as in :func:`_leaf_update`."""
-    rule = config.rule
-    who = rule.framework
+    """``(updates, state)``; ``apply="params"`` gives the new parameters instead of the updates,
+    and ``"fused"`` the same bits, with the leaves the CPU kernel takes computed by it."""
+    rule, who = config.rule, config.rule.framework
     _check_state(state, config)
     paths_and_rms, treedef = jax.tree_util.tree_flatten_with_path(state.rms)
-    paths = [path for path, _ in paths_and_rms]
-    n = len(paths)
+    paths, rmss = [path for path, _ in paths_and_rms], [rms for _, rms in paths_and_rms]
 
-    def leaves(tree, what):  # an absent slot or params: None leaves
-        return [None] * n if tree is None else _flatten_as(who, treedef, tree, what, paths)
+    def leaves(tree, what):  # absent params or slot: None leaves
+        return [None] * len(paths) if tree is None else _flatten_as(who, treedef, tree, what, paths)
 
     grads = _flatten_as(who, treedef, updates, "updates" if apply == "updates" else "grads", paths)
-    if config.use_weight_decay is True and params is None and n:
+    if config.use_weight_decay is True and params is None and paths:
         raise ValueError(f"{who}: weight decay needs `params`: call update(grads, state, params)")
-    columns = zip(
-        paths,
-        grads,
-        leaves(params, "params"),
-        [rms for _, rms in paths_and_rms],
-        leaves(state.momentum, "state.momentum"),
-        leaves(state.mg, "state.mg"),
-        strict=True,
-    )
+    params_, moms = leaves(params, "params"), leaves(state.momentum, "state.momentum")
+    mgs = leaves(state.mg, "state.mg")
 
     count = state.count.astype(jnp.int32)
     schedules = zip(config.schedules, dynamic[:6], strict=True)
     hp = arithmetic.Hyperparams(
         *(jnp.asarray(s.fn(count)) if s else v for s, v in schedules), count
     )
-    if config.use_weight_decay is None and params is None and n:
+    if config.use_weight_decay is None and params is None and paths:
         jax.debug.callback(functools.partial(_check_no_weight_decay, rule), hp.weight_decay)
     momentum_on = None
     if config.momentum_slot is None and state.momentum is not None:
         momentum_on = jnp.asarray(hp.momentum) != 0
 
-    scalars: dict[Any, arithmetic.Scalars] = {}  # resolved once per real compute dtype
+    @functools.cache  # once per real compute dtype
+    def scalars_for(rdtype: Any) -> arithmetic.Scalars:
+        return arithmetic.resolve(hp, dynamic[6], rdtype, rule)
 
-    def scalars_for(dtype: Any) -> arithmetic.Scalars:
-        key = arithmetic.real_dtype(dtype)
-        if key not in scalars:
-            scalars[key] = arithmetic.resolve(hp, dynamic[6], key, rule)
-        return scalars[key]
-
+    variant = config.variant(state.momentum is not None)
+    kernel = apply == "fused" and config.use_weight_decay is False and momentum_on is None
     out = []
-    for path, g, p, rms, mom, mg in columns:
+    for path, g, p, rms, mom, mg in zip(paths, grads, params_, rmss, moms, mgs, strict=True):
         g = g if g is None or isinstance(g, sparse.IndexedSlices) else jnp.asarray(g)
         p = None if p is None else jnp.asarray(p)
         _check_leaf(rule, path, g, p, rms, mom, mg)
         if g is None:  # not trained: the parameter (or a None update) and the slots as they are
             out.append((None if apply == "updates" else p, rms, mom, mg))
-        elif apply != "updates" and p is None:
+            continue
+        if apply != "updates" and p is None:
             raise ValueError(
                 f"update_and_apply: `params` at {_path_str(path)} is None but the gradient there "
                 "is not (pass the parameter, or a None gradient for a leaf that is not trained)"
             )
-        else:
-            out.append(_leaf_update(g, p, rms, mom, mg, momentum_on, scalars_for, config, apply))
+        if kernel and cpu_kernel.takes(g, p, rms, mom, mg, variant):
+            out.append(cpu_kernel.Leaf(g, p, rms, mom, mg))
+            continue
+        slot_dtype = (rms if mom is None else mom).dtype
+        dtype = arithmetic.compute_dtype(g.dtype, slot_dtype, getattr(p, "dtype", None))
+        out_dtype = jnp.dtype(getattr(p, "dtype", g.dtype))  # optax: the parameter's dtype
+        sc = scalars_for(arithmetic.real_dtype(dtype))
+        step = "updates" if apply == "updates" else "params"
+        out.append(_leaf_step(g, p, rms, mom, mg, momentum_on, sc, config, step, dtype, out_dtype))
 
     at = [i for i, leaf in enumerate(out) if isinstance(leaf, cpu_kernel.Leaf)]
     if at:
-        variant = config.variant(state.momentum is not None)
-        new = cpu_kernel.apply_leaves([out[i] for i in at], scalars_for(jnp.float32), variant)
+        new = cpu_kernel.apply_leaves([out[i] for i in at], scalars_for(_FLOAT32), variant)
         for i, leaf in zip(at, new, strict=True):
             out[i] = tuple(leaf)
-
     new, rms, mom, mg = (treedef.unflatten(c) for c in list(zip(*out, strict=True)) or [()] * 4)
-    new_state = RMSpropState(
+    return new, RMSpropState(
         count=jnp.where(count < validation.INT32_MAX, count + 1, count),
         rms=rms,
         momentum=None if state.momentum is None else mom,
         mg=None if state.mg is None else mg,
     )
-    return new, new_state
 
 
-# Compiled once per tree signature and configuration: an eager ``update`` is one cached call.
-# Inside a user's ``jit`` (the state is traced) the tree step is traced inline instead: a nested
-# call with one argument per leaf and slot only adds work for XLA's call inliner.
+# An eager ``update`` is one cached call, compiled once per tree signature and configuration. In
+# a user's ``jit`` the tree step is traced inline: a nested call only adds work for XLA.
 _update = jax.jit(_tree_update, static_argnames=("config", "apply"))
 
 
 def _check_count(who: str, count: Any) -> None:
-    """A concrete count of another integer dtype (NumPy's int64) must fit int32: jit would wrap
-    it (2**40 becomes 0). Other malformed counts are refused while tracing (``_check_state``)."""
+    """A concrete count of another integer dtype (NumPy's int64) must fit int32, which jit would
+    wrap it to (2**40 becomes 0)."""
     dtype = getattr(count, "dtype", np.int32)
     if dtype == np.int32 or isinstance(count, jax.core.Tracer) or np.ndim(count) != 0:
         return  # an int32 count (init's) is never read on the host
@@ -406,32 +348,9 @@ def _check_count(who: str, count: Any) -> None:
         )
 
 
-def _name_bad_leaf(who: str, error: Exception, what: str, tree: Any) -> None:
-    """After a failed update only: names the first leaf of ``tree`` that is not an array or a
-    number, which JAX refuses naming neither the argument nor the leaf."""
-    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
-        if isinstance(leaf, (str, bytes)) or not (
-            hasattr(leaf, "dtype") or isinstance(leaf, (int, float, complex))
-        ):
-            raise TypeError(
-                f"{who}: `{what}` at {_path_str(path)} is {type(leaf).__name__} "
-                f"{validation.abbreviated(repr(leaf), 60)}; it must be an array"
-            ) from error
-
-
 def _is_python_number(value: Any) -> TypeGuard[float]:
     """A Python or NumPy scalar number (not a bool, an array or a schedule)."""
     return isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool)
-
-
-def _uses_weight_decay(weight_decay: Any, concrete: float | None) -> bool | None:
-    """Whether ``p`` enters the update: for a schedule or a non-zero number; for a traced value
-    (None) exactly when ``params`` are given, as an eager call with a concrete 0 needs none."""
-    if weight_decay is None:
-        return False
-    if concrete is not None:
-        return concrete != 0.0
-    return True if validation.is_schedule(weight_decay) else None
 
 
 def build(
@@ -448,13 +367,9 @@ def build(
     momentum_slot: bool | None = None,
     initial_rms: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
-    """The transformation of ``rule``: :func:`rmsprop` and every preset.
-
-    ``momentum_slot=True`` keeps a momentum buffer even for momentum 0 (Keras's rule for a tensor
-    or callable momentum, used by the stateful wrapper); ``initial_rms`` overrides
-    ``rule.initial_rms``. Each schedule is called once here, at step 0, and its value checked
-    (as ``optax.inject_hyperparams`` calls it at ``init``).
-    """
+    """The transformation of ``rule`` (:func:`rmsprop` and every preset); ``momentum_slot=True``
+    keeps a momentum buffer even for momentum 0 (Keras's rule for a tensor or callable momentum).
+    Each schedule is called here once, at step 0, to check its value (as inject_hyperparams)."""
     hyperparams = dict(
         learning_rate=learning_rate,
         rho=rho,
@@ -483,31 +398,36 @@ def build(
     # The state's structure never depends on a traced value (optax's rule): None and a number
     # decide by their value, a schedule always has the slot (as Keras for a callable), an array
     # (optax.inject_hyperparams) has it and its value picks the formula (momentum_slot None).
-    mu = hyperparams["momentum"]
+    mu, rho, epsilon = hyperparams["momentum"], hyperparams["rho"], hyperparams["epsilon"]
     if momentum_slot is None:
         momentum_slot = rule.momentum_slot
     if momentum_slot is None and validation.is_schedule(mu):
         momentum_slot = True
     elif momentum_slot is None and _is_python_number(mu):
         momentum_slot = concrete["momentum"] != 0.0
-    rho, epsilon = hyperparams["rho"], hyperparams["epsilon"]
+    # p enters the update for a schedule or a non-zero number; a traced weight decay (None) where
+    # params are given, as an eager call with a concrete 0 needs none.
+    use_weight_decay = weight_decay is not None and concrete["weight_decay"] != 0.0
+    if weight_decay is not None and concrete["weight_decay"] is None:
+        use_weight_decay = True if validation.is_schedule(weight_decay) else None
     one_minus_rho = None  # Keras 3 and PyTorch: 1 − ρ in double, rounded once when cast
     if rule.one_minus_rho_in_double and _is_python_number(rho):
         one_minus_rho = 1.0 - float(rho)
+    schedules = tuple(
+        _Schedule(v) if validation.is_schedule(v) else None for v in hyperparams.values()
+    )
     config = _Config(
         rule=rule,
-        schedules=tuple(
-            _Schedule(v) if validation.is_schedule(v) else None for v in hyperparams.values()
-        ),
+        schedules=schedules,
         centered=centered,
         momentum_slot=momentum_slot,
-        use_weight_decay=_uses_weight_decay(weight_decay, concrete["weight_decay"]),
+        use_weight_decay=use_weight_decay,
         slot_dtype=slot_dtype,
         # A normal float32 ε stays non-zero in every compute dtype (even with denormals flushed);
         # a smaller or traced one keeps the guard of the square root.
         epsilon_nonzero=_is_python_number(epsilon) and abs(epsilon) >= _FLOAT32_TINY,
     )
-    values = zip(config.schedules, hyperparams.values(), strict=True)
+    values = zip(schedules, hyperparams.values(), strict=True)
     dynamic = (*(None if s else v for s, v in values), one_minus_rho)
 
     def init_fn(params: optax.Params) -> optax.OptState:
@@ -521,21 +441,16 @@ def build(
         try:
             return update(updates, state, params, dynamic, config=config, apply=apply)
         except TypeError as e:  # a leaf that JAX cannot take: name it, if it is the caller's
-            _name_bad_leaf(rule.framework, e, "updates" if apply == "updates" else "grads", updates)
-            _name_bad_leaf(rule.framework, e, "params", params)
+            _check_arrays(rule.framework, "updates" if apply == "updates" else "grads", updates, e)
+            _check_arrays(rule.framework, "params", params, e)
             raise
 
     return optax.GradientTransformationExtraArgs(init_fn, Update(run))
 
 
 class Update:
-    """The ``update`` of a jrmsprop transformation: ``update(updates, state, params=None)``.
-
-    ``apply(grads, state, params, fused=False)`` returns ``(new_params, new_state)`` instead (see
-    :func:`jrmsprop.update_and_apply`).
-    """
-
-    __slots__ = ("_run", "__weakref__")  # jax.jit keeps weak references to what it compiles
+    """The ``update(updates, state, params=None)`` of a jrmsprop transformation; its ``apply``
+    returns ``(new_params, new_state)`` instead (see :func:`jrmsprop.update_and_apply`)."""
 
     def __init__(self, run: Callable[..., Any]):
         self._run = run
@@ -547,22 +462,14 @@ class Update:
         params: optax.Params | None = None,
         **extra_args: Any,
     ) -> tuple[optax.Updates, optax.OptState]:
-        del extra_args
         return self._run(updates, state, params, "updates")
 
-    def apply(
-        self,
-        grads: optax.Updates,
-        state: optax.OptState | RMSpropState,
-        params: optax.Params,
-        fused: bool = False,
-    ) -> tuple[optax.Params, RMSpropState]:
+    def apply(self, grads: Any, state: Any, params: Any, fused: bool = False) -> tuple[Any, Any]:
         return self._run(grads, state, params, "fused" if fused else "params")
 
 
-# TF 2.x Keras stores learning_rate, rho and momentum as float32 variables, and tf.cast(decay,
-# var_dtype) makes a Python decay a float32 tensor first; epsilon goes straight to the variable's
-# dtype (checked against tf_keras 2.21 on float64 variables).
+# TF 2.x Keras stores learning_rate, rho and momentum as float32 variables and casts a Python
+# decay to a float32 tensor first; epsilon goes straight to the variable's dtype.
 KERAS2 = arithmetic.Rule(
     framework="rmsprop",
     float32_hyperparameters=frozenset({"learning_rate", "rho", "momentum", "decay"}),
@@ -580,13 +487,11 @@ def rmsprop(
     slot_dtype: Any | None = None,
     lr: ScalarOrSchedule | None = None,
 ) -> optax.GradientTransformationExtraArgs:
-    r"""RMSprop with the arithmetic of the TensorFlow 2.x Keras optimizer, bit for bit.
+    r"""RMSprop with the arithmetic of TensorFlow 2.x Keras, bit for bit.
 
-    That is ``tf.keras.optimizers.RMSprop`` of TF 2.0–2.10, ``optimizers.legacy.RMSprop`` in
-    TF >= 2.11 and ``tf_keras``. TF >= 2.11's default ``RMSprop`` is Keras 3's:
-    :func:`jrmsprop.compat.keras3`; the other frameworks are in :mod:`jrmsprop.compat`.
-
-    With ``t`` the number of updates applied so far and ``lr = learning_rate(t) / (1 + decay·t)``:
+    ``tf.keras.optimizers.RMSprop`` of TF 2.0–2.10, ``legacy.RMSprop`` from TF 2.11 (whose default
+    is Keras 3's: :func:`jrmsprop.compat.keras3`; the other frameworks: :mod:`jrmsprop.compat`).
+    With ``t`` the updates applied so far and ``lr = learning_rate(t) / (1 + decay·t)``:
 
     .. math::
 
@@ -597,33 +502,23 @@ def rmsprop(
         \qquad u = -m \\
       \text{no momentum slot:}\quad u &= -\frac{lr\, g}{\sqrt{v} + \epsilon}
 
-    As in Keras 2, ε sits *inside* the root with a momentum slot and *outside* without. Whether
-    there is a slot is decided by what you wrote, never by a traced value (optax's rule: a state
-    has one structure in every calling style): ``None`` or a number by its value (0: no slot), a
-    schedule always (as Keras does for a callable). An array -- ``optax.inject_hyperparams``
-    makes one of every number -- has the slot, and its value at each step picks the formula: 0
-    computes what a Python 0 does (ε outside, the buffer untouched). Leave ``momentum`` at
-    ``None`` under ``inject_hyperparams`` for a state without a buffer.
+    As in Keras 2, ε sits inside the root with a momentum slot and outside without. The slot is
+    decided by what you wrote, never by a traced value (a state has one structure in every
+    calling style): ``None`` or a number by its value (0: no slot), a schedule always (as Keras
+    for a callable), an array (``optax.inject_hyperparams``) always, its value picking the formula
+    at each step (0 computes what a Python 0 does; leave ``momentum=None`` for no buffer).
 
-    Numerics:
-
-    * The update is computed in the promoted dtype of gradient, slots and parameter (when
-      ``params`` is passed), at least float32, and returned in the parameter's dtype (without
-      ``params``: the gradient's), as in optax. As in TF, ``learning_rate``, ``rho``,
-      ``momentum`` and ``decay`` are float32 values even for float64 parameters; ``epsilon`` is
-      not.
-    * Slots have the parameter's dtype, but float16 parameters get float32 slots (squared
-      gradients under- and overflow float16); ``slot_dtype`` overrides this.
-    * A complex parameter gets ``|g|²`` and a real ``rms`` (TF's ``g·g`` is deliberately not
-      reproduced); a complex gradient for a real parameter raises.
-    * A NaN or inf gradient poisons ``rms`` for good, as in Keras: wrap the transformation in
-      ``optax.apply_if_finite`` to skip such steps.
-
-    Gradients may be :class:`jrmsprop.IndexedSlices` (apply them with ``optax.apply_updates``).
+    Numerics: the update is computed in the promoted dtype of gradient, slots and parameter, at
+    least float32, and returned in the parameter's dtype (else the gradient's). As in TF,
+    ``learning_rate``, ``rho``, ``momentum`` and ``decay`` are float32 values even for float64
+    parameters; ``epsilon`` is not. float16 parameters get float32 slots (squared gradients
+    under- and overflow float16). A complex parameter gets ``|g|²`` and a real ``rms`` (TF's
+    ``g·g`` is not reproduced). A NaN or inf gradient poisons ``rms`` for good, as in Keras
+    (``optax.apply_if_finite`` skips such steps).
 
     Args:
-      learning_rate: the step size ``lr`` (finite, >= 0), a 0-d array, or a schedule of the step
-        count (called once at construction to check its value, then at each step).
+      learning_rate: the step size (finite, >= 0), a 0-d array, or a schedule of the step count
+        (called once at construction to check its value at step 0, then at each step).
       rho: the discounting factor of the moving averages, in ``[0, 1]``.
       momentum: the heavy-ball momentum ``μ`` in ``[0, 1]``, or ``None`` (no momentum slot).
       epsilon: ``ε`` (finite, >= 0). As Keras's ``epsilon or backend.epsilon()``, a number ``0``
@@ -631,26 +526,25 @@ def rmsprop(
       centered: normalise by the estimated variance (keeps the ``mg`` slot).
       decay: Keras's inverse-time decay of the rate, ``lr / (1 + decay·t)`` (finite, >= 0; a
         value in ``[0.5, 1]`` looks like a moving-average factor and warns, naming ``rho``).
-      slot_dtype: the dtype of the slots (default: see Numerics).
+      slot_dtype: the dtype of the slots (default: the parameter's, as in Numerics).
       lr: Keras's deprecated name of ``learning_rate``: replaces it, with Keras's warning.
 
     Returns:
-      An ``optax.GradientTransformationExtraArgs`` whose state is :class:`RMSpropState`. Its
-      ``update(updates, state, params=None)`` is compiled once per tree signature (also when
-      called eagerly) and traced once inside a user's ``jit``.
+      An ``optax.GradientTransformationExtraArgs`` with state :class:`RMSpropState`. Its
+      ``update(updates, state, params=None)`` takes :class:`jrmsprop.IndexedSlices` gradients
+      too, is compiled once per tree signature and traced once inside a user's ``jit``.
 
     Example:
       >>> import jax.numpy as jnp, optax, jrmsprop
       >>> tx = jrmsprop.rmsprop(learning_rate=0.1)
       >>> params = {"p": jnp.array(10.0)}
-      >>> state = tx.init(params)
       >>> grads = {"p": params["p"]}  # loss = p² / 2
-      >>> updates, state = tx.update(grads, state, params)
+      >>> updates, state = tx.update(grads, tx.init(params), params)
       >>> optax.apply_updates(params, updates)["p"]
       Array(9.683772, dtype=float32)
 
     References:
-      Hinton, *Neural Networks for Machine Learning*, lecture 6e (2012).
+      Hinton, *Neural Networks for Machine Learning*, lecture 6e (2012)
     """
     if lr is not None:
         learning_rate = validation.legacy_lr(learning_rate, {"lr": lr})

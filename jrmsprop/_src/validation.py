@@ -10,7 +10,6 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
-import jax.core
 import jax.numpy as jnp
 import numpy as np
 
@@ -22,19 +21,15 @@ KERAS_EPSILON = 1e-7
 
 # Valid ranges (inclusive; None: no upper bound, but finite) by the core's name of the argument.
 RANGES: dict[str, tuple[float, float | None]] = {
-    "learning_rate": (0.0, None),
-    "rho": (0.0, 1.0),
-    "momentum": (0.0, 1.0),
-    "epsilon": (0.0, None),
-    "decay": (0.0, None),
-    "weight_decay": (0.0, None),
-    "initial_rms": (0.0, None),
-    "one_minus_rho": (0.0, 1.0),
-    "clip": (0.0, None),  # gradient clipping thresholds
+    **dict.fromkeys(("rho", "momentum", "one_minus_rho"), (0.0, 1.0)),
+    # finite and >= 0 (an infinite learning rate or clipnorm gives NaN parameters)
+    **dict.fromkeys(
+        ("learning_rate", "epsilon", "decay", "weight_decay", "initial_rms", "clip"), (0.0, None)
+    ),
 }
 
-# A framework's own checks by its argument names, ``(message, refuses)``: where the framework
-# refuses a value too, its ValueError text comes first, so code matching it keeps working.
+# A framework's own checks by its argument names, ``(message, refuses)``: its text comes first
+# where it refuses a value too, so code that matches it keeps working.
 FrameworkChecks = Mapping[str, tuple[str, Callable[[float], bool]]]
 
 # tf_keras.optimizers.legacy.RMSprop (OptimizerV2)
@@ -51,12 +46,10 @@ KERAS2_MESSAGES: FrameworkChecks = {
 # torch.optim.RMSprop (``if not 0.0 <= lr``: NaN refused too)
 TORCH_MESSAGES: FrameworkChecks = {
     name: (f"Invalid {what}: {{value}}", lambda x: not 0 <= x)
-    for name, what in (
-        ("lr", "learning rate"),
-        ("eps", "epsilon value"),
-        ("alpha", "alpha value"),
-        ("momentum", "momentum value"),
-        ("weight_decay", "weight_decay value"),
+    for name, what in zip(
+        ("lr", "eps", "alpha", "momentum", "weight_decay"),
+        ("learning rate", "epsilon value", "alpha value", "momentum value", "weight_decay value"),
+        strict=True,
     )
 }
 
@@ -82,11 +75,8 @@ def is_schedule(value: Any) -> bool:
 
 
 def concrete_scalar(name: str, value: Any) -> float | None:
-    """``value`` as a Python float, or None when it is traced or a schedule.
-
-    Raises a ``TypeError`` naming ``name`` for what is not a real number (None, a boolean, a
-    string, a complex or object array) and a ``ValueError`` for an array that is not 0-d.
-    """
+    """``value`` as a Python float (None when traced or a schedule); a ``TypeError`` naming
+    ``name`` for what is not a real number, a ``ValueError`` for an array that is not 0-d."""
     if is_schedule(value):
         return None
     if value is None or isinstance(value, (bool, np.bool_)):
@@ -119,19 +109,11 @@ def concrete_scalar(name: str, value: Any) -> float | None:
 
 
 def check_range(name: str, scalar: float, kind: str | None = None, float32: bool = False) -> float:
-    """Raises a ``ValueError`` naming ``name`` unless ``scalar`` lies in the range of ``kind``.
-
-    A magnitude beyond float32's largest (``1e39``) would be inf where the value is a float32: it
-    is refused when ``float32`` is set (the framework stores the value as float32 whatever the
-    parameters' dtype, ``Rule.float32_hyperparameters``) or JAX's x64 mode is off.
-    """
+    """A ``ValueError`` naming ``name`` unless ``scalar`` lies in the range of ``kind``, or
+    where it would be inf: beyond float32's largest when ``float32`` is set (the framework stores
+    it as float32, ``Rule.float32_hyperparameters``) or JAX's x64 mode is off."""
     low, high = RANGES[kind or name]
-    if (
-        math.isnan(scalar)
-        or math.isinf(scalar)
-        or scalar < low
-        or (high is not None and scalar > high)
-    ):
+    if math.isinf(scalar) or not low <= scalar <= (math.inf if high is None else high):
         bounds = f"in [{low:g}, {high:g}]" if high is not None else f"finite and >= {low:g}"
         raise ValueError(f"`{name}` must be {bounds}, got {scalar}")
     x64 = jax.dtypes.canonicalize_dtype(np.float64) == np.float64
@@ -153,15 +135,9 @@ def check_hyperparameter(
     float32: bool = False,
     messages: FrameworkChecks | None = None,
 ) -> float | None:
-    """Checks one hyperparameter; returns its value when concrete, else None (traced, schedule).
-
-    Args:
-      name: the argument's name as the user wrote it.
-      value: a number, a 0-d array, a tracer, or a schedule.
-      kind: the key of :data:`RANGES` that applies (default: ``name``).
-      float32: the value is used as a float32 (see :func:`check_range`).
-      messages: the framework's checks (:data:`KERAS2_MESSAGES`, :data:`TORCH_MESSAGES`).
-    """
+    """Checks hyperparameter ``name`` (as the user wrote it) against the range of ``kind`` and
+    returns its value when concrete, else None; a value out of range that the framework refuses
+    too raises with the framework's text first (``messages``)."""
     scalar = concrete_scalar(name, value)
     if scalar is None:
         return None
@@ -201,28 +177,21 @@ def check_schedule(name: str, schedule: Any, kind: str | None = None, float32: b
     optax) and its value at step 0 is a floating-point scalar, in range where it is concrete (not
     where the schedule closes over a traced value)."""
     try:
-        signature = inspect.signature(schedule)
-    except (TypeError, ValueError):  # a built-in whose signature Python cannot read
-        signature = None
-    try:
-        if signature is not None:
-            signature.bind(0)
+        inspect.signature(schedule).bind(0)
+    except ValueError:  # a built-in whose signature Python cannot read
+        pass
     except TypeError:
         raise TypeError(
             f"the schedule given as `{name}` must take the step count as its one positional "
-            f"argument (`schedule(count)`, as in optax), but its signature is {signature}; for "
-            "a constant, pass the number itself"
+            f"argument (`schedule(count)`, as in optax), but its signature is "
+            f"{inspect.signature(schedule)}; for a constant, pass the number itself"
         ) from None
     value = schedule(jnp.zeros([], jnp.int32))
     if np.shape(value) != ():
-        raise ValueError(
-            f"the schedule given as `{name}` must return a scalar, got shape {np.shape(value)}"
-        )
-    dtype = getattr(value, "dtype", None) or np.asarray(value).dtype
-    if not jnp.issubdtype(dtype, jnp.floating):
+        raise ValueError(f"the schedule given as `{name}` must return a scalar, got {value!r}")
+    if not jnp.issubdtype(jnp.result_type(value), jnp.floating):
         raise TypeError(
-            f"the schedule given as `{name}` must return a floating-point number, got dtype "
-            f"{jnp.dtype(dtype).name}"
+            f"the schedule given as `{name}` must return a floating-point number, got {value!r}"
         )
     if not isinstance(value, jax.core.Tracer):
         try:
@@ -245,12 +214,9 @@ def _first(mask: np.ndarray, values: np.ndarray) -> str:
 
 
 def slot_values(label: str, values: np.ndarray, dtype: Any, squares: bool) -> np.ndarray:
-    """Slot values loaded from outside (a saved state, ``set_weights``) converted to ``dtype``.
-
-    Refused with a ``ValueError`` that starts with ``label``: a finite value beyond the dtype's
-    range (it would become inf) and, for a slot of squares (``rms``), a negative value. NaN and
-    inf are kept: a framework's state holds them after a NaN or overflowing gradient.
-    """
+    """Slot values loaded from outside (a saved state, ``set_weights``) converted to ``dtype``;
+    a ``ValueError`` starting with ``label`` for a finite value that would become inf and, in a
+    slot of squares, a negative one. NaN and inf are kept (a state holds them after a NaN)."""
     dtype = np.dtype(dtype)
     with np.errstate(over="ignore", invalid="ignore"):
         converted = np.asarray(values, dtype=dtype)
