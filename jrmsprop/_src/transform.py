@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple, TypeGuard, cast
 
 import jax
+import jax.core
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -64,9 +65,7 @@ class _Config(NamedTuple):
         return self.rule.variant(has_momentum, self.epsilon_nonzero)
 
 
-def slot_dtype_of(
-    param_dtype: Any, real: bool, complex_as_real: bool, slot_dtype: Any = None
-) -> jnp.dtype:
+def slot_dtype_of(param_dtype: Any, real: bool, complex_as_real: bool, slot_dtype: Any = None):
     """The dtype of one slot: ``slot_dtype``, else the parameter's, but float32 for float16 (the
     squared gradients in ``rms`` under- and overflow float16; bfloat16 keeps its own, as Keras);
     real for ``rms`` (``real``) unless the rule treats a complex parameter as two real ones."""
@@ -227,8 +226,9 @@ def _leaf_step(g, p, rms, mom, mg, momentum_on, sc, config: _Config, apply, dtyp
             return sparse.sparse_step(g, p, rms, mom_slot, mg, sc, variant, dtype, out_dtype)
         if jnp.iscomplexobj(g) and config.rule.complex_as_real:  # PyTorch: two real parameters
             rdtype = arithmetic.real_dtype(dtype)
+            rg, rp, rr, rm, rmg = map(_as_real, (g, p, rms, mom_slot, mg))
             update, rms2, mom2, mg2 = arithmetic.rmsprop_step(
-                *map(_as_real, (g, p, rms, mom_slot, mg)), sc, variant, rdtype, negate=True
+                rg, rp, rr, rm, rmg, sc, variant, rdtype, negate=True
             )
             update = _as_complex(update.astype(rdtype), g.astype(dtype)).astype(out_dtype)
             return update, _as_complex(rms2, rms), _as_complex(mom2, mom_slot), _as_complex(mg2, mg)
@@ -277,10 +277,9 @@ def _tree_update(updates, state: RMSpropState, params, dynamic, config: _Config,
     mgs = leaves(state.mg, "state.mg")
 
     count = state.count.astype(jnp.int32)
-    schedules = zip(config.schedules, dynamic[:6], strict=True)
-    hp = arithmetic.Hyperparams(
-        *(jnp.asarray(s.fn(count)) if s else v for s, v in schedules), count
-    )
+    given = zip(config.schedules, dynamic[:6], strict=True)  # a schedule, else the value
+    values = [jnp.asarray(s.fn(count)) if s else v for s, v in given]
+    hp = arithmetic.Hyperparams(*values, step=count)
     if config.use_weight_decay is None and params is None and paths:
         jax.debug.callback(functools.partial(_check_no_weight_decay, rule), hp.weight_decay)
     momentum_on = None
@@ -306,7 +305,7 @@ def _tree_update(updates, state: RMSpropState, params, dynamic, config: _Config,
                 f"update_and_apply: `params` at {_path_str(path)} is None but the gradient there "
                 "is not (pass the parameter, or a None gradient for a leaf that is not trained)"
             )
-        if kernel and cpu_kernel.takes(g, p, rms, mom, mg, variant):
+        if kernel and p is not None and cpu_kernel.takes(g, p, rms, mom, mg, variant):
             out.append(cpu_kernel.Leaf(g, p, rms, mom, mg))
             continue
         slot_dtype = (rms if mom is None else mom).dtype
@@ -370,7 +369,7 @@ def build(
     """The transformation of ``rule`` (:func:`rmsprop` and every preset); ``momentum_slot=True``
     keeps a momentum buffer even for momentum 0 (Keras's rule for a tensor or callable momentum).
     Each schedule is called here once, at step 0, to check its value (as inject_hyperparams)."""
-    hyperparams = dict(
+    hyperparams: dict[str, Any] = dict(
         learning_rate=learning_rate,
         rho=rho,
         momentum=0.0 if momentum is None else momentum,
@@ -399,12 +398,9 @@ def build(
     # decide by their value, a schedule always has the slot (as Keras for a callable), an array
     # (optax.inject_hyperparams) has it and its value picks the formula (momentum_slot None).
     mu, rho, epsilon = hyperparams["momentum"], hyperparams["rho"], hyperparams["epsilon"]
-    if momentum_slot is None:
-        momentum_slot = rule.momentum_slot
-    if momentum_slot is None and validation.is_schedule(mu):
-        momentum_slot = True
-    elif momentum_slot is None and _is_python_number(mu):
-        momentum_slot = concrete["momentum"] != 0.0
+    momentum_slot = rule.momentum_slot if momentum_slot is None else momentum_slot
+    if momentum_slot is None and (validation.is_schedule(mu) or _is_python_number(mu)):
+        momentum_slot = validation.is_schedule(mu) or concrete["momentum"] != 0.0
     # p enters the update for a schedule or a non-zero number; a traced weight decay (None) where
     # params are given, as an eager call with a concrete 0 needs none.
     use_weight_decay = weight_decay is not None and concrete["weight_decay"] != 0.0
@@ -508,13 +504,12 @@ def rmsprop(
     for a callable), an array (``optax.inject_hyperparams``) always, its value picking the formula
     at each step (0 computes what a Python 0 does; leave ``momentum=None`` for no buffer).
 
-    Numerics: the update is computed in the promoted dtype of gradient, slots and parameter, at
-    least float32, and returned in the parameter's dtype (else the gradient's). As in TF,
+    Numerics: the update is computed in the promoted dtype of gradient, slots and parameter (at
+    least float32) and returned in the parameter's dtype (else the gradient's). As in TF,
     ``learning_rate``, ``rho``, ``momentum`` and ``decay`` are float32 values even for float64
-    parameters; ``epsilon`` is not. float16 parameters get float32 slots (squared gradients
-    under- and overflow float16). A complex parameter gets ``|g|²`` and a real ``rms`` (TF's
-    ``g·g`` is not reproduced). A NaN or inf gradient poisons ``rms`` for good, as in Keras
-    (``optax.apply_if_finite`` skips such steps).
+    parameters; ``epsilon`` is not. float16 parameters get float32 slots. A complex parameter
+    gets ``|g|²`` and a real ``rms`` (not TF's ``g·g``). A NaN gradient poisons ``rms`` for good,
+    as in Keras (``optax.apply_if_finite`` skips such steps).
 
     Args:
       learning_rate: the step size (finite, >= 0), a 0-d array, or a schedule of the step count

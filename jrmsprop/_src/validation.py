@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
+import jax.core
 import jax.numpy as jnp
 import numpy as np
 
@@ -19,10 +20,10 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)
 #: tf.keras.backend.epsilon(): Keras 2's ε for ``epsilon`` 0 or None (``epsilon or epsilon()``).
 KERAS_EPSILON = 1e-7
 
-# Valid ranges (inclusive; None: no upper bound, but finite) by the core's name of the argument.
+# Valid ranges (inclusive; None: no upper bound, but finite: an infinite learning rate or
+# clipnorm gives NaN parameters), by the core's name of the argument.
 RANGES: dict[str, tuple[float, float | None]] = {
     **dict.fromkeys(("rho", "momentum", "one_minus_rho"), (0.0, 1.0)),
-    # finite and >= 0 (an infinite learning rate or clipnorm gives NaN parameters)
     **dict.fromkeys(
         ("learning_rate", "epsilon", "decay", "weight_decay", "initial_rms", "clip"), (0.0, None)
     ),
@@ -167,9 +168,7 @@ def jit_value(value: Any, scalar: float | None) -> Any:
     checked ``scalar``, a Python float (jit would narrow an int64 to int32 with x64 off)."""
     if scalar is None or isinstance(value, jax.Array):
         return value
-    if isinstance(value, int) or np.asarray(value).dtype.kind in "iu":
-        return scalar
-    return value
+    return scalar if isinstance(value, int) or np.asarray(value).dtype.kind in "iu" else value
 
 
 def check_schedule(name: str, schedule: Any, kind: str | None = None, float32: bool = False):
@@ -227,8 +226,7 @@ def slot_values(label: str, values: np.ndarray, dtype: Any, squares: bool) -> np
             f"{dtype.name}, where it would become inf; a finite value must fit the slot's dtype "
             "(NaN and inf are loaded as they are)"
         )
-    negative = (np.real(converted) < 0) | (np.imag(converted) < 0) if squares else None
-    if negative is not None and np.any(negative):
+    if squares and np.any(negative := (np.real(converted) < 0) | (np.imag(converted) < 0)):
         raise ValueError(
             f"{label} holds the negative value {_first(negative, converted)}; this slot is a "
             "running average of squared gradients and must be >= 0 (or NaN)"
