@@ -122,6 +122,6 @@ def test_update_names_a_leaf_that_is_not_an_array(bad, where):
         "params": lambda: tx.update(GRADS, state, tree),
         "grads": lambda: jrmsprop.update_and_apply(tx, tree, state, PARAMS),
     }[where]
-    with pytest.raises(TypeError, match=rf"^compat.torch: `{where}` at \['b'\] is .*must be an"):
+    with pytest.raises(TypeError, match=rf"^compat.torch: `{where}` at \['b'\] must be an array"):
         call()
     _assert_unchanged(state, snapshot)
