@@ -880,7 +880,7 @@ def test_a_schedule_with_a_default_argument_is_still_a_schedule():
     np.testing.assert_array_equal(_step(tx), _step(jrmsprop.rmsprop(0.1)))
 
 
-# ---- a subtree where the state has one array -------------------------------------------------
+# --------------------------------------------------------------------------- a subtree for a leaf
 
 
 @pytest.mark.parametrize(
@@ -936,3 +936,105 @@ def test_structure_and_leaf_errors_name_the_preset(make, prefix):
     for call, error, text in cases:
         with pytest.raises(error, match=rf"^{re.escape(prefix)}: .*{text}"):
             call()
+
+
+PRESETS_AT_01 = {
+    "rmsprop": lambda **kw: jrmsprop.rmsprop(0.1, **kw),
+    "keras3": lambda **kw: compat.keras3(0.1, **kw),
+    "torch": lambda **kw: compat.torch(0.1, **kw),
+    "tf1": lambda **kw: compat.tf1(0.1, **kw),
+    "optax_rmsprop": lambda **kw: compat.optax_rmsprop(0.1, **kw),
+}
+SLOT_CONFIGS = {
+    "plain": {},
+    "momentum": {"momentum": 0.9},
+    "centered": {"centered": True},
+    "both": {"momentum": 0.9, "centered": True},
+}
+TWO_LEAVES = {"b": jnp.array([0.5, -0.5]), "w": jnp.arange(6.0).reshape(2, 3) / 10}
+TWO_GRADS = {"b": jnp.array([1.0, -2.0]), "w": jnp.full((2, 3), 0.3)}
+
+
+# ---------------------------------------------------------- leaves that are not arrays, complex rms
+
+
+@pytest.mark.parametrize("preset", list(PRESETS_AT_01))
+@pytest.mark.parametrize(
+    "params, where, got",
+    [
+        ({"w": "abc"}, r"\['w'\]", "str 'abc'"),
+        ({"b": jnp.ones(2), "w": [1.0, b"x"]}, r"\['w'\]\[1\]", "bytes b'x'"),
+        ({"w": (object(),)}, r"\['w'\]\[0\]", "object"),
+    ],
+)
+def test_init_refuses_leaves_that_are_not_arrays_naming_params_and_the_leaf(
+    preset, params, where, got
+):
+    tx = PRESETS_AT_01[preset]()
+    with pytest.raises(
+        TypeError, match=rf"`params` at {where} must be an array or a number.*{got}"
+    ):
+        tx.init(params)
+
+
+def test_init_still_takes_python_and_numpy_numbers():
+    state = jrmsprop.rmsprop().init({"a": 1.0, "b": np.float32(2.0), "c": 1 + 2j})
+    assert state.rms["a"].dtype == jnp.float32 and state.rms["c"].dtype == jnp.float32
+
+
+@pytest.mark.parametrize("config", list(SLOT_CONFIGS))
+@pytest.mark.parametrize("preset", list(PRESETS_AT_01))
+def test_init_gives_real_parameters_a_real_rms_in_every_preset(preset, config):
+    """The premise of the check below, and the one exception: compat.torch treats a complex
+    parameter as a pair of real ones and keeps a complex rms for it."""
+    tx = PRESETS_AT_01[preset](**SLOT_CONFIGS[config])
+    state = tx.init({**TWO_LEAVES, "c": jnp.ones(2, jnp.complex64)})
+    assert all(not jnp.iscomplexobj(state.rms[k]) for k in TWO_LEAVES)
+    assert jnp.iscomplexobj(state.rms["c"]) == (preset == "torch")
+
+
+@pytest.mark.parametrize("with_params", [True, False])
+@pytest.mark.parametrize("jit", [False, True])
+@pytest.mark.parametrize("config", list(SLOT_CONFIGS))
+@pytest.mark.parametrize("preset", list(PRESETS_AT_01))
+def test_complex_rms_for_a_real_parameter_is_refused(preset, config, jit, with_params):
+    tx = PRESETS_AT_01[preset](**SLOT_CONFIGS[config])
+    state = tx.init(TWO_LEAVES)
+    bad = state._replace(rms={**state.rms, "w": state.rms["w"].astype(jnp.complex64)})
+    snapshot = _snapshot(bad)
+    update = jax.jit(tx.update) if jit else tx.update
+    args = (TWO_GRADS, bad, TWO_LEAVES) if with_params else (TWO_GRADS, bad)
+    with pytest.raises(TypeError, match=r"`state.rms` at \['w'\] has complex dtype complex64"):
+        update(*args)
+    _assert_unchanged(bad, snapshot)
+
+
+@pytest.mark.parametrize("config", list(SLOT_CONFIGS))
+def test_torch_complex_rms_for_a_complex_parameter_still_works(config):
+    tx = compat.torch(0.1, **SLOT_CONFIGS[config])
+    params = {"c": jnp.array([1.0 + 2.0j, -0.5j])}
+    state = tx.init(params)
+    grads = {"c": jnp.array([0.3 - 0.1j, 1.0 + 0.0j])}
+    for args in ((grads, state), (grads, state, params)):
+        updates, new_state = tx.update(*args)
+        assert new_state.rms["c"].dtype == jnp.complex64
+        assert updates["c"].dtype == jnp.complex64
+
+
+@pytest.mark.parametrize("bad", ["ab", b"ab", object()], ids=["str", "bytes", "object"])
+@pytest.mark.parametrize("where", ["updates", "params", "grads"])
+def test_update_names_a_leaf_that_is_not_an_array(bad, where):
+    """JAX refused such a leaf as a jit argument with "Error interpreting argument to <function
+    _tree_update>", naming neither the argument nor the leaf."""
+    tx = PRESETS_AT_01["torch"]()
+    state = tx.init(TWO_LEAVES)
+    snapshot = _snapshot(state)
+    tree = {"b": bad, "w": TWO_GRADS["w"]}
+    call = {
+        "updates": lambda: tx.update(tree, state, TWO_LEAVES),
+        "params": lambda: tx.update(TWO_GRADS, state, tree),
+        "grads": lambda: jrmsprop.update_and_apply(tx, tree, state, TWO_LEAVES),
+    }[where]
+    with pytest.raises(TypeError, match=rf"^compat.torch: `{where}` at \['b'\] must be an array"):
+        call()
+    _assert_unchanged(state, snapshot)
