@@ -4,6 +4,10 @@ update that fails leaves the state it was given untouched.
 
 Also the inputs that look odd but are valid (a bfloat16 learning rate, an unhashable schedule,
 ``jax.ShapeDtypeStruct`` or empty parameter trees) and must work.
+
+A leaf that is not an array, and a complex ``state.rms`` for a real parameter (``init`` gives a
+real parameter a real ``rms`` in every preset; only ``compat.torch`` keeps a complex one for a
+complex parameter), are refused naming the argument and the leaf.
 """
 
 from __future__ import annotations
