@@ -243,44 +243,40 @@ def state_from_torch(state_dict: Mapping[str, Any], params: Any) -> RMSpropState
         order += [_torch_index(i, f"{at} entry") for i in g["params"]]
     if twice := sorted({i for i in order if order.count(i) > 1}):
         raise ValueError(f"{fn}: parameter indices {twice} appear more than once in the groups")
-    per_param: dict[int, Any] = {}
-    keys: dict[int, Any] = {}  # as written in the state_dict (an int, or its string)
+    per_param: dict[int, Any] = {}  # index: (the key as written, the entry)
     for key, entry in raw.items():
         if (i := _torch_index(key, f"{sd}['state']` key {key!r}:")) in per_param:
             raise ValueError(f"{fn}: {sd}['state']` has two entries for parameter {i}")
         if not isinstance(entry, Mapping):
             raise ValueError(f"{fn}: {sd}['state'][{key!r}]` must be a mapping")
-        per_param[i], keys[i] = entry, key
+        per_param[i] = key, entry
     if unmatched := sorted(set(per_param) - set(order)):
-        raise ValueError(
-            f"{fn}: {sd}['state']` has entries for parameters {unmatched}, which no param group "
-            f"lists (they list {order}); their state would be lost"
-        )
+        why = f"which no param group lists (they list {order}); their state would be lost"
+        raise ValueError(f"{fn}: {sd}['state']` has entries for parameters {unmatched}, {why}")
     if len(order) != len(leaves := jax.tree.leaves(params)):
         why = f"{len(order)} parameters, `params` has {len(leaves)}"
         raise ValueError(f"{fn}: the state_dict has {why}")
     present, ((counter,), names) = (True, m != 0, bool(c)), ck._SLOTS["torch"]
     needed = [counter, *(s for s, on in zip(names, present, strict=True) if on)]
-    for i, entry in per_param.items():
+    for key, entry in per_param.values():
         if missing := [k for k in needed if k not in entry]:
-            raise ValueError(f"{fn}: {sd}['state'][{keys[i]!r}]` lacks {missing} (needs {needed})")
+            raise ValueError(f"{fn}: {sd}['state'][{key!r}]` lacks {missing} (needs {needed})")
     what = f"{fn}: {sd}['state'][{{!r}}]['{counter}']`"
-    steps = {int(ck._count(entry[counter], what.format(keys[i]))) for i, entry in per_param.items()}
+    steps = {int(ck._count(e[counter], what.format(k))) for k, e in per_param.values()}
     if len(steps) > 1:
         raise ValueError(f"{fn}: parameters were stepped unequally ({sorted(steps)})")
 
     def entry(i: int, p: Any, name: str) -> tuple[Any, str]:
         if i not in per_param:
             return np.zeros(np.shape(p), np.float32), f"zeros (parameter {i} never stepped)"
-        return per_param[i][name], f"{sd}['state'][{keys[i]!r}][{name!r}]`"
+        return per_param[i][1][name], f"{sd}['state'][{per_param[i][0]!r}][{name!r}]`"
 
     slots = [
         [entry(i, p, s) for i, p in zip(order, leaves, strict=True)] if on else None
         for s, on in zip(names, present, strict=True)
     ]
-    return ck._state(
-        jnp.asarray(steps.pop() if steps else 0, jnp.int32), params, "torch", fn, slots
-    )
+    count = jnp.asarray(steps.pop() if steps else 0, jnp.int32)
+    return ck._state(count, params, "torch", fn, slots)
 
 
 def _key(name: str) -> str:
