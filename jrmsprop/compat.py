@@ -20,9 +20,15 @@ from jrmsprop._src.checkpoint import (
     load_keras3_archive,
     saved_optimizer_config,
     state_from_keras2,
+)
+from jrmsprop._src.porting import (
+    Saved,
+    place,
+    place_state,
+    read_keras,
+    read_torch,
     state_from_torch,
 )
-from jrmsprop._src.porting import Saved, place, place_state, read_keras, read_torch
 from jrmsprop._src.transform import ScalarOrSchedule, build
 
 __all__ = (

@@ -209,6 +209,7 @@ def test_state_from_torch_refuses_malformed_state_dicts(state_dict, error, words
 # ---- loaders: state_from_torch / state_from_keras2 (jrmsprop._src.saved_state) ----------------
 
 from jrmsprop._src import checkpoint as saved_state  # noqa: E402
+from jrmsprop._src import porting  # noqa: E402
 
 
 def _bits(a, b, what):
@@ -227,7 +228,7 @@ def _same_state(a, b):
 
 def test_compat_exports_the_saved_state_loaders():
     """compat.state_from_* are the fixed loaders (compat.py must import them from saved_state)."""
-    assert compat.state_from_torch is saved_state.state_from_torch
+    assert compat.state_from_torch is porting.state_from_torch
     assert compat.state_from_keras2 is saved_state.state_from_keras2
 
 
@@ -250,8 +251,8 @@ def _torch_sd(int_keys=True):
 
 def test_state_from_torch_accepts_decimal_string_keys_and_never_drops_state():
     params = [jnp.ones(3), jnp.full(2, 0.5)]
-    want = saved_state.state_from_torch(_torch_sd(), params)
-    got = saved_state.state_from_torch(_torch_sd(int_keys=False), params)  # as after JSON
+    want = porting.state_from_torch(_torch_sd(), params)
+    got = porting.state_from_torch(_torch_sd(int_keys=False), params)  # as after JSON
     assert int(got.count) == 7
     _same_state(want, got)
     tx = compat.torch(lr=0.01, momentum=0.9)
@@ -260,19 +261,19 @@ def test_state_from_torch_accepts_decimal_string_keys_and_never_drops_state():
     sd = _torch_sd()
     sd["state"] = {5: sd["state"][0], 6: sd["state"][1]}  # none matches a listed parameter
     with pytest.raises(ValueError, match=r"entries for parameters \[5, 6\].*would be lost"):
-        saved_state.state_from_torch(sd, params)
+        porting.state_from_torch(sd, params)
     sd = _torch_sd()
     sd["state"][2] = sd["state"][1]
     with pytest.raises(ValueError, match=r"entries for parameters \[2\]"):
-        saved_state.state_from_torch(sd, params)
+        porting.state_from_torch(sd, params)
     sd = _torch_sd()
     sd["state"]["1"] = sd["state"][1]
     with pytest.raises(ValueError, match="two entries for parameter 1"):
-        saved_state.state_from_torch(sd, params)
+        porting.state_from_torch(sd, params)
     sd = _torch_sd()
     sd["state"]["first"] = sd["state"].pop(0)
     with pytest.raises(ValueError, match=r"key 'first'.* must be a parameter index"):
-        saved_state.state_from_torch(sd, params)
+        porting.state_from_torch(sd, params)
 
 
 @pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16, jnp.complex64])
@@ -308,7 +309,7 @@ def test_loaded_states_have_init_structure_and_dtypes(dtype):
         },
         "param_groups": [{"params": [0, 1], "momentum": 0.9, "centered": True}],
     }
-    state = saved_state.state_from_torch(sd, params)
+    state = porting.state_from_torch(sd, params)
     init = compat.torch(lr=0.01, momentum=0.9, centered=True).init(params)
     assert jax.tree.structure(state) == jax.tree.structure(init)
     for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(init), strict=True):
@@ -368,32 +369,32 @@ def _sd(step=1, momentum=0, params=(0,), centered=False):
             "`centered` must be True or False, got None",
         ),
         (
-            lambda p: saved_state.state_from_torch(_sd(momentum=None), p),
+            lambda p: porting.state_from_torch(_sd(momentum=None), p),
             ValueError,
             r"`state_dict\['param_groups'\]\[0\]\['momentum'\]` must be a non-negative",
         ),
         (
-            lambda p: saved_state.state_from_torch(_sd(centered="no"), p),
+            lambda p: porting.state_from_torch(_sd(centered="no"), p),
             ValueError,
             r"\['centered'\]` must be True or False",
         ),
         (
-            lambda p: saved_state.state_from_torch(_sd(step=np.nan), p),
+            lambda p: porting.state_from_torch(_sd(step=np.nan), p),
             ValueError,
             r"`state_dict\['state'\]\[0\]\['step'\]` must be a non-negative integer",
         ),
         (
-            lambda p: saved_state.state_from_torch(_sd(step=np.inf), p),
+            lambda p: porting.state_from_torch(_sd(step=np.inf), p),
             ValueError,
             r"\['step'\]` must be a non-negative integer, got inf",
         ),
         (
-            lambda p: saved_state.state_from_torch(_sd(params=(0, 0)), p + p),
+            lambda p: porting.state_from_torch(_sd(params=(0, 0)), p + p),
             ValueError,
             r"indices \[0\] appear more than once",
         ),
         (
-            lambda p: saved_state.state_from_torch(_sd(), [jnp.ones(2, jnp.int32)]),
+            lambda p: porting.state_from_torch(_sd(), [jnp.ones(2, jnp.int32)]),
             TypeError,
             r"parameter at \[0\] has dtype int32; RMSprop needs floating-point",
         ),

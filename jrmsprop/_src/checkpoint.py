@@ -1,4 +1,5 @@
-"""Optimizer state saved by Keras and PyTorch, as a :class:`jrmsprop.RMSpropState`.
+"""Optimizer state saved by Keras, as a :class:`jrmsprop.RMSpropState`, and the checked
+conversion of any framework's saved slots into one.
 
 Keras files are read safely: numeric HDF5 datasets and JSON only, each dataset's dtype, shape
 and storage checked before it is read, no zip member inflated into memory. h5py is imported on
@@ -11,7 +12,6 @@ import contextlib
 import io
 import json
 import math
-import numbers
 import os
 import struct
 import tempfile
@@ -35,7 +35,6 @@ __all__ = [
     "load_keras3_archive",
     "saved_optimizer_config",
     "state_from_keras2",
-    "state_from_torch",
 ]
 
 # Each framework's (step counter names, slot names in RMSpropState order: rms, momentum, mg).
@@ -45,10 +44,6 @@ _SLOTS = {
     "torch": (("step",), ("square_avg", "momentum_buffer", "grad_avg")),
 }
 _KERAS3_ONLY = {*sum(_SLOTS["keras3"], ())} - {*sum(_SLOTS["keras2"], ())}
-# torch.optim.RMSprop's defaults of the hyperparameters its param groups must agree on.
-_TORCH_DEFAULTS = dict(
-    lr=0.01, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0, centered=False, maximize=False
-)
 _JRMSPROP_KERAS = "jrmsprop>RMSprop"  # how Keras registers jrmsprop.keras.RMSprop
 _KINDS = {
     "h5": ("an HDF5 file", "load_keras2_h5"),
@@ -276,15 +271,18 @@ def _keras2_layout(f: Any, opt: dict, where: str) -> tuple[list, list[str], bool
     parts = [n.split(":")[0].rsplit("/", 1) for n in names]  # [variable, slot]
     words = {w for ps in parts for w in ps[0].split("/") + ps[-1:]}
     if words & _KERAS3_ONLY or config.get("is_legacy_optimizer") is False:
-        fix = "save the model as .keras and use load_keras3_archive"
-        if _registered_name(opt) == _JRMSPROP_KERAS:
-            why = "jrmsprop.keras.RMSprop saved by Keras 3"
-            fix += "(path, params, jrmsprop_keras=True)"
-            raise ValueError(f"{where} holds the state of {why}: {fix}")
+        ours = _registered_name(opt) == _JRMSPROP_KERAS
+        what = (
+            "jrmsprop.keras.RMSprop saved by Keras 3"
+            if ours
+            else (
+                f"the TF >= 2.11 / Keras 3 optimizer ({names[:3]}...); load_keras2_h5 reads the TF "
+                "2.x (legacy) RMSprop state"
+            )
+        )
+        fix = "(path, params, jrmsprop_keras=True)" if ours else ""
         raise ValueError(
-            f"{where} holds the state of the TF >= 2.11 / Keras 3 optimizer ({names[:3]}...), "
-            f"whose epsilon is inside the root; load_keras2_h5 reads the TF 2.x (legacy) RMSprop "
-            f"state: {fix}"
+            f"{where} holds the state of {what}: save as .keras and use load_keras3_archive{fix}"
         )
     (counters, slot_names), found = _SLOTS["keras2"], sorted({ps[-1] for ps in parts[1:]})
     if opt.get("class_name", "RMSprop").split(">")[-1] != "RMSprop":
@@ -328,18 +326,15 @@ def _read_state(datasets: list, names: list[str], where: str, params: Any) -> li
     """``[counter, *slots]`` read: an integer scalar, then floats shaped as the first slot's
     (``len(names)`` variables a slot), which must be shaped as ``params`` (if given)."""
     n, leaves = len(names), jax.tree_util.tree_flatten_with_path(params)[0]
+    follow = "`params` must follow model.trainable_weights"
     if params is not None and len(leaves) != n:
-        raise ValueError(
-            f"{where}: `params` has {len(leaves)} leaves but the saved optimizer state is for {n} "
-            f"variables ({', '.join(names)}); `params` must follow model.trainable_weights"
-        )
+        got = f"has {len(leaves)} leaves but the saved optimizer state is for {n} variables"
+        raise ValueError(f"{where}: `params` {got} ({', '.join(names)}); {follow}")
     for i, ((kp, leaf), d) in enumerate(zip(leaves, datasets[1:], strict=False)):
         if np.shape(leaf) != d.shape:
-            raise ValueError(
-                f"{where}: `params` leaf {i} ({jax.tree_util.keystr(kp) or 'the root'}) has shape "
-                f"{np.shape(leaf)}, but saved variable {i} ({names[i]}) has shape {d.shape} "
-                f"(dataset {d.name!r}); `params` must follow model.trainable_weights"
-            )
+            got = f"({jax.tree_util.keystr(kp) or 'the root'}) has shape {np.shape(leaf)}"
+            saved = f"saved variable {i} ({names[i]}) has shape {d.shape} (dataset {d.name!r})"
+            raise ValueError(f"{where}: `params` leaf {i} {got}, but {saved}; {follow}")
     slots = [("f", d.shape, f"floats shaped as {d.name!r}, {d.shape}") for d in datasets[1 : n + 1]]
     counter = ("iu", (), "an integer scalar")
     return _read(datasets, [counter, *slots * ((len(datasets) - 1) // n)], where)
@@ -365,8 +360,8 @@ def _count(step: Any, what: str) -> jax.Array:
 
 
 def _state(count: Any, params: Any, framework: str, fn: str, blocks: Sequence) -> RMSpropState:
-    """The state from ``blocks[k] = (arrays, sources)`` of slot ``k`` (rms, momentum, mg; ``None``
-    if absent), each array checked by ``slot_values`` and converted to ``init``'s dtype."""
+    """The state from ``blocks[k] = [(array, source), ...]`` of slot ``k`` (rms, momentum, mg;
+    ``None`` if absent), each array checked by ``slot_values`` and cast to ``init``'s dtype."""
     leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
     at = [f"the parameter at {jax.tree_util.keystr(path) or '<root>'}" for path, _ in leaves]
     dtypes = []
@@ -375,10 +370,8 @@ def _state(count: Any, params: Any, framework: str, fn: str, blocks: Sequence) -
             dtypes.append(jnp.dtype(jnp.result_type(p if not isinstance(p, (str, bytes)) else {})))
         except (TypeError, ValueError):
             got = f"{p!r:.40}" if isinstance(p, (str, bytes)) else f"of type {type(p).__name__}"
-            raise TypeError(
-                f"{fn}: `params` leaf {i} ({at[i]}) is {got}; parameters must be arrays of "
-                "floating-point (or complex) numbers"
-            ) from None
+            why = "parameters must be arrays of floating-point (or complex) numbers"
+            raise TypeError(f"{fn}: `params` leaf {i} ({at[i]}) is {got}; {why}") from None
         if not jnp.issubdtype(dtypes[i], jnp.inexact):
             why = "RMSprop needs floating-point (or complex) parameters"
             raise TypeError(f"{fn}: {at[i]} has dtype {dtypes[i]}; {why}")
@@ -387,7 +380,7 @@ def _state(count: Any, params: Any, framework: str, fn: str, blocks: Sequence) -
         if block is None:
             continue
         out = []
-        for i, ((_, p), a, source) in enumerate(zip(leaves, *block, strict=True)):
+        for i, ((_, p), (a, source)) in enumerate(zip(leaves, block, strict=True)):
             what, label = f"{fn}: {name}[{i}]", f"{fn}: {name}[{i}]: {source} (for {at[i]})"
             a = np.asarray(exact_array(_numpy(a), label))
             if a.shape != np.shape(p):
@@ -416,13 +409,11 @@ def _from_keras2(
     n, blocks = len(jax.tree.leaves(params)), sum(present)
     if len(weights) != 1 + blocks * n:
         slots = ", ".join(s for s, on in zip(_SLOTS["keras2"][1], present, strict=True) if on)
-        raise ValueError(
-            f"{fn}: `weights` must hold 1 + {blocks}·{n} = {1 + blocks * n} arrays (iterations, "
-            f"then {slots} for each of {n} variables), got {len(weights)}"
-        )
+        want = f"1 + {blocks}·{n} = {1 + blocks * n} arrays (iterations, then {slots} for each)"
+        raise ValueError(f"{fn}: `weights` must hold {want}, got {len(weights)}")
     count = _count(weights[0], f"{fn}: {weight(0)} (iterations)")
     starts = [1 + n * sum(present[:k]) for k in range(3)]
-    block = lambda s: (weights[s : s + n], [*map(weight, range(s, s + n))])  # noqa: E731
+    block = lambda s: [(weights[j], weight(j)) for j in range(s, s + n)]  # noqa: E731
     slots = [block(s) if on else None for s, on in zip(starts, present, strict=True)]
     return _state(count, params, "keras2", fn, slots)
 
@@ -567,131 +558,3 @@ def saved_optimizer_config(path: str | os.PathLike) -> dict[str, Any]:
         raise ValueError(f"{where} holds no optimizer config (no 'training_config')")
     names = {"class_name": opt["class_name"], "config": opt["config"]}
     return {**names, "registered_name": _registered_name(opt)}
-
-
-def _torch_index(key: Any, what: str) -> int:
-    """A parameter index: an int, or its decimal string (a state_dict after JSON or YAML)."""
-    if (isinstance(key, str) and key.strip().isdecimal()) or (
-        isinstance(key, numbers.Integral) and not isinstance(key, (bool, np.bool_))
-    ):
-        return int(key)
-    raise ValueError(f"state_from_torch: {what} must be a parameter index (an int), got {key!r}")
-
-
-def _torch_value(group: Mapping, key: str) -> Any:
-    """A group's hyperparameter (torch's default if absent), comparable: NaN equals NaN."""
-    value = group.get(key, _TORCH_DEFAULTS[key])
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    try:
-        return "nan" if math.isnan(number := float(value)) else number
-    except (TypeError, ValueError, RuntimeError):
-        return repr(value)
-
-
-def state_from_torch(state_dict: Mapping[str, Any], params: Any) -> RMSpropState:
-    """The state of a ``torch.optim.RMSprop.state_dict()``, for :func:`jrmsprop.compat.torch`.
-
-    Args:
-      state_dict: the optimizer's ``state_dict()`` (tensors or NumPy arrays; parameter indices
-        ints or their decimal strings). Its param groups must agree on ``lr``, ``alpha``,
-        ``eps``, ``weight_decay``, ``momentum``, ``centered`` and ``maximize``; at momentum 0 a
-        ``momentum_buffer`` is ignored, as torch ignores it. NaN and inf load as saved.
-      params: the parameters, their leaves in the torch optimizer's parameter order.
-
-    Returns:
-      The state, with ``init``'s structure and dtypes; parameters torch never stepped get fresh
-      (zero) slots.
-
-    Example:
-      >>> import numpy as np, jax.numpy as jnp
-      >>> from jrmsprop import compat
-      >>> sd = {"state": {0: {"step": np.float32(3), "square_avg": np.ones(2, np.float32)}},
-      ...       "param_groups": [{"params": [0], "momentum": 0, "centered": False}]}
-      >>> compat.state_from_torch(sd, [jnp.zeros(2)]).count
-      Array(3, dtype=int32)
-    """
-    fn, sd = "state_from_torch", "`state_dict"
-    if not isinstance(state_dict, Mapping):
-        got = type(state_dict).__name__
-        raise TypeError(f"{fn}: {sd}` must be a torch state_dict() (a mapping), got {got}")
-    if not {"state", "param_groups"} <= set(state_dict):
-        got = sorted(map(str, state_dict))
-        raise ValueError(f"{fn}: {sd}` must have 'state' and 'param_groups', got {got}")
-    groups, raw = state_dict["param_groups"], state_dict["state"]
-    if not isinstance(raw, Mapping):
-        raise ValueError(f"{fn}: {sd}['state']` must be a mapping, got {type(raw).__name__}")
-    if not isinstance(groups, Sequence) or not all(
-        isinstance(g, Mapping) and "params" in g for g in groups
-    ):
-        raise ValueError(f"{fn}: {sd}['param_groups']` must be a list of dicts with 'params' lists")
-    hyper = [{k: _torch_value(g, k) for k in _TORCH_DEFAULTS} for g in groups]
-    if differ := [k for k in _TORCH_DEFAULTS if len({h[k] for h in hyper}) > 1]:
-        shown = "; ".join(
-            f"group {i} has " + json.dumps({k: h[k] for k in differ})
-            for i, h in enumerate(hyper)
-            if i == 0 or any(h[k] != hyper[0][k] for k in differ)
-        )
-        raise ValueError(
-            f"{fn}: the param groups of {sd}['param_groups']` differ in {differ} ({shown}; a "
-            "missing key is torch's default); one state serves groups with equal "
-            "hyperparameters only: split the state_dict into one per group"
-        )
-    first = groups[0] if groups else {}
-    m, c, at = first.get("momentum", 0), first.get("centered", False), f"{sd}['param_groups'][0]"
-    if isinstance(m, (bool, np.bool_)) or not (
-        isinstance(m, numbers.Real) and not m < 0 and m < math.inf
-    ):
-        raise ValueError(f"{fn}: {at}['momentum']` must be a non-negative number, got {m!r}")
-    if not isinstance(c, (bool, np.bool_)):
-        raise ValueError(f"{fn}: {at}['centered']` must be True or False, got {c!r}")
-    order: list[int] = []
-    for k, g in enumerate(groups):
-        at = f"{sd}['param_groups'][{k}]['params']`"
-        if isinstance(g["params"], (str, bytes)) or not isinstance(g["params"], Sequence):
-            raise ValueError(f"{fn}: {at} must be a list of parameter indices")
-        order += [_torch_index(i, f"{at} entry") for i in g["params"]]
-    if twice := sorted({i for i in order if order.count(i) > 1}):
-        raise ValueError(f"{fn}: parameter indices {twice} appear more than once in the groups")
-    per_param: dict[int, Any] = {}
-    keys: dict[int, Any] = {}  # as written in the state_dict (an int, or its string)
-    for key, entry in raw.items():
-        if (i := _torch_index(key, f"{sd}['state']` key {key!r}:")) in per_param:
-            raise ValueError(f"{fn}: {sd}['state']` has two entries for parameter {i}")
-        if not isinstance(entry, Mapping):
-            raise ValueError(f"{fn}: {sd}['state'][{key!r}]` must be a mapping")
-        per_param[i], keys[i] = entry, key
-    if unmatched := sorted(set(per_param) - set(order)):
-        raise ValueError(
-            f"{fn}: {sd}['state']` has entries for parameters {unmatched}, which no param group "
-            f"lists (they list {order}); their state would be lost"
-        )
-    if len(order) != len(leaves := jax.tree.leaves(params)):
-        why = f"{len(order)} parameters, `params` has {len(leaves)}"
-        raise ValueError(f"{fn}: the state_dict has {why}")
-    present, ((counter,), names) = (True, m != 0, bool(c)), _SLOTS["torch"]
-    needed = [counter, *(s for s, on in zip(names, present, strict=True) if on)]
-    for i, entry in per_param.items():
-        if missing := [k for k in needed if k not in entry]:
-            raise ValueError(f"{fn}: {sd}['state'][{keys[i]!r}]` lacks {missing} (needs {needed})")
-    what = f"{fn}: {sd}['state'][{{!r}}]['{counter}']`"
-    steps = {int(_count(entry[counter], what.format(keys[i]))) for i, entry in per_param.items()}
-    if len(steps) > 1:
-        raise ValueError(f"{fn}: parameters were stepped unequally ({sorted(steps)})")
-
-    def block(name: str) -> tuple[list, list[str]]:  # parameters never stepped: zeros
-        stepped = [i in per_param for i in order]
-        arrays = [
-            per_param[i][name] if s else np.zeros(np.shape(p), np.float32)
-            for i, s, p in zip(order, stepped, leaves, strict=True)
-        ]
-        labels = [
-            f"{sd}['state'][{keys[i]!r}][{name!r}]`"
-            if s
-            else f"zeros (parameter {i} never stepped)"
-            for i, s in zip(order, stepped, strict=True)
-        ]
-        return arrays, labels
-
-    slots = [block(s) if on else None for s, on in zip(names, present, strict=True)]
-    return _state(jnp.asarray(steps.pop() if steps else 0, jnp.int32), params, "torch", fn, slots)

@@ -7,10 +7,13 @@ state_dicts from ``.npz`` (no pickle) or safetensors.
 
 from __future__ import annotations
 
+import json
+import math
+import numbers
 import os
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -20,7 +23,7 @@ import numpy as np
 from jrmsprop._src import checkpoint as ck
 from jrmsprop._src.transform import RMSpropState
 
-__all__ = ["Saved", "place", "place_state", "read_keras", "read_torch"]
+__all__ = ["Saved", "place", "place_state", "read_keras", "read_torch", "state_from_torch"]
 
 # Keras 3 stores a layer's variables as vars/0, vars/1, ...: the names of the common layers'.
 _CONV = [f"Conv{n}D{t}" for n in "123" for t in ("", "Transpose")]
@@ -30,6 +33,10 @@ _KERAS3_VARS = {
     "LayerNormalization": ("gamma", "beta"),
     "BatchNormalization": ("gamma", "beta", "moving_mean", "moving_variance"),
 }
+# torch.optim.RMSprop's defaults of the hyperparameters its param groups must agree on.
+_TORCH_DEFAULTS = dict(
+    lr=0.01, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0, centered=False, maximize=False
+)
 # The kernel layouts: "keras" (in, out) and HWIO, "torch" (out, in) and OIHW.
 _OTHER = {"keras": "torch", "torch": "keras"}
 
@@ -151,6 +158,125 @@ def read_torch(path: str | os.PathLike) -> Saved:
         raise ValueError(f"{where}: parameters were stepped unequally ({sorted(steps)})")
     config = ck._json(groups, where, "optimizer/param_groups")[0] if groups else None
     return Saved(weights, slots, steps.pop() if steps else None, config, "torch")
+
+
+def _torch_index(key: Any, what: str) -> int:
+    """A parameter index: an int, or its decimal string (a state_dict after JSON or YAML)."""
+    if (isinstance(key, str) and key.strip().isdecimal()) or (
+        isinstance(key, numbers.Integral) and not isinstance(key, (bool, np.bool_))
+    ):
+        return int(key)
+    raise ValueError(f"state_from_torch: {what} must be a parameter index (an int), got {key!r}")
+
+
+def _torch_value(group: Mapping, key: str) -> Any:
+    """A group's hyperparameter (torch's default if absent), comparable: NaN equals NaN."""
+    value = group.get(key, _TORCH_DEFAULTS[key])
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    try:
+        return "nan" if math.isnan(number := float(value)) else number
+    except (TypeError, ValueError, RuntimeError):
+        return repr(value)
+
+
+def state_from_torch(state_dict: Mapping[str, Any], params: Any) -> RMSpropState:
+    """The state of a ``torch.optim.RMSprop.state_dict()``, for :func:`jrmsprop.compat.torch`.
+
+    Args:
+      state_dict: the optimizer's ``state_dict()`` (tensors or NumPy arrays; parameter indices
+        ints or their decimal strings). Its param groups must agree on ``lr``, ``alpha``,
+        ``eps``, ``weight_decay``, ``momentum``, ``centered`` and ``maximize``; at momentum 0 a
+        ``momentum_buffer`` is ignored, as torch ignores it. NaN and inf load as saved.
+      params: the parameters, their leaves in the torch optimizer's parameter order.
+
+    Returns:
+      The state, with ``init``'s structure and dtypes; parameters torch never stepped get fresh
+      (zero) slots.
+
+    Example:
+      >>> import numpy as np, jax.numpy as jnp
+      >>> from jrmsprop import compat
+      >>> sd = {"state": {0: {"step": np.float32(3), "square_avg": np.ones(2, np.float32)}},
+      ...       "param_groups": [{"params": [0], "momentum": 0, "centered": False}]}
+      >>> compat.state_from_torch(sd, [jnp.zeros(2)]).count
+      Array(3, dtype=int32)
+    """
+    fn, sd = "state_from_torch", "`state_dict"
+    if not isinstance(state_dict, Mapping):
+        got = type(state_dict).__name__
+        raise TypeError(f"{fn}: {sd}` must be a torch state_dict() (a mapping), got {got}")
+    if not {"state", "param_groups"} <= set(state_dict):
+        got = sorted(map(str, state_dict))
+        raise ValueError(f"{fn}: {sd}` must have 'state' and 'param_groups', got {got}")
+    groups, raw = state_dict["param_groups"], state_dict["state"]
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"{fn}: {sd}['state']` must be a mapping, got {type(raw).__name__}")
+    if not isinstance(groups, Sequence) or not all(
+        isinstance(g, Mapping) and "params" in g for g in groups
+    ):
+        raise ValueError(f"{fn}: {sd}['param_groups']` must be a list of dicts with 'params' lists")
+    hyper = [{k: _torch_value(g, k) for k in _TORCH_DEFAULTS} for g in groups]
+    if differ := [k for k in _TORCH_DEFAULTS if len({h[k] for h in hyper}) > 1]:
+        shown = "; ".join(
+            f"group {i} has " + json.dumps({k: h[k] for k in differ})
+            for i, h in enumerate(hyper)
+            if i == 0 or any(h[k] != hyper[0][k] for k in differ)
+        )
+        why = "a missing key is torch's default; split the state_dict into one per group"
+        raise ValueError(
+            f"{fn}: the param groups of {sd}['param_groups']` differ in {differ} ({shown}; {why})"
+        )
+    first = groups[0] if groups else {}
+    m, c, at = first.get("momentum", 0), first.get("centered", False), f"{sd}['param_groups'][0]"
+    if isinstance(m, (bool, np.bool_)) or not (
+        isinstance(m, numbers.Real) and not m < 0 and m < math.inf
+    ):
+        raise ValueError(f"{fn}: {at}['momentum']` must be a non-negative number, got {m!r}")
+    if not isinstance(c, (bool, np.bool_)):
+        raise ValueError(f"{fn}: {at}['centered']` must be True or False, got {c!r}")
+    order: list[int] = []
+    for k, g in enumerate(groups):
+        at = f"{sd}['param_groups'][{k}]['params']`"
+        if isinstance(g["params"], (str, bytes)) or not isinstance(g["params"], Sequence):
+            raise ValueError(f"{fn}: {at} must be a list of parameter indices")
+        order += [_torch_index(i, f"{at} entry") for i in g["params"]]
+    if twice := sorted({i for i in order if order.count(i) > 1}):
+        raise ValueError(f"{fn}: parameter indices {twice} appear more than once in the groups")
+    per_param: dict[int, Any] = {}  # index: (the key as written, the entry)
+    for key, entry in raw.items():
+        if (i := _torch_index(key, f"{sd}['state']` key {key!r}:")) in per_param:
+            raise ValueError(f"{fn}: {sd}['state']` has two entries for parameter {i}")
+        if not isinstance(entry, Mapping):
+            raise ValueError(f"{fn}: {sd}['state'][{key!r}]` must be a mapping")
+        per_param[i] = key, entry
+    if unmatched := sorted(set(per_param) - set(order)):
+        why = f"which no param group lists (they list {order}); their state would be lost"
+        raise ValueError(f"{fn}: {sd}['state']` has entries for parameters {unmatched}, {why}")
+    if len(order) != len(leaves := jax.tree.leaves(params)):
+        why = f"{len(order)} parameters, `params` has {len(leaves)}"
+        raise ValueError(f"{fn}: the state_dict has {why}")
+    present, ((counter,), names) = (True, m != 0, bool(c)), ck._SLOTS["torch"]
+    needed = [counter, *(s for s, on in zip(names, present, strict=True) if on)]
+    for key, entry in per_param.values():
+        if missing := [k for k in needed if k not in entry]:
+            raise ValueError(f"{fn}: {sd}['state'][{key!r}]` lacks {missing} (needs {needed})")
+    what = f"{fn}: {sd}['state'][{{!r}}]['{counter}']`"
+    steps = {int(ck._count(e[counter], what.format(k))) for k, e in per_param.values()}
+    if len(steps) > 1:
+        raise ValueError(f"{fn}: parameters were stepped unequally ({sorted(steps)})")
+
+    def entry(i: int, p: Any, name: str) -> tuple[Any, str]:
+        if i not in per_param:
+            return np.zeros(np.shape(p), np.float32), f"zeros (parameter {i} never stepped)"
+        return per_param[i][1][name], f"{sd}['state'][{per_param[i][0]!r}][{name!r}]`"
+
+    slots = [
+        [entry(i, p, s) for i, p in zip(order, leaves, strict=True)] if on else None
+        for s, on in zip(names, present, strict=True)
+    ]
+    count = jnp.asarray(steps.pop() if steps else 0, jnp.int32)
+    return ck._state(count, params, "torch", fn, slots)
 
 
 def _key(name: str) -> str:
@@ -285,17 +411,16 @@ def place_state(
         if not any(slot in s for s in source.slots.values()):
             blocks.append(None)
             continue
-        arrays, labels = [], []
+        block = []
         for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
             name, what = found[path], f"slot {slot!r} of {found[path]!r}"
             if slot in source.slots.get(name, {}):
-                arrays.append(convert(leaf, source.slots[name][slot], what, dtype=False))
+                block.append((convert(leaf, source.slots[name][slot], what, dtype=False), what))
             elif source.framework == "torch" and name not in source.slots:  # never stepped
-                arrays.append(np.zeros(np.shape(leaf), np.float32))
+                block.append((np.zeros(np.shape(leaf), np.float32), what))
             else:
                 raise ValueError(f"{fn}: the saved optimizer state has no {what}")
-            labels.append(what)
-        blocks.append((arrays, labels))
+        blocks.append(block)
     count = ck._count(source.step, f"{fn}: the step count")
     state = ck._state(count, params, source.framework, fn, blocks)
     if optimizer is not None:
