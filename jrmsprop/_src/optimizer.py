@@ -433,11 +433,12 @@ class RMSprop:
         """Creates ``iterations`` and the slots of ``var_list`` now (e.g. before set_weights)."""
         self._create_slots(self._unbuilt(var_lib.flatten_variables(var_list)))
 
-    def _load(self, targets: list[Variable], values: list[Any], what: str) -> None:
+    def _load(self, targets: list[Variable], values: list[Any], labels: list[str], what: str):
         """Checks every value against its target, then loads them all (or none)."""
         rms = {id(s["rms"]) for s in self._slots.values() if "rms" in s}
         converted = []
-        for target, array in zip(targets, values, strict=True):
+        for target, value, label in zip(targets, values, labels, strict=True):
+            array = exact_array(value, label)
             if tuple(array.shape) != target.shape:
                 raise ValueError(f"{what}: shape {array.shape} for {target.name!r} {target.shape}")
             kind, target_kind = dtype_kind(array.dtype), dtype_kind(target.dtype)
@@ -467,11 +468,11 @@ class RMSprop:
                 f"of length {len(weights)}, but the optimizer was expecting {len(self._weights)} "
                 f"weights.{hint} Provided weights: {str(weights)[:50]}..."
             )
-        values = [np.array(0)] * offset + [
-            exact_array(w, f"set_weights: weight {i} ({t.name!r})")
-            for i, (w, t) in enumerate(zip(weights, self._weights[offset:], strict=True))
+        given = enumerate(self._weights[offset:])
+        labels = ["`iterations`"] * offset + [
+            f"set_weights: weight {i} ({t.name!r})" for i, t in given
         ]
-        self._load(self._weights, values, "set_weights")
+        self._load(self._weights, [0] * offset + weights, labels, "set_weights")
 
     @property
     def state(self) -> RMSpropState:
@@ -487,7 +488,7 @@ class RMSprop:
     def state(self, state: RMSpropState) -> None:
         if not isinstance(state, RMSpropState):
             raise TypeError(f"`state` must be an RMSpropState, got {type(state).__name__}")
-        targets, values = [self.iterations], [exact_array(state.count, "`state.count`")]
+        targets, values, labels = [self.iterations], [state.count], ["`state.count`"]
         for name in _SLOTS:
             tree = getattr(state, name)
             if (tree is not None) != (name in self._needed()):
@@ -499,8 +500,9 @@ class RMSprop:
             if len(leaves) != len(self._var_order):
                 raise ValueError(f"`state.{name}` has {len(leaves)} leaves, not one per variable")
             targets += [self._slots[v][name] for v in self._var_order]
-            values += [exact_array(x, f"`state.{name}[{i}]`") for i, x in enumerate(leaves)]
-        self._load(targets, values, "state")
+            values += leaves
+            labels += [f"`state.{name}[{i}]`" for i in range(len(leaves))]
+        self._load(targets, values, labels, "state")
 
     @property
     def transformation(self) -> optax.GradientTransformation:
@@ -524,9 +526,6 @@ class RMSprop:
         if isinstance(grads_and_vars, (str, bytes)) or not isinstance(grads_and_vars, Iterable):
             kind = type(grads_and_vars).__name__
             raise TypeError(f"apply_gradients: `grads_and_vars` must be pairs, got {kind}")
-        return self._apply(grads_and_vars)
-
-    def _apply(self, grads_and_vars: Iterable[Any]) -> Variable:
         var_list, grads, missing = var_lib.step_inputs(grads_and_vars)
         unbuilt = self._unbuilt(var_list)
         count = jnp.zeros((), jnp.int32) if self._iterations is None else self._iterations._value
@@ -564,7 +563,7 @@ class RMSprop:
         """Applies the gradients of ``loss()`` (a callable of no arguments that reads the
         Variables), computed by JAX; returns :attr:`iterations`. ``var_list`` may be a callable
         (called after ``loss``); ``grad_loss`` is the loss's cotangent; ``tape`` must be None."""
-        return self._apply(var_lib.compute_gradients(loss, var_list, grad_loss, tape))
+        return self.apply_gradients(var_lib.compute_gradients(loss, var_list, grad_loss, tape))
 
     # -- config ------------------------------------------------------------------------------------
 

@@ -6,7 +6,6 @@ is deleted by the next step (``v.numpy()`` is a copy).
 
 from __future__ import annotations
 
-import itertools
 import operator
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -94,59 +93,41 @@ def exact_array(value: Any, what: str) -> Any:
     return array
 
 
-def _lossy(source: Any, target: np.dtype) -> bool:
-    """Whether converting ``source`` to ``target`` can lose more than float rounding."""
-    source = np.dtype(source)
-    s, t = dtype_kind(source), dtype_kind(target)
-    if source == target or (s == "b" and t != "b"):
-        return False
-    if source.kind == "O" or t == "b" or (t in "iu" and s not in "iu"):
-        return True
-    if t in "iu":
-        si, ti = np.iinfo(source), np.iinfo(target)
-        return bool(si.min < ti.min or si.max > ti.max)
-    if s == "c":
-        return t != "c"
-    return s in "iu" and bool(np.iinfo(source).max > float(jnp.finfo(target).max))
+def _narrows(source: np.dtype, target: np.dtype) -> bool:
+    """Whether integers of ``source`` may lie beyond ``target``'s range."""
+    return dtype_kind(source) in "iu" and (source.kind == "O" or not np.can_cast(source, target))
 
 
 def convert(exact: Any, dtype: Any, what: str, requested: Any = None) -> jax.Array:
-    """An :func:`exact_array` in ``dtype`` (a new buffer); values ``dtype`` cannot hold (out of
-    range, NaN or fractions for integers, complex for reals) are refused. ``requested``: the
-    dtype asked for, if x64 being off narrowed it."""
+    """An :func:`exact_array` in ``dtype`` (a new buffer). Values it cannot hold are refused:
+    complex into reals; out of range, NaN or fractions into integers; ints beyond a float's range.
+    Floats into floats round as TF does. ``requested``: the dtype x64 being off narrowed."""
     target = np.dtype(dtype)
-    if _lossy(exact.dtype, target):
-        s, t = dtype_kind(exact.dtype), dtype_kind(target)
-        if s == "c" and t != "c":
-            raise TypeError(f"{what}: a complex value cannot be stored in dtype {target}")
+    s, t = dtype_kind(exact.dtype), dtype_kind(target)
+    if s == "c" and t != "c":
+        raise TypeError(f"{what}: a complex value cannot be stored in dtype {target}")
+    if t in "fc":
+        high = float(jnp.finfo(target).max)
+        low, reason = -high, f"its largest finite value is {high:g}"
+    else:
+        low, high = (0, 1) if t == "b" else (int(np.iinfo(target).min), int(np.iinfo(target).max))
+        reason = f"it holds integers in [{low}, {high}]"
+    bad = None
+    if s == "f" and t in "biu":
+        flat = np.asarray(exact, np.float64).reshape(-1)
+        bad = (flat != np.trunc(flat)) | (flat < low) | (flat >= float(high) + 1.0)
+    elif _narrows(exact.dtype, target):
         flat = np.asarray(exact).reshape(-1)
-        flat = flat.astype(np.float64) if s == "f" else flat
-        if t == "b":
-            bad, reason = (flat != 0) & (flat != 1), "only 0 and 1 can be stored as booleans"
-        elif t in "iu":
-            info = np.iinfo(target)
-            bad = (flat < info.min) | (flat > info.max)
-            if s == "f":
-                low, high = float(info.min), float(info.max) + 1.0
-                bad = ~np.isfinite(flat) | (flat != np.trunc(flat)) | (flat < low) | (flat >= high)
-            reason = f"it holds integers in [{info.min}, {info.max}]"
-        else:
-            limit = float(jnp.finfo(target).max)
-            bad, reason = abs(flat) > limit, f"its largest finite value is {limit:g}"
-        bad = np.asarray(bad, bool)
-        if bad.any():
-            value = flat[int(np.argmax(bad))]
-            value = value.item() if isinstance(value, np.generic) else value
-            if requested is not None and np.dtype(requested) != target:
-                reason += f"; {np.dtype(requested)} is stored as {target} while x64 is off"
-            raise ValueError(
-                f"{what}: {value!r} cannot be represented in dtype {target} ({reason})"
-            )
+        bad = (flat < low) | (flat > high)
+    if bad is not None and bad.any():
+        value = flat[int(np.argmax(bad))]
+        value = value.item() if isinstance(value, np.generic) else value
+        if requested is not None and np.dtype(requested) != target:
+            reason += f"; {np.dtype(requested)} is stored as {target} while x64 is off"
+        raise ValueError(f"{what}: {value!r} cannot be represented in dtype {target} ({reason})")
     if exact.dtype.kind == "O":  # Python ints beyond 64 bits, checked: a float dtype holds them
         exact = exact.astype(np.float64)
-    return jnp.array(
-        exact if isinstance(exact, jax.Array) else np.asarray(exact), target, copy=True
-    )
+    return jnp.array(exact, target, copy=True)
 
 
 def initial_value(initializer: Any, shape: Any, dtype: Any) -> jax.Array:
@@ -301,7 +282,7 @@ class Variable:
             if all(-(2**63) <= int(v) < 2**63 for v in exact.flat):
                 exact = exact.astype(np.int64)
             how, what = "assign", "the sum" if how == "add" else "the difference"
-        if self._check is not None and _lossy(exact.dtype, self.dtype):
+        if self._check is not None and _narrows(exact.dtype, self.dtype):
             self._check(exact)  # names e.g. `iterations` before int32 would refuse 2**32
         new = convert(exact, self.dtype, f"Variable {self._name!r}: {what}")
         if how != "assign":
@@ -431,11 +412,7 @@ def step_inputs(grads_and_vars: Iterable[Any]) -> tuple[list[Variable], tuple, l
 def distinct_donations(donated: Sequence[Sequence[jax.Array] | None], others: Any):
     """``(donated, others)`` with a copy of every array already seen in a donated position: a
     donated buffer may appear once among a call's arguments (``loss = p**2 / 2``)."""
-    present = [group for group in donated if group is not None]
-    seen: set[int] = set(map(id, itertools.chain.from_iterable(present)))
-    if len(seen) == sum(map(len, present)) and seen.isdisjoint(map(id, jax.tree.leaves(others))):
-        return [None if group is None else tuple(group) for group in donated], others
-    seen = set()
+    seen: set[int] = set()
 
     def once(array: Any) -> Any:
         if id(array) in seen:
