@@ -1,7 +1,7 @@
-"""``jrmsprop.Variable``, and the conversion of the stateful optimizer's step inputs.
+"""``jrmsprop.Variable``, and the stateful optimizer's step inputs and gradients.
 
-The optimizer donates a variable's buffer to its compiled step: an array read from ``v.value``
-is deleted by the next step (``v.numpy()`` is a copy).
+The optimizer donates a variable's buffer: an array read from ``v.value`` is deleted by the next
+step (``v.numpy()`` is a copy).
 """
 
 from __future__ import annotations
@@ -99,9 +99,8 @@ def _narrows(source: np.dtype, target: np.dtype) -> bool:
 
 
 def convert(exact: Any, dtype: Any, what: str, requested: Any = None) -> jax.Array:
-    """An :func:`exact_array` in ``dtype`` (a new buffer). Values it cannot hold are refused:
-    complex into reals; out of range, NaN or fractions into integers; ints beyond a float's range.
-    Floats into floats round as TF does. ``requested``: the dtype x64 being off narrowed."""
+    """An :func:`exact_array` in ``dtype`` (a new buffer); values it cannot hold are refused, but
+    floats round. ``requested``: the dtype asked for, if x64 being off narrowed it."""
     target = np.dtype(dtype)
     s, t = dtype_kind(exact.dtype), dtype_kind(target)
     if s == "c" and t != "c":
@@ -266,15 +265,9 @@ class Variable:
         first: shape, kind, and a result the dtype can hold (integers exactly, never wrapped)."""
         exact = exact_array(value, f"Variable {self._name!r}: the value to {how}")
         if dtype_kind(exact.dtype) not in _ASSIGNABLE[dtype_kind(self.dtype)]:
-            raise TypeError(
-                f"Variable {self._name!r}: cannot {how} a value of dtype {exact.dtype} to a "
-                f"variable of dtype {self.dtype}"
-            )
+            raise TypeError(f"Variable {self._name!r}: cannot {how} dtype {exact.dtype}")
         if tuple(exact.shape) != self.shape:
-            raise ValueError(
-                f"Variable {self._name!r}: cannot {how} a value of shape {tuple(exact.shape)} "
-                f"to a variable of shape {self.shape}"
-            )
+            raise ValueError(f"Variable {self._name!r}: cannot {how} shape {exact.shape}")
         what = f"the value to {how}"
         if how != "assign" and dtype_kind(self.dtype) in "biu":
             old, exact = np.asarray(self._value).astype(object), np.asarray(exact).astype(object)
@@ -384,9 +377,7 @@ def step_inputs(grads_and_vars: Iterable[Any]) -> tuple[list[Variable], tuple, l
                 f"`grads_and_vars` must hold (gradient, variable) pairs: {pair!r}"
             ) from e
         if not isinstance(var, Variable):
-            raise TypeError(
-                f"apply_gradients: expected a jrmsprop.Variable, got {type(var).__name__}"
-            )
+            raise TypeError(f"apply_gradients: not a jrmsprop.Variable: {type(var).__name__}")
         pairs.append((grad, var))
     kept = [(g, v) for g, v in pairs if g is not None]
     if pairs and not kept:
@@ -397,10 +388,7 @@ def step_inputs(grads_and_vars: Iterable[Any]) -> tuple[list[Variable], tuple, l
     variables = [v for _, v in kept]
     if len(set(variables)) != len(variables):
         twice = next(v for i, v in enumerate(variables) if v in variables[:i])
-        raise ValueError(
-            f"apply_gradients: variable {twice.name!r} appears more than once in "
-            "`grads_and_vars`: TF 2.x Keras would apply each gradient in turn; pass it once"
-        )
+        raise ValueError(f"{twice.name!r} appears more than once (in TF 2.x Keras, each applies)")
     # a JAX array of the variable's own type, shape and dtype is taken as it is (fast path)
     grads = tuple(
         g if type(g) is type(v._value) and g.aval == v._value.aval else _gradient(g, v)
@@ -485,12 +473,10 @@ def _loss_array(out: Any) -> jax.Array:
 def compute_gradients(
     loss: Callable[[], Any], var_list: Any, grad_loss: Any = None, tape: Any = None
 ) -> list[tuple[Any, Variable]]:
-    """The ``(gradient or None, variable)`` pairs of ``loss()`` by ``jax.vjp``, TF's way.
+    """The ``(gradient or None, variable)`` pairs of ``loss()`` by ``jax.vjp``, as TF's.
 
     A variable never read gets ``None``; one read only through ``sparse_read`` an
-    :class:`IndexedSlices` (from zero row inputs, a second pass). Complex gradients are TF's
-    (JAX's conjugate). ``var_list`` may be a callable, called after ``loss`` ran once;
-    ``grad_loss`` is the loss's cotangent; ``tape`` must be None.
+    :class:`IndexedSlices` (a second pass, with zero row inputs). Complex gradients are conjugated.
     """
     if tape is not None:
         raise NotImplementedError("minimize(tape=...): JAX has no tape; pass `loss` as a callable")
