@@ -136,7 +136,7 @@ def _deserialize(config: Any, custom_objects: Mapping[str, Any] | None) -> Any:
             with contextlib.suppress(ImportError, AttributeError):
                 cls = functools.reduce(getattr, name.split("."), importlib.import_module(candidate))
                 break
-        if not _is_schedule_class(cls):
+        if cls is None or not _is_schedule_class(cls):
             raise ValueError(f"Cannot deserialize {name!r}: no schedule in {candidates}; {hint}")
     if not isinstance(inner, dict):
         raise ValueError(f"Cannot deserialize {name!r}: its 'config' must be a dict, got {inner!r}")
@@ -205,7 +205,10 @@ class RMSprop:
         allowed = {*_CLIPS, "decay", "lr"}
         for key in kwargs:
             if key not in allowed:
-                raise TypeError(f"Unexpected keyword argument passed to optimizer: {key}.")
+                raise TypeError(
+                    f"Unexpected keyword argument passed to optimizer: {key}. Allowed kwargs are "
+                    f"{allowed}."
+                )
         if name is not None and not isinstance(name, str):
             raise TypeError(f"`name` must be a string, got {name!r}")
         if epsilon is None or (

@@ -111,14 +111,14 @@ def convert(exact: Any, dtype: Any, what: str, requested: Any = None) -> jax.Arr
     else:
         low, high = (0, 1) if t == "b" else (int(np.iinfo(target).min), int(np.iinfo(target).max))
         reason = f"it holds integers in [{low}, {high}]"
-    bad = None
+    flat = bad = np.zeros(0, bool)
     if s == "f" and t in "biu":
         flat = np.asarray(exact, np.float64).reshape(-1)
         bad = (flat != np.trunc(flat)) | (flat < low) | (flat >= float(high) + 1.0)
     elif _narrows(exact.dtype, target):
         flat = np.asarray(exact).reshape(-1)
         bad = (flat < low) | (flat > high)
-    if bad is not None and bad.any():
+    if bad.any():
         value = flat[int(np.argmax(bad))]
         value = value.item() if isinstance(value, np.generic) else value
         if requested is not None and np.dtype(requested) != target:
