@@ -1,10 +1,7 @@
 """Keras 2's gradient clipping (``clipvalue``, ``clipnorm``, ``global_clipnorm``) for optax.
 
-Each clip is the TensorFlow op Keras calls (``tf.clip_by_value``, ``tf.clip_by_norm``,
-``tf.clip_by_global_norm``), rounded as TF's kernels round; sums of under 8 elements are added in
-index order, as TF's are, so float32 results are TF's bits up to 7 elements (and 7 gradients).
-An :class:`jrmsprop.IndexedSlices` is clipped by its ``values`` as given, as TF clips
-``tf.IndexedSlices``.
+Each clip rounds as the TF op Keras calls; sums of under 8 elements are added in index order, as
+TF's are. An :class:`jrmsprop.IndexedSlices` is clipped by its ``values`` as given, as in TF.
 """
 
 from __future__ import annotations
@@ -30,14 +27,13 @@ def check_clip_arguments(
     clipvalue: Any = None, clipnorm: Any = None, global_clipnorm: Any = None
 ) -> dict[str, Any]:
     """The thresholds that are set, checked (finite, ``>= 0``, not both norms), ready for jit."""
-    checked = {}
     given = dict(clipvalue=clipvalue, clipnorm=clipnorm, global_clipnorm=global_clipnorm)
-    for name, value in given.items():
-        if value is not None:
-            if is_schedule(value):
-                raise TypeError(f"`{name}` must be a number or a scalar array, got {value!r}")
-            scalar = check_hyperparameter(name, value, kind="clip", messages=KERAS2_MESSAGES)
-            checked[name] = jit_value(value, scalar)
+    checked = {k: v for k, v in given.items() if v is not None}
+    for name, value in checked.items():
+        if is_schedule(value):
+            raise TypeError(f"`{name}` must be a number or a scalar array, got {value!r}")
+        scalar = check_hyperparameter(name, value, kind="clip", messages=KERAS2_MESSAGES)
+        checked[name] = jit_value(value, scalar)
     if clipnorm is not None and global_clipnorm is not None:
         raise ValueError(
             "Cannot accept both `clipnorm` and `global_clipnorm`. Received: "
@@ -51,17 +47,14 @@ def _values(who: str, path: Any, leaf: Any, complex_ok: bool = True) -> jax.Arra
     try:
         g = leaf.values if isinstance(leaf, IndexedSlices) else jnp.asarray(leaf)
     except TypeError as e:
-        raise TypeError(
-            f"{who}: the gradient at {where} must be an array of floats, got {type(leaf).__name__}"
-        ) from e
+        got = type(leaf).__name__
+        raise TypeError(f"{who}: the gradient at {where} must be an array, got {got}") from e
     if not jnp.issubdtype(g.dtype, jnp.inexact if complex_ok else jnp.floating):
         dtype = jnp.dtype(g.dtype).name
         if jnp.issubdtype(g.dtype, jnp.complexfloating):
             raise TypeError(f"{who}: complex gradients cannot be clipped by value ({where})")
-        kind = "floating point" + " (or complex)" * complex_ok
-        raise TypeError(
-            f"{who}: the gradient at {where} has dtype {dtype}; gradients must be {kind}"
-        )
+        must = "gradients must be floating point"
+        raise TypeError(f"{who}: the gradient at {where} has dtype {dtype}; {must}")
     return g
 
 

@@ -1,12 +1,12 @@
 """``jrmsprop.RMSprop``: the TF 2.x Keras ``RMSprop`` optimizer API, stateful, on JAX.
 
-Like flax's ``nnx.Optimizer`` it holds state and does no numerics: a step checks every input,
-then makes one donated call of a jitted ``keras_clipping`` + ``rmsprop`` + ``update_and_apply``
-whose arguments are the hyperparameter values (changing one never recompiles).
+It holds state and does no numerics: a step checks its inputs, then makes one donated jitted call
+whose arguments include the hyperparameter values (changing one never recompiles).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import inspect
@@ -133,15 +133,11 @@ def _deserialize(config: Any, custom_objects: Mapping[str, Any] | None) -> Any:
         # TF 2.x Keras writes its public "keras." names: tf_keras first
         candidates = ["tf_keras" + module[5:]] * module.startswith("keras.") + [module]
         for candidate in candidates:
-            try:
+            with contextlib.suppress(ImportError, AttributeError):
                 cls = functools.reduce(getattr, name.split("."), importlib.import_module(candidate))
-            except (ImportError, AttributeError):
-                continue
-            if not _is_schedule_class(cls):
-                raise ValueError(f"{candidate}.{name} is not a LearningRateSchedule: {hint}")
-            break
-        else:
-            raise ValueError(f"Cannot deserialize {name!r}: not found in {candidates}; {hint}")
+                break
+        if cls is None or not _is_schedule_class(cls):
+            raise ValueError(f"Cannot deserialize {name!r}: no schedule in {candidates}; {hint}")
     if not isinstance(inner, dict):
         raise ValueError(f"Cannot deserialize {name!r}: its 'config' must be a dict, got {inner!r}")
     return cls.from_config(inner) if hasattr(cls, "from_config") else cls(**inner)
@@ -166,9 +162,8 @@ def _check_count(value: Any, label: str = "`iterations`") -> None:
 class RMSprop:
     r"""The TF 2.x Keras ``RMSprop`` optimizer, stateful, for :class:`jrmsprop.Variable`\ s.
 
-    The API, slots, weights, config and numbers of TF 2.0--2.10's ``tf.keras.optimizers.RMSprop``
-    (``tf_keras.optimizers.legacy.RMSprop``): each step is :func:`jrmsprop.rmsprop` after
-    :func:`jrmsprop.keras_clipping`,
+    The API, slots, weights, config and numbers of ``tf_keras.optimizers.legacy.RMSprop``: each
+    step is :func:`jrmsprop.rmsprop` after :func:`jrmsprop.keras_clipping`,
 
     .. math::
 
@@ -178,20 +173,15 @@ class RMSprop:
     (without a momentum slot ``p ← p − lr·g / (√r + ε)``; ``centered`` uses ``r − m_g²``).
 
     Args:
-      learning_rate: a number ``>= 0`` (stored in a float32 Variable, as in Keras), a scalar
-        array, a schedule of ``iterations`` (Keras or optax) or a callable of no arguments.
+      learning_rate: a number ``>= 0``, a scalar array, a schedule of ``iterations`` (Keras or
+        optax) or a callable of no arguments.
       rho: discounting factor in ``[0, 1]`` (same kinds of values).
-      momentum: in ``[0, 1]``. A momentum slot (and ε inside the root) exists for a callable, an
-        array or a number > 0; a ``tf.Variable`` or :class:`jrmsprop.Variable` counts by its value.
-      epsilon: ε ``>= 0``; ``0`` or ``None`` here mean ``1e-7`` (Keras's ``backend.epsilon()``).
+      momentum: in ``[0, 1]``; a momentum slot exists for a callable, an array or a value > 0.
+      epsilon: ε ``>= 0``; ``0`` or ``None`` mean ``1e-7`` (Keras's ``backend.epsilon()``).
       centered: keep the ``mg`` slot and normalise by the variance estimate.
       name: prefix of the optimizer's variable names.
-      **kwargs: ``clipvalue``, ``clipnorm``, ``global_clipnorm`` (finite, ``>= 0``, applied in
-        that order; not both norms), ``decay`` (``lr / (1 + decay·iterations)``, fixed at
-        construction as Keras's ``_initial_decay``) and ``lr`` (deprecated ``learning_rate``).
-
-    A bad value raises an error naming the argument when given, evaluated or (a Variable you
-    passed) at each step, and changes nothing. Pickle with the Variables: ``(opt, variables)``.
+      **kwargs: ``clipvalue``, ``clipnorm``, ``global_clipnorm`` (applied in that order),
+        ``decay`` (``lr / (1 + decay·iterations)``) and ``lr`` (deprecated ``learning_rate``).
 
     Example:
       >>> import jrmsprop
@@ -319,8 +309,7 @@ class RMSprop:
 
     @property
     def iterations(self) -> Variable:
-        """The int32 step counter. ``opt.iterations = n`` assigns ``n``; a Variable may be set
-        before the optimizer's weights exist (Keras)."""
+        """The int32 step counter (assigning a Variable works only before it exists)."""
         if (iterations := self._iterations) is None:
             kw: dict[str, Any] = dict(trainable=False, aggregation="only_first_replica")
             self._install_iterations(iterations := self.add_weight("iter", [], np.int32, **kw))
@@ -347,8 +336,7 @@ class RMSprop:
         self, name: str, shape: Sequence[int], dtype=None, initializer="zeros", trainable=None,
         synchronization="auto", aggregation="none",
     ) -> Variable:  # fmt: skip
-        """A new Variable ``f"{opt.name}/{name}"``, not in ``weights`` (Keras 2); ``initializer``:
-        ``'zeros'``, ``'ones'``, a callable ``(shape, dtype=)`` or a value."""
+        """A new Variable ``f"{opt.name}/{name}"``, not in ``weights`` (Keras 2)."""
         if not isinstance(name, str):
             raise TypeError(f"add_weight: `name` must be a string, got {name!r}")
         value = var_lib.initial_value(initializer, shape, np.float32 if dtype is None else dtype)
@@ -361,8 +349,7 @@ class RMSprop:
     def add_slot(
         self, var: Variable, slot_name: str, initializer: Any = "zeros", shape=None, *, dtype=None
     ) -> Variable:
-        """The slot ``slot_name`` of ``var``, created (and appended to ``weights``) if new, with
-        ``var``'s shape and dtype unless given."""
+        """The slot ``slot_name`` of ``var``, created (and appended to ``weights``) if new."""
         if not isinstance(var, Variable):
             raise TypeError(f"add_slot: `var` must be a Variable, got {type(var).__name__}")
         if not isinstance(slot_name, str):
@@ -433,11 +420,12 @@ class RMSprop:
         """Creates ``iterations`` and the slots of ``var_list`` now (e.g. before set_weights)."""
         self._create_slots(self._unbuilt(var_lib.flatten_variables(var_list)))
 
-    def _load(self, targets: list[Variable], values: list[Any], what: str) -> None:
+    def _load(self, targets: list[Variable], values: list[Any], labels: list[str], what: str):
         """Checks every value against its target, then loads them all (or none)."""
         rms = {id(s["rms"]) for s in self._slots.values() if "rms" in s}
         converted = []
-        for target, array in zip(targets, values, strict=True):
+        for target, value, label in zip(targets, values, labels, strict=True):
+            array = exact_array(value, label)
             if tuple(array.shape) != target.shape:
                 raise ValueError(f"{what}: shape {array.shape} for {target.name!r} {target.shape}")
             kind, target_kind = dtype_kind(array.dtype), dtype_kind(target.dtype)
@@ -453,9 +441,7 @@ class RMSprop:
             target._value = value
 
     def set_weights(self, weights: Sequence[Any]) -> None:
-        """Loads values in :attr:`weights` order, e.g. a TF 2.x Keras RMSprop's ``get_weights()``
-        (build first), all checked before any is loaded. A list one shorter lacks
-        ``iterations``, which is then reset to 0 (Keras)."""
+        """Loads values in :attr:`weights` order (without ``iterations``: it is reset to 0)."""
         if isinstance(weights, (str, bytes, dict)) or not isinstance(weights, Iterable):
             raise TypeError(f"set_weights: `weights` must be a list of arrays, got {weights!r}")
         weights = list(weights)
@@ -467,16 +453,15 @@ class RMSprop:
                 f"of length {len(weights)}, but the optimizer was expecting {len(self._weights)} "
                 f"weights.{hint} Provided weights: {str(weights)[:50]}..."
             )
-        values = [np.array(0)] * offset + [
-            exact_array(w, f"set_weights: weight {i} ({t.name!r})")
-            for i, (w, t) in enumerate(zip(weights, self._weights[offset:], strict=True))
+        given = enumerate(self._weights[offset:])
+        labels = ["`iterations`"] * offset + [
+            f"set_weights: weight {i} ({t.name!r})" for i, t in given
         ]
-        self._load(self._weights, values, "set_weights")
+        self._load(self._weights, [0] * offset + weights, labels, "set_weights")
 
     @property
     def state(self) -> RMSpropState:
-        """The state as the core's :class:`jrmsprop.RMSpropState` over :attr:`var_list` (the live
-        buffers, donated by the next step). Assigning one of the same structure loads it."""
+        """The :class:`jrmsprop.RMSpropState` over :attr:`var_list` (live buffers); assignable."""
         slots = {
             n: tuple(self._slots[v][n]._value for v in self._var_order) for n in self._needed()
         }
@@ -487,7 +472,7 @@ class RMSprop:
     def state(self, state: RMSpropState) -> None:
         if not isinstance(state, RMSpropState):
             raise TypeError(f"`state` must be an RMSpropState, got {type(state).__name__}")
-        targets, values = [self.iterations], [exact_array(state.count, "`state.count`")]
+        targets, values, labels = [self.iterations], [state.count], ["`state.count`"]
         for name in _SLOTS:
             tree = getattr(state, name)
             if (tree is not None) != (name in self._needed()):
@@ -499,13 +484,13 @@ class RMSprop:
             if len(leaves) != len(self._var_order):
                 raise ValueError(f"`state.{name}` has {len(leaves)} leaves, not one per variable")
             targets += [self._slots[v][name] for v in self._var_order]
-            values += [exact_array(x, f"`state.{name}[{i}]`") for i, x in enumerate(leaves)]
-        self._load(targets, values, "state")
+            values += leaves
+            labels += [f"`state.{name}[{i}]`" for i in range(len(leaves))]
+        self._load(targets, values, labels, "state")
 
     @property
     def transformation(self) -> optax.GradientTransformation:
-        """The equivalent optax transformation, from the current values (step schedules passed
-        through): ``jrmsprop.rmsprop(...)``, chained after ``keras_clipping`` when clipping."""
+        """The equivalent optax transformation, from the current hyperparameter values."""
         values = {n: self._used(n) for n in _HYPERS}
         for n, value in values.items():
             if not is_step_schedule(value):
@@ -519,14 +504,10 @@ class RMSprop:
     def apply_gradients(
         self, grads_and_vars: Iterable[Any], name=None, experimental_aggregate_gradients=True
     ) -> Variable:
-        """Applies ``(gradient, Variable)`` pairs (arrays or ``IndexedSlices``; ``None`` skips
-        its pair with a warning) in place; returns :attr:`iterations`."""
+        """Applies ``(gradient, Variable)`` pairs in place; returns :attr:`iterations`."""
         if isinstance(grads_and_vars, (str, bytes)) or not isinstance(grads_and_vars, Iterable):
             kind = type(grads_and_vars).__name__
             raise TypeError(f"apply_gradients: `grads_and_vars` must be pairs, got {kind}")
-        return self._apply(grads_and_vars)
-
-    def _apply(self, grads_and_vars: Iterable[Any]) -> Variable:
         var_list, grads, missing = var_lib.step_inputs(grads_and_vars)
         unbuilt = self._unbuilt(var_list)
         count = jnp.zeros((), jnp.int32) if self._iterations is None else self._iterations._value
@@ -561,16 +542,14 @@ class RMSprop:
     def minimize(
         self, loss: Callable[[], Any], var_list: Any, grad_loss=None, name=None, tape=None
     ):
-        """Applies the gradients of ``loss()`` (a callable of no arguments that reads the
-        Variables), computed by JAX; returns :attr:`iterations`. ``var_list`` may be a callable
-        (called after ``loss``); ``grad_loss`` is the loss's cotangent; ``tape`` must be None."""
-        return self._apply(var_lib.compute_gradients(loss, var_list, grad_loss, tape))
+        """Applies the gradients of ``loss()`` (a callable of no arguments); returns
+        :attr:`iterations`."""
+        return self.apply_gradients(var_lib.compute_gradients(loss, var_list, grad_loss, tape))
 
     # -- config ------------------------------------------------------------------------------------
 
     def get_config(self) -> dict[str, Any]:
-        """Keras 2's config: name, the clip thresholds set, learning_rate, decay, rho, momentum,
-        epsilon, centered (schedules as Keras dicts, callables by their current value)."""
+        """Keras 2's config (schedules as Keras dicts, callables by their current value)."""
         config: dict[str, Any] = {"name": self._name}
         config.update({k: _serialize(k, v) for k, v in self._clip.items() if v is not None})
         for key in _HYPERS:
@@ -580,8 +559,7 @@ class RMSprop:
 
     @classmethod
     def from_config(cls, config: dict[str, Any], custom_objects: Any = None) -> RMSprop:
-        """An optimizer from :meth:`get_config`'s dict or a TF 2.x Keras RMSprop's (``lr``
-        renamed; schedules from ``custom_objects`` or Keras's own)."""
+        """An optimizer from :meth:`get_config`'s dict or a TF 2.x Keras RMSprop's."""
         if custom_objects is not None and not isinstance(custom_objects, Mapping):
             kind = type(custom_objects).__name__
             raise TypeError(f"from_config: `custom_objects` must be a dict of classes, got {kind}")

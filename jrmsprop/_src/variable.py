@@ -1,12 +1,11 @@
-"""``jrmsprop.Variable``, and the conversion of the stateful optimizer's step inputs.
+"""``jrmsprop.Variable``, and the stateful optimizer's step inputs and gradients.
 
-The optimizer donates a variable's buffer to its compiled step: an array read from ``v.value``
-is deleted by the next step (``v.numpy()`` is a copy).
+The optimizer donates a variable's buffer: an array read from ``v.value`` is deleted by the next
+step (``v.numpy()`` is a copy).
 """
 
 from __future__ import annotations
 
-import itertools
 import operator
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -94,59 +93,40 @@ def exact_array(value: Any, what: str) -> Any:
     return array
 
 
-def _lossy(source: Any, target: np.dtype) -> bool:
-    """Whether converting ``source`` to ``target`` can lose more than float rounding."""
-    source = np.dtype(source)
-    s, t = dtype_kind(source), dtype_kind(target)
-    if source == target or (s == "b" and t != "b"):
-        return False
-    if source.kind == "O" or t == "b" or (t in "iu" and s not in "iu"):
-        return True
-    if t in "iu":
-        si, ti = np.iinfo(source), np.iinfo(target)
-        return bool(si.min < ti.min or si.max > ti.max)
-    if s == "c":
-        return t != "c"
-    return s in "iu" and bool(np.iinfo(source).max > float(jnp.finfo(target).max))
+def _narrows(source: np.dtype, target: np.dtype) -> bool:
+    """Whether integers of ``source`` may lie beyond ``target``'s range."""
+    return dtype_kind(source) in "iu" and (source.kind == "O" or not np.can_cast(source, target))
 
 
 def convert(exact: Any, dtype: Any, what: str, requested: Any = None) -> jax.Array:
-    """An :func:`exact_array` in ``dtype`` (a new buffer); values ``dtype`` cannot hold (out of
-    range, NaN or fractions for integers, complex for reals) are refused. ``requested``: the
-    dtype asked for, if x64 being off narrowed it."""
+    """An :func:`exact_array` in ``dtype`` (a new buffer); values it cannot hold are refused, but
+    floats round. ``requested``: the dtype asked for, if x64 being off narrowed it."""
     target = np.dtype(dtype)
-    if _lossy(exact.dtype, target):
-        s, t = dtype_kind(exact.dtype), dtype_kind(target)
-        if s == "c" and t != "c":
-            raise TypeError(f"{what}: a complex value cannot be stored in dtype {target}")
+    s, t = dtype_kind(exact.dtype), dtype_kind(target)
+    if s == "c" and t != "c":
+        raise TypeError(f"{what}: a complex value cannot be stored in dtype {target}")
+    if t in "fc":
+        high = float(jnp.finfo(target).max)
+        low, reason = -high, f"its largest finite value is {high:g}"
+    else:
+        low, high = (0, 1) if t == "b" else (int(np.iinfo(target).min), int(np.iinfo(target).max))
+        reason = f"it holds integers in [{low}, {high}]"
+    flat = bad = np.zeros(0, bool)
+    if s == "f" and t in "biu":
+        flat = np.asarray(exact, np.float64).reshape(-1)
+        bad = (flat != np.trunc(flat)) | (flat < low) | (flat >= float(high) + 1.0)
+    elif _narrows(exact.dtype, target):
         flat = np.asarray(exact).reshape(-1)
-        flat = flat.astype(np.float64) if s == "f" else flat
-        if t == "b":
-            bad, reason = (flat != 0) & (flat != 1), "only 0 and 1 can be stored as booleans"
-        elif t in "iu":
-            info = np.iinfo(target)
-            bad = (flat < info.min) | (flat > info.max)
-            if s == "f":
-                low, high = float(info.min), float(info.max) + 1.0
-                bad = ~np.isfinite(flat) | (flat != np.trunc(flat)) | (flat < low) | (flat >= high)
-            reason = f"it holds integers in [{info.min}, {info.max}]"
-        else:
-            limit = float(jnp.finfo(target).max)
-            bad, reason = abs(flat) > limit, f"its largest finite value is {limit:g}"
-        bad = np.asarray(bad, bool)
-        if bad.any():
-            value = flat[int(np.argmax(bad))]
-            value = value.item() if isinstance(value, np.generic) else value
-            if requested is not None and np.dtype(requested) != target:
-                reason += f"; {np.dtype(requested)} is stored as {target} while x64 is off"
-            raise ValueError(
-                f"{what}: {value!r} cannot be represented in dtype {target} ({reason})"
-            )
+        bad = (flat < low) | (flat > high)
+    if bad.any():
+        value = flat[int(np.argmax(bad))]
+        value = value.item() if isinstance(value, np.generic) else value
+        if requested is not None and np.dtype(requested) != target:
+            reason += f"; {np.dtype(requested)} is stored as {target} while x64 is off"
+        raise ValueError(f"{what}: {value!r} cannot be represented in dtype {target} ({reason})")
     if exact.dtype.kind == "O":  # Python ints beyond 64 bits, checked: a float dtype holds them
         exact = exact.astype(np.float64)
-    return jnp.array(
-        exact if isinstance(exact, jax.Array) else np.asarray(exact), target, copy=True
-    )
+    return jnp.array(exact, target, copy=True)
 
 
 def initial_value(initializer: Any, shape: Any, dtype: Any) -> jax.Array:
@@ -285,15 +265,9 @@ class Variable:
         first: shape, kind, and a result the dtype can hold (integers exactly, never wrapped)."""
         exact = exact_array(value, f"Variable {self._name!r}: the value to {how}")
         if dtype_kind(exact.dtype) not in _ASSIGNABLE[dtype_kind(self.dtype)]:
-            raise TypeError(
-                f"Variable {self._name!r}: cannot {how} a value of dtype {exact.dtype} to a "
-                f"variable of dtype {self.dtype}"
-            )
+            raise TypeError(f"Variable {self._name!r}: cannot {how} dtype {exact.dtype}")
         if tuple(exact.shape) != self.shape:
-            raise ValueError(
-                f"Variable {self._name!r}: cannot {how} a value of shape {tuple(exact.shape)} "
-                f"to a variable of shape {self.shape}"
-            )
+            raise ValueError(f"Variable {self._name!r}: cannot {how} shape {exact.shape}")
         what = f"the value to {how}"
         if how != "assign" and dtype_kind(self.dtype) in "biu":
             old, exact = np.asarray(self._value).astype(object), np.asarray(exact).astype(object)
@@ -301,7 +275,7 @@ class Variable:
             if all(-(2**63) <= int(v) < 2**63 for v in exact.flat):
                 exact = exact.astype(np.int64)
             how, what = "assign", "the sum" if how == "add" else "the difference"
-        if self._check is not None and _lossy(exact.dtype, self.dtype):
+        if self._check is not None and _narrows(exact.dtype, self.dtype):
             self._check(exact)  # names e.g. `iterations` before int32 would refuse 2**32
         new = convert(exact, self.dtype, f"Variable {self._name!r}: {what}")
         if how != "assign":
@@ -403,9 +377,7 @@ def step_inputs(grads_and_vars: Iterable[Any]) -> tuple[list[Variable], tuple, l
                 f"`grads_and_vars` must hold (gradient, variable) pairs: {pair!r}"
             ) from e
         if not isinstance(var, Variable):
-            raise TypeError(
-                f"apply_gradients: expected a jrmsprop.Variable, got {type(var).__name__}"
-            )
+            raise TypeError(f"apply_gradients: not a jrmsprop.Variable: {type(var).__name__}")
         pairs.append((grad, var))
     kept = [(g, v) for g, v in pairs if g is not None]
     if pairs and not kept:
@@ -416,10 +388,7 @@ def step_inputs(grads_and_vars: Iterable[Any]) -> tuple[list[Variable], tuple, l
     variables = [v for _, v in kept]
     if len(set(variables)) != len(variables):
         twice = next(v for i, v in enumerate(variables) if v in variables[:i])
-        raise ValueError(
-            f"apply_gradients: variable {twice.name!r} appears more than once in "
-            "`grads_and_vars`: TF 2.x Keras would apply each gradient in turn; pass it once"
-        )
+        raise ValueError(f"{twice.name!r} appears more than once (in TF 2.x Keras, each applies)")
     # a JAX array of the variable's own type, shape and dtype is taken as it is (fast path)
     grads = tuple(
         g if type(g) is type(v._value) and g.aval == v._value.aval else _gradient(g, v)
@@ -431,11 +400,7 @@ def step_inputs(grads_and_vars: Iterable[Any]) -> tuple[list[Variable], tuple, l
 def distinct_donations(donated: Sequence[Sequence[jax.Array] | None], others: Any):
     """``(donated, others)`` with a copy of every array already seen in a donated position: a
     donated buffer may appear once among a call's arguments (``loss = p**2 / 2``)."""
-    present = [group for group in donated if group is not None]
-    seen: set[int] = set(map(id, itertools.chain.from_iterable(present)))
-    if len(seen) == sum(map(len, present)) and seen.isdisjoint(map(id, jax.tree.leaves(others))):
-        return [None if group is None else tuple(group) for group in donated], others
-    seen = set()
+    seen: set[int] = set()
 
     def once(array: Any) -> Any:
         if id(array) in seen:
@@ -508,12 +473,10 @@ def _loss_array(out: Any) -> jax.Array:
 def compute_gradients(
     loss: Callable[[], Any], var_list: Any, grad_loss: Any = None, tape: Any = None
 ) -> list[tuple[Any, Variable]]:
-    """The ``(gradient or None, variable)`` pairs of ``loss()`` by ``jax.vjp``, TF's way.
+    """The ``(gradient or None, variable)`` pairs of ``loss()`` by ``jax.vjp``, as TF's.
 
     A variable never read gets ``None``; one read only through ``sparse_read`` an
-    :class:`IndexedSlices` (from zero row inputs, a second pass). Complex gradients are TF's
-    (JAX's conjugate). ``var_list`` may be a callable, called after ``loss`` ran once;
-    ``grad_loss`` is the loss's cotangent; ``tape`` must be None.
+    :class:`IndexedSlices` (a second pass, with zero row inputs). Complex gradients are conjugated.
     """
     if tape is not None:
         raise NotImplementedError("minimize(tape=...): JAX has no tape; pass `loss` as a callable")
