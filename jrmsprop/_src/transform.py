@@ -79,8 +79,7 @@ def _path_str(path: tuple[Any, ...]) -> str:
 def _check_float(who: str, what: str, path: tuple[Any, ...], dtype: Any) -> None:
     if not jnp.issubdtype(dtype, jnp.inexact):
         raise TypeError(
-            f"{who}: {what} at {_path_str(path)} has dtype {jnp.dtype(dtype).name}; it must be "
-            "floating point (or complex)"
+            f"{who}: {what} at {_path_str(path)} has dtype {jnp.dtype(dtype).name}, not a float"
         )
 
 
@@ -159,7 +158,12 @@ def _check_state(state: Any, config: _Config) -> None:
 def _check_leaf(rule: arithmetic.Rule, path: Any, g: Any, p: Any, rms: Any, mom: Any, mg: Any):
     """The checks of one leaf that name its path; ``g`` is None for a leaf that is not trained."""
     who, at = rule.framework, _path_str(path)
-    named = {"`state.rms`": rms, "`state.momentum`": mom, "`state.mg`": mg, "gradient": g}
+    named: dict[str, Any] = {
+        "`state.rms`": rms,
+        "`state.momentum`": mom,
+        "`state.mg`": mg,
+        "gradient": g,
+    }
     if g is not None:  # a parameter of another shape would broadcast in weight decay
         named["parameter"] = p
     for name, x in named.items():
@@ -170,13 +174,12 @@ def _check_leaf(rule: arithmetic.Rule, path: Any, g: Any, p: Any, rms: Any, mom:
                     f"{who}: {name} at {at} has shape {tuple(x.shape)}, but the state expects "
                     f"{rms.shape}"
                 )
-    # init gives a real parameter a real rms in every preset (a complex one, or a complex
-    # gradient, turns the updates complex). Real is shown by p, else by its slots, else by g.
+    # init gives a real parameter a real rms; real is shown by p, else by its slots, else by g.
     known = next(x for x in (p, mom, mg, g, rms) if x is not None)
-    for name, x in (("`state.rms`", rms), ("gradient", g)):
-        if not jnp.iscomplexobj(known) and jnp.iscomplexobj(x):
+    for name, c in {"`state.rms`": rms, "gradient": g}.items():
+        if not jnp.iscomplexobj(known) and jnp.iscomplexobj(c):
             raise TypeError(
-                f"{who}: {name} at {at} has complex dtype {x.dtype.name}, but the parameter is "
+                f"{who}: {name} at {at} has complex dtype {c.dtype.name}, but the parameter is "
                 f"real ({known.dtype.name}; pass `params` if it is complex)"
             )
     if isinstance(g, sparse.IndexedSlices) and jnp.iscomplexobj(g) and rule.complex_as_real:
@@ -198,9 +201,10 @@ def _leaf_step(g, p, rms, mom, mg, momentum_on, sc, config: _Config, apply, dtyp
         if isinstance(g, sparse.IndexedSlices):
             return sparse.sparse_step(g, p, rms, mom_slot, mg, sc, variant, dtype, out_dtype)
         if jnp.iscomplexobj(g) and config.rule.complex_as_real:  # PyTorch: two real parameters
-            arrays = (g, p, rms, mom_slot, mg)
-            pairs = (x if x is None else jnp.stack([x.real, x.imag], -1) for x in arrays)
-            out = arithmetic.rmsprop_step(*pairs, sc, variant, arithmetic.real_dtype(dtype), True)
+            arrays: list[Any] = [g, p, rms, mom_slot, mg]
+            pairs: Any = [x if x is None else jnp.stack([x.real, x.imag], -1) for x in arrays]
+            rdtype = arithmetic.real_dtype(dtype)
+            out = arithmetic.rmsprop_step(*pairs, sc=sc, variant=variant, dtype=rdtype, negate=True)
             dtypes = (out_dtype, *(getattr(x, "dtype", None) for x in arrays[2:]))
             return tuple(
                 x if x is None else jax.lax.complex(x[..., 0], x[..., 1]).astype(d)
@@ -277,7 +281,7 @@ def _tree_update(updates, state: RMSpropState, params, dynamic, config: _Config,
                 f"update_and_apply: `params` at {_path_str(path)} is None but the gradient there "
                 "is not (pass the parameter, or a None gradient for a leaf that is not trained)"
             )
-        if kernel and cpu_kernel.takes(g, p, rms, mom, mg, variant):
+        if kernel and p is not None and cpu_kernel.takes(g, p, rms, mom, mg, variant):
             out.append(cpu_kernel.Leaf(g, p, rms, mom, mg))
             continue
         slot_dtype = (rms if mom is None else mom).dtype
@@ -358,8 +362,7 @@ def build(
     momentum_slot = rule.momentum_slot if momentum_slot is None else momentum_slot
     if momentum_slot is None and (validation.is_schedule(mu) or _is_python_number(mu)):
         momentum_slot = validation.is_schedule(mu) or concrete["momentum"] != 0.0
-    # p enters the update for a schedule or a non-zero number; a traced weight decay (None) where
-    # params are given, as an eager call with a concrete 0 needs none.
+    # p enters for a schedule or a non-zero number; a traced weight decay (None) when it is given.
     use_weight_decay = weight_decay is not None and concrete["weight_decay"] != 0.0
     if weight_decay is not None and concrete["weight_decay"] is None:
         use_weight_decay = True if validation.is_schedule(weight_decay) else None
@@ -373,8 +376,7 @@ def build(
         momentum_slot=momentum_slot,
         use_weight_decay=use_weight_decay,
         slot_dtype=None if slot_dtype is None else jnp.dtype(slot_dtype),
-        # A normal float32 ε stays non-zero in every compute dtype (even with denormals flushed);
-        # a smaller or traced one keeps the guard of the square root.
+        # A normal float32 ε stays non-zero with denormals flushed; else the root keeps a guard.
         epsilon_nonzero=_is_python_number(epsilon) and abs(epsilon) >= _FLOAT32_TINY,
     )
     dynamic = (*dynamic, one_minus_rho)
@@ -435,9 +437,8 @@ def rmsprop(
 ) -> optax.GradientTransformationExtraArgs:
     r"""RMSprop with the arithmetic of TensorFlow 2.x Keras, bit for bit.
 
-    ``tf.keras.optimizers.RMSprop`` of TF 2.0–2.10 (``legacy.RMSprop`` from 2.11; Keras 3 and
-    the other frameworks: :mod:`jrmsprop.compat`). With ``t`` the updates applied so far and
-    ``lr = learning_rate(t) / (1 + decay·t)``:
+    TF 2.0–2.10's ``RMSprop`` (2.11's ``legacy.RMSprop``; other frameworks: :mod:`jrmsprop.compat`).
+    With ``t`` the updates applied so far and ``lr = learning_rate(t) / (1 + decay·t)``:
 
     .. math::
 
@@ -452,7 +453,8 @@ def rmsprop(
     formula at each step); ``None`` or ``0`` has none. The update is computed in the promoted
     dtype of gradient, slots and parameter (at least float32) and returned in the parameter's;
     ``learning_rate``, ``rho``, ``momentum`` and ``decay`` are float32 values, as in TF. float16
-    parameters get float32 slots; a complex one gets ``|g|²`` and a real ``rms``.
+    parameters get float32 slots; a complex one gets ``|g|²`` and a real ``rms``. Gradients may
+    be :class:`jrmsprop.IndexedSlices`.
 
     Args:
       learning_rate: the step size (finite, >= 0), a 0-d array, or a schedule of the step count.
@@ -465,8 +467,7 @@ def rmsprop(
       lr: Keras's deprecated name of ``learning_rate``.
 
     Returns:
-      An ``optax.GradientTransformationExtraArgs`` with state :class:`RMSpropState`; its
-      ``update`` takes :class:`jrmsprop.IndexedSlices` gradients too.
+      An ``optax.GradientTransformationExtraArgs`` with state :class:`RMSpropState`.
 
     Example:
       >>> import jax.numpy as jnp, optax, jrmsprop

@@ -41,8 +41,8 @@ def update_and_apply(
     """
     if not isinstance(update := getattr(tx, "update", None), transform.Update):
         raise TypeError(
-            "update_and_apply: `tx` must be a transformation made by jrmsprop.rmsprop or a "
-            f"jrmsprop.compat preset, not wrapped; got {validation.abbreviated(repr(tx), 200)}"
+            "update_and_apply: `tx` must be a transformation made by jrmsprop (not wrapped), got "
+            + validation.abbreviated(repr(tx), 200)
         )
     if params is None:
         raise ValueError("update_and_apply: `params` are required (the step is added to them)")

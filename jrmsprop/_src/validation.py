@@ -85,7 +85,7 @@ def concrete_scalar(name: str, value: Any) -> float | None:
                 f"`{name}` must be a finite number, got an integer of {len(str(abs(value)))} "
                 "digits, too large even for a float64"
             ) from None
-    array = value
+    array: Any = value
     if not isinstance(value, jax.core.Tracer):
         try:
             array = np.asarray(value)
