@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import warnings
 from collections.abc import Callable
@@ -25,9 +26,8 @@ class RMSpropState(NamedTuple):
 
     Attributes:
       count: int32 scalar, the number of updates applied (``t``; saturates at 2³¹−1).
-      rms: running mean of squared gradients, like the params (Keras 3 ``velocity``, PyTorch
-        ``square_avg``).
-      momentum: the momentum buffer, or ``None`` without one.
+      rms: running mean of squared gradients (Keras 3 ``velocity``, PyTorch ``square_avg``).
+      momentum: the momentum buffer, or ``None``.
       mg: running mean of gradients (PyTorch ``grad_avg``) when ``centered``, else ``None``.
     """
 
@@ -37,17 +37,12 @@ class RMSpropState(NamedTuple):
     mg: optax.Updates | None
 
 
+@dataclasses.dataclass(frozen=True)
 class _Schedule:
     """A schedule compared by identity: a static argument even when unhashable (a dataclass)."""
 
-    def __init__(self, fn: Callable[[jax.Array], Any]):
-        self.fn = fn
-
-    def __hash__(self) -> int:
-        return id(self.fn)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Schedule) and other.fn is self.fn
+    key: int  # id(fn), unique while the config that holds fn lives
+    fn: Callable[[jax.Array], Any] = dataclasses.field(compare=False)
 
 
 class _Config(NamedTuple):
@@ -66,9 +61,8 @@ class _Config(NamedTuple):
 
 
 def slot_dtype_of(param_dtype: Any, real: bool, complex_as_real: bool, slot_dtype: Any = None):
-    """The dtype of one slot: ``slot_dtype``, else the parameter's, but float32 for float16 (the
-    squared gradients in ``rms`` under- and overflow float16; bfloat16 keeps its own, as Keras);
-    real for ``rms`` (``real``) unless the rule treats a complex parameter as two real ones."""
+    """The dtype of one slot: ``slot_dtype``, else the parameter's but float32 for float16 (as
+    Keras); real for ``rms`` (``real``) unless the rule treats a complex number as two reals."""
     param_dtype = jnp.dtype(param_dtype)
     if slot_dtype is None:
         slot_dtype = jnp.float32 if param_dtype == jnp.float16 else param_dtype
@@ -85,14 +79,12 @@ def _path_str(path: tuple[Any, ...]) -> str:
 def _check_float(who: str, what: str, path: tuple[Any, ...], dtype: Any) -> None:
     if not jnp.issubdtype(dtype, jnp.inexact):
         raise TypeError(
-            f"{who}: {what} at {_path_str(path)} has dtype {jnp.dtype(dtype).name}; it must be "
-            "floating point (or complex)"
+            f"{who}: {what} at {_path_str(path)} has dtype {jnp.dtype(dtype).name}, not a float"
         )
 
 
 def _check_arrays(who: str, what: str, tree: Any, error: Exception | None = None) -> None:
-    """Names the first leaf of ``tree`` that is not an array or a number (JAX's own error names
-    neither the argument nor the leaf)."""
+    """Names the first leaf that is not an array or a number (JAX's error names neither)."""
     for path, x in jax.tree_util.tree_leaves_with_path(tree):
         is_array = hasattr(x, "dtype") or hasattr(x, "__jax_array__")
         if isinstance(x, (str, bytes)) or not (is_array or isinstance(x, (int, float, complex))):
@@ -106,14 +98,14 @@ def _init(params: optax.Params, config: _Config, initial_rms: Any) -> RMSpropSta
     who = config.rule.framework
     _check_arrays(who, "params", params)
 
-    def slot(path, p, value, real):
-        p = jnp.asarray(p) if not hasattr(p, "dtype") else p  # a number (ShapeDtypeStructs stay)
-        _check_float(who, "parameter", path, p.dtype)
-        dtype = slot_dtype_of(p.dtype, real, config.rule.complex_as_real, config.slot_dtype)
-        return jnp.full_like(p, value, dtype=dtype)
-
     def slots(value, real):
-        return jax.tree_util.tree_map_with_path(lambda path, p: slot(path, p, value, real), params)
+        def slot(path, p):
+            p = p if hasattr(p, "dtype") else jnp.asarray(p)  # a number (ShapeDtypeStructs stay)
+            _check_float(who, "parameter", path, p.dtype)
+            dtype = slot_dtype_of(p.dtype, real, config.rule.complex_as_real, config.slot_dtype)
+            return jnp.full_like(p, value, dtype=dtype)
+
+        return jax.tree_util.tree_map_with_path(slot, params)
 
     return RMSpropState(
         count=jnp.zeros([], jnp.int32),
@@ -124,8 +116,7 @@ def _init(params: optax.Params, config: _Config, initial_rms: Any) -> RMSpropSta
 
 
 def _flatten_as(who: str, treedef: Any, tree: Any, what: str, paths: list[Any]) -> list[Any]:
-    """``tree``'s leaves where the state has its leaves: each one array, None or IndexedSlices
-    (``flatten_up_to`` would hand back a subtree)."""
+    """``tree``'s leaves where the state has its leaves, each one array, None or IndexedSlices."""
     try:
         leaves = treedef.flatten_up_to(tree)
     except (ValueError, TypeError) as e:
@@ -144,14 +135,18 @@ def _flatten_as(who: str, treedef: Any, tree: Any, what: str, paths: list[Any]) 
 
 
 def _check_state(state: Any, config: _Config) -> None:
+    """On the host, before jit narrows a count of another integer dtype (2**40 wraps to 0)."""
     who = config.rule.framework
     if not isinstance(state, RMSpropState):
         raise TypeError(f"{who}: `state` must be an RMSpropState, got {type(state).__name__}")
-    dtype = getattr(state.count, "dtype", None)
-    if dtype is None or not jnp.issubdtype(dtype, jnp.integer):
-        raise TypeError(f"{who}: `state.count` must be an int32 scalar, got {dtype}")
-    if jnp.ndim(state.count) != 0:
-        raise ValueError(f"{who}: `state.count` must be a scalar, got {jnp.shape(state.count)}")
+    count = state.count if hasattr(state.count, "dtype") else np.asarray(state.count)
+    if not jnp.issubdtype(count.dtype, jnp.integer):
+        raise TypeError(f"{who}: `state.count` must be an int32 scalar, got {count.dtype}")
+    if jnp.ndim(count) != 0:
+        raise ValueError(f"{who}: `state.count` must be a scalar, got {jnp.shape(count)}")
+    concrete = not isinstance(count, jax.core.Tracer) and count.dtype != np.int32
+    if concrete and not -(2**31) <= int(count) <= validation.INT32_MAX:
+        raise ValueError(f"{who}: `state.count` is {int(count)}, beyond the int32 counter")
     for slot, wanted in (("mg", config.centered), ("momentum", config.momentum_slot is not False)):
         if wanted != (getattr(state, slot) is not None) and jax.tree.leaves(state.rms):
             raise ValueError(
@@ -163,59 +158,40 @@ def _check_state(state: Any, config: _Config) -> None:
 def _check_leaf(rule: arithmetic.Rule, path: Any, g: Any, p: Any, rms: Any, mom: Any, mg: Any):
     """The checks of one leaf that name its path; ``g`` is None for a leaf that is not trained."""
     who, at = rule.framework, _path_str(path)
-    for name, slot in (("rms", rms), ("momentum", mom), ("mg", mg)):
-        if slot is not None:
-            _check_float(who, f"`state.{name}`", path, slot.dtype)
-            if slot.shape != rms.shape:
-                raise ValueError(
-                    f"{who}: `state.{name}` at {at} has shape {slot.shape}, but `state.rms` there "
-                    f"has {rms.shape}"
-                )
-    # init gives a real parameter a real rms in every preset (a complex one, or a complex
-    # gradient, turns the updates complex). Real is shown by p, else by its slots, else by g.
-    known = next(x for x in (p, mom, mg, g, rms) if x is not None)
-    for name, x in (("`state.rms`", rms), ("gradient", g)):
-        if not jnp.iscomplexobj(known) and jnp.iscomplexobj(x):
-            raise TypeError(
-                f"{who}: {name} at {at} has complex dtype {x.dtype.name}, but the parameter is "
-                f"real ({known.dtype.name}; pass `params` if it is complex): take the real part of "
-                "the gradient, or build the state with the transformation's init"
-            )
-    if g is None:
-        return
-    for name, x in (("gradient", g), ("parameter", p)):
+    named: dict[str, Any] = {
+        "`state.rms`": rms,
+        "`state.momentum`": mom,
+        "`state.mg`": mg,
+        "gradient": g,
+    }
+    if g is not None:  # a parameter of another shape would broadcast in weight decay
+        named["parameter"] = p
+    for name, x in named.items():
         if x is not None:
-            if tuple(x.shape) != rms.shape:  # a parameter would broadcast in weight decay
+            _check_float(who, name, path, x.dtype)
+            if tuple(x.shape) != rms.shape:
                 raise ValueError(
-                    f"{who}: {name} at {at} has shape {tuple(x.shape)} but the state expects "
+                    f"{who}: {name} at {at} has shape {tuple(x.shape)}, but the state expects "
                     f"{rms.shape}"
                 )
-            _check_float(who, name, path, x.dtype)
+    # init gives a real parameter a real rms; real is shown by p, else by its slots, else by g.
+    known = next(x for x in (p, mom, mg, g, rms) if x is not None)
+    for name, c in {"`state.rms`": rms, "gradient": g}.items():
+        if not jnp.iscomplexobj(known) and jnp.iscomplexobj(c):
+            raise TypeError(
+                f"{who}: {name} at {at} has complex dtype {c.dtype.name}, but the parameter is "
+                f"real ({known.dtype.name}; pass `params` if it is complex)"
+            )
     if isinstance(g, sparse.IndexedSlices) and jnp.iscomplexobj(g) and rule.complex_as_real:
-        raise NotImplementedError(
-            f"{who}: sparse complex gradients are not supported (at {at}); pass a dense gradient"
-        )
-
-
-def _as_real(x: Any) -> Any:
-    """A complex array as real pairs ``[..., (re, im)]`` (PyTorch's ``view_as_real``)."""
-    if x is None or not jnp.iscomplexobj(x):
-        return x
-    return jnp.stack([jnp.real(x), jnp.imag(x)], axis=-1)
-
-
-def _as_complex(x: Any, like: Any) -> Any:
-    if x is None or like is None or not jnp.iscomplexobj(like):
-        return x
-    return jax.lax.complex(x[..., 0], x[..., 1]).astype(like.dtype)
+        raise NotImplementedError(f"{who}: sparse complex gradients are not supported (at {at})")
 
 
 # Traced once per leaf signature (shapes, dtypes, configuration): a tree of many same-shaped
 # leaves costs one trace, not one per leaf. XLA inlines the calls (the same program).
 @functools.partial(jax.jit, static_argnames=("config", "apply", "dtype", "out_dtype"))
 def _leaf_step(g, p, rms, mom, mg, momentum_on, sc, config: _Config, apply, dtype, out_dtype):
-    """One checked leaf: ``(update, rms, momentum, mg)``, computed in ``dtype``, the update in
-    ``out_dtype``; with ``apply="params"`` the new parameter ``p + update`` comes first."""
+    """One checked leaf's ``(update, rms, momentum, mg)``, the new parameter first for
+    ``apply="params"``."""
     p_in = p  # what the update is added to
     if config.use_weight_decay is False:
         p = None  # read for its dtype only
@@ -225,13 +201,15 @@ def _leaf_step(g, p, rms, mom, mg, momentum_on, sc, config: _Config, apply, dtyp
         if isinstance(g, sparse.IndexedSlices):
             return sparse.sparse_step(g, p, rms, mom_slot, mg, sc, variant, dtype, out_dtype)
         if jnp.iscomplexobj(g) and config.rule.complex_as_real:  # PyTorch: two real parameters
+            arrays: list[Any] = [g, p, rms, mom_slot, mg]
+            pairs: Any = [x if x is None else jnp.stack([x.real, x.imag], -1) for x in arrays]
             rdtype = arithmetic.real_dtype(dtype)
-            rg, rp, rr, rm, rmg = map(_as_real, (g, p, rms, mom_slot, mg))
-            update, rms2, mom2, mg2 = arithmetic.rmsprop_step(
-                rg, rp, rr, rm, rmg, sc, variant, rdtype, negate=True
+            out = arithmetic.rmsprop_step(*pairs, sc=sc, variant=variant, dtype=rdtype, negate=True)
+            dtypes = (out_dtype, *(getattr(x, "dtype", None) for x in arrays[2:]))
+            return tuple(
+                x if x is None else jax.lax.complex(x[..., 0], x[..., 1]).astype(d)
+                for x, d in zip(out, dtypes, strict=True)
             )
-            update = _as_complex(update.astype(rdtype), g.astype(dtype)).astype(out_dtype)
-            return update, _as_complex(rms2, rms), _as_complex(mom2, mom_slot), _as_complex(mg2, mg)
         update, rms2, mom2, mg2 = arithmetic.rmsprop_step(
             g, p, rms, mom_slot, mg, sc, variant, dtype, negate=True
         )
@@ -253,34 +231,32 @@ def _leaf_step(g, p, rms, mom, mg, momentum_on, sc, config: _Config, apply, dtyp
 def _check_no_weight_decay(rule: arithmetic.Rule, value: Any) -> None:
     """A traced weight decay, called without ``params``: checked on the host to be 0."""
     if np.asarray(value) != 0:
-        raise ValueError(
-            f"{rule.framework}: `weight_decay` is {value} but `params` were not passed: weight "
-            "decay needs them, call update(grads, state, params)"
-        )
+        raise ValueError(f"{rule.framework}: weight decay needs `params`, `weight_decay`={value}")
 
 
 def _tree_update(updates, state: RMSpropState, params, dynamic, config: _Config, apply="updates"):
-    """``(updates, state)``; ``apply="params"`` gives the new parameters instead of the updates,
-    and ``"fused"`` the same bits, with the leaves the CPU kernel takes computed by it."""
+    """``(updates, state)``; ``apply="params"`` gives the new parameters instead, and ``"fused"``
+    the same bits, with the leaves the CPU kernel takes computed by it."""
     rule, who = config.rule, config.rule.framework
-    _check_state(state, config)
     paths_and_rms, treedef = jax.tree_util.tree_flatten_with_path(state.rms)
     paths, rmss = [path for path, _ in paths_and_rms], [rms for _, rms in paths_and_rms]
 
-    def leaves(tree, what):  # absent params or slot: None leaves
-        return [None] * len(paths) if tree is None else _flatten_as(who, treedef, tree, what, paths)
-
     grads = _flatten_as(who, treedef, updates, "updates" if apply == "updates" else "grads", paths)
-    if config.use_weight_decay is True and params is None and paths:
-        raise ValueError(f"{who}: weight decay needs `params`: call update(grads, state, params)")
-    params_, moms = leaves(params, "params"), leaves(state.momentum, "state.momentum")
-    mgs = leaves(state.mg, "state.mg")
+    others = {"params": params, "state.momentum": state.momentum, "state.mg": state.mg}
+    params_, moms, mgs = (  # an absent tree: None leaves
+        [None] * len(paths) if tree is None else _flatten_as(who, treedef, tree, what, paths)
+        for what, tree in others.items()
+    )
 
     count = state.count.astype(jnp.int32)
     given = zip(config.schedules, dynamic[:6], strict=True)  # a schedule, else the value
     values = [jnp.asarray(s.fn(count)) if s else v for s, v in given]
     hp = arithmetic.Hyperparams(*values, step=count)
-    if config.use_weight_decay is None and params is None and paths:
+    if config.use_weight_decay is not False and params is None and paths:
+        if config.use_weight_decay:
+            raise ValueError(
+                f"{who}: weight decay needs `params`: call update(grads, state, params)"
+            )
         jax.debug.callback(functools.partial(_check_no_weight_decay, rule), hp.weight_decay)
     momentum_on = None
     if config.momentum_slot is None and state.momentum is not None:
@@ -334,19 +310,6 @@ def _tree_update(updates, state: RMSpropState, params, dynamic, config: _Config,
 _update = jax.jit(_tree_update, static_argnames=("config", "apply"))
 
 
-def _check_count(who: str, count: Any) -> None:
-    """A concrete count of another integer dtype (NumPy's int64) must fit int32, which jit would
-    wrap it to (2**40 becomes 0)."""
-    dtype = getattr(count, "dtype", np.int32)
-    if dtype == np.int32 or isinstance(count, jax.core.Tracer) or np.ndim(count) != 0:
-        return  # an int32 count (init's) is never read on the host
-    if np.dtype(dtype).kind in "iu" and not -(2**31) <= int(count) <= validation.INT32_MAX:
-        raise ValueError(
-            f"{who}: `state.count` is {int(count)}, which the int32 step counter cannot hold "
-            "(jit would wrap it around); the count must lie in [-2**31, 2**31 - 1]"
-        )
-
-
 def _is_python_number(value: Any) -> TypeGuard[float]:
     """A Python or NumPy scalar number (not a bool, an array or a schedule)."""
     return isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool)
@@ -367,8 +330,7 @@ def build(
     initial_rms: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
     """The transformation of ``rule`` (:func:`rmsprop` and every preset); ``momentum_slot=True``
-    keeps a momentum buffer even for momentum 0 (Keras's rule for a tensor or callable momentum).
-    Each schedule is called here once, at step 0, to check its value (as inject_hyperparams)."""
+    keeps a momentum buffer even for momentum 0 (Keras's rule for a tensor or callable)."""
     hyperparams: dict[str, Any] = dict(
         learning_rate=learning_rate,
         rho=rho,
@@ -377,63 +339,55 @@ def build(
         decay=decay,
         weight_decay=0.0 if weight_decay is None else weight_decay,
     )
-    concrete = {}
+    concrete, schedules, dynamic = {}, [], []  # a schedule, else the value that enters jit
     for name, value in hyperparams.items():
         user, float32 = rule.user_name(name), name in rule.float32_hyperparameters
         concrete[name] = validation.check_hyperparameter(user, value, name, float32=float32)
-        if validation.is_schedule(value):
+        is_schedule = validation.is_schedule(value)
+        if is_schedule:  # called once, at step 0, to check its value
             validation.check_schedule(user, value, name, float32)
-        # NumPy and Python integers enter jit as Python floats (an int64 would be narrowed).
-        hyperparams[name] = validation.jit_value(value, concrete[name])
+        schedules.append(_Schedule(id(value), value) if is_schedule else None)
+        dynamic.append(None if is_schedule else validation.jit_value(value, concrete[name]))
     centered = validation.check_bool("centered", centered)
-    if slot_dtype is not None:
-        try:
-            slot_dtype = jnp.dtype(slot_dtype)
-        except TypeError as e:
-            raise TypeError(f"`slot_dtype` must be a dtype, got {slot_dtype!r}") from e
-        if not jnp.issubdtype(slot_dtype, jnp.floating):
-            raise TypeError(f"`slot_dtype` must be a floating dtype, got {slot_dtype.name}")
+    try:
+        floating = slot_dtype is None or jnp.issubdtype(slot_dtype, jnp.floating)
+    except TypeError:  # not a dtype at all
+        floating = False
+    if not floating:
+        raise TypeError(f"`slot_dtype` must be a floating dtype, got {slot_dtype!r}")
 
-    # The state's structure never depends on a traced value (optax's rule): None and a number
-    # decide by their value, a schedule always has the slot (as Keras for a callable), an array
-    # (optax.inject_hyperparams) has it and its value picks the formula (momentum_slot None).
+    # The state's structure never depends on a traced value: a number decides by its value, a
+    # schedule has the slot, an array has it and its value picks the formula (momentum_slot None).
     mu, rho, epsilon = hyperparams["momentum"], hyperparams["rho"], hyperparams["epsilon"]
     momentum_slot = rule.momentum_slot if momentum_slot is None else momentum_slot
     if momentum_slot is None and (validation.is_schedule(mu) or _is_python_number(mu)):
         momentum_slot = validation.is_schedule(mu) or concrete["momentum"] != 0.0
-    # p enters the update for a schedule or a non-zero number; a traced weight decay (None) where
-    # params are given, as an eager call with a concrete 0 needs none.
+    # p enters for a schedule or a non-zero number; a traced weight decay (None) when it is given.
     use_weight_decay = weight_decay is not None and concrete["weight_decay"] != 0.0
     if weight_decay is not None and concrete["weight_decay"] is None:
         use_weight_decay = True if validation.is_schedule(weight_decay) else None
     one_minus_rho = None  # Keras 3 and PyTorch: 1 − ρ in double, rounded once when cast
     if rule.one_minus_rho_in_double and _is_python_number(rho):
         one_minus_rho = 1.0 - float(rho)
-    schedules = tuple(
-        _Schedule(v) if validation.is_schedule(v) else None for v in hyperparams.values()
-    )
     config = _Config(
         rule=rule,
-        schedules=schedules,
+        schedules=tuple(schedules),
         centered=centered,
         momentum_slot=momentum_slot,
         use_weight_decay=use_weight_decay,
-        slot_dtype=slot_dtype,
-        # A normal float32 ε stays non-zero in every compute dtype (even with denormals flushed);
-        # a smaller or traced one keeps the guard of the square root.
+        slot_dtype=None if slot_dtype is None else jnp.dtype(slot_dtype),
+        # A normal float32 ε stays non-zero with denormals flushed; else the root keeps a guard.
         epsilon_nonzero=_is_python_number(epsilon) and abs(epsilon) >= _FLOAT32_TINY,
     )
-    values = zip(schedules, hyperparams.values(), strict=True)
-    dynamic = (*(None if s else v for s, v in values), one_minus_rho)
+    dynamic = (*dynamic, one_minus_rho)
 
     def init_fn(params: optax.Params) -> optax.OptState:
         state = _init(params, config, rule.initial_rms if initial_rms is None else initial_rms)
         return cast(optax.OptState, state)  # chex's ArrayTree has no None (an absent slot)
 
     def run(updates, state, params, apply):
-        count = getattr(state, "count", None)
-        _check_count(rule.framework, count)
-        update = _tree_update if isinstance(count, jax.core.Tracer) else _update
+        _check_state(state, config)
+        update = _tree_update if isinstance(state.count, jax.core.Tracer) else _update
         try:
             return update(updates, state, params, dynamic, config=config, apply=apply)
         except TypeError as e:  # a leaf that JAX cannot take: name it, if it is the caller's
@@ -445,8 +399,7 @@ def build(
 
 
 class Update:
-    """The ``update(updates, state, params=None)`` of a jrmsprop transformation; its ``apply``
-    returns ``(new_params, new_state)`` instead (see :func:`jrmsprop.update_and_apply`)."""
+    """A transformation's ``update``; ``apply`` gives ``(new_params, new_state)`` instead."""
 
     def __init__(self, run: Callable[..., Any]):
         self._run = run
@@ -464,8 +417,7 @@ class Update:
         return self._run(grads, state, params, "fused" if fused else "params")
 
 
-# TF 2.x Keras stores learning_rate, rho and momentum as float32 variables and casts a Python
-# decay to a float32 tensor first; epsilon goes straight to the variable's dtype.
+# TF 2.x Keras stores learning_rate, rho, momentum and decay as float32; epsilon stays as it is.
 KERAS2 = arithmetic.Rule(
     framework="rmsprop",
     float32_hyperparameters=frozenset({"learning_rate", "rho", "momentum", "decay"}),
@@ -485,49 +437,37 @@ def rmsprop(
 ) -> optax.GradientTransformationExtraArgs:
     r"""RMSprop with the arithmetic of TensorFlow 2.x Keras, bit for bit.
 
-    ``tf.keras.optimizers.RMSprop`` of TF 2.0–2.10, ``legacy.RMSprop`` from TF 2.11 (whose default
-    is Keras 3's: :func:`jrmsprop.compat.keras3`; the other frameworks: :mod:`jrmsprop.compat`).
+    TF 2.0–2.10's ``RMSprop`` (2.11's ``legacy.RMSprop``; other frameworks: :mod:`jrmsprop.compat`).
     With ``t`` the updates applied so far and ``lr = learning_rate(t) / (1 + decay·t)``:
 
     .. math::
 
-      r &\leftarrow \rho\, r + (1 - \rho)\, |g|^2 \\
-      m_g &\leftarrow \rho\, m_g + (1 - \rho)\, g \quad (\text{centered}; v = r - |m_g|^2,
-        \text{ else } v = r) \\
+      r &\leftarrow \rho\, r + (1 - \rho)\, |g|^2, \qquad
+        m_g \leftarrow \rho\, m_g + (1 - \rho)\, g \\
+      v &= r - |m_g|^2 \text{ if centered, else } r \\
       \text{momentum slot:}\quad m &\leftarrow \mu\, m + \frac{lr\, g}{\sqrt{v + \epsilon}},
         \qquad u = -m \\
       \text{no momentum slot:}\quad u &= -\frac{lr\, g}{\sqrt{v} + \epsilon}
 
-    As in Keras 2, ε sits inside the root with a momentum slot and outside without. The slot is
-    decided by what you wrote, never by a traced value (a state has one structure in every
-    calling style): ``None`` or a number by its value (0: no slot), a schedule always (as Keras
-    for a callable), an array (``optax.inject_hyperparams``) always, its value picking the formula
-    at each step (0 computes what a Python 0 does; leave ``momentum=None`` for no buffer).
-
-    Numerics: the update is computed in the promoted dtype of gradient, slots and parameter (at
-    least float32) and returned in the parameter's dtype (else the gradient's). As in TF,
-    ``learning_rate``, ``rho``, ``momentum`` and ``decay`` are float32 values even for float64
-    parameters; ``epsilon`` is not. float16 parameters get float32 slots. A complex parameter
-    gets ``|g|²`` and a real ``rms`` (not TF's ``g·g``). A NaN gradient poisons ``rms`` for good,
-    as in Keras (``optax.apply_if_finite`` skips such steps).
+    The momentum slot exists for a non-zero number, a schedule or an array (whose value picks the
+    formula at each step); ``None`` or ``0`` has none. The update is computed in the promoted
+    dtype of gradient, slots and parameter (at least float32) and returned in the parameter's;
+    ``learning_rate``, ``rho``, ``momentum`` and ``decay`` are float32 values, as in TF. float16
+    parameters get float32 slots; a complex one gets ``|g|²`` and a real ``rms``. Gradients may
+    be :class:`jrmsprop.IndexedSlices`.
 
     Args:
-      learning_rate: the step size (finite, >= 0), a 0-d array, or a schedule of the step count
-        (called once at construction to check its value at step 0, then at each step).
+      learning_rate: the step size (finite, >= 0), a 0-d array, or a schedule of the step count.
       rho: the discounting factor of the moving averages, in ``[0, 1]``.
-      momentum: the heavy-ball momentum ``μ`` in ``[0, 1]``, or ``None`` (no momentum slot).
-      epsilon: ``ε`` (finite, >= 0). As Keras's ``epsilon or backend.epsilon()``, a number ``0``
-        or ``None`` means ``1e-7``; an array or a schedule is used as it is.
+      momentum: the heavy-ball momentum ``μ`` in ``[0, 1]``, or ``None``.
+      epsilon: ``ε`` (finite, >= 0); a number ``0`` or ``None`` means ``1e-7``, as in Keras.
       centered: normalise by the estimated variance (keeps the ``mg`` slot).
-      decay: Keras's inverse-time decay of the rate, ``lr / (1 + decay·t)`` (finite, >= 0; a
-        value in ``[0.5, 1]`` looks like a moving-average factor and warns, naming ``rho``).
-      slot_dtype: the dtype of the slots (default: the parameter's, as in Numerics).
-      lr: Keras's deprecated name of ``learning_rate``: replaces it, with Keras's warning.
+      decay: Keras's inverse-time decay of the rate (a value in ``[0.5, 1]`` warns).
+      slot_dtype: the dtype of the slots (default: the parameter's).
+      lr: Keras's deprecated name of ``learning_rate``.
 
     Returns:
-      An ``optax.GradientTransformationExtraArgs`` with state :class:`RMSpropState`. Its
-      ``update(updates, state, params=None)`` takes :class:`jrmsprop.IndexedSlices` gradients
-      too, is compiled once per tree signature and traced once inside a user's ``jit``.
+      An ``optax.GradientTransformationExtraArgs`` with state :class:`RMSpropState`.
 
     Example:
       >>> import jax.numpy as jnp, optax, jrmsprop
@@ -537,9 +477,6 @@ def rmsprop(
       >>> updates, state = tx.update(grads, tx.init(params), params)
       >>> optax.apply_updates(params, updates)["p"]
       Array(9.683772, dtype=float32)
-
-    References:
-      Hinton, *Neural Networks for Machine Learning*, lecture 6e (2012)
     """
     if lr is not None:
         learning_rate = validation.legacy_lr(learning_rate, {"lr": lr})
@@ -549,8 +486,7 @@ def rmsprop(
         # optax and PyTorch users write ρ as `decay`; Keras recipes decay the rate by 1e-6..1e-2.
         warnings.warn(
             f"rmsprop: `decay`={decay} is Keras's inverse-time learning-rate decay "
-            f"lr / (1 + decay·t) (the rate is {1 + 10 * decay:g}x smaller by step 10), not the "
-            "moving-average factor; pass that as `rho`",
+            "lr / (1 + decay·t), not the moving-average factor; pass that as `rho`",
             UserWarning,
             stacklevel=2,
         )

@@ -15,11 +15,11 @@ def update_and_apply(
 ) -> tuple[optax.Params, transform.RMSpropState]:
     r"""``tx.update`` and ``optax.apply_updates`` in one call, bit for bit.
 
-    On CPU, dense float32 leaves of the Keras 2, TF1 and optax presets take a C++ kernel that
-    reads and writes each array once, in place when ``params`` and ``state`` are donated (jit).
+    On CPU, dense float32 leaves of the Keras 2, TF1 and optax presets take a C++ kernel, in
+    place when ``params`` and ``state`` are donated.
 
     Args:
-      tx: a transformation of :func:`jrmsprop.rmsprop` or a :mod:`jrmsprop.compat` preset, itself.
+      tx: a transformation of :func:`jrmsprop.rmsprop` or a :mod:`jrmsprop.compat` preset.
       grads: the gradients, like ``params`` (:class:`jrmsprop.IndexedSlices` and None leaves too).
       state: ``tx``'s state.
       params: the parameters the step is added to.
@@ -41,8 +41,8 @@ def update_and_apply(
     """
     if not isinstance(update := getattr(tx, "update", None), transform.Update):
         raise TypeError(
-            "update_and_apply: `tx` must be a transformation made by jrmsprop.rmsprop or a "
-            f"jrmsprop.compat preset, not wrapped; got {validation.abbreviated(repr(tx), 200)}"
+            "update_and_apply: `tx` must be a transformation made by jrmsprop (not wrapped), got "
+            + validation.abbreviated(repr(tx), 200)
         )
     if params is None:
         raise ValueError("update_and_apply: `params` are required (the step is added to them)")

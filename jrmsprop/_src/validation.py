@@ -20,8 +20,7 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)
 #: tf.keras.backend.epsilon(): Keras 2's ε for ``epsilon`` 0 or None (``epsilon or epsilon()``).
 KERAS_EPSILON = 1e-7
 
-# Valid ranges (inclusive; None: no upper bound, but finite: an infinite learning rate or
-# clipnorm gives NaN parameters), by the core's name of the argument.
+# Valid ranges (inclusive; None: no upper bound but finite), by the core's name of the argument.
 RANGES: dict[str, tuple[float, float | None]] = {
     **dict.fromkeys(("rho", "momentum", "one_minus_rho"), (0.0, 1.0)),
     **dict.fromkeys(
@@ -29,8 +28,8 @@ RANGES: dict[str, tuple[float, float | None]] = {
     ),
 }
 
-# A framework's own checks by its argument names, ``(message, refuses)``: its text comes first
-# where it refuses a value too, so code that matches it keeps working.
+# A framework's own checks by its argument names, ``(message, refuses)``: its text leads where
+# it refuses a value too, so code that matches it keeps working.
 FrameworkChecks = Mapping[str, tuple[str, Callable[[float], bool]]]
 
 # tf_keras.optimizers.legacy.RMSprop (OptimizerV2)
@@ -56,8 +55,7 @@ TORCH_MESSAGES: FrameworkChecks = {
 
 
 def abbreviated(value: Any, limit: int = 400) -> str:
-    """``str(value)`` with its middle cut out beyond ``limit`` characters (a tree structure or
-    JAX's message listing thousands of leaves: the start and the end tell them apart)."""
+    """``str(value)`` with its middle cut out beyond ``limit`` characters (a big tree's)."""
     text = str(value)
     if len(text) <= limit:
         return text
@@ -76,13 +74,10 @@ def is_schedule(value: Any) -> bool:
 
 
 def concrete_scalar(name: str, value: Any) -> float | None:
-    """``value`` as a Python float (None when traced or a schedule); a ``TypeError`` naming
-    ``name`` for what is not a real number, a ``ValueError`` for an array that is not 0-d."""
+    """``value`` as a Python float (None when traced or a schedule), or an error naming ``name``."""
     if is_schedule(value):
         return None
-    if value is None or isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"`{name}` must be a real number, got {value!r}")
-    if isinstance(value, int):  # a Python int of any size
+    if isinstance(value, int) and not isinstance(value, bool):  # a Python int of any size
         try:
             return float(value)
         except OverflowError:
@@ -90,7 +85,7 @@ def concrete_scalar(name: str, value: Any) -> float | None:
                 f"`{name}` must be a finite number, got an integer of {len(str(abs(value)))} "
                 "digits, too large even for a float64"
             ) from None
-    array = value
+    array: Any = value
     if not isinstance(value, jax.core.Tracer):
         try:
             array = np.asarray(value)
@@ -98,8 +93,7 @@ def concrete_scalar(name: str, value: Any) -> float | None:
             return None
         except (TypeError, ValueError) as e:
             raise TypeError(f"`{name}` must be a real number, got {value!r}") from e
-        kind = array.dtype.kind
-        if kind in "OUS" or (kind == "V" and not jnp.issubdtype(array.dtype, jnp.floating)):
+        if array.dtype.kind in "OUSV" and not jnp.issubdtype(array.dtype, jnp.floating):
             raise TypeError(f"`{name}` must be a real number, got {value!r}")
     if jnp.ndim(array) != 0:
         raise ValueError(f"`{name}` must be a scalar (0-d), got shape {jnp.shape(array)}")
@@ -110,21 +104,17 @@ def concrete_scalar(name: str, value: Any) -> float | None:
 
 
 def check_range(name: str, scalar: float, kind: str | None = None, float32: bool = False) -> float:
-    """A ``ValueError`` naming ``name`` unless ``scalar`` lies in the range of ``kind``, or
-    where it would be inf: beyond float32's largest when ``float32`` is set (the framework stores
-    it as float32, ``Rule.float32_hyperparameters``) or JAX's x64 mode is off."""
+    """A ``ValueError`` naming ``name`` unless ``scalar`` lies in the range of ``kind`` and stays
+    finite as a float32 where the framework stores it so (``float32``) or x64 is off."""
     low, high = RANGES[kind or name]
     if math.isinf(scalar) or not low <= scalar <= (math.inf if high is None else high):
         bounds = f"in [{low:g}, {high:g}]" if high is not None else f"finite and >= {low:g}"
         raise ValueError(f"`{name}` must be {bounds}, got {scalar}")
     x64 = jax.dtypes.canonicalize_dtype(np.float64) == np.float64
     if abs(scalar) > FLOAT32_MAX and (float32 or not x64):
-        why = "it is used as a float32 value"
-        if not float32:
-            why = "JAX computes in float32 (enable jax_enable_x64 for float64 parameters)"
+        why = "it is used as a float32 value" if float32 else "jax_enable_x64 is off"
         raise ValueError(
-            f"`{name}` must be at most {FLOAT32_MAX:g}, the largest float32, got {scalar:g}: "
-            f"{why}, where it would be inf"
+            f"`{name}` must be at most {FLOAT32_MAX:g}, the largest float32, got {scalar:g}: {why}"
         )
     return scalar
 
@@ -136,9 +126,8 @@ def check_hyperparameter(
     float32: bool = False,
     messages: FrameworkChecks | None = None,
 ) -> float | None:
-    """Checks hyperparameter ``name`` (as the user wrote it) against the range of ``kind`` and
-    returns its value when concrete, else None; a value out of range that the framework refuses
-    too raises with the framework's text first (``messages``)."""
+    """Hyperparameter ``name`` (the user's) checked against the range of ``kind``: its value when
+    concrete, else None; the framework's text (``messages``) leads where it refuses it too."""
     scalar = concrete_scalar(name, value)
     if scalar is None:
         return None
@@ -152,8 +141,7 @@ def check_hyperparameter(
 
 
 def legacy_lr(learning_rate: Any, kwargs: dict[str, Any]) -> Any:
-    """Keras 2's deprecated ``lr`` (popped from ``kwargs``): checked, it replaces
-    ``learning_rate`` with Keras's ``UserWarning`` (``None`` keeps ``learning_rate``)."""
+    """Keras 2's deprecated ``lr`` (popped from ``kwargs``) replaces ``learning_rate``, warning."""
     if "lr" not in kwargs:
         return learning_rate
     lr = kwargs.pop("lr")
@@ -164,26 +152,22 @@ def legacy_lr(learning_rate: Any, kwargs: dict[str, Any]) -> Any:
 
 
 def jit_value(value: Any, scalar: float | None) -> Any:
-    """A checked ``value`` as it enters ``jit``: an integer that is not a JAX array becomes its
-    checked ``scalar``, a Python float (jit would narrow an int64 to int32 with x64 off)."""
+    """``value`` for ``jit``: a Python or NumPy integer as the float ``scalar`` (not narrowed)."""
     if scalar is None or isinstance(value, jax.Array):
         return value
     return scalar if isinstance(value, int) or np.asarray(value).dtype.kind in "iu" else value
 
 
 def check_schedule(name: str, schedule: Any, kind: str | None = None, float32: bool = False):
-    """Checks a schedule given as ``name`` once, at construction: it takes the step count (as in
-    optax) and its value at step 0 is a floating-point scalar, in range where it is concrete (not
-    where the schedule closes over a traced value)."""
+    """A schedule takes the step count and gives a floating-point scalar, in range at step 0."""
     try:
         inspect.signature(schedule).bind(0)
     except ValueError:  # a built-in whose signature Python cannot read
         pass
     except TypeError:
         raise TypeError(
-            f"the schedule given as `{name}` must take the step count as its one positional "
-            f"argument (`schedule(count)`, as in optax), but its signature is "
-            f"{inspect.signature(schedule)}; for a constant, pass the number itself"
+            f"the schedule given as `{name}` must take the step count (`schedule(count)`), but "
+            f"its signature is {inspect.signature(schedule)}"
         ) from None
     value = schedule(jnp.zeros([], jnp.int32))
     if np.shape(value) != ():
@@ -213,9 +197,8 @@ def _first(mask: np.ndarray, values: np.ndarray) -> str:
 
 
 def slot_values(label: str, values: np.ndarray, dtype: Any, squares: bool) -> np.ndarray:
-    """Slot values loaded from outside (a saved state, ``set_weights``) converted to ``dtype``;
-    a ``ValueError`` starting with ``label`` for a finite value that would become inf and, in a
-    slot of squares, a negative one. NaN and inf are kept (a state holds them after a NaN)."""
+    """Loaded slot values as ``dtype``, refusing a finite value that would become inf and a
+    negative one in a slot of squares; NaN and inf are kept (a state holds them after a NaN)."""
     dtype = np.dtype(dtype)
     with np.errstate(over="ignore", invalid="ignore"):
         converted = np.asarray(values, dtype=dtype)
@@ -223,21 +206,19 @@ def slot_values(label: str, values: np.ndarray, dtype: Any, squares: bool) -> np
     if np.any(overflow):
         raise ValueError(
             f"{label} holds {_first(overflow, values)}, beyond the range of the slot's dtype "
-            f"{dtype.name}, where it would become inf; a finite value must fit the slot's dtype "
-            "(NaN and inf are loaded as they are)"
+            f"{dtype.name} (it would become inf)"
         )
     if squares and np.any(negative := (np.real(converted) < 0) | (np.imag(converted) < 0)):
         raise ValueError(
-            f"{label} holds the negative value {_first(negative, converted)}; this slot is a "
-            "running average of squared gradients and must be >= 0 (or NaN)"
+            f"{label} holds the negative value {_first(negative, converted)}; a slot of squares "
+            "must be >= 0"
         )
     return converted
 
 
 def as_jit_scalar(value: Any) -> Any:
-    """A checked scalar as a 0-d array whose dtype depends only on the kind of value (so that a
-    new value never recompiles): Python numbers in the widest float JAX keeps, arrays in their
-    floating dtype (integers become float32, weak typing dropped)."""
+    """A checked scalar as a 0-d array whose dtype depends only on the kind of value, so that a
+    new value never recompiles (integers become float32, weak typing dropped)."""
     if isinstance(value, (int, float)) and not isinstance(value, np.generic):
         return np.asarray(value, jax.dtypes.canonicalize_dtype(np.float64))
     array = value if isinstance(value, jax.Array) else np.asarray(value)
