@@ -213,12 +213,6 @@ def effective_gradient(
     return g
 
 
-def decayed(x: Array, rho: Array, dtype: Any, guard: bool = True) -> Array:
-    """``ρ·x`` in the compute dtype, rounded unless not ``guard`` (for :func:`sum_of_products`)."""
-    product = rho.astype(dtype) * x.astype(dtype)
-    return rounded(product) if guard else product
-
-
 def moment_increments(
     g: Array, sc: Scalars, centered: bool, guard: bool = True, scaled: bool = False
 ) -> tuple[Array, Array | None]:
@@ -258,10 +252,10 @@ def update_moments(
     rms_inc, mg_inc = moment_increments(
         g, sc, centered=mg is not None, guard=False, scaled=variant.scaled_gradient_squared
     )
-    rms_new = sum_of_products(decayed(rms, sc.rho, rdtype, guard=False), rms_inc, finite)
+    rms_new = sum_of_products(sc.rho * rms.astype(rdtype), rms_inc, finite)
     if mg is None or mg_inc is None:
         return rms_new, None
-    return rms_new, sum_of_products(decayed(mg, sc.rho, g.dtype, guard=False), mg_inc, finite)
+    return rms_new, sum_of_products(sc.rho.astype(g.dtype) * mg.astype(g.dtype), mg_inc, finite)
 
 
 def step_from_moments(
@@ -348,23 +342,13 @@ def rmsprop_step(
 ) -> tuple[Array, Array, Array | None, Array | None]:
     """One RMSprop step on matching arrays (whole leaves or gathered rows).
 
-    ``g`` is the :func:`effective_gradient`; the moments follow :func:`update_moments` and the
-    step :func:`step_from_moments`, with ``lr = learning_rate / (1 + decay·t)``.
-
-    Args:
-      grad: the gradient, any float or complex dtype.
-      param: the parameter (read for weight decay only; None when unused).
-      rms: the running mean of squared gradients (real dtype).
-      mom: the momentum buffer, or None without a momentum slot.
-      mg: the running mean of gradients, or None when not centered.
-      sc: the step's scalars (:func:`resolve`) in the real part of ``dtype``.
-      variant: where ε, lr and weight decay enter, and the evaluation order.
-      dtype: the compute dtype (:func:`compute_dtype`).
-      negate: return the update to *add* (``−delta``), free where the sign can go on ``lr``.
+    :func:`effective_gradient`, then :func:`update_moments`, then :func:`step_from_moments`, in
+    ``dtype`` (:func:`compute_dtype`) with the scalars ``sc`` (:func:`resolve`). ``param`` is read
+    for weight decay only; ``mom`` and ``mg`` are None without their slots.
 
     Returns:
-      ``(delta, rms, mom, mg)``: the amount to *subtract* from the parameter (``−delta`` with
-      ``negate``) in the compute dtype, and the new slots, each in its input dtype.
+      ``(delta, rms, mom, mg)``: the amount to *subtract* from the parameter (with ``negate``,
+      the update to *add*) in ``dtype``, and the new slots, each in its input dtype.
     """
     g = effective_gradient(grad, param, sc, variant, dtype)
     # One condition for the guards of every product that a non-finite g makes infinite or NaN:
