@@ -345,15 +345,11 @@ def _pack_like(tree: Any, layout: PackedLayout) -> Any:
     if any(_is_packed(x) for x in jax.tree.leaves(out, is_leaf=_is_packed)):
         return out
     misses = jax.tree.leaves(tree, is_leaf=lambda x: bool(_misfit(layout, x)))
-    why = next(filter(None, (_misfit(layout, x) for x in misses)), None)
+    why = next(filter(None, (_misfit(layout, x) for x in misses)), "")
     raise ValueError(
-        f"pack: no subtree of `tree` has the structure and shapes of `like` ({layout}, "
-        f"{tree_description(layout.treedef)}), so nothing was packed: "
-        + (
-            f"the first subtree with its tree structure {why}"
-            if why
-            else "no subtree of `tree` has the tree structure of `like`"
-        )
+        f"pack: no subtree of `tree` has the {'structure and shapes' if why else 'tree structure'}"
+        f" of `like` ({layout}, {tree_description(layout.treedef)}), so nothing was packed"
+        + (f": the first subtree with its tree structure {why}" if why else "")
     )
 
 
