@@ -280,10 +280,8 @@ def sparse_step(
 def densify(tree: Any) -> Any:
     """Replaces every :class:`IndexedSlices` leaf of ``tree`` by its dense array.
 
-    For optax transforms that reduce over the whole gradient tree (``optax.clip_by_global_norm``,
-    ``optax.MultiSteps``, ...), which would see an ``IndexedSlices`` as two arrays. The dense
-    gradient is zero on the other rows: the lazy-row semantics of sparse updates are lost.
-    :func:`jrmsprop.keras_clipping` understands sparse leaves as they are.
+    For optax transforms that reduce over the whole tree (``optax.clip_by_global_norm``, ...);
+    the lazy-row semantics of sparse updates are lost (:func:`jrmsprop.keras_clipping` keeps them).
 
     Args:
       tree: a pytree, possibly with ``IndexedSlices`` leaves.
