@@ -67,6 +67,7 @@ class IndexedSlices:
             )
         if not jnp.issubdtype(indices.dtype, jnp.integer):
             raise TypeError(f"IndexedSlices: `indices` must be integers, got {indices.dtype}")
+        self.values, self.indices = values, indices
         # traced or abstract indices cannot be range-checked
         if not isinstance(indices, (jax.core.Tracer, jax.ShapeDtypeStruct)) and np.size(indices):
             concrete, num_rows = np.asarray(indices), self.dense_shape[0]
@@ -76,7 +77,6 @@ class IndexedSlices:
                     f"IndexedSlices: `indices` must lie in [0, {num_rows}) (dense_shape[0]), "
                     f"got {int(low if low < 0 else high)}"
                 )
-        self.values, self.indices = values, indices
 
     def tree_flatten(self):
         return (self.values, self.indices), self.dense_shape
