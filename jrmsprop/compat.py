@@ -30,6 +30,7 @@ from jrmsprop._src.porting import (
     state_from_torch,
 )
 from jrmsprop._src.transform import ScalarOrSchedule, build
+from jrmsprop._src.validation import TORCH_MESSAGES
 
 __all__ = (
     "Saved",
@@ -82,17 +83,35 @@ _OPTAX = Rule(
     arg_names=(("rho", "decay"), ("epsilon", "eps")),
     fused_order=False,
 )
-# Keras 3's options that change the numbers (each backend rounds a norm its own way): refused
-# unless off, with what to do instead.
-_KERAS3_INSTEAD = {
-    "clipnorm": "clip the gradients before, e.g. optax.chain(clip, tx)",
-    "clipvalue": "optax.chain(optax.clip(clipvalue), tx) is Keras 3's clipvalue",
-    "global_clipnorm": "clip the gradients before, e.g. optax.chain(clip, tx)",
-    "use_ema": "leave it out (optax.ema keeps an average of the parameters)",
-    "loss_scale_factor": "leave it out (scale the loss yourself)",
-    "gradient_accumulation_steps": "optax.MultiSteps(tx, every_k_schedule=steps) accumulates",
-    "is_legacy_optimizer": "a legacy optimizer's config is for jrmsprop.rmsprop",
+# Options a preset accepts only when off (None or False), with what to use instead; Keras 3's
+# change the numbers (each backend rounds a norm its own way).
+_OFF_ONLY = {
+    "compat.keras3": {
+        "clipnorm": "clip the gradients before, e.g. optax.chain(clip, tx)",
+        "clipvalue": "optax.chain(optax.clip(clipvalue), tx) is Keras 3's clipvalue",
+        "global_clipnorm": "clip the gradients before, e.g. optax.chain(clip, tx)",
+        "use_ema": "leave it out (optax.ema keeps an average of the parameters)",
+        "loss_scale_factor": "leave it out (scale the loss yourself)",
+        "gradient_accumulation_steps": "optax.MultiSteps(tx, every_k_schedule=steps) accumulates",
+        "is_legacy_optimizer": "a legacy optimizer's config is for jrmsprop.rmsprop",
+    },
+    "compat.optax_rmsprop": {
+        "nesterov": "optax.rmsprop(nesterov=True) has it",
+        "bias_correction": "optax.rmsprop(bias_correction=True) has it",
+    },
 }
+_HYPERPARAMETERS = ("learning_rate", "rho", "momentum", "epsilon", "centered", "weight_decay")
+
+
+def _build(rule: Rule, args: dict[str, Any], **extra: Any) -> optax.GradientTransformationExtraArgs:
+    """The preset's transformation from its arguments (its ``locals()``, the framework's names)."""
+    for key, instead in _OFF_ONLY.get(rule.framework, {}).items():
+        if args[key] is not None and args[key] is not False:
+            raise ValueError(
+                f"{rule.framework}: `{key}`={args[key]!r} is not reproduced; {instead}"
+            )
+    names = {core: rule.user_name(core) for core in _HYPERPARAMETERS}
+    return build(rule, **{core: args[n] for core, n in names.items() if n in args}, **extra)
 
 
 def keras3(
@@ -142,31 +161,8 @@ def keras3(
       >>> p + u
       Array([-0.5811..., 0.4189..., 1.4189..., 2.4189...], dtype=float32)
     """
-    del name, ema_momentum, ema_overwrite_frequency, jit_compile  # change no number
-    options = dict(
-        clipnorm=clipnorm,
-        clipvalue=clipvalue,
-        global_clipnorm=global_clipnorm,
-        use_ema=use_ema,
-        loss_scale_factor=loss_scale_factor,
-        gradient_accumulation_steps=gradient_accumulation_steps,
-        is_legacy_optimizer=is_legacy_optimizer,
-    )
-    for key, value in options.items():
-        if value is not None and value is not False:
-            raise ValueError(
-                f"compat.keras3: `{key}`={value!r} is not reproduced, only None/False (off): "
-                f"{_KERAS3_INSTEAD[key]}"
-            )
-    return build(
-        _KERAS3,
-        learning_rate=learning_rate,
-        rho=rho,
-        momentum=momentum,
-        epsilon=epsilon,
-        centered=centered,
-        weight_decay=weight_decay,
-    )
+    # name, ema_momentum, ema_overwrite_frequency and jit_compile change no number
+    return _build(_KERAS3, locals())
 
 
 def torch(
@@ -209,19 +205,17 @@ def torch(
       >>> 1.0 + u  # 1 - 0.01 * 2 / (sqrt(0.01 * 4) + 1e-8)
       Array(0.9, dtype=float32)
     """
-    del params
-    flags = dict(maximize=maximize, capturable=capturable, differentiable=differentiable)
-    for name, flag in {**flags, "foreach": False if foreach is None else foreach}.items():
-        validation.check_bool(name, flag)
+    args = locals()  # params: ignored
+    for flag in ("maximize", "capturable", "differentiable", "foreach"):
+        if flag != "foreach" or foreach is not None:
+            validation.check_bool(flag, args[flag])
     # torch's checks in its order, with its messages (a None weight_decay is refused, as in torch)
-    hyper: dict[str, Any] = dict(
-        learning_rate=lr, epsilon=eps, momentum=momentum, weight_decay=weight_decay, rho=alpha
-    )
-    for kind, value in hyper.items():
-        if value is not None or kind == "weight_decay":
-            name, messages = _TORCH.user_name(kind), validation.TORCH_MESSAGES
-            validation.check_hyperparameter(name, value, kind, messages=messages)
-    return build(_TORCH._replace(maximize=bool(maximize)), centered=centered, **hyper)
+    core = {user: name for name, user in _TORCH.arg_names}
+    for name in ("lr", "eps", "momentum", "weight_decay", "alpha"):
+        if args[name] is not None or name == "weight_decay":
+            kind = core.get(name, name)
+            validation.check_hyperparameter(name, args[name], kind, messages=TORCH_MESSAGES)
+    return _build(_TORCH._replace(maximize=bool(maximize)), args)
 
 
 def tf1(
@@ -252,14 +246,7 @@ def tf1(
       >>> 1.0 + u  # rms = 0.9 + 0.1 * 4 = 1.3
       Array(0.8245884, dtype=float32)
     """
-    return build(
-        _TF1,
-        learning_rate=learning_rate,
-        rho=decay,
-        momentum=momentum,
-        epsilon=epsilon,
-        centered=centered,
-    )
+    return _build(_TF1, locals())
 
 
 def optax_rmsprop(
@@ -294,21 +281,11 @@ def optax_rmsprop(
       >>> 1.0 + u  # 1 - 0.1 * 2 / sqrt(0.1 * 4 + 1e-8)
       Array(0.6837..., dtype=float32)
     """
-    flags = dict(eps_in_sqrt=eps_in_sqrt, nesterov=nesterov, bias_correction=bias_correction)
-    for name, flag in flags.items():
-        validation.check_bool(name, flag)
-    for name in ("nesterov", "bias_correction"):
-        if flags[name]:
-            raise ValueError(f"optax_rmsprop: `{name}=True` is not supported by jrmsprop")
+    args = locals()
+    for flag in ("eps_in_sqrt", "nesterov", "bias_correction"):
+        validation.check_bool(flag, args[flag])
     if validation.is_schedule(initial_scale):
         raise TypeError("`initial_scale` must be a number or a 0-d array, not a schedule")
     concrete = validation.check_hyperparameter("initial_scale", initial_scale, "initial_rms")
-    return build(
-        _OPTAX._replace(eps_in_sqrt=bool(eps_in_sqrt)),
-        initial_rms=initial_scale if concrete is None else concrete,
-        learning_rate=learning_rate,
-        rho=decay,
-        momentum=momentum,
-        epsilon=eps,
-        centered=centered,
-    )
+    rule = _OPTAX._replace(eps_in_sqrt=bool(eps_in_sqrt))
+    return _build(rule, args, initial_rms=initial_scale if concrete is None else concrete)

@@ -20,20 +20,16 @@ from jrmsprop._src.transform import KERAS2, build
 if "keras" not in sys.modules and not os.environ.get("KERAS_BACKEND"):
     os.environ["KERAS_BACKEND"] = "jax"  # Keras reads its backend once, at its import
 
+_NEEDS = "jrmsprop.keras needs Keras 3 (with the JAX backend): pip install 'jrmsprop[keras]'"
 try:
     import keras
 except ImportError as e:  # pragma: no cover - exercised only without keras installed
-    raise ImportError(
-        "jrmsprop.keras needs Keras 3 (with the JAX backend): pip install 'jrmsprop[keras]'"
-    ) from e
-
+    raise ImportError(_NEEDS) from e
 if int(str(getattr(keras, "__version__", "0")).split(".")[0]) < 3:
-    raise ImportError(
-        f"jrmsprop.keras needs Keras 3, found keras {getattr(keras, '__version__', '?')}: "
-        "pip install 'jrmsprop[keras]'"
-    )
+    raise ImportError(f"{_NEEDS}; found keras {getattr(keras, '__version__', '?')}")
 
 __all__ = ("RMSprop",)
+_CONFIG = ("rho", "momentum", "epsilon", "centered", "decay")  # beside Keras 3's common options
 
 
 def _number(name: str, value: Any, kind: str | None = None) -> float:
@@ -118,11 +114,10 @@ class RMSprop(keras.optimizers.Optimizer):
         epsilon = validation.KERAS_EPSILON if epsilon is None else _number("epsilon", epsilon)
         decay = _number("decay", decay)
         centered = validation.check_bool("centered", centered)
-        if kwargs.get("weight_decay") is not None:
-            kwargs["weight_decay"] = _number("weight_decay", kwargs["weight_decay"])
-        for option in ("clipnorm", "clipvalue", "global_clipnorm"):
+        for option in ("weight_decay", "clipnorm", "clipvalue", "global_clipnorm"):
             if kwargs.get(option) is not None:
-                kwargs[option] = _number(option, kwargs[option], kind="clip")
+                kind = None if option == "weight_decay" else "clip"
+                kwargs[option] = _number(option, kwargs[option], kind)
         # Keras 3 insists on a Python float, and refuses attributes set before its __init__
         lr = learning_rate if scalar_lr is None else scalar_lr
         super().__init__(learning_rate=lr, name=name, **kwargs)
@@ -143,35 +138,27 @@ class RMSprop(keras.optimizers.Optimizer):
         """One step for all variables at once, by :func:`jrmsprop.update_and_apply`."""
         variables = list(trainable_variables)
         indices = [self._get_variable_index(v) for v in variables]
-        slots = (self._rms, self._momentums, self._mgs)
-        old = [None if s is None else [s[i].value for i in indices] for s in slots]
+        tables = (self._rms, self._momentums, self._mgs)
+        slots = [None if s is None else [s[i] for i in indices] for s in tables]
+        rms, mom, mg = (None if s is None else [v.value for v in s] for s in slots)
         if isinstance(learning_rate, keras.Variable):
             learning_rate = learning_rate.value
-        # jrmsprop.rmsprop's rule, without its warning on `decay` (here TF 2.x's own argument)
-        tx = build(
-            KERAS2,
-            learning_rate=jnp.asarray(learning_rate),
-            rho=self.rho,
-            momentum=self.momentum,  # a Python float: the slot decision is static
-            epsilon=self.epsilon,
-            centered=self.centered,
-            decay=self.decay,
-        )
+        # jrmsprop.rmsprop's rule, without its warning on `decay` (here TF 2.x's own argument);
+        # momentum is a Python float: the slot decision is static
+        hyper = {k: getattr(self, k) for k in _CONFIG}
+        tx = build(KERAS2, learning_rate=jnp.asarray(learning_rate), **hyper)
         # t = updates applied (under gradient accumulation: real updates, not micro-steps)
         count = jnp.asarray(keras.ops.convert_to_tensor(self.iterations)).astype(jnp.int32)
-        state = jrmsprop.RMSpropState(count, cast(list, old[0]), momentum=old[1], mg=old[2])
+        state = jrmsprop.RMSpropState(count, cast(list, rms), momentum=mom, mg=mg)
         # one call: in Keras's jitted, donating train step a float32 variable on CPU takes the
         # one-pass kernel (the same bits as update + apply_updates)
         params = [v.value for v in variables]
-        new_params, new_state = jrmsprop.update_and_apply(
-            tx, [jnp.asarray(g) for g in grads], state, params
-        )
-        for variable, value in zip(variables, cast(list, new_params), strict=True):
-            self.assign(variable, value)
-        for s, new in zip(slots, (new_state.rms, new_state.momentum, new_state.mg), strict=True):
-            if s is not None:
-                for i, value in zip(indices, cast(list, new), strict=True):
-                    self.assign(s[i], value)
+        grads = [jnp.asarray(g) for g in grads]
+        new_params, new = jrmsprop.update_and_apply(tx, grads, state, params)
+        new_values = (new_params, new.rms, new.momentum, new.mg)
+        for targets, values in zip((variables, *slots), new_values, strict=True):
+            for target, value in zip(targets or (), cast(list, values or ()), strict=True):
+                self.assign(target, value)
 
     def update_step(self, gradient, variable, learning_rate):
         """One variable's step (Keras's per-variable hook); same arithmetic as the batched one."""
@@ -179,5 +166,4 @@ class RMSprop(keras.optimizers.Optimizer):
 
     def get_config(self) -> dict[str, Any]:
         """The constructor arguments (Keras 3's common options included)."""
-        hyper = ("rho", "momentum", "epsilon", "centered", "decay")
-        return {**super().get_config(), **{k: getattr(self, k) for k in hyper}}
+        return {**super().get_config(), **{k: getattr(self, k) for k in _CONFIG}}

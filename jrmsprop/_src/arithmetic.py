@@ -113,12 +113,11 @@ def exact_sqrt(x: Array) -> Array:
 def rounded(x: Array, finite: Array | None = None) -> Array:
     """``x``, rounded to its dtype before it enters a sum.
 
-    LLVM contracts ``a*b + c`` into one fused multiply-add, which rounds once where TF's separate
-    kernels round twice. A select LLVM cannot prove trivial keeps the product a value of its own:
-    ``is_finite(x)`` is undecidable for a product that may overflow, and ``x + x`` equals ``x``
-    for ±inf and NaN. (``x < inf`` is folded where ``x`` is provably not NaN; LLVM never sees an
-    optimization barrier; ``reduce_precision`` emits nothing on CPU.) ``finite``: a condition
-    shared by several guards, False only where ``x`` or its sum is not finite: ``is_finite(g)``.
+    LLVM contracts ``a*b + c`` into one fused multiply-add, which rounds once where TF's kernels
+    round twice. A select LLVM cannot prove trivial keeps the product a value of its own:
+    ``is_finite(x)`` is undecidable for a product that may overflow, and ``x + x`` is ``x`` for
+    ±inf and NaN (``x < inf`` is folded; ``reduce_precision`` emits nothing on CPU). ``finite``:
+    a shared condition, False only where ``x`` or its sum is not finite (``is_finite(g)``).
     """
     if jnp.iscomplexobj(x):
         return lax.complex(rounded(jnp.real(x)), rounded(jnp.imag(x)))
@@ -135,12 +134,9 @@ def rounded_where_it_counts(x: Array, finite: Array | None, elsewhere: Array) ->
 
 
 def sum_of_products(a: Array, b: Array, finite: Array | None) -> Array:
-    """``a + b`` of two products, each rounded, in four operations instead of seven.
-
-    With ``s = a + b``, ``select(finite, a, s) + select(finite, b, s)`` is TF's twice-rounded sum
-    where ``finite`` holds, else ``s + s``: the same inf or NaN, as ``finite`` is False only where
-    ``a + b`` cannot be finite (``is_finite(g)`` for ``ρ·rms + (1−ρ)·g²``, ρ in [0, 1]).
-    """
+    """``a + b`` of two products, each rounded, in four operations instead of seven: with
+    ``s = a + b``, ``select(finite, a, s) + select(finite, b, s)`` is TF's twice-rounded sum, or
+    ``s + s`` (the same inf or NaN) where ``a + b`` cannot be finite."""
     if finite is None or jnp.iscomplexobj(a) or jnp.iscomplexobj(b):
         return rounded(a) + rounded(b)
     s = a + b
@@ -152,13 +148,6 @@ def abs_sq(x: Array, finite: Array | None = None) -> Array:
     if jnp.iscomplexobj(x):
         return rounded(jnp.real(x) ** 2) + rounded(jnp.imag(x) ** 2)
     return rounded(x * x, finite)
-
-
-def _mean_squared(mg: Array, finite: Array | None, rms: Array) -> Array:
-    """``|mg|²`` of the variance ``rms − |mg|²``, rounded where ``g`` is finite."""
-    if finite is None or jnp.iscomplexobj(mg):
-        return abs_sq(mg, finite)
-    return rounded_where_it_counts(mg * mg, finite, rms.astype(mg.dtype))
 
 
 class Scalars(NamedTuple):
@@ -213,12 +202,6 @@ def effective_gradient(
     return g
 
 
-def decayed(x: Array, rho: Array, dtype: Any, guard: bool = True) -> Array:
-    """``ρ·x`` in the compute dtype, rounded unless not ``guard`` (for :func:`sum_of_products`)."""
-    product = rho.astype(dtype) * x.astype(dtype)
-    return rounded(product) if guard else product
-
-
 def moment_increments(
     g: Array, sc: Scalars, centered: bool, guard: bool = True, scaled: bool = False
 ) -> tuple[Array, Array | None]:
@@ -258,10 +241,10 @@ def update_moments(
     rms_inc, mg_inc = moment_increments(
         g, sc, centered=mg is not None, guard=False, scaled=variant.scaled_gradient_squared
     )
-    rms_new = sum_of_products(decayed(rms, sc.rho, rdtype, guard=False), rms_inc, finite)
+    rms_new = sum_of_products(sc.rho * rms.astype(rdtype), rms_inc, finite)
     if mg is None or mg_inc is None:
         return rms_new, None
-    return rms_new, sum_of_products(decayed(mg, sc.rho, g.dtype, guard=False), mg_inc, finite)
+    return rms_new, sum_of_products(sc.rho.astype(g.dtype) * mg.astype(g.dtype), mg_inc, finite)
 
 
 def step_from_moments(
@@ -293,13 +276,18 @@ def step_from_moments(
     sign_on_lr = negate and mom is None and not variant.decoupled_weight_decay
     if sign_on_lr:
         lr = sc.minus_lr
+    mg_sq = None  # |mg|² of the variance rms − |mg|²
+    if mg is not None and jnp.iscomplexobj(mg):
+        mg_sq = abs_sq(mg)
+    elif mg is not None:
+        mg_sq = rounded_where_it_counts(mg * mg, finite, rms.astype(mg.dtype))
     if variant.sparse_fused_order:
         # SparseApply(Centered)RMSProp: denom = (ms + ε) − mg², mom = mom·μ + (rsqrt(denom)·lr)·g
-        inner = rms + eps if mg is None else (rms + eps) - _mean_squared(mg, finite, rms)
+        inner = rms + eps if mg_sq is None else (rms + eps) - mg_sq
         inv_root = jnp.asarray(1, inner.dtype) / exact_sqrt(inner)
         step = rounded(rounded(inv_root.astype(cdtype) * lr.astype(cdtype)) * g)
     else:
-        variance = rms if mg is None else rms - _mean_squared(mg, finite, rms)
+        variance = rms if mg_sq is None else rms - mg_sq
         if variant.eps_in_sqrt:
             denom = exact_sqrt(variance + eps)
         elif variant.epsilon_nonzero:  # XLA rewrites only a bare square root into rsqrt
@@ -348,23 +336,13 @@ def rmsprop_step(
 ) -> tuple[Array, Array, Array | None, Array | None]:
     """One RMSprop step on matching arrays (whole leaves or gathered rows).
 
-    ``g`` is the :func:`effective_gradient`; the moments follow :func:`update_moments` and the
-    step :func:`step_from_moments`, with ``lr = learning_rate / (1 + decay·t)``.
-
-    Args:
-      grad: the gradient, any float or complex dtype.
-      param: the parameter (read for weight decay only; None when unused).
-      rms: the running mean of squared gradients (real dtype).
-      mom: the momentum buffer, or None without a momentum slot.
-      mg: the running mean of gradients, or None when not centered.
-      sc: the step's scalars (:func:`resolve`) in the real part of ``dtype``.
-      variant: where ε, lr and weight decay enter, and the evaluation order.
-      dtype: the compute dtype (:func:`compute_dtype`).
-      negate: return the update to *add* (``−delta``), free where the sign can go on ``lr``.
+    :func:`effective_gradient`, then :func:`update_moments`, then :func:`step_from_moments`, in
+    ``dtype`` (:func:`compute_dtype`) with the scalars ``sc`` (:func:`resolve`). ``param`` is read
+    for weight decay only; ``mom`` and ``mg`` are None without their slots.
 
     Returns:
-      ``(delta, rms, mom, mg)``: the amount to *subtract* from the parameter (``−delta`` with
-      ``negate``) in the compute dtype, and the new slots, each in its input dtype.
+      ``(delta, rms, mom, mg)``: the amount to *subtract* from the parameter (with ``negate``,
+      the update to *add*) in ``dtype``, and the new slots, each in its input dtype.
     """
     g = effective_gradient(grad, param, sc, variant, dtype)
     # One condition for the guards of every product that a non-finite g makes infinite or NaN:

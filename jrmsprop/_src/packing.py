@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import sys
@@ -16,21 +17,27 @@ from jrmsprop._src import sparse
 from jrmsprop._src.validation import abbreviated, tree_description
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
 class PackedLayout:
-    """Where each leaf lives in a :class:`PackedTree`'s buffers; hashable, compared by value.
+    """Where each leaf lives in a :class:`PackedTree`'s buffers; hashable, compared by value."""
 
-    Attributes:
-      treedef: the tree structure of the packed tree.
-      groups: the buffers' keys: the leaves' dtype names, sorted.
-      sizes: the number of elements of each group's buffer.
-      leaves: per leaf, in ``treedef`` order: ``(group index, offset, shape)``.
-    """
+    treedef: Any  # the tree structure of the packed tree
+    groups: tuple[str, ...]  # the buffers' keys: the leaves' dtype names, sorted
+    sizes: tuple[int, ...]  # the number of elements of each group's buffer
+    leaves: tuple[tuple[int, int, tuple[int, ...]], ...]  # per leaf: (group, offset, shape)
+    _hash: int = dataclasses.field(init=False, repr=False, compare=False)
 
-    __slots__ = ("treedef", "groups", "sizes", "leaves", "_hash")
+    def __post_init__(self):
+        # once: jit hashes its static arguments on every call
+        object.__setattr__(
+            self, "_hash", hash((self.treedef, self.groups, self.sizes, self.leaves))
+        )
 
-    def __init__(self, treedef: Any, groups: tuple, sizes: tuple, leaves: tuple[tuple, ...]):
-        self.treedef, self.groups, self.sizes, self.leaves = treedef, groups, sizes, leaves
-        self._hash = hash(self._key())  # once: jit hashes its static arguments on every call
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __reduce__(self) -> tuple[Any, ...]:  # the hash is recomputed: str hashes vary by process
+        return PackedLayout, (self.treedef, self.groups, self.sizes, self.leaves)
 
     @classmethod
     def of(cls, tree: Any) -> PackedLayout:
@@ -62,22 +69,6 @@ class PackedLayout:
             leaves.append((g, sizes[g], shape))
             sizes[g] += _size(shape)
         return cls(treedef, groups, tuple(sizes), tuple(leaves))
-
-    def _key(self) -> tuple[Any, ...]:
-        return (self.treedef, self.groups, self.sizes, self.leaves)
-
-    def __hash__(self) -> int:
-        return self._hash
-
-    def __eq__(self, other: object) -> bool:
-        return self is other or (
-            isinstance(other, PackedLayout)
-            and self._hash == other._hash
-            and self._key() == other._key()
-        )
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return PackedLayout, self._key()
 
     def __repr__(self) -> str:
         # JAX prints both layouts of mismatched trees: the digest tells them apart.
@@ -142,12 +133,9 @@ def _register_with_flax() -> None:
 class PackedTree:
     """A pytree stored as one flat buffer per dtype (see :func:`jrmsprop.pack`).
 
-    Its children are the buffers (a slot's may have another dtype than its group's name); the
-    layout is static auxiliary data, so ``init`` and ``update`` map it to the same layout.
-
     Attributes:
-      buffers: dict ``{dtype name: flat array}``.
-      layout: the :class:`PackedLayout` of the original tree.
+      buffers: dict ``{dtype name: flat array}``, the children (a slot's may have another dtype).
+      layout: the :class:`PackedLayout` of the original tree, static auxiliary data.
     """
 
     __slots__ = ("buffers", "layout")
@@ -278,10 +266,6 @@ def _unpack_tree(tree: PackedTree, what: str) -> Any:
 def pack(tree: Any, like: PackedTree | None = None) -> Any:
     r"""Packs a tree of arrays into one flat buffer per dtype, a :class:`PackedTree`.
 
-    .. math::
-      \mathrm{pack}(w_1, \dots, w_n) = \big(\mathrm{concat}(\mathrm{vec}(w_i) : \mathrm{dtype}(w_i)
-      = d)\big)_d
-
     An elementwise transformation steps the buffers, bit for bit the per-leaf numbers, and packs
     its state alike. The loss calls ``params.unpack()``; ``jax.grad`` returns a ``PackedTree``.
     With ``like``, the subtrees of ``tree`` shaped like ``like``'s tree (per-leaf gradients, a
@@ -345,15 +329,11 @@ def _pack_like(tree: Any, layout: PackedLayout) -> Any:
     if any(_is_packed(x) for x in jax.tree.leaves(out, is_leaf=_is_packed)):
         return out
     misses = jax.tree.leaves(tree, is_leaf=lambda x: bool(_misfit(layout, x)))
-    why = next(filter(None, (_misfit(layout, x) for x in misses)), None)
+    why = next(filter(None, (_misfit(layout, x) for x in misses)), "")
     raise ValueError(
-        f"pack: no subtree of `tree` has the structure and shapes of `like` ({layout}, "
-        f"{tree_description(layout.treedef)}), so nothing was packed: "
-        + (
-            f"the first subtree with its tree structure {why}"
-            if why
-            else "no subtree of `tree` has the tree structure of `like`"
-        )
+        f"pack: no subtree of `tree` has the {'structure and shapes' if why else 'tree structure'}"
+        f" of `like` ({layout}, {tree_description(layout.treedef)}), so nothing was packed"
+        + (f": the first subtree with its tree structure {why}" if why else "")
     )
 
 

@@ -67,8 +67,16 @@ class IndexedSlices:
             )
         if not jnp.issubdtype(indices.dtype, jnp.integer):
             raise TypeError(f"IndexedSlices: `indices` must be integers, got {indices.dtype}")
-        _check_range(indices, self.dense_shape[0])
         self.values, self.indices = values, indices
+        # traced or abstract indices cannot be range-checked
+        if not isinstance(indices, (jax.core.Tracer, jax.ShapeDtypeStruct)) and np.size(indices):
+            concrete, num_rows = np.asarray(indices), self.dense_shape[0]
+            low, high = concrete.min(), concrete.max()
+            if low < 0 or high >= num_rows:
+                raise ValueError(
+                    f"IndexedSlices: `indices` must lie in [0, {num_rows}) (dense_shape[0]), "
+                    f"got {int(low if low < 0 else high)}"
+                )
 
     def tree_flatten(self):
         return (self.values, self.indices), self.dense_shape
@@ -148,23 +156,6 @@ def _as_array(name: str, value: Any) -> Any:
     return value
 
 
-def _check_range(indices: Any, num_rows: int) -> None:
-    if isinstance(indices, jax.core.Tracer) or not np.size(indices):
-        return
-    try:
-        concrete = np.asarray(indices)
-    except (TypeError, ValueError):
-        return
-    if concrete.dtype.kind not in "iu":  # abstract (a ShapeDtypeStruct)
-        return
-    low, high = concrete.min(), concrete.max()
-    if low < 0 or high >= num_rows:
-        raise ValueError(
-            f"IndexedSlices: `indices` must lie in [0, {num_rows}) (dense_shape[0]), "
-            f"got {int(low if low < 0 else high)}"
-        )
-
-
 def _as_shape(dense_shape: Any) -> tuple[int, ...]:
     """A flat tuple of Python ints (a bare int is a 1-D shape, as in JAX)."""
 
@@ -173,20 +164,16 @@ def _as_shape(dense_shape: Any) -> tuple[int, ...]:
         return error(f"IndexedSlices: `dense_shape` must be {rule}, got {got}{why}")
 
     entries = dense_shape
-    if isinstance(entries, jax.core.Tracer):
-        raise bad(TypeError, "static (a tuple of ints)")
-    if not isinstance(entries, (list, tuple)):
-        entries = np.asarray(entries)
-        if entries.ndim > 1:
-            raise bad(ValueError, "a flat tuple of ints (1-D)")
-        entries = entries.reshape(-1).tolist()
-    for d in entries:
+    if not isinstance(entries, (list, tuple, jax.core.Tracer)):
+        entries = np.asarray(entries)  # a bare int is one entry, a 2-D array one non-flat entry
+        entries = entries.reshape(-1).tolist() if entries.ndim <= 1 else [entries]
+    for d in entries if isinstance(entries, (list, tuple)) else [entries]:
         if isinstance(d, jax.core.Tracer):
             raise bad(TypeError, "static (a tuple of ints)")
         if isinstance(d, (bool, np.bool_)) or getattr(d, "dtype", None) == np.bool_:
             raise bad(TypeError, "a tuple of ints", f" (the entry {d!r} is a boolean)")
         if isinstance(d, (list, tuple)) or np.ndim(d) != 0:
-            raise bad(ValueError, "a flat tuple of ints")
+            raise bad(ValueError, "a flat tuple of ints (1-D)")
     try:
         shape = tuple(operator.index(d) for d in entries)
     except TypeError:
@@ -211,20 +198,19 @@ def deduplicate(grad: IndexedSlices) -> tuple[jax.Array, jax.Array]:
     indices = jnp.where(indices < 0, num_rows, indices)
     if n == 0:
         return indices, grad.values
-    if (num_rows + 1) * n > 2**32:  # the keys below would not fit in 32 bits
-        unique, inverse = jnp.unique(
-            indices, return_inverse=True, size=n, fill_value=jnp.int32(num_rows)
-        )
-        return unique, jax.ops.segment_sum(grad.values, inverse.reshape(-1), num_segments=n)
-    # One sort of distinct 32-bit keys index·n + position, ~3.5x faster on XLA:CPU than
-    # jnp.unique's two-operand sort; within one index the positions ascend (input order).
-    count = jnp.uint32(n)
-    keys = lax.sort(indices.astype(jnp.uint32) * count + lax.iota(jnp.uint32, n))
-    sorted_indices = (keys // count).astype(jnp.int32)
+    # Sorted by (index, position), so each row's values are summed in input order: one sort of
+    # 32-bit keys index·n + position where they fit, ~3.5x faster on XLA:CPU than a pair sort.
+    positions = lax.iota(jnp.int32, n)
+    if (num_rows + 1) * n <= 2**32:
+        count = jnp.uint32(n)
+        keys = lax.sort(indices.astype(jnp.uint32) * count + positions.astype(jnp.uint32))
+        sorted_indices, order = (keys // count).astype(jnp.int32), (keys % count).astype(jnp.int32)
+    else:
+        sorted_indices, order = lax.sort((indices, positions), num_keys=2)
     starts = jnp.concatenate([jnp.ones((1,), bool), sorted_indices[1:] != sorted_indices[:-1]])
     segments = jnp.cumsum(starts, dtype=jnp.int32) - 1
     unique = jnp.full((n,), num_rows, jnp.int32).at[segments].set(sorted_indices)
-    values = grad.values[(keys % count).astype(jnp.int32)]
+    values = grad.values[order]
     return unique, jax.ops.segment_sum(values, segments, num_segments=n, indices_are_sorted=True)
 
 
@@ -275,7 +261,9 @@ def sparse_step(
         def decay_and_add(table: jax.Array | None, increment: Any) -> Any:
             if table is None or increment is None:
                 return None
-            decayed = arithmetic.decayed(table, sc.rho, increment.dtype)
+            decayed = arithmetic.rounded(
+                sc.rho.astype(increment.dtype) * table.astype(increment.dtype)
+            )
             return decayed.at[rows].add(increment, mode="drop")
 
         full_rms, full_mg = decay_and_add(rms, rms_inc), decay_and_add(mg, mg_inc)
@@ -292,10 +280,8 @@ def sparse_step(
 def densify(tree: Any) -> Any:
     """Replaces every :class:`IndexedSlices` leaf of ``tree`` by its dense array.
 
-    For optax transforms that reduce over the whole gradient tree (``optax.clip_by_global_norm``,
-    ``optax.MultiSteps``, ...), which would see an ``IndexedSlices`` as two arrays. The dense
-    gradient is zero on the other rows: the lazy-row semantics of sparse updates are lost.
-    :func:`jrmsprop.keras_clipping` understands sparse leaves as they are.
+    For optax transforms that reduce over the whole tree (``optax.clip_by_global_norm``, ...);
+    the lazy-row semantics of sparse updates are lost (:func:`jrmsprop.keras_clipping` keeps them).
 
     Args:
       tree: a pytree, possibly with ``IndexedSlices`` leaves.
