@@ -129,7 +129,7 @@ def _assert_slots(state, ref: Reference, n: int, *, exact: bool = True, rtol=0.0
 # --------------------------------------------------------------------------- Keras 2 (the core)
 
 
-@settings(max_examples=16, **SETTINGS)
+@settings(max_examples=10, **SETTINGS)
 @given(config=configs(), problem=problems())
 def test_core_float32_is_bit_exact_eager_and_jitted(config, problem):
     """``jrmsprop.rmsprop`` (eager and under ``jit``) equals the Keras 2 reference bit for bit."""
@@ -147,7 +147,7 @@ def test_core_float32_is_bit_exact_eager_and_jitted(config, problem):
     assert (state.mg is not None) == config["centered"]
 
 
-@settings(max_examples=10, suppress_health_check=[HealthCheck.function_scoped_fixture], **SETTINGS)
+@settings(max_examples=6, suppress_health_check=[HealthCheck.function_scoped_fixture], **SETTINGS)
 @given(config=configs(), problem=problems())
 def test_core_float64_is_bit_exact(x64, config, problem):
     """With 64-bit floats enabled, float64 parameters are computed in float64, bit for bit."""
@@ -158,7 +158,7 @@ def test_core_float64_is_bit_exact(x64, config, problem):
     assert all(x.dtype == jnp.float64 for x in jax.tree.leaves(state.rms))
 
 
-@settings(max_examples=8, **SETTINGS)
+@settings(max_examples=5, **SETTINGS)
 @given(
     config=configs(),
     problem=problems(),
@@ -184,7 +184,7 @@ def test_core_low_precision_params_compute_in_float32(config, problem, dtype):
 # --------------------------------------------------------------------------- presets
 
 
-@settings(max_examples=10, **SETTINGS)
+@settings(max_examples=6, **SETTINGS)
 @given(config=configs(decay=False), problem=problems(max_leaves=2, max_steps=3))
 def test_keras3_and_tf1_presets_are_bit_exact(config, problem):
     """``compat.keras3`` and ``compat.tf1`` (rms from 1) against their reference rules."""
@@ -202,7 +202,7 @@ def test_keras3_and_tf1_presets_are_bit_exact(config, problem):
     _assert_slots(state, ref, len(params))
 
 
-@settings(max_examples=10, **SETTINGS)
+@settings(max_examples=6, **SETTINGS)
 @given(
     config=configs(decay=False),
     problem=problems(max_leaves=2, max_steps=3),
@@ -266,7 +266,7 @@ def sparse_problems(draw) -> tuple[np.ndarray, list]:
     return table, batches
 
 
-@settings(max_examples=16, **SETTINGS)
+@settings(max_examples=10, **SETTINGS)
 @given(
     config=configs(),
     problem=sparse_problems(),
@@ -310,7 +310,7 @@ def test_indexed_slices_match_the_reference(config, problem, preset, jit):
     _assert_slots(s, ref, 2)
 
 
-@settings(max_examples=8, **SETTINGS)
+@settings(max_examples=5, **SETTINGS)
 @given(config=configs(), problem=sparse_problems())
 def test_indexed_slices_equal_their_dense_gradient_without_momentum(config, problem):
     """Without a momentum slot the sparse rows give exactly the dense gradient's result."""
@@ -338,7 +338,7 @@ def test_indexed_slices_equal_their_dense_gradient_without_momentum(config, prob
 # --------------------------------------------------------------------------- the wrapper
 
 
-@settings(max_examples=10, **SETTINGS)
+@settings(max_examples=6, **SETTINGS)
 @given(config=configs(), problem=problems(max_leaves=3, max_steps=3))
 def test_stateful_wrapper_equals_the_core(config, problem):
     """``RMSprop(...).apply_gradients([(g, v), ...])`` moves Variables exactly as the core does."""
