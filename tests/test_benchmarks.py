@@ -49,6 +49,7 @@ def _rows(stdout: str) -> dict[str, dict[str, str]]:
                      marks=[pytest.mark.slow, pytest.mark.frameworks]),
     ],
 )  # fmt: skip
+@pytest.mark.slow
 def test_quick_run(only, peers, ran, tmp_path, capsys):
     if peers == "all":
         pytest.importorskip("torch")

@@ -853,6 +853,7 @@ def _archive_with_a_big_layer(tmp_path: Path, size: int, compression: int) -> Pa
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss is in KiB on Linux only")
+@pytest.mark.slow
 def test_a_big_weights_member_is_read_in_place(tmp_path: Path) -> None:
     """A model.weights.h5 inflating to 256 MiB from ~1 MB (deflated: a zip bomb) and one of
     128 MiB stored as Keras writes it, each holding a few hundred bytes of optimizer state:

@@ -81,6 +81,7 @@ _global_jit = jax.jit(lambda x, c: _global(c, x))
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.slow
 def test_clip_by_norm_bits_match_tf_order(shape):
     rng = np.random.default_rng(len(shape) * 10 + int(np.prod(shape)))
     for i in range(40):
@@ -94,6 +95,7 @@ def test_clip_by_norm_bits_match_tf_order(shape):
 
 
 @pytest.mark.parametrize("shapes", [[(2,)], [(3,), (2, 2)], [(7,), (1,), (2, 3)]], ids=str)
+@pytest.mark.slow
 def test_clip_by_global_norm_bits_match_tf_order(shapes):
     rng = np.random.default_rng(sum(int(np.prod(s)) for s in shapes))
     for i in range(40):

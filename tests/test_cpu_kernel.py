@@ -172,6 +172,7 @@ def test_hand_computed_values():
 @needs_kernel
 @pytest.mark.parametrize("name", list(KERAS2))
 @pytest.mark.parametrize("n", [1, 7, 1023, (1 << 20) + 3])
+@pytest.mark.slow
 def test_keras2_variants_bit_identical(name, n):
     momentum, centered = KERAS2[name]
     g, rms, mom, mg = random_inputs(n, seed=n)
@@ -367,6 +368,7 @@ def multi_inputs(sizes, seed):
 @needs_kernel
 @pytest.mark.parametrize("name", list(KERAS2))
 @pytest.mark.parametrize("output", ["delta", "update", "param"])
+@pytest.mark.slow
 def test_many_leaves_in_one_call_equal_the_xla_path_leaf_by_leaf(name, output):
     """``fused_steps`` over leaves of mixed sizes: each leaf's outputs are the XLA step's bits."""
     momentum, centered = KERAS2[name]
@@ -398,6 +400,7 @@ def test_many_leaves_in_one_call_equal_the_xla_path_leaf_by_leaf(name, output):
 
 
 @needs_kernel
+@pytest.mark.slow
 def test_many_leaves_one_thread_and_many_small_leaves(monkeypatch):
     """Many leaves smaller than a chunk (each one segment, 700K elements in all: threaded), and
     the same call on one thread, give the bits of the XLA path."""
@@ -492,6 +495,7 @@ def test_failed_build_falls_back(monkeypatch, tmp_path):
 
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
 @pytest.mark.parametrize("centered", [False, True])
+@pytest.mark.slow
 def test_core_apply_path_takes_the_kernel_and_matches_the_xla_path(momentum, centered):
     if not cpu_kernel.available():
         pytest.skip(cpu_kernel.unavailable_reason())

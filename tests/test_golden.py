@@ -110,6 +110,7 @@ def test_golden_set_is_complete() -> None:
 
 
 @pytest.mark.parametrize("path", EXACT, ids=_ids(EXACT))
+@pytest.mark.slow
 def test_bit_exact_where_the_framework_allows(path) -> None:
     """Keras 2, TF1 and Keras 3 trajectories and slots are identical to the last bit."""
     case = _case(path)
@@ -151,6 +152,7 @@ def _assert_continues_like_the_framework(
 
 
 @pytest.mark.parametrize("path", FILES, ids=_ids(FILES))
+@pytest.mark.slow
 def test_trajectory(path) -> None:
     """The parameters after every step match the framework's to float32 rounding."""
     case = _case(path)

@@ -122,6 +122,7 @@ def _functional_run(case: Case):
     return traj, state
 
 
+@pytest.mark.slow
 def test_apply_gradients_matches_tf_keras_bit_for_bit(case: Case):
     variables = [keras.Variable(p) for p in case.p0]
     opt = RMSprop(**case.kwargs)
@@ -435,6 +436,7 @@ def test_other_backend_is_refused(monkeypatch):
         RMSprop()
 
 
+@pytest.mark.slow
 def test_jrmsprop_import_does_not_need_keras():
     """``import jrmsprop`` never imports keras; without it, ``jrmsprop.keras`` says what to do."""
     code = (

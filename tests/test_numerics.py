@@ -185,6 +185,7 @@ def test_sparse_rows_decay_like_the_dense_step_in_bfloat16():
 @pytest.mark.parametrize("jit_init", [False, True])
 @pytest.mark.parametrize("jit_update", [False, True])
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
+@pytest.mark.slow
 def test_inject_hyperparams_is_exact_in_every_calling_style(jit_init, jit_update, momentum):
     """ε moves with the momentum the user wrote, not with whether init was traced."""
     params = {"w": jnp.array([1.0, -2.0, 3.0]), "b": jnp.array(0.5)}

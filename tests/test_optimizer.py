@@ -79,6 +79,7 @@ CORE_CONFIGS = [
 
 
 @pytest.mark.parametrize("config", CORE_CONFIGS)
+@pytest.mark.slow
 def test_dense_matches_core_bit_for_bit(config, compiles):
     rng = np.random.default_rng(1)
     init = _grads(rng)
@@ -101,6 +102,7 @@ def test_dense_matches_core_bit_for_bit(config, compiles):
 
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
 @pytest.mark.parametrize("centered", [False, True])
+@pytest.mark.slow
 def test_sparse_matches_core_bit_for_bit(momentum, centered):
     rng = np.random.default_rng(2)
     table0 = rng.standard_normal((6, 3)).astype(np.float32)
@@ -174,6 +176,7 @@ def test_sparse_gradient_rebuilt_by_a_tree_utility_is_still_range_checked():
 
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16, jnp.complex64])
+@pytest.mark.slow
 def test_other_dtypes_match_core(dtype):
     rng = np.random.default_rng(8)
 
@@ -755,6 +758,7 @@ def test_minimize_errors_and_restores_values():
     assert isinstance(v.value, jax.Array) and float(v[0]) == 1.0
 
 
+@pytest.mark.slow
 def test_minimize_sparse_read_gives_indexed_slices():
     table = Variable(np.arange(12, dtype=np.float32).reshape(4, 3))
     opt = RMSprop(0.1, momentum=0.9)
@@ -1841,6 +1845,7 @@ def test_dense_with_optax_schedule():
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("use_sparse_read", [True, False])
+@pytest.mark.slow
 def test_minimize_sparse_resource_variable(dtype, use_sparse_read):
     for centered, epsilon, expected in ((False, 0.0, [[0.0, 1.0]]), (True, 1.0, [[-111, -138]])):
         var0 = Variable(np.array([[1.0, 2.0]], dtype))
@@ -1870,6 +1875,7 @@ COMPLEX_MINIMIZE_TF = [
 
 @pytest.mark.parametrize("use_sparse_read", [True, False])
 @pytest.mark.parametrize("dtype, centered, epsilon, expected", COMPLEX_MINIMIZE_TF)
+@pytest.mark.slow
 def test_minimize_sparse_resource_variable_complex(
     x64, dtype, centered, epsilon, expected, use_sparse_read
 ):
@@ -1926,6 +1932,7 @@ def test_minimize_complex_gradient_follows_tf(name, sparse):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("lr, rho, momentum, epsilon, centered", TEST_PARAM_VALUES)
+@pytest.mark.slow
 def test_sparse(dtype, lr, rho, momentum, epsilon, centered):
     var0 = Variable(np.array([1.0, 2.0], dtype))
     var1 = Variable(np.array([3.0, 4.0], dtype))

@@ -193,6 +193,7 @@ def _run_both(make_tx, params, steps=3, ways=("loss",), jit=True, grads=_grads, 
 
 @pytest.mark.parametrize("ways", list(WAYS))
 @pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.slow
 def test_training_bit_identical_to_per_leaf(name: str, ways: str) -> None:
     params = _params(bf16=ways != "flatten")  # optax.flatten casts every leaf to one dtype
     p, _, _, ps = _run_both(CASES[name], params, ways=WAYS[ways])
@@ -207,6 +208,7 @@ def test_training_bit_identical_to_per_leaf(name: str, ways: str) -> None:
 
 
 @pytest.mark.parametrize("ways", list(WAYS))
+@pytest.mark.slow
 def test_eager_bit_identical_to_per_leaf(ways: str) -> None:
     params = {k: v for k, v in _params(bf16=ways != "flatten").items() if k in ("dense", "emb")}
     _run_both(CASES["keras2_momentum_centered_decay"], params, 2, WAYS[ways], jit=False)
@@ -432,6 +434,7 @@ def test_one_update_per_dtype_no_retrace_and_pickled_layouts_hit_the_cache() -> 
     traced(pp, s2, pp)
 
 
+@pytest.mark.slow
 def test_inject_hyperparams_matches_and_changes_take_effect() -> None:
     params = _params(bf16=False)  # inject_hyperparams finds one dtype for all parameters
     make = lambda: optax.inject_hyperparams(jrmsprop.rmsprop)(
@@ -493,6 +496,7 @@ WRAPPERS = {
 
 
 @pytest.mark.parametrize("name", list(WRAPPERS))
+@pytest.mark.slow
 def test_optax_wrappers_bit_identical(name: str) -> None:
     make, bf16, way, grads, check = WRAPPERS[name]
     # optax's MultiSteps divides by an int32 count
@@ -608,6 +612,7 @@ STATES = {
 
 
 @pytest.mark.parametrize("name", list(STATES))
+@pytest.mark.slow
 def test_per_leaf_state_packs_unpacks_and_continues(name: str) -> None:
     make, make_params, make_state = STATES[name]
     params = make_params()
@@ -770,6 +775,7 @@ def _linear_loss(tree, x, y):
     return jnp.mean((x @ tree["w"] + tree["b"][None, :] - y) ** 2)
 
 
+@pytest.mark.slow
 def test_pmap_data_parallel_matches_one_device() -> None:
     n = jax.local_device_count()
     assert n >= 2, "conftest sets 8 simulated devices"
@@ -860,6 +866,7 @@ def test_flax_serialization_round_trip_continues_bit_identically() -> None:
     _same_trees(want, got, "updates after restoring")
 
 
+@pytest.mark.slow
 def test_flax_imported_after_jrmsprop_still_registers() -> None:
     pytest.importorskip("flax")
     code = (
@@ -893,6 +900,7 @@ def _as_pure(nnx, tree):
     )
 
 
+@pytest.mark.slow
 def test_nnx_optimizer_with_optax_flatten_is_bit_identical_to_plain_rmsprop() -> None:
     """flax's nnx.Optimizer inits on nnx.Param-wrapped leaves and updates with bare arrays;
     optax.flatten ravels both alike."""

@@ -97,6 +97,7 @@ def _assert_equal(framework: str, got, want, what: str) -> None:
 
 @pytest.mark.parametrize("target", ["nnx", "equinox", "dict"])
 @pytest.mark.parametrize("file", FILES)
+@pytest.mark.slow
 def test_port_and_continue(file: str, target: str) -> None:
     """Weights and state placed by name; the next steps are the framework's."""
     saved = _read(file)

@@ -189,6 +189,7 @@ STYLE_PRESETS = {
 
 
 @pytest.mark.parametrize("preset", list(STYLE_PRESETS))
+@pytest.mark.slow
 def test_every_preset_gives_the_same_bits_in_every_calling_style(preset):
     """Eager update then apply, jit(update) then apply, jit(update + apply) and a lax.scan of
     steps: bit for bit the same parameters and slots."""
@@ -480,6 +481,7 @@ BATTERY_GRADS = [jnp.full((2, 3), 0.375), jnp.sin(jnp.arange(20.0)).reshape(2, 5
 
 @pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
 @pytest.mark.parametrize("name", list(OPTAX_BATTERY))
+@pytest.mark.slow
 def test_inject_hyperparams_equals_the_plain_transformation(name, jit):
     """optax's contract (alias_test, inject_test): every numeric argument injected, defaults
     included, gives the plain transformation's state (structure and values) and updates."""
@@ -517,6 +519,7 @@ def test_abstract_init_gives_the_state_structure(name):
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16, jnp.float32])
 @pytest.mark.parametrize("name", list(OPTAX_BATTERY))
+@pytest.mark.slow
 def test_updates_come_back_in_the_gradients_dtype(name, dtype):
     """optax's test_preserve_dtype, with and without ``params`` (float16 gets float32 slots)."""
     factory, kwargs = OPTAX_BATTERY[name]

@@ -80,6 +80,7 @@ def test_lazy_rows_with_momentum_and_decay_everywhere_without():
         np.testing.assert_array_equal(np.asarray(s.rms)[untouched], expected_rms)
 
 
+@pytest.mark.slow
 def test_sparse_equals_dense_when_every_row_is_touched_once():
     rng = np.random.default_rng(0)
     vals = rng.standard_normal((4, 3)).astype(np.float32)
@@ -223,6 +224,7 @@ def _numpy_deduplicate(values: np.ndarray, indices: np.ndarray, num_rows: int):
 
 
 @pytest.mark.parametrize("num_rows", [1, 7, 50, 2**31 - 1], ids=lambda r: f"rows{r}")
+@pytest.mark.slow
 def test_deduplicate_sums_repeated_rows_in_input_order_bit_for_bit(num_rows):
     """Traced indices (with repeats, negatives and out-of-range rows) against the NumPy
     re-derivation, bit for bit. 2³¹−1 rows take the (index, position) pair sort, the others the

@@ -81,6 +81,7 @@ def test_restored_structure(name):
 
 
 @pytest.mark.parametrize("name", gen.CASES)
+@pytest.mark.slow
 def test_restores_and_continues_bit_for_bit(name):
     tx, data, params, state = _restored(name)
     raw = serialization.msgpack_restore((gen.DIR / f"{name}.msgpack").read_bytes())

@@ -91,6 +91,7 @@ def takes_kernel(fn, *args) -> bool:
 
 
 @pytest.mark.parametrize("preset", list(PRESETS))
+@pytest.mark.slow
 def test_same_bits_as_update_then_apply_in_every_calling_style(preset):
     factory, kernel = PRESETS[preset]
     tx = factory()
@@ -141,6 +142,7 @@ def test_eager_call_leaves_its_inputs_as_they_were():
 
 
 @needs_kernel
+@pytest.mark.slow
 def test_mixed_tree_each_leaf_on_its_path():
     """float32 leaves take the kernel; bfloat16, float64-free, sparse and None leaves the XLA
     path; the result is the separate calls' bit for bit."""
@@ -180,6 +182,7 @@ def test_mixed_tree_each_leaf_on_its_path():
 
 @needs_kernel
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
+@pytest.mark.slow
 def test_the_float32_leaves_of_a_tree_share_kernel_calls(momentum):
     """The 36 float32 leaves of a tree of mixed shapes (a scalar, an empty array, leaves above
     the kernel's chunk) are updated by one kernel call per group of ``_KERNEL_GROUP`` leaves, bit
@@ -245,6 +248,7 @@ def loss_after_step(params, grads, lr, combined, centered):
     return sum(jnp.sum(x * x) for x in jax.tree.leaves(p))
 
 
+@pytest.mark.slow
 def test_derivatives_go_through_the_xla_path():
     """jax.grad of a loss after one step (a learning-rate sensitivity, say) equals that of the
     separate calls, eager and jitted; forward mode too."""
@@ -266,6 +270,7 @@ def test_derivatives_go_through_the_xla_path():
 
 
 @needs_kernel
+@pytest.mark.slow
 def test_derivatives_over_several_kernel_groups():
     """With more leaves than one kernel call takes, forward mode still equals the separate calls
     bit for bit; reverse mode sums the leaves' contributions to the shared learning rate group
