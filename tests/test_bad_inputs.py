@@ -549,6 +549,7 @@ def test_malformed_state_raises_naming_the_slot_and_path(bad_state, error, words
         ),
     ],
 )
+@pytest.mark.slow
 def test_structure_errors_stay_short_for_big_trees(call):
     """A tree of 1024 leaves in the wrong container: the message names the argument and the
     number of leaves, and abbreviates the structures (not hundreds of kilobytes)."""

@@ -129,6 +129,7 @@ FRAMEWORKS = {
 
 
 @pytest.mark.parametrize("name", KERAS2 + KERAS3)
+@pytest.mark.slow
 def test_saved_state_continues_bit_for_bit(name: str) -> None:
     """Loaded without TensorFlow, continued with the saved hyperparameters: the framework's
     parameters after every step, its step count and slots at the end."""

@@ -188,6 +188,7 @@ def test_keras2_variants_bit_identical(name, n):
 @pytest.mark.parametrize("centered", [False, True])
 @pytest.mark.parametrize("eps_in_sqrt", [False, True])
 @pytest.mark.parametrize("fused", [False, True])
+@pytest.mark.slow
 def test_every_placement_and_order(momentum, centered, eps_in_sqrt, fused):
     """All 16 combinations (ε inside/outside × fused/op order × slots), ε = 1 and ρ = 0.5."""
     g, rms, mom, mg = random_inputs(4099, seed=7, scale=3.0)
@@ -300,6 +301,7 @@ def test_inputs_not_overwritten_without_donation():
 
 @needs_kernel
 @pytest.mark.parametrize("name", list(KERAS2))
+@pytest.mark.slow
 def test_update_and_param_outputs(name):
     """``output="update"`` is −delta and ``output="param"`` is ``optax.apply_updates``'s p + u."""
     momentum, centered = KERAS2[name]

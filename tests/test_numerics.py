@@ -165,6 +165,7 @@ def test_float16_parameters_get_float32_slots(g):
     assert jrmsprop.rmsprop(slot_dtype=jnp.float16).init(p).rms.dtype == jnp.float16
 
 
+@pytest.mark.slow
 def test_sparse_rows_decay_like_the_dense_step_in_bfloat16():
     """Without momentum every rms row decays; bf16 tables round once, as the dense step does."""
     tx = jrmsprop.rmsprop(0.1)

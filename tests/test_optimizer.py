@@ -663,6 +663,7 @@ def test_hyperparameter_attributes():
         dict(clipvalue=0.05, clipnorm=0.07),
     ],
 )
+@pytest.mark.slow
 def test_optimizer_clipping_matches_clip_then_core(kwargs):
     rng = np.random.default_rng(4)
     init = _grads(rng)
@@ -1777,6 +1778,7 @@ def _slot_or_none(opt, var, name):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("lr, rho, momentum, epsilon, centered", TEST_PARAM_VALUES)
+@pytest.mark.slow
 def test_dense(dtype, lr, rho, momentum, epsilon, centered):
     var0 = Variable(np.array([1.0, 2.0], dtype))
     var1 = Variable(np.array([3.0, 4.0], dtype))

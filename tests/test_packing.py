@@ -271,6 +271,7 @@ SMALL_TREES = {
 
 
 @pytest.mark.parametrize("tree", list(SMALL_TREES))
+@pytest.mark.slow
 def test_scalar_root_single_leaf_and_empty_trees(tree: str) -> None:
     params = SMALL_TREES[tree]()
     _, s, _, ps = _run_both(
@@ -289,6 +290,7 @@ def test_python_number_parameter() -> None:
     np.testing.assert_allclose(np.asarray(want), -0.1 * 2 / (np.sqrt(0.1 * 4) + 1e-7), rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_float16_parameters_get_float32_slots_in_their_own_buffer() -> None:
     params = {"h": jnp.ones(3, jnp.float16), "f": jnp.ones(2), "h2": jnp.full(2, 2.0, jnp.float16)}
     _, s, _, ps = _run_both(lambda: jrmsprop.rmsprop(0.01, momentum=0.9), params, steps=2)

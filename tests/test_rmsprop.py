@@ -304,6 +304,7 @@ def test_coupled_weight_decay_needs_no_more_scratch_than_optax(momentum, centere
         assert ours_bytes == 0
 
 
+@pytest.mark.slow
 def test_pmap_matches_single_device_on_the_whole_batch():
     n = jax.local_device_count()
     assert n >= 2, "conftest sets 8 simulated devices"
@@ -432,11 +433,13 @@ def _train(tx, steps=30, params=None):
     "config",
     [dict(), dict(momentum=0.9), dict(centered=True), dict(momentum=0.5, centered=True)],
 )
+@pytest.mark.slow
 def test_converges(config):
     _, _, loss = _train(jrmsprop.rmsprop(0.05, **config), steps=300)
     assert loss < 1e-2
 
 
+@pytest.mark.slow
 def test_chain_with_clipping_and_weight_decay():
     rms = jrmsprop.rmsprop(0.01)
     chained = optax.chain(optax.clip_by_global_norm(1.0), optax.add_decayed_weights(1e-2), rms)
