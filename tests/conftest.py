@@ -2,7 +2,10 @@
 
 * 8 simulated CPU devices, for the pmap / sharding tests (must be set before JAX starts);
 * rank promotion and implicit dtype promotion raise instead of silently broadcasting/upcasting;
-* warnings are errors (pyproject ``filterwarnings = error``).
+* warnings are errors (pyproject ``filterwarnings = error``);
+* a persistent compilation cache in ``out/xla-cache``: the tests build the same transformation on
+  the same shapes many times (a new jit wrapper each time, in both xdist workers), and an
+  identical program is compiled once.
 """
 
 from __future__ import annotations
@@ -18,6 +21,10 @@ import pytest  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 jax.config.update("jax_numpy_dtype_promotion", "strict")
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+jax.config.update("jax_compilation_cache_dir", os.path.join(_ROOT, "out", "xla-cache"))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
 
 
 def _enable_x64():
