@@ -145,9 +145,9 @@ def keras3(
       weight_decay: decoupled weight decay; pass ``params`` to ``update`` when it is set.
       name, ema_momentum, ema_overwrite_frequency, jit_compile: accepted, change no number, so
         that ``keras3(**optimizer.get_config())`` works.
-      clipnorm, clipvalue, global_clipnorm, use_ema, loss_scale_factor,
-        gradient_accumulation_steps, is_legacy_optimizer: not reproduced; anything but
-        ``None``/``False`` raises a ``ValueError`` naming it and what to use instead.
+      clipnorm, clipvalue, global_clipnorm, use_ema, loss_scale_factor: not reproduced, as
+        ``gradient_accumulation_steps`` and ``is_legacy_optimizer``; anything but ``None`` or
+        ``False`` raises a ``ValueError`` naming it and what to use instead.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``.
