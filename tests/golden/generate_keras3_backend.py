@@ -25,7 +25,7 @@ script, in float32 unless stated:
 ``iterations``
     int64, ``optimizer.iterations`` after the last step.
 
-``tests/test_keras_backend.py`` replays the gradients through the Keras 3 optimizer
+``tests/test_keras.py`` replays the gradients through the Keras 3 optimizer
 ``jrmsprop.keras.RMSprop`` (``apply_gradients`` and ``stateless_apply``) and through
 ``jrmsprop.rmsprop`` and asserts bit equality. Seeds are fixed: re-running reproduces the files.
 """
