@@ -308,18 +308,7 @@ def test_weight_decay_is_keras3s_decoupled_step_before_the_tf2_update():
 
 
 def test_config_round_trip_and_registration():
-    opt = RMSprop(
-        0.02,
-        rho=0.8,
-        momentum=0.5,
-        epsilon=1e-4,
-        centered=True,
-        decay=0.01,
-        clipnorm=1.0,
-        name="my_rms",
-    )
-    config = opt.get_config()
-    for key, value in dict(
+    given = dict(
         learning_rate=0.02,
         rho=0.8,
         momentum=0.5,
@@ -328,7 +317,10 @@ def test_config_round_trip_and_registration():
         decay=0.01,
         clipnorm=1.0,
         name="my_rms",
-    ).items():
+    )
+    opt = RMSprop(**given)
+    config = opt.get_config()
+    for key, value in given.items():
         want = pytest.approx(value, rel=1e-7) if isinstance(value, float) else value
         assert config[key] == want, key
     again = RMSprop.from_config(config)
